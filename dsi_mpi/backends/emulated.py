@@ -1,0 +1,72 @@
+"""LATENCY EMULATION backend: forwards replaced by sleeps, tokens by a seeded rule. Not a model.
+
+It exists to measure the real MPI machinery (ranks, messages, scheduling, cancellation, records) against
+the paper's time model. The target's token at sequence position p is a hash of (seed, p); the drafter
+proposes the target's token with probability `acceptance`, independently per position (the paper's
+i.i.d. acceptance model), else a different token. A forward that starts on an empty cache costs the
+prefill time (TTFT), any other costs one per-token time (TPOT) whatever its length, as in the paper.
+The sleep is cut into slices with the layer callback between them, so cancellation works as on a model.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dsi_mpi.backends.base import ModelRunner
+
+SLICES = 8  # emulated "layers" per forward: the granularity at which a stale forward can stop
+
+
+def _uniform(seed: int, position: int, stream: int) -> float:
+    """A reproducible U[0,1) keyed by position, not by call order (results may arrive in any order)."""
+    return float(np.random.default_rng([seed, stream, position]).random())
+
+
+def emulated_target_token(seed: int, position: int, vocab_size: int) -> int:
+    return int(_uniform(seed, position, 1) * vocab_size)
+
+
+def emulated_prompt(seed: int, prompt_index: int, length: int, vocab_size: int) -> list[int]:
+    rng = np.random.default_rng([seed, 7, prompt_index])
+    return [int(t) for t in rng.integers(0, vocab_size, size=length)]
+
+
+class EmulatedRunner(ModelRunner):
+    """role "target" returns the target's tokens; role "drafter" returns i.i.d.-accepted guesses."""
+
+    def __init__(self, role: str, emulation: dict, seed: int):
+        super().__init__()
+        if role not in ("target", "drafter"):
+            raise ValueError(role)
+        self.role = role
+        self.seed = seed
+        self.vocab_size = int(emulation["vocab_size"])
+        self.acceptance = float(emulation["acceptance"])
+        self.ttft = float(emulation[f"{role}_ttft_s"])
+        self.tpot = float(emulation[f"{role}_tpot_s"])
+        self.n_layers = SLICES
+
+    def _forward(self, tokens: list[int], n_out: int) -> int:
+        seconds = self.ttft if not self.tokens else self.tpot
+        end = time.perf_counter() + seconds
+        for i in range(SLICES):
+            if self._layer_callback is not None:
+                self._layer_callback()
+            remaining = end - time.perf_counter()
+            if remaining > 0:
+                time.sleep(remaining / (SLICES - i))
+        return n_out
+
+    def _crop(self, length: int) -> None:
+        pass  # nothing is cached but the token list the base class keeps
+
+    def _argmax(self, n_out: int, first_position: int) -> np.ndarray:
+        out = np.empty(n_out, dtype=np.int64)
+        for i in range(n_out):
+            p = first_position + i
+            target = emulated_target_token(self.seed, p, self.vocab_size)
+            if self.role == "drafter" and _uniform(self.seed, p, 2) >= self.acceptance:
+                target = (target + 1) % self.vocab_size
+            out[i] = target
+        return out

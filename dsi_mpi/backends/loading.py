@@ -1,0 +1,90 @@
+"""Build runners from the config: real models through `from_pretrained`, or the emulation backend.
+
+All checks that can fail on user input (missing folders, vocabularies that differ) happen here, on
+configs and tokenizers only, before any rank spends time loading weights.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dsi_mpi.config import ConfigError
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
+
+
+def resolve_model_path(name: str, what: str) -> str:
+    """A local folder must exist; anything else is passed to the hub machinery as an id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{what} model path {name} is a file, expected a model folder")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ConfigError(f"{what} model folder {name} is not readable")
+        return str(path)
+    if _looks_local(name):
+        raise ConfigError(f"{what} model folder not found: {name}")
+    return name
+
+
+def _load_or_explain(loader, name: str, what: str, **kwargs):
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot load {what} model {name!r}: {first}") from None
+
+
+def load_tokenizer(name: str, what: str = "target"):
+    from transformers import AutoTokenizer
+    return _load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, what), what)
+
+
+def check_pair(models: dict) -> None:
+    """Refuse a drafter whose vocabulary differs from the target's: its drafts would be meaningless ids."""
+    from transformers import AutoConfig
+    target_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["target"], "target"), "target")
+    drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["drafter"], "drafter"), "drafter")
+    if target_cfg.vocab_size != drafter_cfg.vocab_size:
+        raise ConfigError(f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "
+                          f"({target_cfg.vocab_size}): they must share one tokenizer")
+    target_vocab = load_tokenizer(models["target"], "target").get_vocab()
+    drafter_vocab = load_tokenizer(models["drafter"], "drafter").get_vocab()
+    if target_vocab != drafter_vocab:
+        differing = len(set(target_vocab.items()) ^ set(drafter_vocab.items()))
+        raise ConfigError(f"drafter tokenizer differs from the target's ({differing} differing entries): "
+                          "they must share one vocabulary")
+
+
+def pick_device(device: str, local_rank: int):
+    import torch
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError('models.device = "cuda" but torch sees no GPU on this node')
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def build_runner(role: str, cfg, local_rank: int = 0):
+    """The runner for `role` ("target" or "drafter") on this rank."""
+    if cfg["models"]["kind"] == "emulated":
+        from dsi_mpi.backends.emulated import EmulatedRunner
+        return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    from dsi_mpi.backends.hf import HFRunner
+    models = cfg["models"]
+    name = resolve_model_path(models[role], role)
+    model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role,
+                             dtype=getattr(torch, DTYPES[models["dtype"]]))
+    model.to(pick_device(models["device"], local_rank))
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    return HFRunner(model, eos_token_ids=eos_ids)

@@ -1,0 +1,102 @@
+"""Baselines that run on one verifier rank, driven and timed by rank 0 like SI and DSI.
+
+- nonsi: plain greedy decoding with the target and its KV cache, one token per forward.
+- hf_assisted: Hugging Face's own assisted generation (`generate(assistant_model=...)`) on the same pair,
+  with the same fixed lookahead (constant schedule, no confidence early stop), what users would
+  otherwise pick. The drafter is loaded on that verifier only when this algorithm runs.
+The verifier streams every token to rank 0 the moment it exists; rank 0 timestamps arrivals with the
+same clock it uses for SI and DSI commits, so TTFT and per-token times are comparable.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+from dsi_mpi import protocol
+from dsi_mpi.channel import Channel
+from dsi_mpi.records import RunRecord
+
+
+def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], max_new_tokens: int,
+                 lookahead: int, stop_at_eos: bool, record: RunRecord) -> RunRecord:
+    """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive."""
+    t0 = time.perf_counter()
+    channel.send(verifier, protocol.BASELINE, prompt, algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
+                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead)
+    while True:
+        _, msg = channel.receive(f"{algorithm} tokens from rank {verifier}", source=verifier, tag=protocol.TOKENS)
+        now = time.perf_counter() - t0
+        if msg.first_index != len(record.tokens):
+            raise protocol.ProtocolError(f"rank {verifier} sent token {msg.first_index}, expected {len(record.tokens)}")
+        record.tokens.extend(int(t) for t in msg.payload)
+        record.commit_times.extend([now] * len(msg.payload))
+        if msg.done:
+            break
+    record.wall_s = record.commit_times[-1] if record.commit_times else time.perf_counter() - t0
+    record.ttft_s = record.commit_times[0] if record.commit_times else float("nan")
+    return record
+
+
+def serve_baseline(channel: Channel, target, msg, assistant_factory) -> None:
+    """Verifier side of `run_baseline`."""
+    prompt = [int(t) for t in msg.payload]
+    eos = set(target.eos_token_ids) if msg.stop_at_eos else set()
+    if msg.algorithm == protocol.BASELINE_ALGORITHMS["nonsi"]:
+        _plain_greedy(channel, target, prompt, msg.max_new_tokens, eos)
+    elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
+        if assistant_factory is None:
+            raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
+        _hf_assisted(channel, target, assistant_factory(), prompt, msg.max_new_tokens, msg.lookahead,
+                     bool(msg.stop_at_eos))
+    else:
+        raise protocol.ProtocolError(f"unknown baseline algorithm code {msg.algorithm}")
+
+
+def _plain_greedy(channel: Channel, target, prompt: list[int], max_new_tokens: int, eos: set) -> None:
+    target.reset()
+    token = int(target.greedy(prompt, 1)[0])
+    for i in range(max_new_tokens):
+        done = i + 1 == max_new_tokens or token in eos
+        channel.send(0, protocol.TOKENS, [token], first_index=i, done=int(done))
+        if done:
+            break
+        token = int(target.greedy([token], 1)[0])
+    target.reset()
+
+
+class _TokenStreamer:
+    """Hugging Face streamer interface: the first put() is the prompt, later ones are new tokens."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.sent = 0
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        tokens = [int(t) for t in value.reshape(-1).tolist()]
+        self.channel.send(0, protocol.TOKENS, tokens, first_index=self.sent, done=0)
+        self.sent += len(tokens)
+
+    def end(self) -> None:
+        self.channel.send(0, protocol.TOKENS, [], first_index=self.sent, done=1)
+
+
+def _hf_assisted(channel: Channel, target, assistant, prompt: list[int], max_new_tokens: int, lookahead: int,
+                 stop_at_eos: bool) -> None:
+    import torch
+    model = target.model
+    assistant.generation_config = copy.deepcopy(assistant.generation_config)
+    assistant.generation_config.num_assistant_tokens = lookahead
+    assistant.generation_config.num_assistant_tokens_schedule = "constant"
+    assistant.generation_config.assistant_confidence_threshold = 0.0
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample = False
+    if not stop_at_eos:
+        config.eos_token_id = None
+    ids = torch.tensor([prompt], dtype=torch.long, device=target.device)
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=assistant,
+                       generation_config=config, max_new_tokens=max_new_tokens, streamer=_TokenStreamer(channel))

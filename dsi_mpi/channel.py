@@ -1,0 +1,52 @@
+"""Point-to-point messaging over MPI: nonblocking sends, probed receives, and waits that poll.
+
+One pattern everywhere: `Isend` a protocol buffer (kept alive until the request completes), and
+`Iprobe` + `Recv` of exactly the probed size to receive. Waiting is `BackoffPoller.wait_for` over
+`poll`, so no rank ever sits in a spinning MPI wait and every wait has a deadline.
+"""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from dsi_mpi import protocol
+from dsi_mpi.polling import BackoffPoller
+
+
+class Channel:
+    def __init__(self, comm: MPI.Comm, poller: BackoffPoller):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.poller = poller
+        self._sends: list[tuple[MPI.Request, np.ndarray]] = []
+        self._status = MPI.Status()
+
+    def send(self, dest: int, kind: int, payload=(), **fields) -> None:
+        buf = protocol.encode(kind, payload, **fields)
+        self._sends.append((self.comm.Isend(buf, dest=dest, tag=kind), buf))
+        if len(self._sends) > 32:
+            self._reap()
+
+    def _reap(self) -> None:
+        self._sends = [(req, buf) for req, buf in self._sends if not req.Test()]
+
+    def poll(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG):
+        """Receive one waiting message as (source, Message), or return None at once."""
+        if not self.comm.Iprobe(source=source, tag=tag, status=self._status):
+            return None
+        count = self._status.Get_count(MPI.INT64_T)
+        src, msg_tag = self._status.Get_source(), self._status.Get_tag()
+        buf = np.empty(max(count, 0), dtype=np.int64)
+        self.comm.Recv([buf, MPI.INT64_T], source=src, tag=msg_tag)
+        return src, protocol.decode(buf, msg_tag, src)
+
+    def receive(self, what: str, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG):
+        """Wait (polling with back-off, under the watchdog) for one message."""
+        return self.poller.wait_for(lambda: self.poll(source, tag), what)
+
+    def flush(self) -> None:
+        """Wait until every send has left this rank (before reusing nothing, before exiting)."""
+        def all_sent():
+            self._reap()
+            return True if not self._sends else None
+        self.poller.wait_for(all_sent, "sends to complete")

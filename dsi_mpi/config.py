@@ -1,0 +1,205 @@
+"""Run configuration: one TOML file, validated up front so that a typo fails in a second, not after loading.
+
+Every key is declared once below (section, name, type, default, help); the README's key table is
+generated from the same declarations (`python -m dsi_mpi config-keys`), so code and docs cannot drift.
+Relative paths are resolved against the current working directory, as a cluster user expects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("nonsi", "si", "dsi", "hf_assisted")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    type: type | tuple
+    default: Any
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("models", "kind", str, "hf", 'model backend: "hf" (real Hugging Face models) or "emulated" '
+        "(LATENCY EMULATION: sleeps instead of forwards, see [emulation])"),
+    Key("models", "target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
+    Key("models", "drafter", str, "inputs/models/drafter", "drafter model: hub id or local folder; must share the target's vocabulary"),
+    Key("models", "dtype", str, "float32", "float32, bfloat16 or float16"),
+    Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
+    Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
+    Key("decoding", "algorithms", list, ["nonsi", "si", "dsi"], f"algorithms to run on every prompt, any of {list(ALGORITHMS)}"),
+    Key("decoding", "lookahead", int, 5, "draft tokens per verification task (k >= 1)"),
+    Key("decoding", "max_new_tokens", int, 64, "tokens to generate per prompt"),
+    Key("decoding", "stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
+    Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
+    Key("decoding", "warmup_prompts", int, 1, "untimed runs of each algorithm before timing (shapes, caches, allocators)"),
+    Key("prompts", "path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
+    Key("prompts", "limit", int, 0, "use only the first N prompts (0: all)"),
+    Key("output", "path", str, "results/default.h5", "HDF5 results file written by rank 0"),
+    Key("output", "overwrite", bool, False, "replace an existing results file"),
+    Key("runtime", "timeout_s", float, 300.0, "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank"),
+    Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
+    Key("runtime", "poll_max_sleep_s", float, 5e-4, "longest sleep between MPI tests while waiting (the back-off cap)"),
+    Key("runtime", "max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
+    Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
+    Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
+    Key("emulation", "drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
+    Key("emulation", "drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
+    Key("emulation", "acceptance", float, 0.6, "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's"),
+    Key("emulation", "vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
+    Key("emulation", "prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
+)
+
+SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
+
+
+@dataclass
+class Config:
+    """Resolved configuration: `values[section][name]`, plus where it came from."""
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    def to_toml(self) -> str:
+        """Canonical TOML text of the resolved config (stored in every results file)."""
+        lines = []
+        for section in SECTIONS:
+            lines.append(f"[{section}]")
+            for name, value in self.values[section].items():
+                lines.append(f"{name} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def digest(self, ignore: tuple[str, ...] = ("output.path", "output.overwrite", "prompts.limit")) -> str:
+        """Hash of what determines results, so files from different configs are never mixed."""
+        flat = {f"{s}.{n}": v for s, d in self.values.items() for n, v in d.items() if f"{s}.{n}" not in ignore}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _check_type(key: Key, value: Any) -> Any:
+    where = f"{key.section}.{key.name}"
+    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if key.type is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key {where} must be a list of strings, got {value!r}")
+        return value
+    if key.type is int and isinstance(value, bool) or not isinstance(value, key.type):
+        raise ConfigError(f"config key {where} must be {key.type.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value`, with value read as TOML (so 5, true, "x", [..]) or else as a bare string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    dotted, raw = text.split("=", 1)
+    section, name = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, name, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read, merge overrides into, and validate a config; raise ConfigError naming the first problem."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    for text in overrides:
+        section, name, value = _parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"config section [{section}] is not a table")
+        raw[section][name] = value
+    return validate(raw, source)
+
+
+def validate(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    known = {(k.section, k.name): k for k in KEYS}
+    values = {s: {} for s in SECTIONS}
+    for section, table in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"config section [{section}] must be a table")
+        for name, value in table.items():
+            if (section, name) not in known:
+                names = ", ".join(k.name for k in KEYS if k.section == section)
+                raise ConfigError(f"unknown config key {section}.{name} (known in [{section}]: {names})")
+            values[section][name] = _check_type(known[(section, name)], value)
+    for key in KEYS:
+        values[key.section].setdefault(key.name, dataclasses.replace(key).default)
+        if isinstance(values[key.section][key.name], list):
+            values[key.section][key.name] = list(values[key.section][key.name])
+    _check_ranges(values)
+    return Config(values, source)
+
+
+def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    m, d, e, r = v["models"], v["decoding"], v["emulation"], v["runtime"]
+    need(m["kind"] in ("hf", "emulated"), f'models.kind must be "hf" or "emulated", got {m["kind"]!r}')
+    need(m["dtype"] in ("float32", "bfloat16", "float16"), f"models.dtype must be float32, bfloat16 or float16, got {m['dtype']!r}")
+    need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
+    need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
+    need(len(d["algorithms"]) > 0, "decoding.algorithms must name at least one algorithm")
+    for name in d["algorithms"]:
+        need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
+    need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
+    need(d["lookahead"] >= 1, f"decoding.lookahead must be >= 1, got {d['lookahead']}")
+    need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
+    need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
+    need(v["prompts"]["limit"] >= 0, "prompts.limit must be >= 0")
+    need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
+    need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
+    need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
+    need(0.0 <= e["acceptance"] <= 1.0, f"emulation.acceptance must be in [0, 1], got {e['acceptance']}")
+    need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
+    for name in ("target_ttft_s", "target_tpot_s", "drafter_ttft_s", "drafter_tpot_s"):
+        need(e[name] >= 0, f"emulation.{name} must be >= 0")
+    if m["kind"] == "emulated":
+        need("hf_assisted" not in d["algorithms"], "hf_assisted needs real models (models.kind = \"hf\")")
+
+
+def keys_markdown() -> str:
+    """The README's table of config keys."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for k in KEYS:
+        rows.append(f"| `{k.section}.{k.name}` | {k.type.__name__} | `{_toml_value(k.default)}` | {k.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,137 @@
+"""`dsi-mpi run`: one MPI job, every algorithm on the same prompts, results to HDF5.
+
+Rank 0 is the drafter and coordinator, ranks 1..N-1 hold the target and verify. Algorithms are
+interleaved per prompt (in an order rotated per prompt, so none always runs first) after untimed
+warm-up runs of each, and every record is flushed to the results file as soon as its prompt is done.
+Any error on any rank prints one line naming the rank and aborts the whole job (MPI Abort), so that
+mpiexec and srun return non-zero instead of hanging.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from dsi_mpi.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def _versions() -> dict:
+    import h5py
+    import mpi4py
+    import numpy
+    import torch
+    import transformers
+    from mpi4py import MPI
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "mpi4py": mpi4py.__version__,
+            "mpi_library": MPI.Get_library_version().strip().splitlines()[0], "numpy": numpy.__version__,
+            "h5py": h5py.__version__}
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _say(message: str) -> None:
+    print(f"dsi-mpi: {message}", file=sys.stderr, flush=True)
+
+
+def run_job(cfg) -> int:
+    """Entry point on every rank; returns the exit status (or never returns: MPI Abort)."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        if rank == 0:
+            _say(f"error: needs at least 2 MPI ranks (1 drafter + verifiers), got {size}: "
+                 "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)")
+        return EXIT_BAD_INPUT
+    try:
+        return _run_ranks(cfg, comm)
+    except ConfigError as err:
+        _say(f"error on rank {rank}: {err}")
+        comm.Abort(EXIT_BAD_INPUT)
+    except BaseException as err:  # noqa: BLE001 - any failure must take the whole job down, not hang it
+        _say(f"error on rank {rank}: {type(err).__name__}: {err}")
+        comm.Abort(EXIT_FAILURE)
+    return EXIT_FAILURE
+
+
+def _run_ranks(cfg, comm) -> int:
+    from dsi_mpi import startup
+    from dsi_mpi.backends.loading import build_runner
+    from dsi_mpi.channel import Channel
+    from dsi_mpi.polling import poller_from_config
+
+    rank = comm.Get_rank()
+    _set_threads(cfg["models"]["threads"])
+    import torch
+    torch.manual_seed(cfg["decoding"]["seed"])
+    poller = poller_from_config(cfg["runtime"])
+
+    session, error = None, None
+    if rank == 0:
+        try:
+            from dsi_mpi.session import Session
+            session = Session.prepare(cfg)
+        except ConfigError as err:
+            error = str(err)
+            _say(f"error: {err}")
+    if startup.share_verdict(comm, poller, error is not None):
+        return EXIT_BAD_INPUT
+
+    role = "drafter+coordinator" if rank == 0 else "target verifier"
+    local_rank = startup.local_rank(comm)  # a collective: every rank, once
+    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank)
+    device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
+    infos = startup.gather_rank_info(comm, poller, role, device)
+    startup.barrier(comm, poller, "every rank to load its model")
+    channel = Channel(comm, poller)
+    if rank != 0:
+        from dsi_mpi.verifier import Verifier
+        assistant = None
+        if "hf_assisted" in cfg["decoding"]["algorithms"]:
+            assistant = _lazy_assistant(cfg, local_rank)
+        Verifier(channel, runner, assistant).serve()
+        return 0
+    metadata = {"versions": _versions(), "git_commit": _git_commit(), "ranks": infos,
+                "algorithms": cfg["decoding"]["algorithms"], "argv": sys.argv,
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+    try:
+        session.run(channel, runner, metadata)
+    finally:
+        from dsi_mpi import protocol
+        for verifier in range(1, comm.Get_size()):
+            channel.send(verifier, protocol.STOP)
+        channel.flush()
+    return 0
+
+
+def _lazy_assistant(cfg, local_rank: int):
+    """hf_assisted needs the drafter next to the target; load it on first use only."""
+    cache = {}
+
+    def factory():
+        if "model" not in cache:
+            from dsi_mpi.backends.loading import build_runner
+            cache["model"] = build_runner("drafter", cfg, local_rank).model
+        return cache["model"]
+    return factory

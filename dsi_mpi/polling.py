@@ -1,0 +1,61 @@
+"""Waiting without burning a core, and never forever.
+
+A blocking MPI wait spins at 100% CPU on every MPI runtime, and with more ranks than cores that spin
+steals the core a working rank needs (shared/notes/PLATFORM.md: 8-16 ms per message under MPICH).
+So every wait in dsi-mpi is a poll: test, spin briefly, then sleep with a doubling back-off, and give
+up with `WatchdogTimeout` once the deadline passes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class WatchdogTimeout(RuntimeError):
+    """Raised when a wait outlives runtime.timeout_s; the message names what was awaited."""
+
+
+class BackoffPoller:
+    """Poll a condition: spin for `spin_s`, then sleep from `min_sleep_s` doubling up to `max_sleep_s`."""
+
+    def __init__(self, spin_s: float = 5e-5, min_sleep_s: float = 5e-5, max_sleep_s: float = 5e-4,
+                 timeout_s: float = 300.0):
+        self.spin_s = spin_s
+        self.min_sleep_s = min_sleep_s
+        self.max_sleep_s = max_sleep_s
+        self.timeout_s = timeout_s
+        self.idle_s = 0.0  # total time spent waiting, for the records
+
+    def wait_for(self, poll: Callable[[], T | None], what: str, timeout_s: float | None = None) -> T:
+        """Return the first non-None `poll()` result; raise WatchdogTimeout naming `what` past the deadline."""
+        result = poll()
+        if result is not None:
+            return result
+        start = time.perf_counter()
+        deadline = start + (self.timeout_s if timeout_s is None else timeout_s)
+        spin_until = start + self.spin_s
+        sleep = self.min_sleep_s
+        try:
+            while True:
+                result = poll()
+                if result is not None:
+                    return result
+                now = time.perf_counter()
+                if now > deadline:
+                    raise WatchdogTimeout(f"no progress for {now - start:.1f} s while waiting for {what}")
+                if now >= spin_until:
+                    time.sleep(sleep)
+                    sleep = min(sleep * 2, self.max_sleep_s)
+        finally:
+            self.idle_s += time.perf_counter() - start
+
+    def nap(self, sleep_s: float) -> None:
+        """One short idle step for loops that poll several things themselves."""
+        time.sleep(min(sleep_s, self.max_sleep_s))
+
+
+def poller_from_config(runtime: dict) -> BackoffPoller:
+    return BackoffPoller(spin_s=runtime["poll_spin_s"], max_sleep_s=runtime["poll_max_sleep_s"],
+                         timeout_s=runtime["timeout_s"])

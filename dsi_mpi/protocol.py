@@ -1,0 +1,104 @@
+"""The message protocol between the coordinator (rank 0) and the verifiers (ranks 1..N-1).
+
+Every message is one flat numpy int64 array sent with the uppercase (buffer) mpi4py calls, with the
+MPI tag equal to its kind:
+
+    [MAGIC, kind, n_fields, n_payload, field_0 .. field_{n_fields-1}, payload_0 .. payload_{n_payload-1}]
+
+| kind      | direction | fields                                                | payload                  |
+| --------- | --------- | ----------------------------------------------------- | ------------------------ |
+| TASK      | 0 -> v    | task_id, epoch, base, n_out                           | tokens after `base`      |
+| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, busy_us  | target's n_out tokens    |
+| ABORTED   | v -> 0    | task_id, epoch, cache_len, computed_before_abort      | (none)                   |
+| CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
+| BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead | prompt tokens           |
+| TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
+| STOP      | 0 -> v    | (none)                                                | (none)                   |
+
+A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload
+and return its greedy token for each of the last `n_out` positions. Each task gets exactly one reply,
+RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. An epoch rises at
+every rejection: anything of an older epoch is stale and is dropped on sight.
+Decoding checks the magic, the kind against the tag, the counts against the received size and the
+field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = 0x05D51
+HEADER = 4
+
+TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = range(1, 8)
+KIND_NAMES = {TASK: "TASK", RESULT: "RESULT", ABORTED: "ABORTED", CANCEL: "CANCEL",
+              BASELINE: "BASELINE", TOKENS: "TOKENS", STOP: "STOP"}
+FIELDS = {
+    TASK: ("task_id", "epoch", "base", "n_out"),
+    RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "busy_us"),
+    ABORTED: ("task_id", "epoch", "cache_len", "computed"),
+    CANCEL: ("epoch",),
+    BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead"),
+    TOKENS: ("first_index", "done"),
+    STOP: (),
+}
+BASELINE_ALGORITHMS = {"nonsi": 1, "hf_assisted": 2}
+
+
+class ProtocolError(RuntimeError):
+    """A malformed or unexpected message; never applied."""
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: int
+    fields: dict
+    payload: np.ndarray
+
+    def __getattr__(self, name):
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def encode(kind: int, payload=(), **fields) -> np.ndarray:
+    """Build the int64 buffer for one message; every field of the kind must be given."""
+    names = FIELDS[kind]
+    if set(fields) != set(names):
+        raise ValueError(f"{KIND_NAMES[kind]} needs fields {names}, got {sorted(fields)}")
+    payload = np.asarray(payload, dtype=np.int64).ravel()
+    buf = np.empty(HEADER + len(names) + len(payload), dtype=np.int64)
+    buf[:HEADER] = (MAGIC, kind, len(names), len(payload))
+    buf[HEADER:HEADER + len(names)] = [int(fields[n]) for n in names]
+    buf[HEADER + len(names):] = payload
+    return buf
+
+
+def decode(buf: np.ndarray, tag: int, source: int) -> Message:
+    """Check and unpack a received buffer; raise ProtocolError naming the sender if anything is off."""
+    where = f"message from rank {source} with tag {tag}"
+    if len(buf) < HEADER:
+        raise ProtocolError(f"{where}: {len(buf)} integers, shorter than the {HEADER}-integer header")
+    magic, kind, n_fields, n_payload = (int(x) for x in buf[:HEADER])
+    if magic != MAGIC:
+        raise ProtocolError(f"{where}: bad magic {magic:#x} (not a dsi-mpi message or a version mismatch)")
+    if kind not in FIELDS:
+        raise ProtocolError(f"{where}: unknown kind {kind}")
+    if kind != tag:
+        raise ProtocolError(f"{where}: kind {KIND_NAMES[kind]} does not match the tag")
+    names = FIELDS[kind]
+    if n_fields != len(names) or n_payload < 0 or HEADER + n_fields + n_payload != len(buf):
+        raise ProtocolError(f"{where}: {KIND_NAMES[kind]} header says {n_fields} fields + {n_payload} "
+                            f"payload but {len(buf)} integers arrived")
+    fields = {n: int(v) for n, v in zip(names, buf[HEADER:HEADER + n_fields])}
+    for name, value in fields.items():
+        if value < 0:
+            raise ProtocolError(f"{where}: {KIND_NAMES[kind]} field {name} is negative ({value})")
+    payload = buf[HEADER + n_fields:]
+    if kind == TASK and (fields["n_out"] < 1 or fields["n_out"] > n_payload):
+        raise ProtocolError(f"{where}: TASK asks for {fields['n_out']} outputs from {n_payload} new tokens")
+    if kind == RESULT and n_payload < 1:
+        raise ProtocolError(f"{where}: RESULT carries no tokens")
+    return Message(kind, fields, payload)

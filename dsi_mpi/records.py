@@ -1,0 +1,58 @@
+"""What one (algorithm, prompt) run produced and why it took the time it took."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# One row per verification task the coordinator sent (prefill tasks included).
+TASK_DTYPE = np.dtype([
+    ("task_id", "i8"), ("verifier", "i4"), ("epoch", "i8"), ("start", "i8"), ("n_drafts", "i4"),
+    ("base", "i8"), ("computed", "i8"), ("reused", "i8"), ("sent_s", "f8"), ("reply_s", "f8"),
+    ("busy_s", "f8"), ("outcome", "i1"),
+])
+OUTCOMES = {0: "pending", 1: "used", 2: "stale_result", 3: "aborted", 4: "prefill_extra"}
+USED, STALE_RESULT, ABORTED, PREFILL_EXTRA = 1, 2, 3, 4
+
+# One row per task that was in flight when a rejection made it stale.
+CANCEL_DTYPE = np.dtype([
+    ("task_id", "i8"), ("verifier", "i4"), ("rejected_s", "f8"), ("reply_s", "f8"), ("busy_after_s", "f8"),
+    ("aborted", "i1"),
+])
+
+
+@dataclass
+class RunRecord:
+    algorithm: str
+    prompt_index: int
+    prompt_id: str
+    tokens: list[int] = field(default_factory=list)          # generated token ids
+    commit_times: list[float] = field(default_factory=list)  # seconds from start, one per token
+    wall_s: float = 0.0
+    ttft_s: float = 0.0
+    drafted: int = 0            # draft tokens produced by the drafter
+    compared: int = 0           # draft tokens checked against the target
+    accepted: int = 0           # draft tokens that matched and were committed
+    rejections: int = 0
+    tasks_sent: int = 0
+    tasks_used: int = 0         # results applied to the text
+    tasks_stale: int = 0        # results ignored or forwards aborted because a rejection made them stale
+    blocks_unsent: int = 0      # blocks dropped by a rejection before any verifier started them
+    tasks: list[tuple] = field(default_factory=list)
+    cancellations: list[tuple] = field(default_factory=list)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.compared if self.compared else float("nan")
+
+    def task_table(self) -> np.ndarray:
+        return np.array(self.tasks, dtype=TASK_DTYPE)
+
+    def cancel_table(self) -> np.ndarray:
+        return np.array(self.cancellations, dtype=CANCEL_DTYPE)
+
+    def scalars(self) -> dict:
+        return {"wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "compared": self.compared,
+                "accepted": self.accepted, "rejections": self.rejections, "tasks_sent": self.tasks_sent,
+                "tasks_used": self.tasks_used, "tasks_stale": self.tasks_stale, "blocks_unsent": self.blocks_unsent,
+                "new_tokens": len(self.tokens)}

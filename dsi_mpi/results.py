@@ -1,0 +1,103 @@
+"""HDF5 results: one file per job, written by rank 0 only, flushed after every prompt.
+
+Layout (read back by `report`):
+    /                      attrs: format, config_toml, config_digest, created, git_commit, versions (JSON),
+                                  ranks (JSON: rank, host, role, device), algorithms (JSON list)
+    /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written)
+        prompt_tokens      int64[n]
+        <algorithm>/       attrs: wall_s, ttft_s, drafted, compared, accepted, rejections, tasks_sent,
+                                  tasks_used, tasks_stale, blocks_unsent, new_tokens
+            tokens         int64[new_tokens]      generated token ids
+            commit_times   float64[new_tokens]    seconds from the run's start at which each token was final
+            tasks          compound[n_tasks]      one row per verification task (records.TASK_DTYPE)
+            cancellations  compound[n_cancels]    stale tasks after a rejection (records.CANCEL_DTYPE)
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dsi_mpi.config import ConfigError
+from dsi_mpi.records import CANCEL_DTYPE, TASK_DTYPE, RunRecord
+
+FORMAT = "dsi-mpi results 1"
+
+
+class ResultsWriter:
+    def __init__(self, path: str, config, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise ConfigError(f"output file {path} exists: set output.overwrite = true or choose another output.path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(self.path, "w")
+        except OSError as err:
+            raise ConfigError(f"cannot write output file {path}: {err}") from None
+        attrs = self.file.attrs
+        attrs["format"] = FORMAT
+        attrs["config_toml"] = config.to_toml()
+        attrs["config_digest"] = config.digest()
+        attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.file.require_group("prompts")
+        self.file.flush()
+
+    def add_metadata(self, metadata: dict) -> None:
+        """Versions, hosts, ranks: known only once every rank has started."""
+        for key, value in metadata.items():
+            self.file.attrs[key] = value if isinstance(value, str) else json.dumps(value)
+        self.file.flush()
+
+    def _prompt_group(self, prompt, prompt_tokens) -> h5py.Group:
+        name = f"prompts/{prompt.index:05d}"
+        if name not in self.file:
+            group = self.file.create_group(name)
+            group.attrs.update(id=prompt.id, text=prompt.text, complete=False)
+            group.create_dataset("prompt_tokens", data=np.asarray(prompt_tokens, dtype=np.int64))
+        return self.file[name]
+
+    def write_record(self, prompt, prompt_tokens, record: RunRecord) -> None:
+        group = self._prompt_group(prompt, prompt_tokens)
+        if record.algorithm in group:
+            del group[record.algorithm]
+        run = group.create_group(record.algorithm)
+        run.attrs.update(record.scalars())
+        run.create_dataset("tokens", data=np.asarray(record.tokens, dtype=np.int64))
+        run.create_dataset("commit_times", data=np.asarray(record.commit_times, dtype=np.float64))
+        run.create_dataset("tasks", data=record.task_table())
+        run.create_dataset("cancellations", data=record.cancel_table())
+        self.file.flush()
+
+    def mark_complete(self, prompt) -> None:
+        self.file[f"prompts/{prompt.index:05d}"].attrs["complete"] = True
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict]]:
+    """(file attributes, one dict per (prompt, algorithm) record) from a results file."""
+    records = []
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a dsi-mpi results file")
+        meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        for name, group in sorted(f["prompts"].items()):
+            if complete_only and not group.attrs["complete"]:
+                continue
+            for algorithm, run in group.items():
+                if not isinstance(run, h5py.Group):
+                    continue
+                rec = {"prompt_index": int(name), "prompt_id": str(group.attrs["id"]), "algorithm": algorithm,
+                       "complete": bool(group.attrs["complete"])}
+                rec.update({k: v.item() if hasattr(v, "item") else v for k, v in run.attrs.items()})
+                rec["tokens"] = run["tokens"][()].tolist()
+                rec["commit_times"] = run["commit_times"][()].tolist()
+                rec["tasks"] = run["tasks"][()]
+                rec["cancellations"] = run["cancellations"][()]
+                records.append(rec)
+    return meta, records

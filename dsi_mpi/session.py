@@ -1,0 +1,108 @@
+"""Rank 0's side of a job: check the inputs, run every algorithm on every prompt, record everything."""
+from __future__ import annotations
+
+import sys
+import time
+
+from dsi_mpi.baselines import run_baseline
+from dsi_mpi.config import ConfigError
+from dsi_mpi.prompts import load_prompts
+from dsi_mpi.records import RunRecord
+from dsi_mpi.results import ResultsWriter
+
+
+class Session:
+    def __init__(self, cfg, prompts, prompt_tokens, eos_ids, writer):
+        self.cfg = cfg
+        self.prompts = prompts
+        self.prompt_tokens = prompt_tokens
+        self.eos_ids = eos_ids
+        self.writer = writer
+
+    @classmethod
+    def prepare(cls, cfg) -> "Session":
+        """Everything that can fail on user input, before any model weights are loaded."""
+        models, decoding = cfg["models"], cfg["decoding"]
+        prompts = load_prompts(cfg["prompts"]["path"], cfg["prompts"]["limit"])
+        if models["kind"] == "emulated":
+            from dsi_mpi.backends.emulated import emulated_prompt
+            emu = cfg["emulation"]
+            tokens = [emulated_prompt(decoding["seed"], p.index, emu["prompt_tokens"], emu["vocab_size"])
+                      for p in prompts]
+            eos_ids: tuple = ()
+        else:
+            tokens, eos_ids = _tokenize_for_target(cfg, prompts)
+        writer = ResultsWriter(cfg["output"]["path"], cfg, overwrite=cfg["output"]["overwrite"])
+        return cls(cfg, prompts, tokens, eos_ids, writer)
+
+    def run(self, channel, drafter, metadata: dict) -> None:
+        from dsi_mpi.report import summary_table
+        from dsi_mpi.speculation import SpeculativeDecoder
+        comm_size = channel.comm.Get_size()
+        self.writer.add_metadata(metadata)
+        decoding = self.cfg["decoding"]
+        self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
+                                          decoding["stop_at_eos"])
+        self.channel = channel
+        algorithms = decoding["algorithms"]
+        for i in range(decoding["warmup_prompts"]):
+            prompt = self.prompts[i % len(self.prompts)]
+            for algorithm in algorithms:
+                self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
+        records = []
+        started = time.perf_counter()
+        try:
+            for n, prompt in enumerate(self.prompts):
+                shift = prompt.index % len(algorithms)
+                for algorithm in algorithms[shift:] + algorithms[:shift]:
+                    record = self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
+                    self.writer.write_record(prompt, self.prompt_tokens[prompt.index], record)
+                    records.append(record)
+                self.writer.mark_complete(prompt)
+                _progress(n + 1, len(self.prompts), records, time.perf_counter() - started)
+        finally:
+            self.writer.close()
+        print(summary_table([r.__dict__ | r.scalars() for r in records]), flush=True)
+        print(f"results: {self.cfg['output']['path']}", flush=True)
+
+    def _run_one(self, algorithm: str, prompt, tokens: list[int]) -> RunRecord:
+        decoding = self.cfg["decoding"]
+        record = RunRecord(algorithm, prompt.index, prompt.id)
+        if algorithm in ("nonsi", "hf_assisted"):
+            return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"],
+                                decoding["lookahead"], decoding["stop_at_eos"], record)
+        return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], decoding["lookahead"],
+                                     record, self.cfg["runtime"]["max_blocks_ahead"])
+
+
+def _tokenize_for_target(cfg, prompts):
+    from transformers import AutoConfig, GenerationConfig
+    from dsi_mpi.backends.loading import check_pair, load_tokenizer, resolve_model_path
+    models = cfg["models"]
+    check_pair(models)
+    tokenizer = load_tokenizer(models["target"], "target")
+    target_path = resolve_model_path(models["target"], "target")
+    limit = getattr(AutoConfig.from_pretrained(target_path), "max_position_embeddings", None)
+    tokens = []
+    for p in prompts:
+        ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
+        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + cfg["decoding"]["lookahead"] + 1 > limit:
+            raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
+                              f"the target's context of {limit} positions")
+        tokens.append(ids)
+    try:
+        eos = GenerationConfig.from_pretrained(target_path).eos_token_id
+    except OSError:
+        eos = AutoConfig.from_pretrained(target_path).eos_token_id
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+    return tokens, eos_ids
+
+
+def _progress(done: int, total: int, records, elapsed: float) -> None:
+    """One line per prompt on rank 0: prompts done, generated tokens/s so far, ETA. Quiet when not a TTY."""
+    if not sys.stderr.isatty():
+        return
+    tokens = sum(len(r.tokens) for r in records)
+    eta = elapsed / done * (total - done)
+    print(f"\rdsi-mpi: prompt {done}/{total}  {tokens / max(elapsed, 1e-9):.1f} tok/s  ETA {eta:.0f} s",
+          end="\n" if done == total else "", file=sys.stderr, flush=True)

@@ -1,0 +1,301 @@
+"""The speculation coordinator on rank 0: one loop for SI and DSI, the policy is a few lines.
+
+Text = committed tokens followed by speculative drafts. The drafter extends the drafts one token at a
+time; every k drafts form a block, and each block becomes a verification task for a free verifier
+rank (the one whose KV cache already holds the longest part of the block's prefix). Results may come
+back in any order and are applied strictly in position order:
+  * a draft that differs from the target's token is a rejection: the target's token is committed,
+    the epoch rises, every later draft and block is dropped (in-flight ones get a CANCEL, queued ones
+    are never sent) and drafting restarts from the corrected text;
+  * a fully accepted block also yields the target's token for the next position (the "bonus"), which
+    at once checks the next block's first draft (the paper's immediate pruning).
+The first "block" of a prompt is the target's prefill, which gives the first token exactly as plain
+decoding would. Policies: `si` keeps one block in flight and does not draft while it is (classic
+speculative decoding, blocking); `dsi` keeps drafting while fewer than `max_blocks_ahead` blocks await
+results and sends blocks to every free verifier (speculation parallelism).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsi_mpi import protocol
+from dsi_mpi.backends import ModelRunner, common_prefix_len
+from dsi_mpi.channel import Channel
+from dsi_mpi.records import ABORTED, PREFILL_EXTRA, STALE_RESULT, TASK_DTYPE, USED, RunRecord
+
+
+@dataclass
+class Block:
+    start: int                     # sequence position of the first draft
+    drafts: list[int]              # the drafts (empty for the prefill block)
+    task_id: int | None = None     # set once sent
+    result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
+
+
+@dataclass
+class Task:
+    task_id: int
+    verifier: int
+    epoch: int
+    sequence: list[int]            # the full token sequence the verifier's cache holds when it is done
+    block: Block | None            # None for the extra prefills that only warm other verifiers' caches
+    row: dict = field(default_factory=dict)
+
+
+class SpeculativeDecoder:
+    """Drives SI or DSI for one prompt at a time; verifier cache knowledge persists across prompts."""
+
+    def __init__(self, channel: Channel, drafter: ModelRunner, verifiers: list[int], eos_ids=(),
+                 stop_at_eos: bool = True):
+        self.channel = channel
+        self.drafter = drafter
+        self.verifiers = list(verifiers)
+        self.eos_ids = frozenset(int(t) for t in eos_ids) if stop_at_eos else frozenset()
+        self.cache_view = {v: [] for v in self.verifiers}  # what each verifier's KV cache holds
+        self.inflight: dict[int, Task] = {}                 # task id -> task awaiting its one reply
+        self.epoch = 0
+        self.next_task_id = 0
+
+    # ---------------------------------------------------------------- public
+    def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,
+                 record: RunRecord, max_blocks_ahead: int = 0) -> RunRecord:
+        if policy not in ("si", "dsi"):
+            raise ValueError(policy)
+        self.policy = policy
+        self.k = lookahead
+        self.active = self.verifiers[:1] if policy == "si" else self.verifiers
+        self.max_ahead = 1 if policy == "si" else (max_blocks_ahead or len(self.active) + 1)
+        self.record = record
+        self.seq = list(prompt)
+        self.n_prompt = len(prompt)
+        self.n_committed = len(prompt)
+        self.end = len(prompt) + max_new_tokens
+        self.blocks: deque[Block] = deque()
+        self.pending_cancels: dict[int, list] = {}
+        self.rows: dict[int, dict] = {}
+        self.done = False
+        self.t0 = time.perf_counter()
+
+        self._start_prefills()
+        self.drafter.reset()
+        self.seq.append(int(self.drafter.greedy(prompt, 1)[0]))  # the drafter's prefill drafts position 0
+        record.drafted += 1
+        self._form_blocks()
+        while not self.done:
+            self._handle_waiting_messages()
+            if self.done:
+                break
+            self._dispatch()
+            if self._may_draft():
+                self._draft_one()
+                self._form_blocks()
+                self._dispatch()
+            else:
+                self.channel.poller.wait_for(self._handle_one_message, self._waiting_for())
+        self._finish()
+        return record
+
+    # ---------------------------------------------------------------- drafting
+    def _now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _may_draft(self) -> bool:
+        if len(self.seq) >= self.end:
+            return False
+        awaiting = sum(1 for b in self.blocks if b.result is None)
+        return awaiting < self.max_ahead if self.policy == "dsi" else not self.blocks
+
+    def _draft_one(self) -> None:
+        """One drafter forward: feed what its cache lacks of the text, append its greedy guess."""
+        position = len(self.seq)
+        keep = min(common_prefix_len(self.drafter.tokens, self.seq), position - 1)
+        self.drafter.crop(keep)
+        self.seq.append(int(self.drafter.greedy(self.seq[keep:position], 1)[0]))
+        self.record.drafted += 1
+
+    def _form_blocks(self) -> None:
+        last = self.blocks[-1] if self.blocks else None
+        start = last.start + len(last.drafts) if last else self.n_committed
+        start = max(start, self.n_committed)
+        while True:
+            available = len(self.seq) - start
+            if available >= self.k or (available > 0 and len(self.seq) >= self.end):
+                n = min(self.k, available)
+                self.blocks.append(Block(start, self.seq[start:start + n]))
+                start += n
+            else:
+                return
+
+    # ---------------------------------------------------------------- tasks
+    def _start_prefills(self) -> None:
+        """Every active verifier prefills the prompt from an empty cache (fresh state per run); the first
+        reply commits token 0, exactly what plain decoding's prefill yields."""
+        block = Block(self.n_prompt, [])
+        self.blocks.append(block)
+        for i, v in enumerate(self.active):
+            self._send_task(v, block if i == 0 else None, list(self.seq), base=0)
+
+    def _send_task(self, verifier: int, block: Block | None, sequence: list[int], base: int) -> None:
+        task = Task(self.next_task_id, verifier, self.epoch, sequence, block)
+        self.next_task_id += 1
+        n_out = (len(block.drafts) if block else 0) + 1
+        self.channel.send(verifier, protocol.TASK, sequence[base:], task_id=task.task_id, epoch=self.epoch,
+                          base=base, n_out=n_out)
+        task.row = {"task_id": task.task_id, "verifier": verifier, "epoch": self.epoch,
+                    "start": block.start if block else self.n_prompt, "n_drafts": n_out - 1, "base": base,
+                    "computed": 0, "reused": 0, "sent_s": self._now(), "reply_s": np.nan, "busy_s": np.nan,
+                    "outcome": 0 if block else PREFILL_EXTRA}
+        self.rows[task.task_id] = task.row
+        self.inflight[task.task_id] = task
+        self.cache_view[verifier] = []  # unknown until the reply says
+        if block:
+            block.task_id = task.task_id
+        self.record.tasks_sent += 1
+
+    def _dispatch(self) -> None:
+        """Send waiting blocks, in order, each to the free verifier whose cache covers most of its prefix."""
+        busy = {t.verifier for t in self.inflight.values()}
+        free = [v for v in self.active if v not in busy]
+        for block in self.blocks:
+            if not free:
+                return
+            if block.task_id is not None:
+                continue
+            sequence = self.seq[:block.start + len(block.drafts)]
+            overlap = {v: common_prefix_len(self.cache_view[v], sequence) for v in free}
+            best = max(free, key=lambda v: (overlap[v], -v))
+            free.remove(best)
+            self._send_task(best, block, sequence, base=min(overlap[best], block.start - 1))
+
+    # ---------------------------------------------------------------- replies
+    def _waiting_for(self) -> str:
+        ranks = sorted({t.verifier for t in self.inflight.values()})
+        if ranks:
+            return f"verification results from rank(s) {ranks}"
+        blocks = [(b.start, len(b.drafts), b.task_id, b.result is not None) for b in self.blocks]
+        return (f"nothing: coordinator stalled ({self.policy}, committed {self.n_committed}, text {len(self.seq)}, "
+                f"end {self.end}, blocks {blocks})")
+
+    def _handle_waiting_messages(self) -> None:
+        while not self.done and self._handle_one_message():
+            pass
+
+    def _handle_one_message(self):
+        got = self.channel.poll()
+        if got is None:
+            return None
+        source, msg = got
+        if msg.kind not in (protocol.RESULT, protocol.ABORTED):
+            raise protocol.ProtocolError(f"rank {source} sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
+        task = self.inflight.get(msg.task_id)
+        if task is None or task.verifier != source or task.epoch != msg.epoch:
+            raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
+        del self.inflight[msg.task_id]
+        now = self._now()
+        task.row["reply_s"] = now
+        cancel = self.pending_cancels.pop(task.task_id, None)
+        if cancel is not None:
+            cancel[3] = now
+            cancel[4] = now - cancel[2]
+            cancel[5] = int(msg.kind == protocol.ABORTED)
+            self.record.cancellations.append(tuple(cancel))
+        if msg.kind == protocol.ABORTED:
+            if task.epoch == self.epoch and task.block is not None:
+                raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
+            self.cache_view[source] = task.sequence[:msg.cache_len]
+            task.row.update(outcome=ABORTED, computed=msg.computed)
+            self.record.tasks_stale += 1
+            return True
+        self.cache_view[source] = task.sequence
+        task.row.update(computed=msg.computed, reused=msg.reused, busy_s=msg.busy_us * 1e-6)
+        if task.block is None:
+            return True
+        if task.epoch != self.epoch:
+            task.row["outcome"] = STALE_RESULT
+            self.record.tasks_stale += 1
+            return True
+        if len(msg.payload) != len(task.block.drafts) + 1:
+            raise protocol.ProtocolError(f"rank {source} returned {len(msg.payload)} tokens for a block of "
+                                         f"{len(task.block.drafts)} drafts")
+        task.block.result = msg.payload
+        task.row["outcome"] = USED
+        self.record.tasks_used += 1
+        while self.blocks and self.blocks[0].result is not None and not self.done:
+            self._apply(self.blocks.popleft())
+        return True
+
+    def _apply(self, block: Block) -> None:
+        """Accept drafts while they equal the target's tokens; the first difference is a rejection."""
+        target = block.result
+        assert block.start <= self.n_committed <= block.start + len(block.drafts), "blocks applied out of order"
+        for i in range(self.n_committed - block.start, len(block.drafts)):
+            self.record.compared += 1
+            if block.drafts[i] != target[i]:
+                return self._reject(block.start + i, int(target[i]))
+            self.record.accepted += 1
+            self._commit()
+            if self.done:
+                return
+        bonus = int(target[len(block.drafts)])
+        if self.n_committed < len(self.seq):          # the next position is drafted: prune at once
+            self.record.compared += 1
+            if self.seq[self.n_committed] != bonus:
+                return self._reject(self.n_committed, bonus)
+            self.record.accepted += 1
+        else:
+            self.seq.append(bonus)
+        self._commit()
+
+    def _commit(self) -> None:
+        token = self.seq[self.n_committed]
+        self.n_committed += 1
+        self.record.commit_times.append(self._now())
+        if self.n_committed >= self.end or token in self.eos_ids:
+            self.done = True
+
+    def _reject(self, position: int, token: int) -> None:
+        del self.seq[position:]
+        self.seq.append(token)
+        self.record.rejections += 1
+        self.epoch += 1
+        self._commit()
+        self._cancel_all()
+
+    def _cancel_all(self, after_rejection: bool = True) -> None:
+        """Drop every block; queued ones are never sent, in-flight ones are told to stop."""
+        now = self._now()
+        for block in self.blocks:
+            if block.task_id is None:
+                self.record.blocks_unsent += 1
+            elif block.result is not None:      # arrived early, now useless
+                self.rows[block.task_id]["outcome"] = STALE_RESULT
+                self.record.tasks_used -= 1
+                self.record.tasks_stale += 1
+        self.blocks.clear()
+        for task in self.inflight.values():       # one task per verifier at most
+            still_useful = task.block is None and after_rejection   # a prefill of the unchanged prompt
+            if task.epoch < self.epoch and task.task_id not in self.pending_cancels and not still_useful:
+                self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
+                if after_rejection:
+                    self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, 0]
+
+    def _finish(self) -> None:
+        """Stop the clock, cancel what is still running and wait for every reply, so the next run starts
+        with idle verifiers and a known cache state."""
+        record = self.record
+        record.wall_s = record.commit_times[-1] if record.commit_times else self._now()
+        record.ttft_s = record.commit_times[0] if record.commit_times else float("nan")
+        record.tokens = [int(t) for t in self.seq[self.n_prompt:self.n_committed]]
+        self.epoch += 1
+        self._cancel_all(after_rejection=False)
+
+        def drained():
+            while self.inflight and self._handle_one_message():
+                pass
+            return None if self.inflight else True
+        self.channel.poller.wait_for(drained, self._waiting_for())
+        record.tasks = [tuple(row[name] for name in TASK_DTYPE.names) for row in self.rows.values()]

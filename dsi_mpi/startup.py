@@ -1,0 +1,52 @@
+"""Job start-up collectives, done nonblocking and polled (a blocking collective spins a core).
+
+Rank 0 checks everything that depends on user input before any rank loads weights, then tells every
+rank to go on or to exit; later every rank reports its host and device so the results can say where
+each role ran.
+"""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+from mpi4py import MPI
+
+from dsi_mpi.polling import BackoffPoller
+
+INFO_TAG = 1000
+
+
+def share_verdict(comm: MPI.Comm, poller: BackoffPoller, failed: bool) -> bool:
+    """Broadcast rank 0's go/no-go; every rank returns True when the job must stop."""
+    flag = np.array([int(failed)], dtype=np.int64)
+    request = comm.Ibcast(flag, root=0)
+    poller.wait_for(lambda: True if request.Test() else None, "the start-up checks on rank 0")
+    return bool(flag[0])
+
+
+def barrier(comm: MPI.Comm, poller: BackoffPoller, what: str) -> None:
+    request = comm.Ibarrier()
+    poller.wait_for(lambda: True if request.Test() else None, what)
+
+
+def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: str) -> list[dict] | None:
+    """Rank 0 gets [{rank, host, role, device}] for every rank; others get None."""
+    mine = {"rank": comm.Get_rank(), "host": socket.gethostname(), "role": role, "device": device}
+    if comm.Get_rank() != 0:
+        comm.isend(mine, dest=0, tag=INFO_TAG).wait()
+        return None
+    infos = [mine]
+    for source in range(1, comm.Get_size()):
+        request = comm.irecv(source=source, tag=INFO_TAG)
+        infos.append(poller.wait_for(lambda: (lambda done, value: value if done else None)(*request.test()),
+                                     f"start-up report of rank {source}"))
+    return infos
+
+
+def local_rank(comm: MPI.Comm) -> int:
+    """Rank among the processes on this node: picks the GPU when device = "cuda"."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()

@@ -1,0 +1,79 @@
+"""The verifier loop on ranks 1..N-1: run the target on tasks, reply once per task, stop stale work early.
+
+A verifier keeps the KV cache of the sequence it last verified. A TASK says how much of it stays valid
+(`base`); the verifier crops to that, runs the target on the new tokens only and returns the greedy token
+at the last `n_out` positions. Between decoder layers it probes for a CANCEL: if the running task's epoch
+is older than the cancel's, the forward stops at once (the cache is rolled back to `base`) and the reply
+is ABORTED. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's target
+forwards run on the same kind of rank.
+"""
+from __future__ import annotations
+
+import time
+
+from dsi_mpi import protocol
+from dsi_mpi.backends import ModelRunner
+from dsi_mpi.baselines import serve_baseline
+from dsi_mpi.channel import Channel
+
+
+class TaskCancelled(Exception):
+    """Raised between decoder layers to abandon a forward that a rejection made stale."""
+
+
+class Verifier:
+    def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None):
+        self.channel = channel
+        self.target = target
+        self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
+        self.min_epoch = 0
+        self.running_epoch = 1 << 62   # no task running: nothing to cancel
+        target.set_layer_callback(self._check_cancel)
+
+    def _take_cancel(self, msg) -> None:
+        self.min_epoch = max(self.min_epoch, msg.epoch)
+
+    def _check_cancel(self) -> None:
+        got = self.channel.poll(source=0, tag=protocol.CANCEL)
+        if got is not None:
+            self._take_cancel(got[1])
+        if self.running_epoch < self.min_epoch:
+            raise TaskCancelled
+
+    def serve(self) -> None:
+        """Answer rank 0 until STOP."""
+        while True:
+            _, msg = self.channel.receive("the coordinator (rank 0)", source=0)
+            if msg.kind == protocol.STOP:
+                self.channel.flush()
+                return
+            if msg.kind == protocol.CANCEL:
+                self._take_cancel(msg)
+            elif msg.kind == protocol.TASK:
+                self._run_task(msg)
+            elif msg.kind == protocol.BASELINE:
+                serve_baseline(self.channel, self.target, msg, self.assistant_factory)
+            else:
+                raise protocol.ProtocolError(f"rank 0 sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
+
+    def _run_task(self, msg) -> None:
+        if msg.base > self.target.cache_len():
+            raise protocol.ProtocolError(f"task {msg.task_id} keeps {msg.base} cached tokens but the cache holds "
+                                         f"{self.target.cache_len()}")
+        reply = dict(task_id=msg.task_id, epoch=msg.epoch)
+        self.target.crop(msg.base)
+        if msg.epoch < self.min_epoch:   # made stale before it started: never run it
+            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), computed=0, **reply)
+            return
+        start = time.perf_counter()
+        self.running_epoch = msg.epoch
+        try:
+            tokens = self.target.greedy(msg.payload, msg.n_out)
+        except TaskCancelled:
+            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), computed=0, **reply)
+            return
+        finally:
+            self.running_epoch = 1 << 62
+        busy_us = int((time.perf_counter() - start) * 1e6)
+        self.channel.send(0, protocol.RESULT, tokens, cache_len=self.target.cache_len(), computed=len(msg.payload),
+                          reused=msg.base, busy_us=busy_us, **reply)

@@ -1,0 +1,129 @@
+"""End to end through the real CLI under mpiexec: results, report, and the reference outputs."""
+import json
+import time
+
+import h5py
+import pytest
+import torch
+
+from conftest import ROOT
+
+PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
+
+
+def write_job(tmp_path, model_paths: dict, **sections) -> str:
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
+    text = {
+        "models": {"target": model_paths["target"], "drafter": model_paths["noisy"]},
+        "decoding": {"algorithms": ["nonsi", "si", "dsi", "hf_assisted"], "lookahead": 3, "max_new_tokens": 20},
+        "prompts": {"path": str(tmp_path / "prompts.jsonl")},
+        "output": {"path": str(tmp_path / "out.h5")},
+        "runtime": {"timeout_s": 60.0},
+    }
+    for section, values in sections.items():
+        text.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in text.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "job.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def reference(target_folder: str, prompt_tokens, n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(target_folder).eval()
+    ids = torch.tensor([prompt_tokens])
+    return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                          max_new_tokens=n)[0, len(prompt_tokens):].tolist()
+
+
+def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_path):
+    config = write_job(tmp_path, tiny_models)
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for algorithm in ("nonsi", "si", "dsi", "hf_assisted"):
+        assert algorithm in proc.stdout
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert "lookahead = 3" in f.attrs["config_toml"]
+        ranks = json.loads(f.attrs["ranks"])
+        assert [r["role"] for r in ranks] == ["drafter+coordinator", "target verifier", "target verifier"]
+        versions = json.loads(f.attrs["versions"])
+        assert {"python", "torch", "transformers", "mpi4py", "mpi_library"} <= set(versions)
+        assert f.attrs["git_commit"]
+        for name, group in f["prompts"].items():
+            assert group.attrs["complete"]
+            ref = reference(tiny_models["target"], group["prompt_tokens"][()].tolist(), 20)
+            for algorithm in ("nonsi", "si", "dsi", "hf_assisted"):
+                run = group[algorithm]
+                assert run["tokens"][()].tolist() == ref, (name, algorithm)
+                times = run["commit_times"][()]
+                assert len(times) == len(ref) and (times[1:] >= times[:-1]).all()
+                assert run.attrs["wall_s"] >= run.attrs["ttft_s"] > 0
+            assert group["dsi"].attrs["tasks_sent"] >= group["dsi"].attrs["tasks_used"] > 0
+    report = run_mpi(["-m", "dsi_mpi", "report", str(tmp_path / "out.h5"), "--json"])
+    assert report.returncode == 0, report.stderr
+    records = json.loads(report.stdout)
+    assert len(records) == 2 * 4
+    needed = {"prompt_index", "tokens", "wall_s", "ttft_s", "drafted", "accepted", "tasks_sent", "tasks_used",
+              "tasks_stale", "commit_times", "tokens_computed", "tokens_reused"}
+    assert needed <= set(records[0])
+    table = run_mpi(["-m", "dsi_mpi", "report", str(tmp_path / "out.h5")])
+    assert "vs nonsi" in table.stdout and "dsi" in table.stdout
+
+
+def test_emulated_run_is_named_and_exact(run_mpi, tmp_path):
+    from dsi_mpi.backends.emulated import emulated_target_token
+    config = write_job(tmp_path, {"target": "unused", "noisy": "unused"},
+                       models={"kind": "emulated"},
+                       decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 30, "seed": 3},
+                       emulation={"target_tpot_s": 0.004, "target_ttft_s": 0.006, "drafter_tpot_s": 0.001,
+                                  "drafter_ttft_s": 0.002, "acceptance": 0.7, "prompt_tokens": 16})
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert 'kind = "emulated"' in f.attrs["config_toml"]
+        for group in f["prompts"].values():
+            n = len(group["prompt_tokens"])
+            expected = [emulated_target_token(3, n + i, 1000) for i in range(30)]
+            for algorithm in ("nonsi", "si", "dsi"):
+                assert group[algorithm]["tokens"][()].tolist() == expected
+
+
+BAD_INPUTS = [
+    ({"decoding": {"lookahed": 3}}, "unknown config key decoding.lookahed"),
+    ({"decoding": {"lookahead": 0}}, "decoding.lookahead must be >= 1"),
+    ({"models": {"target": "/nonexistent/model"}}, "target model folder not found: /nonexistent/model"),
+    ({"models": {"drafter": "@other_vocab"}}, "drafter vocabulary"),
+    ({"prompts": {"path": "/nonexistent/p.jsonl"}}, "prompt set not found"),
+]
+
+
+@pytest.mark.parametrize("override, words", BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_every_rank_exits(tiny_models, run_mpi, tmp_path, override, words):
+    for section in override.values():
+        for key, value in section.items():
+            if isinstance(value, str) and value.startswith("@"):
+                section[key] = tiny_models[value[1:]]
+    config = write_job(tmp_path, tiny_models, **override)
+    start = time.monotonic()
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3, timeout=90)
+    assert proc.returncode != 0
+    assert words in proc.stderr, proc.stderr[-2000:]
+    assert time.monotonic() - start < 60
+
+
+def test_too_few_ranks(tiny_models, run_mpi, tmp_path):
+    proc = run_mpi(["-m", "dsi_mpi", "run", write_job(tmp_path, tiny_models)], ranks=1, timeout=90)
+    assert proc.returncode == 2 and "needs at least 2 MPI ranks" in proc.stderr
+
+
+def test_existing_output_is_not_overwritten_unless_asked(tiny_models, run_mpi, tmp_path):
+    config = write_job(tmp_path, tiny_models, decoding={"algorithms": ["nonsi"], "max_new_tokens": 4})
+    (tmp_path / "out.h5").write_text("precious")
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)
+    assert proc.returncode == 2 and "exists" in proc.stderr
+    assert (tmp_path / "out.h5").read_text() == "precious"
+    proc = run_mpi(["-m", "dsi_mpi", "run", config, "--set", "output.overwrite=true"], ranks=2, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,58 @@
+import pytest
+
+from dsi_mpi.config import KEYS, ConfigError, keys_markdown, load_config, validate
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid_and_complete():
+    cfg = validate({})
+    assert cfg["decoding"]["algorithms"] == ["nonsi", "si", "dsi"]
+    assert all(k.name in cfg[k.section] for k in KEYS)
+
+
+def test_overrides_parse_toml_values(tmp_path):
+    cfg = load_config(write(tmp_path, "[decoding]\nlookahead = 3\n"),
+                      ["decoding.lookahead=7", 'decoding.algorithms=["dsi"]', "models.target=some/folder/x"])
+    assert cfg["decoding"]["lookahead"] == 7
+    assert cfg["decoding"]["algorithms"] == ["dsi"]
+    assert cfg["models"]["target"] == "some/folder/x"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[decoding]\nlookahed = 3\n", "unknown config key decoding.lookahed"),
+    ("[decodng]\nlookahead = 3\n", "unknown config section [decodng]"),
+    ('[decoding]\nlookahead = "3"\n', "decoding.lookahead must be int"),
+    ("[decoding]\nlookahead = 0\n", "decoding.lookahead must be >= 1"),
+    ("[decoding]\nlookahead = true\n", "decoding.lookahead must be int"),
+    ('[decoding]\nalgorithms = ["dsi", "fast"]\n', "unknown algorithm 'fast'"),
+    ("[decoding\n", "not valid TOML"),
+    ('[models]\nkind = "emulated"\n[decoding]\nalgorithms = ["hf_assisted"]\n', "hf_assisted needs real models"),
+])
+def test_bad_configs_name_the_problem(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(write(tmp_path, text))
+    assert words in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/c.toml")
+
+
+def test_round_trip_and_digest(tmp_path):
+    cfg = load_config(write(tmp_path, "[decoding]\nlookahead = 4\n"))
+    again = load_config(write(tmp_path, cfg.to_toml()))
+    assert again.values == cfg.values
+    assert again.digest() == cfg.digest()
+    assert load_config(None, ["decoding.lookahead=5"]).digest() != cfg.digest()
+    assert load_config(None, ["output.path=x.h5", "decoding.lookahead=4"]).digest() == cfg.digest()
+
+
+def test_key_table_lists_every_key():
+    table = keys_markdown()
+    assert all(f"`{k.section}.{k.name}`" in table for k in KEYS)

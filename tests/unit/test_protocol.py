@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from dsi_mpi import protocol
+from dsi_mpi.protocol import ProtocolError, decode, encode
+
+
+def test_round_trip_every_kind():
+    fields = {protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2),
+              protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, busy_us=99),
+              protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, computed=0),
+              protocol.CANCEL: dict(epoch=4),
+              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5),
+              protocol.TOKENS: dict(first_index=0, done=1),
+              protocol.STOP: {}}
+    for kind, f in fields.items():
+        payload = [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT) else []
+        msg = decode(encode(kind, payload, **f), kind, 1)
+        assert msg.kind == kind and msg.fields == f and msg.payload.tolist() == payload
+
+
+def test_missing_field_refused_at_encode():
+    with pytest.raises(ValueError):
+        encode(protocol.CANCEL)
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda b: b.__setitem__(0, 1), "bad magic"),
+    (lambda b: b.__setitem__(1, 99), "unknown kind"),
+    (lambda b: b.__setitem__(3, 9), "header says"),
+    (lambda b: b.__setitem__(5, -1), "negative"),
+])
+def test_malformed_messages_are_refused(mutate, words):
+    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2)
+    mutate(buf)
+    with pytest.raises(ProtocolError, match=words):
+        decode(buf, protocol.TASK, 2)
+
+
+def test_tag_must_match_kind_and_sender_is_named():
+    buf = encode(protocol.CANCEL, epoch=1)
+    with pytest.raises(ProtocolError, match="rank 3"):
+        decode(buf, protocol.TASK, 3)
+
+
+def test_task_cannot_ask_more_outputs_than_tokens():
+    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3)
+    with pytest.raises(ProtocolError, match="outputs"):
+        decode(buf, protocol.TASK, 1)
+
+
+def test_truncated_buffer():
+    with pytest.raises(ProtocolError, match="shorter"):
+        decode(np.zeros(2, dtype=np.int64), protocol.TASK, 1)
