@@ -3,6 +3,7 @@
 usage:
   mpiexec -n N python -m dsi_mpi run CONFIG.toml [--set section.key=value ...]   N >= 2
   python -m dsi_mpi report RESULTS.h5 [--json]
+  python -m dsi_mpi merge OUT.h5 SHARD.h5 [SHARD.h5 ...]
   python -m dsi_mpi simulate --help
   python -m dsi_mpi config-keys            (the README's table of every config key)
 """
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         from dsi_mpi.report import main as report_main
         return report_main(rest)
+    if command == "merge":
+        from dsi_mpi.merge import main as merge_main
+        return merge_main(rest)
     if command == "simulate":
         from dsi_mpi.simulator import main as simulate_main
         return simulate_main(rest)

@@ -45,9 +45,12 @@ KEYS: tuple[Key, ...] = (
     Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
     Key("decoding", "warmup_prompts", int, 1, "untimed runs of each algorithm before timing (shapes, caches, allocators)"),
     Key("prompts", "path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
-    Key("prompts", "limit", int, 0, "use only the first N prompts (0: all)"),
+    Key("prompts", "limit", int, 0, "use only the first N prompts of the file (0: all)"),
+    Key("prompts", "shard_count", int, 1, "split the prompt set into this many shards (e.g. one per SLURM array task)"),
+    Key("prompts", "shard_index", int, 0, "run only prompts whose index % shard_count == shard_index"),
     Key("output", "path", str, "results/default.h5", "HDF5 results file written by rank 0"),
     Key("output", "overwrite", bool, False, "replace an existing results file"),
+    Key("output", "resume", bool, False, "continue an existing results file of the same config: skip prompts already complete"),
     Key("runtime", "timeout_s", float, 300.0, "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank"),
     Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
     Key("runtime", "poll_max_sleep_s", float, 5e-4, "longest sleep between MPI tests while waiting (the back-off cap)"),
@@ -83,7 +86,8 @@ class Config:
             lines.append("")
         return "\n".join(lines)
 
-    def digest(self, ignore: tuple[str, ...] = ("output.path", "output.overwrite", "prompts.limit")) -> str:
+    def digest(self, ignore: tuple[str, ...] = ("output.path", "output.overwrite", "output.resume", "prompts.limit",
+                                                "prompts.shard_count", "prompts.shard_index")) -> str:
         """Hash of what determines results, so files from different configs are never mixed."""
         flat = {f"{s}.{n}": v for s, d in self.values.items() for n, v in d.items() if f"{s}.{n}" not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
@@ -185,7 +189,11 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(d["lookahead"] >= 1, f"decoding.lookahead must be >= 1, got {d['lookahead']}")
     need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
     need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
-    need(v["prompts"]["limit"] >= 0, "prompts.limit must be >= 0")
+    p = v["prompts"]
+    need(p["limit"] >= 0, "prompts.limit must be >= 0")
+    need(p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
+         f"prompts.shard_index must be in [0, shard_count), got {p['shard_index']} of {p['shard_count']}")
+    need(not (v["output"]["overwrite"] and v["output"]["resume"]), "output.overwrite and output.resume exclude each other")
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
     need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")

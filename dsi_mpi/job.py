@@ -104,6 +104,8 @@ def _run_ranks(cfg, comm) -> int:
     device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
     infos = startup.gather_rank_info(comm, poller, role, device)
     startup.barrier(comm, poller, "every rank to load its model")
+    from dsi_mpi.clock import measure_offsets
+    offsets = measure_offsets(comm, poller)
     channel = Channel(comm, poller)
     if rank != 0:
         from dsi_mpi.verifier import Verifier
@@ -114,9 +116,9 @@ def _run_ranks(cfg, comm) -> int:
         return 0
     metadata = {"versions": _versions(), "git_commit": _git_commit(), "ranks": infos,
                 "algorithms": cfg["decoding"]["algorithms"], "argv": sys.argv,
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "clock_offsets_us": offsets}
     try:
-        session.run(channel, runner, metadata)
+        session.run(channel, runner, metadata, offsets)
     finally:
         from dsi_mpi import protocol
         for verifier in range(1, comm.Get_size()):

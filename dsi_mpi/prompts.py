@@ -18,7 +18,8 @@ class Prompt:
     text: str
 
 
-def load_prompts(path: str, limit: int = 0) -> list[Prompt]:
+def load_prompts(path: str, limit: int = 0, shard_count: int = 1, shard_index: int = 0) -> list[Prompt]:
+    """The prompts of one shard; `index` stays the position in the whole file, so shards merge cleanly."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"prompt set not found: {path}")
@@ -40,4 +41,8 @@ def load_prompts(path: str, limit: int = 0) -> list[Prompt]:
         prompts.append(Prompt(len(prompts), str(obj.get("id", len(prompts))), obj["prompt"]))
     if not prompts:
         raise ConfigError(f"prompt set {path} holds no prompts")
-    return prompts[:limit] if limit else prompts
+    prompts = prompts[:limit] if limit else prompts
+    shard = [p for p in prompts if p.index % shard_count == shard_index]
+    if not shard:
+        raise ConfigError(f"shard {shard_index} of {shard_count} of {path} holds no prompts ({len(prompts)} in all)")
+    return shard

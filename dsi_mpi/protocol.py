@@ -8,8 +8,8 @@ MPI tag equal to its kind:
 | kind      | direction | fields                                                | payload                  |
 | --------- | --------- | ----------------------------------------------------- | ------------------------ |
 | TASK      | 0 -> v    | task_id, epoch, base, n_out                           | tokens after `base`      |
-| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, busy_us  | target's n_out tokens    |
-| ABORTED   | v -> 0    | task_id, epoch, cache_len, computed_before_abort      | (none)                   |
+| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | target's n_out tokens |
+| ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us           | (none)                   |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
 | BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead | prompt tokens           |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
@@ -17,8 +17,9 @@ MPI tag equal to its kind:
 
 A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload
 and return its greedy token for each of the last `n_out` positions. Each task gets exactly one reply,
-RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. An epoch rises at
-every rejection: anything of an older epoch is stale and is dropped on sight.
+RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
+bracket the verifier's forward on its own clock (dsi_mpi.clock; start_us = end_us: never started).
+An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
 Decoding checks the magic, the kind against the tag, the counts against the received size and the
 field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.
 """
@@ -36,8 +37,8 @@ KIND_NAMES = {TASK: "TASK", RESULT: "RESULT", ABORTED: "ABORTED", CANCEL: "CANCE
               BASELINE: "BASELINE", TOKENS: "TOKENS", STOP: "STOP"}
 FIELDS = {
     TASK: ("task_id", "epoch", "base", "n_out"),
-    RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "busy_us"),
-    ABORTED: ("task_id", "epoch", "cache_len", "computed"),
+    RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
+    ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us"),
     CANCEL: ("epoch",),
     BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead"),
     TOKENS: ("first_index", "done"),

@@ -72,7 +72,7 @@ def json_records(records: list[dict]) -> list[dict]:
     out = []
     for r in records:
         tasks, cancels = r["tasks"], r["cancellations"]
-        rec = {k: v for k, v in r.items() if k not in ("tasks", "cancellations")}
+        rec = {k: v for k, v in r.items() if k not in ("tasks", "cancellations", "events")}
         rec["tokens_computed"] = int(tasks["computed"].sum()) if len(tasks) else 0
         rec["tokens_reused"] = int(tasks["reused"].sum()) if len(tasks) else 0
         rec["cancellations"] = len(cancels)

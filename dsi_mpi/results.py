@@ -11,6 +11,7 @@ Layout (read back by `report`):
             commit_times   float64[new_tokens]    seconds from the run's start at which each token was final
             tasks          compound[n_tasks]      one row per verification task (records.TASK_DTYPE)
             cancellations  compound[n_cancels]    stale tasks after a rejection (records.CANCEL_DTYPE)
+            events         compound[n_events]     per-rank timeline on rank 0's clock (records.EVENT_DTYPE)
 """
 from __future__ import annotations
 
@@ -22,16 +23,21 @@ import h5py
 import numpy as np
 
 from dsi_mpi.config import ConfigError
-from dsi_mpi.records import CANCEL_DTYPE, TASK_DTYPE, RunRecord
+from dsi_mpi.records import EVENT_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
 
 
 class ResultsWriter:
-    def __init__(self, path: str, config, overwrite: bool = False):
+    def __init__(self, path: str, config, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
+        self.completed: set[int] = set()
+        if self.path.exists() and resume:
+            self._reopen(config)
+            return
         if self.path.exists() and not overwrite:
-            raise ConfigError(f"output file {path} exists: set output.overwrite = true or choose another output.path")
+            raise ConfigError(f"output file {path} exists: set output.overwrite = true, or output.resume = true to "
+                              "finish it, or choose another output.path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = h5py.File(self.path, "w")
@@ -43,6 +49,26 @@ class ResultsWriter:
         attrs["config_digest"] = config.digest()
         attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.file.require_group("prompts")
+        self.file.flush()
+
+    def _reopen(self, config) -> None:
+        """Resume: same config only; complete prompts are kept, a prompt left incomplete is redone."""
+        try:
+            self.file = h5py.File(self.path, "a")
+        except OSError as err:
+            raise ConfigError(f"cannot resume output file {self.path}: {err}") from None
+        if self.file.attrs.get("format") != FORMAT:
+            self.file.close()
+            raise ConfigError(f"cannot resume {self.path}: not a dsi-mpi results file")
+        if self.file.attrs.get("config_digest") != config.digest():
+            self.file.close()
+            raise ConfigError(f"cannot resume {self.path}: it was written with a different config "
+                              "(set output.overwrite = true to replace it)")
+        for name, group in list(self.file["prompts"].items()):
+            if group.attrs["complete"]:
+                self.completed.add(int(name))
+            else:
+                del self.file["prompts"][name]
         self.file.flush()
 
     def add_metadata(self, metadata: dict) -> None:
@@ -69,6 +95,7 @@ class ResultsWriter:
         run.create_dataset("commit_times", data=np.asarray(record.commit_times, dtype=np.float64))
         run.create_dataset("tasks", data=record.task_table())
         run.create_dataset("cancellations", data=record.cancel_table())
+        run.create_dataset("events", data=record.event_table())
         self.file.flush()
 
     def mark_complete(self, prompt) -> None:
@@ -99,5 +126,6 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
                 rec["commit_times"] = run["commit_times"][()].tolist()
                 rec["tasks"] = run["tasks"][()]
                 rec["cancellations"] = run["cancellations"][()]
+                rec["events"] = run["events"][()] if "events" in run else np.zeros(0, dtype=EVENT_DTYPE)
                 records.append(rec)
     return meta, records

@@ -23,26 +23,27 @@ class Session:
     def prepare(cls, cfg) -> "Session":
         """Everything that can fail on user input, before any model weights are loaded."""
         models, decoding = cfg["models"], cfg["decoding"]
-        prompts = load_prompts(cfg["prompts"]["path"], cfg["prompts"]["limit"])
+        p = cfg["prompts"]
+        prompts = load_prompts(p["path"], p["limit"], p["shard_count"], p["shard_index"])
         if models["kind"] == "emulated":
             from dsi_mpi.backends.emulated import emulated_prompt
             emu = cfg["emulation"]
-            tokens = [emulated_prompt(decoding["seed"], p.index, emu["prompt_tokens"], emu["vocab_size"])
-                      for p in prompts]
+            tokens = {p.index: emulated_prompt(decoding["seed"], p.index, emu["prompt_tokens"], emu["vocab_size"])
+                      for p in prompts}
             eos_ids: tuple = ()
         else:
             tokens, eos_ids = _tokenize_for_target(cfg, prompts)
-        writer = ResultsWriter(cfg["output"]["path"], cfg, overwrite=cfg["output"]["overwrite"])
+        writer = ResultsWriter(cfg["output"]["path"], cfg, cfg["output"]["overwrite"], cfg["output"]["resume"])
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
-    def run(self, channel, drafter, metadata: dict) -> None:
+    def run(self, channel, drafter, metadata: dict, clock_offsets_us: dict[int, int]) -> None:
         from dsi_mpi.report import summary_table
         from dsi_mpi.speculation import SpeculativeDecoder
         comm_size = channel.comm.Get_size()
         self.writer.add_metadata(metadata)
         decoding = self.cfg["decoding"]
         self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
-                                          decoding["stop_at_eos"])
+                                          decoding["stop_at_eos"], clock_offsets_us)
         self.channel = channel
         algorithms = decoding["algorithms"]
         for i in range(decoding["warmup_prompts"]):
@@ -51,15 +52,18 @@ class Session:
                 self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
         records = []
         started = time.perf_counter()
+        todo = [p for p in self.prompts if p.index not in self.writer.completed]
+        if len(todo) < len(self.prompts):
+            print(f"dsi-mpi: resuming: {len(self.prompts) - len(todo)} prompts already complete", file=sys.stderr)
         try:
-            for n, prompt in enumerate(self.prompts):
+            for n, prompt in enumerate(todo):
                 shift = prompt.index % len(algorithms)
                 for algorithm in algorithms[shift:] + algorithms[:shift]:
                     record = self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
                     self.writer.write_record(prompt, self.prompt_tokens[prompt.index], record)
                     records.append(record)
                 self.writer.mark_complete(prompt)
-                _progress(n + 1, len(self.prompts), records, time.perf_counter() - started)
+                _progress(n + 1, len(todo), records, time.perf_counter() - started)
         finally:
             self.writer.close()
         print(summary_table([r.__dict__ | r.scalars() for r in records]), flush=True)
@@ -83,13 +87,13 @@ def _tokenize_for_target(cfg, prompts):
     tokenizer = load_tokenizer(models["target"], "target")
     target_path = resolve_model_path(models["target"], "target")
     limit = getattr(AutoConfig.from_pretrained(target_path), "max_position_embeddings", None)
-    tokens = []
+    tokens = {}
     for p in prompts:
         ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
         if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + cfg["decoding"]["lookahead"] + 1 > limit:
             raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
                               f"the target's context of {limit} positions")
-        tokens.append(ids)
+        tokens[p.index] = ids
     try:
         eos = GenerationConfig.from_pretrained(target_path).eos_token_id
     except OSError:

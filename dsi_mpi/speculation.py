@@ -25,7 +25,12 @@ import numpy as np
 from dsi_mpi import protocol
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.channel import Channel
-from dsi_mpi.records import ABORTED, PREFILL_EXTRA, STALE_RESULT, TASK_DTYPE, USED, RunRecord
+from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
+                             STALE_RESULT, TASK_DTYPE, TASK_SENT, USED, VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
+
+
+class DraftInterrupted(Exception):
+    """A result changed the text while the drafter was computing: its draft would be for a stale text."""
 
 
 @dataclass
@@ -50,7 +55,7 @@ class SpeculativeDecoder:
     """Drives SI or DSI for one prompt at a time; verifier cache knowledge persists across prompts."""
 
     def __init__(self, channel: Channel, drafter: ModelRunner, verifiers: list[int], eos_ids=(),
-                 stop_at_eos: bool = True):
+                 stop_at_eos: bool = True, clock_offsets_us: dict[int, int] | None = None):
         self.channel = channel
         self.drafter = drafter
         self.verifiers = list(verifiers)
@@ -59,6 +64,7 @@ class SpeculativeDecoder:
         self.inflight: dict[int, Task] = {}                 # task id -> task awaiting its one reply
         self.epoch = 0
         self.next_task_id = 0
+        self.offsets_us = clock_offsets_us or {}            # verifier clock - rank 0 clock (dsi_mpi.clock)
 
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,
@@ -79,10 +85,14 @@ class SpeculativeDecoder:
         self.rows: dict[int, dict] = {}
         self.done = False
         self.t0 = time.perf_counter()
+        self._drafting = None
+        self.drafter.set_layer_callback(self._between_drafter_layers)
 
         self._start_prefills()
         self.drafter.reset()
+        start = time.perf_counter()
         self.seq.append(int(self.drafter.greedy(prompt, 1)[0]))  # the drafter's prefill drafts position 0
+        record.drafter_prefill_s = time.perf_counter() - start
         record.drafted += 1
         self._form_blocks()
         while not self.done:
@@ -95,13 +105,22 @@ class SpeculativeDecoder:
                 self._form_blocks()
                 self._dispatch()
             else:
+                waited_from = self._now()
                 self.channel.poller.wait_for(self._handle_one_message, self._waiting_for())
+                self._event(WAIT, waited_from, self._now())
         self._finish()
         return record
 
     # ---------------------------------------------------------------- drafting
     def _now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def _event(self, kind: int, t0: float, t1: float, task_id: int = -1, value: int = 0, rank: int = 0) -> None:
+        self.record.events.append((rank, kind, t0, t1, task_id, value))
+
+    def _verifier_time(self, rank: int, us: int) -> float:
+        """A verifier's timestamp on rank 0's time axis, in seconds from the run's start."""
+        return (us - self.offsets_us.get(rank, 0)) * 1e-6 - self.t0
 
     def _may_draft(self) -> bool:
         if len(self.seq) >= self.end:
@@ -110,12 +129,35 @@ class SpeculativeDecoder:
         return awaiting < self.max_ahead if self.policy == "dsi" else not self.blocks
 
     def _draft_one(self) -> None:
-        """One drafter forward: feed what its cache lacks of the text, append its greedy guess."""
+        """One drafter forward: feed what its cache lacks of the text, append its greedy guess.
+        Results are handled between the drafter's layers (see `_between_drafter_layers`); if one changes
+        the text under the draft (a rejection, or a bonus token taking this position) the draft is dropped."""
         position = len(self.seq)
         keep = min(common_prefix_len(self.drafter.tokens, self.seq), position - 1)
         self.drafter.crop(keep)
-        self.seq.append(int(self.drafter.greedy(self.seq[keep:position], 1)[0]))
+        self._drafting = (self.epoch, position)
+        start = self._now()
+        try:
+            token = int(self.drafter.greedy(self.seq[keep:position], 1)[0])
+        except DraftInterrupted:
+            self._event(DRAFT_INTERRUPTED, start, self._now(), value=position)
+            return
+        finally:
+            self._drafting = None
+            self.record.draft_s += self._now() - start
+        self._event(DRAFT, start, self._now(), value=position)
         self.record.drafted += 1
+        self.seq.append(token)
+
+    def _between_drafter_layers(self) -> None:
+        """Keep verifiers busy while the drafter computes: apply arrived results and send waiting blocks
+        now, not after the draft step; abandon the step if the text it extends has changed."""
+        if self._drafting is None:
+            return
+        if self._handle_waiting_messages():
+            self._dispatch()
+        if self.done or (self.epoch, len(self.seq)) != self._drafting:
+            raise DraftInterrupted
 
     def _form_blocks(self) -> None:
         last = self.blocks[-1] if self.blocks else None
@@ -147,10 +189,11 @@ class SpeculativeDecoder:
                           base=base, n_out=n_out)
         task.row = {"task_id": task.task_id, "verifier": verifier, "epoch": self.epoch,
                     "start": block.start if block else self.n_prompt, "n_drafts": n_out - 1, "base": base,
-                    "computed": 0, "reused": 0, "sent_s": self._now(), "reply_s": np.nan, "busy_s": np.nan,
+                    "computed": 0, "reused": 0, "sent_s": self._now(), "start_s": np.nan, "end_s": np.nan, "reply_s": np.nan, "busy_s": np.nan,
                     "outcome": 0 if block else PREFILL_EXTRA}
         self.rows[task.task_id] = task.row
         self.inflight[task.task_id] = task
+        self._event(TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
         self.cache_view[verifier] = []  # unknown until the reply says
         if block:
             block.task_id = task.task_id
@@ -180,9 +223,11 @@ class SpeculativeDecoder:
         return (f"nothing: coordinator stalled ({self.policy}, committed {self.n_committed}, text {len(self.seq)}, "
                 f"end {self.end}, blocks {blocks})")
 
-    def _handle_waiting_messages(self) -> None:
+    def _handle_waiting_messages(self) -> bool:
+        handled = False
         while not self.done and self._handle_one_message():
-            pass
+            handled = True
+        return handled
 
     def _handle_one_message(self):
         got = self.channel.poll()
@@ -196,7 +241,9 @@ class SpeculativeDecoder:
             raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
         del self.inflight[msg.task_id]
         now = self._now()
-        task.row["reply_s"] = now
+        start, end = self._verifier_time(source, msg.start_us), self._verifier_time(source, msg.end_us)
+        task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
+        self._event(RESULT_RECEIVED, now, now, task.task_id, source)
         cancel = self.pending_cancels.pop(task.task_id, None)
         if cancel is not None:
             cancel[3] = now
@@ -207,11 +254,13 @@ class SpeculativeDecoder:
             if task.epoch == self.epoch and task.block is not None:
                 raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
             self.cache_view[source] = task.sequence[:msg.cache_len]
-            task.row.update(outcome=ABORTED, computed=msg.computed)
+            task.row["outcome"] = ABORTED
+            self._event(VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
             return True
         self.cache_view[source] = task.sequence
-        task.row.update(computed=msg.computed, reused=msg.reused, busy_s=msg.busy_us * 1e-6)
+        task.row.update(computed=msg.computed, reused=msg.reused)
+        self._event(VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
         if task.epoch != self.epoch:
@@ -261,6 +310,7 @@ class SpeculativeDecoder:
         del self.seq[position:]
         self.seq.append(token)
         self.record.rejections += 1
+        self._event(REJECT, self._now(), self._now(), value=position)
         self.epoch += 1
         self._commit()
         self._cancel_all()
@@ -280,6 +330,7 @@ class SpeculativeDecoder:
             still_useful = task.block is None and after_rejection   # a prefill of the unchanged prompt
             if task.epoch < self.epoch and task.task_id not in self.pending_cancels and not still_useful:
                 self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
+                self._event(CANCEL_SENT, now, now, task.task_id, task.verifier)
                 if after_rejection:
                     self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, 0]
 

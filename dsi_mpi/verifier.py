@@ -9,12 +9,11 @@ forwards run on the same kind of rank.
 """
 from __future__ import annotations
 
-import time
-
 from dsi_mpi import protocol
 from dsi_mpi.backends import ModelRunner
 from dsi_mpi.baselines import serve_baseline
 from dsi_mpi.channel import Channel
+from dsi_mpi.clock import now_us
 
 
 class TaskCancelled(Exception):
@@ -62,18 +61,19 @@ class Verifier:
                                          f"{self.target.cache_len()}")
         reply = dict(task_id=msg.task_id, epoch=msg.epoch)
         self.target.crop(msg.base)
+        start = now_us()
         if msg.epoch < self.min_epoch:   # made stale before it started: never run it
-            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), computed=0, **reply)
+            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=start,
+                              **reply)
             return
-        start = time.perf_counter()
         self.running_epoch = msg.epoch
         try:
             tokens = self.target.greedy(msg.payload, msg.n_out)
         except TaskCancelled:
-            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), computed=0, **reply)
+            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start,
+                              end_us=now_us(), **reply)
             return
         finally:
             self.running_epoch = 1 << 62
-        busy_us = int((time.perf_counter() - start) * 1e6)
         self.channel.send(0, protocol.RESULT, tokens, cache_len=self.target.cache_len(), computed=len(msg.payload),
-                          reused=msg.base, busy_us=busy_us, **reply)
+                          reused=msg.base, start_us=start, end_us=now_us(), **reply)

@@ -1,0 +1,150 @@
+"""Speed benchmark: nonsi, si, hf_assisted and dsi in ONE job on the same prompts, then the ratios.
+
+usage: python analysis/benchmark.py [--config inputs/configs/benchmark.toml] [--np 2] [--lookahead 5]
+                                    [--set section.key=value ...] [--out results/benchmark.h5] [--json F]
+       python analysis/benchmark.py --results results/benchmark.h5     (analyse an existing file only)
+
+Prints per-token latency of every algorithm, the ratios dsi/si, dsi/nonsi, dsi/hf_assisted (as
+speedups: baseline time / dsi time, above 1 = dsi faster), and the measured inputs of the paper's time
+model: target and drafter per-token latency and c, verification forward time, acceptance rate. It then
+feeds those measurements to the simulator and prints the dsi/si ratio the model predicts next to the
+measured one, plus KV-cache reuse and how long verifiers stayed busy on stale work after rejections.
+On a GPU node: --set models.device="cuda" --set models.dtype="bfloat16" --np 1+verifiers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]
+
+
+def run_job(args) -> Path:
+    mpiexec = os.environ.get("MPIEXEC", str(Path(sys.executable).parent / "mpiexec"))
+    out = Path(args.out)
+    command = [mpiexec, "-n", str(args.np), sys.executable, "-m", "dsi_mpi", "run", args.config,
+               "--set", f"output.path={json.dumps(str(out))}", "--set", "output.overwrite=true",
+               "--set", f"decoding.algorithms={json.dumps(args.algorithms)}"]
+    if args.lookahead:
+        command += ["--set", f"decoding.lookahead={args.lookahead}"]
+    for item in args.set:
+        command += ["--set", item]
+    print("+", " ".join(command), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    return out
+
+
+def _median(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.median(values)) if values else math.nan
+
+
+def measure(records: list[dict], meta: dict) -> dict:
+    """The time model's inputs as this run measured them, and the figures the speed issue asks for."""
+    by = {}
+    for r in records:
+        by.setdefault(r["algorithm"], []).append(r)
+    per_token = {a: sum(r["wall_s"] for r in rs) / sum(len(r["tokens"]) for r in rs) for a, rs in by.items()}
+    m = {"ms_per_token": {a: 1e3 * v for a, v in per_token.items()}, "prompts": len(by.get("dsi", []))}
+    for base in ("si", "nonsi", "hf_assisted"):
+        if base in per_token and "dsi" in per_token:
+            m[f"dsi_speedup_vs_{base}"] = per_token[base] / per_token["dsi"]
+    nonsi = by.get("nonsi", [])
+    m["target_ttft_s"] = _median([r["ttft_s"] for r in nonsi])
+    m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in nonsi
+                                  if len(r["tokens"]) > 1])
+    spec = by.get("si", []) + by.get("dsi", [])
+    m["drafter_tpot_s"] = sum(r["draft_s"] for r in spec) / max(1, sum(r["drafted"] - 1 for r in spec))
+    m["drafter_ttft_s"] = _median([r["drafter_prefill_s"] for r in spec])
+    m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
+    si = by.get("si", [])
+    m["acceptance_si"] = sum(r["accepted"] for r in si) / max(1, sum(r["compared"] for r in si))
+    dsi = by.get("dsi", [])
+    m["acceptance_dsi"] = sum(r["accepted"] for r in dsi) / max(1, sum(r["compared"] for r in dsi))
+    tasks = np.concatenate([r["tasks"] for r in spec]) if spec else np.zeros(0)
+    verify = tasks[(tasks["n_drafts"] > 0) & ~np.isnan(tasks["busy_s"])] if len(tasks) else tasks
+    m["verify_forward_s"] = float(np.median(verify["busy_s"])) if len(verify) else math.nan
+    dsi_tasks = np.concatenate([r["tasks"] for r in dsi]) if dsi else np.zeros(0)
+    blocks = dsi_tasks[dsi_tasks["n_drafts"] > 0] if len(dsi_tasks) else dsi_tasks
+    m["cache_reuse"] = float(blocks["base"].sum() / blocks["start"].sum()) if len(blocks) else math.nan
+    m["computed_per_task"] = float(blocks["computed"].mean()) if len(blocks) else math.nan
+    cancels = np.concatenate([r["cancellations"] for r in dsi]) if dsi else np.zeros(0)
+    m["cancellations"] = int(len(cancels))
+    m["aborted_fraction"] = float(cancels["aborted"].mean()) if len(cancels) else math.nan
+    m["median_busy_after_reject_s"] = float(np.median(cancels["busy_after_s"])) if len(cancels) else math.nan
+    m["tasks_stale"] = int(sum(r["tasks_stale"] for r in dsi))
+    m["tasks_sent"] = int(sum(r["tasks_sent"] for r in dsi))
+    return m
+
+
+def predict(m: dict, lookahead: int, verifiers: int, new_tokens: int) -> dict:
+    """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
+    from dsi_mpi.simulator import Latencies, simulate
+    lat = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
+                    target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
+    a = m["acceptance_si"]
+    out = {alg: simulate(alg, lat, a, lookahead, verifiers, new_tokens, seed=0, trials=400).mean_latency
+           for alg in ("si", "dsi")}
+    plain = Latencies(m["drafter_ttft_s"], m["drafter_tpot_s"], m["target_ttft_s"], m["target_tpot_s"])
+    out["nonsi"] = simulate("nonsi", plain, a, lookahead, verifiers, new_tokens, seed=0, trials=1).mean_latency
+    return {"predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
+            "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(usage=__doc__.split("\n\n")[1].strip(), description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="inputs/configs/benchmark.toml")
+    parser.add_argument("--np", type=int, default=2, help="MPI ranks: 1 drafter + verifiers")
+    parser.add_argument("--lookahead", type=int, default=0)
+    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--out", default="results/benchmark.h5")
+    parser.add_argument("--results", help="analyse this file instead of running a job")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    from dsi_mpi.config import validate
+    from dsi_mpi.report import summary_table
+    from dsi_mpi.results import read_results
+    import tomllib
+    path = Path(args.results) if args.results else run_job(args)
+    meta, records = read_results(str(path))
+    cfg = validate(tomllib.loads(meta["config_toml"]))
+    k, new_tokens = cfg["decoding"]["lookahead"], cfg["decoding"]["max_new_tokens"]
+    verifiers = len(json.loads(meta["ranks"])) - 1
+    m = measure(records, meta)
+    m.update(predict(m, k, verifiers, new_tokens) if "dsi" in m["ms_per_token"] and "si" in m["ms_per_token"] else {})
+    m.update(lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path),
+             git_commit=meta.get("git_commit"))
+    print(summary_table(records))
+    print()
+    print(f"lookahead {k}, verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
+    print(f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
+          f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance_si']:.3f}")
+    for base in ("si", "nonsi", "hf_assisted"):
+        if f"dsi_speedup_vs_{base}" in m:
+            print(f"dsi speedup vs {base:<12} {m[f'dsi_speedup_vs_{base}']:.3f}x")
+    if "predicted_dsi_speedup_vs_si" in m:
+        share = m["dsi_speedup_vs_si"] / m["predicted_dsi_speedup_vs_si"]
+        print(f"time model predicts dsi vs si {m['predicted_dsi_speedup_vs_si']:.3f}x, vs nonsi "
+              f"{m['predicted_dsi_speedup_vs_nonsi']:.3f}x; measured/predicted (vs si) = {share:.1%}")
+        m["measured_over_predicted_vs_si"] = share
+    print(f"cache reuse {m['cache_reuse']:.1%} of prefix tokens, {m['computed_per_task']:.1f} tokens computed per task")
+    print(f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "
+          f"{m['aborted_fraction']:.0%} stopped mid-forward; median busy after a rejection "
+          f"{1e3 * m['median_busy_after_reject_s']:.3f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

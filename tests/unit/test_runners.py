@@ -1,0 +1,64 @@
+"""The model-execution layer: cached chunked forwards equal one full forward; rollback and aborted
+forwards leave a cache that still gives the right answers; emulation is reproducible by position."""
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dsi_mpi.backends import common_prefix_len
+from dsi_mpi.backends.emulated import EmulatedRunner, emulated_target_token
+from dsi_mpi.backends.hf import HFRunner
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def target(tiny_models):
+    torch.set_num_threads(1)
+    return AutoModelForCausalLM.from_pretrained(tiny_models["target"]).eval()
+
+
+def full_greedy(model, tokens):
+    with torch.inference_mode():
+        return model(torch.tensor([tokens])).logits[0].argmax(-1).numpy()
+
+
+def test_chunks_crop_and_abort(target):
+    seq = [5, 9, 100, 3, 77, 200, 31, 8, 64, 12, 99, 1]
+    expected = full_greedy(target, seq)
+    runner = HFRunner(target)
+    assert runner.greedy(seq[:5], 5).tolist() == expected[:5].tolist()
+    assert runner.greedy(seq[5:9], 2).tolist() == expected[7:9].tolist()
+    runner.crop(3)                                   # roll back into the prefix
+    assert runner.cache_len() == 3 and runner.tokens == seq[:3]
+    calls = {"n": 0}
+
+    def stop_at_second_layer():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Stop
+    runner.set_layer_callback(stop_at_second_layer)
+    with pytest.raises(Stop):
+        runner.greedy(seq[3:10], 7)                  # aborted mid-forward: layers now disagree in length
+    assert runner.cache_len() == 3
+    runner.set_layer_callback(None)
+    assert runner.greedy(seq[3:], 9).tolist() == expected[3:].tolist()
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix_len([], [1]) == 0
+    assert common_prefix_len([1, 2], [1, 2, 3]) == 2
+
+
+def test_emulated_tokens_depend_on_position_only():
+    emu = {"vocab_size": 50, "acceptance": 0.5, "target_ttft_s": 0, "target_tpot_s": 0, "drafter_ttft_s": 0,
+           "drafter_tpot_s": 0}
+    target, drafter = EmulatedRunner("target", emu, 7), EmulatedRunner("drafter", emu, 7)
+    out = target.greedy(list(range(10)), 4)
+    assert out.tolist() == [emulated_target_token(7, p, 50) for p in range(7, 11)]
+    guesses = np.array([drafter.greedy([0], 1)[0] for _ in range(400)])
+    truth = np.array([emulated_target_token(7, p, 50) for p in range(1, 401)])
+    assert 0.4 < (guesses == truth).mean() < 0.6
