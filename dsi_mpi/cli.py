@@ -4,6 +4,7 @@ usage:
   mpiexec -n N python -m dsi_mpi run CONFIG.toml [--set section.key=value ...]   N >= 2
   python -m dsi_mpi report RESULTS.h5 [--json]
   python -m dsi_mpi merge OUT.h5 SHARD.h5 [SHARD.h5 ...]
+  python -m dsi_mpi plot {gantt,table,distributions} RESULTS.h5 ... --out ...
   python -m dsi_mpi simulate --help
   python -m dsi_mpi config-keys            (the README's table of every config key)
 """
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "merge":
         from dsi_mpi.merge import main as merge_main
         return merge_main(rest)
+    if command == "plot":
+        from dsi_mpi.plots import main as plot_main
+        return plot_main(rest)
     if command == "simulate":
         from dsi_mpi.simulator import main as simulate_main
         return simulate_main(rest)

@@ -6,6 +6,7 @@ import time
 
 from dsi_mpi.baselines import run_baseline
 from dsi_mpi.config import ConfigError
+from dsi_mpi.faults import FaultPlan
 from dsi_mpi.prompts import load_prompts
 from dsi_mpi.records import RunRecord
 from dsi_mpi.results import ResultsWriter
@@ -45,7 +46,11 @@ class Session:
         self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
                                           decoding["stop_at_eos"], clock_offsets_us)
         self.channel = channel
+        self.faults = FaultPlan(0)
         algorithms = decoding["algorithms"]
+        if comm_size > 2 and "dsi" not in algorithms:
+            print(f"dsi-mpi: warning: {comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one",
+                  file=sys.stderr)
         for i in range(decoding["warmup_prompts"]):
             prompt = self.prompts[i % len(self.prompts)]
             for algorithm in algorithms:
@@ -63,6 +68,7 @@ class Session:
                     self.writer.write_record(prompt, self.prompt_tokens[prompt.index], record)
                     records.append(record)
                 self.writer.mark_complete(prompt)
+                self.faults.tick()
                 _progress(n + 1, len(todo), records, time.perf_counter() - started)
         finally:
             self.writer.close()

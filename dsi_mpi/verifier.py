@@ -14,6 +14,7 @@ from dsi_mpi.backends import ModelRunner
 from dsi_mpi.baselines import serve_baseline
 from dsi_mpi.channel import Channel
 from dsi_mpi.clock import now_us
+from dsi_mpi.faults import FaultPlan
 
 
 class TaskCancelled(Exception):
@@ -27,6 +28,7 @@ class Verifier:
         self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
         self.min_epoch = 0
         self.running_epoch = 1 << 62   # no task running: nothing to cancel
+        self.faults = FaultPlan(channel.rank)
         target.set_layer_callback(self._check_cancel)
 
     def _take_cancel(self, msg) -> None:
@@ -49,6 +51,7 @@ class Verifier:
             if msg.kind == protocol.CANCEL:
                 self._take_cancel(msg)
             elif msg.kind == protocol.TASK:
+                self.faults.tick()
                 self._run_task(msg)
             elif msg.kind == protocol.BASELINE:
                 serve_baseline(self.channel, self.target, msg, self.assistant_factory)

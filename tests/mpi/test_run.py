@@ -127,3 +127,27 @@ def test_existing_output_is_not_overwritten_unless_asked(tiny_models, run_mpi, t
     assert (tmp_path / "out.h5").read_text() == "precious"
     proc = run_mpi(["-m", "dsi_mpi", "run", config, "--set", "output.overwrite=true"], ranks=2, timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("prompts, words", [
+    ("", "holds no prompts"),
+    ('{"prompt": "ok"}\nnot json\n', "prompts.jsonl:2: not valid JSON"),
+    ('{"text": "x"}\n', 'expected an object with a string "prompt"'),
+    ('{"prompt": "' + "x" * 600 + '"}\n', "exceeds the target's context of 512 positions"),
+])
+def test_bad_prompt_sets(tiny_models, run_mpi, tmp_path, prompts, words):
+    config = write_job(tmp_path, tiny_models)
+    (tmp_path / "prompts.jsonl").write_text(prompts)
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unwritable_output_and_unloadable_model(tiny_models, run_mpi, tmp_path):
+    (tmp_path / "not_a_dir").write_text("")
+    config = write_job(tmp_path, tiny_models, output={"path": str(tmp_path / "not_a_dir" / "out.h5")})
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)
+    assert proc.returncode == 2 and "cannot write output file" in proc.stderr, proc.stderr[-2000:]
+    (tmp_path / "empty_model").mkdir()
+    config = write_job(tmp_path, tiny_models, models={"drafter": str(tmp_path / "empty_model")})
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)
+    assert proc.returncode == 2 and "cannot load drafter model" in proc.stderr, proc.stderr[-2000:]
