@@ -63,7 +63,8 @@ def measure(records: list[dict], meta: dict) -> dict:
     m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in nonsi
                                   if len(r["tokens"]) > 1])
     spec = by.get("si", []) + by.get("dsi", [])
-    m["drafter_tpot_s"] = sum(r["draft_s"] for r in spec) / max(1, sum(r["drafted"] - 1 for r in spec))
+    si_runs = by.get("si", []) or spec   # si drafts without serving replies in between: a clean drafter timing
+    m["drafter_tpot_s"] = sum(r["draft_s"] for r in si_runs) / max(1, sum(r["drafted"] - 1 for r in si_runs))
     m["drafter_ttft_s"] = _median([r["drafter_prefill_s"] for r in spec])
     m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
     si = by.get("si", [])
@@ -86,16 +87,16 @@ def measure(records: list[dict], meta: dict) -> dict:
     return m
 
 
-def predict(m: dict, lookahead: int, verifiers: int, new_tokens: int) -> dict:
+def predict(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool) -> dict:
     """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
     from dsi_mpi.simulator import Latencies, simulate
     lat = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
                     target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
     a = m["acceptance_si"]
-    out = {alg: simulate(alg, lat, a, lookahead, verifiers, new_tokens, seed=0, trials=400).mean_latency
-           for alg in ("si", "dsi")}
+    out = {alg: simulate(alg, lat, a, lookahead[alg], verifiers, new_tokens, seed=0, trials=400,
+                         restart_probe=nonsi_thread).mean_latency for alg in ("si", "dsi")}
     plain = Latencies(m["drafter_ttft_s"], m["drafter_tpot_s"], m["target_ttft_s"], m["target_tpot_s"])
-    out["nonsi"] = simulate("nonsi", plain, a, lookahead, verifiers, new_tokens, seed=0, trials=1).mean_latency
+    out["nonsi"] = simulate("nonsi", plain, a, 1, 1, new_tokens, seed=0, trials=1).mean_latency
     return {"predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
             "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"]}
 
@@ -118,15 +119,17 @@ def main(argv=None) -> int:
     path = Path(args.results) if args.results else run_job(args)
     meta, records = read_results(str(path))
     cfg = validate(tomllib.loads(meta["config_toml"]))
-    k, new_tokens = cfg["decoding"]["lookahead"], cfg["decoding"]["max_new_tokens"]
-    verifiers = len(json.loads(meta["ranks"])) - 1
+    new_tokens = cfg["decoding"]["max_new_tokens"]
+    k = {r["algorithm"]: r["lookahead"] for r in records}
+    verifiers = max((r["verifiers"] for r in records if r["algorithm"] == "dsi"), default=1)
     m = measure(records, meta)
-    m.update(predict(m, k, verifiers, new_tokens) if "dsi" in m["ms_per_token"] and "si" in m["ms_per_token"] else {})
+    if "dsi" in k and "si" in k:
+        m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"]))
     m.update(lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path),
              git_commit=meta.get("git_commit"))
     print(summary_table(records))
     print()
-    print(f"lookahead {k}, verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
+    print(f"lookahead {k}, dsi verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
     print(f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
           f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance_si']:.3f}")
     for base in ("si", "nonsi", "hf_assisted"):

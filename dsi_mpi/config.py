@@ -39,7 +39,10 @@ KEYS: tuple[Key, ...] = (
     Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
     Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
     Key("decoding", "algorithms", list, ["nonsi", "si", "dsi"], f"algorithms to run on every prompt, any of {list(ALGORITHMS)}"),
-    Key("decoding", "lookahead", int, 5, "draft tokens per verification task (k >= 1)"),
+    Key("decoding", "lookahead", (int, str), 5, 'draft tokens per verification task (k >= 1), or "auto": '
+        "the planner picks each algorithm's best k from a short calibration and the time model"),
+    Key("decoding", "verifiers", (int, str), 0, 'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks '
+        "the best number within the N-1 launched"),
     Key("decoding", "max_new_tokens", int, 64, "tokens to generate per prompt"),
     Key("decoding", "stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
     Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
@@ -54,6 +57,8 @@ KEYS: tuple[Key, ...] = (
     Key("runtime", "timeout_s", float, 300.0, "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank"),
     Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
     Key("runtime", "poll_max_sleep_s", float, 5e-4, "longest sleep between MPI tests while waiting (the back-off cap)"),
+    Key("runtime", "nonsi_thread", bool, True, "dsi: after a rejection, send the target a block of no drafts at once "
+        "(the paper's non-SI thread) instead of waiting for k new drafts"),
     Key("runtime", "max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
     Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
     Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
@@ -111,9 +116,13 @@ def _check_type(key: Key, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config key {where} must be a list of strings, got {value!r}")
         return value
-    if key.type is int and isinstance(value, bool) or not isinstance(value, key.type):
-        raise ConfigError(f"config key {where} must be {key.type.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(value, bool) and key.type is not bool or not isinstance(value, key.type):
+        raise ConfigError(f"config key {where} must be {_type_name(key.type)}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _type_name(kind) -> str:
+    return " or ".join(t.__name__ for t in kind) if isinstance(kind, tuple) else kind.__name__
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -186,7 +195,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     for name in d["algorithms"]:
         need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
     need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
-    need(d["lookahead"] >= 1, f"decoding.lookahead must be >= 1, got {d['lookahead']}")
+    for name, low in (("lookahead", 1), ("verifiers", 0)):
+        value = d[name]
+        need(value == "auto" or isinstance(value, int) and value >= low,
+             f'decoding.{name} must be an integer >= {low} or "auto", got {value!r}')
     need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
     need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
     p = v["prompts"]
@@ -209,5 +221,5 @@ def keys_markdown() -> str:
     """The README's table of config keys."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for k in KEYS:
-        rows.append(f"| `{k.section}.{k.name}` | {k.type.__name__} | `{_toml_value(k.default)}` | {k.help} |")
+        rows.append(f"| `{k.section}.{k.name}` | {_type_name(k.type)} | `{_toml_value(k.default)}` | {k.help} |")
     return "\n".join(rows)

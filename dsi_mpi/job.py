@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from dsi_mpi.config import ConfigError
@@ -70,6 +71,8 @@ def run_job(cfg) -> int:
         _say(f"error on rank {rank}: {err}")
         comm.Abort(EXIT_BAD_INPUT)
     except BaseException as err:  # noqa: BLE001 - any failure must take the whole job down, not hang it
+        if os.environ.get("DSI_MPI_TRACEBACK"):
+            traceback.print_exc()
         _say(f"error on rank {rank}: {type(err).__name__}: {err}")
         comm.Abort(EXIT_FAILURE)
     return EXIT_FAILURE

@@ -35,6 +35,8 @@ class RunRecord:
     algorithm: str
     prompt_index: int
     prompt_id: str
+    lookahead: int = 0          # k used (0 for nonsi)
+    verifiers: int = 1          # verifier ranks used
     tokens: list[int] = field(default_factory=list)          # generated token ids
     commit_times: list[float] = field(default_factory=list)  # seconds from start, one per token
     wall_s: float = 0.0
@@ -67,7 +69,7 @@ class RunRecord:
         return np.array(self.events, dtype=EVENT_DTYPE)
 
     def scalars(self) -> dict:
-        return {"wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_s": self.draft_s,
+        return {"lookahead": self.lookahead, "verifiers": self.verifiers, "wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_s": self.draft_s,
                 "drafter_prefill_s": self.drafter_prefill_s, "compared": self.compared,
                 "accepted": self.accepted, "rejections": self.rejections, "tasks_sent": self.tasks_sent,
                 "tasks_used": self.tasks_used, "tasks_stale": self.tasks_stale, "blocks_unsent": self.blocks_unsent,

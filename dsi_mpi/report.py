@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(json_records(records), indent=1))
     else:
+        from dsi_mpi.explain import explain
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
         print(summary_table(records))
+        for sentence in explain(records, meta):
+            print(f"- {sentence}")
     return 0

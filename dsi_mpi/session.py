@@ -47,6 +47,7 @@ class Session:
                                           decoding["stop_at_eos"], clock_offsets_us)
         self.channel = channel
         self.faults = FaultPlan(0)
+        self.settings = self._settings(comm_size - 1)
         algorithms = decoding["algorithms"]
         if comm_size > 2 and "dsi" not in algorithms:
             print(f"dsi-mpi: warning: {comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one",
@@ -75,14 +76,32 @@ class Session:
         print(summary_table([r.__dict__ | r.scalars() for r in records]), flush=True)
         print(f"results: {self.cfg['output']['path']}", flush=True)
 
+    def _settings(self, verifier_budget: int) -> dict:
+        """Lookahead per algorithm and dsi's verifier count: as configured, or planned ("auto")."""
+        decoding, runtime = self.cfg["decoding"], self.cfg["runtime"]
+        k, v = decoding["lookahead"], decoding["verifiers"]
+        if "auto" not in (k, v):
+            return {"si": k, "dsi": k, "hf_assisted": k, "verifiers": min(v, verifier_budget) or verifier_budget}
+        from dsi_mpi.planner import calibrate, plan
+        first = self.prompts[0]
+        measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding["stop_at_eos"])
+        choice = plan(measured, verifier_budget, decoding["max_new_tokens"], k, v, runtime["nonsi_thread"])
+        self.writer.add_metadata({"planner": choice})
+        print(f"dsi-mpi: planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
+              f"{choice['verifiers']} (measured c = {measured['drafter_tpot_s'] / measured['target_tpot_s']:.2f}, "
+              f"acceptance {measured['acceptance']:.2f})", file=sys.stderr)
+        return choice
+
     def _run_one(self, algorithm: str, prompt, tokens: list[int]) -> RunRecord:
-        decoding = self.cfg["decoding"]
-        record = RunRecord(algorithm, prompt.index, prompt.id)
+        decoding, runtime = self.cfg["decoding"], self.cfg["runtime"]
+        k = self.settings.get(algorithm, 0)
+        record = RunRecord(algorithm, prompt.index, prompt.id, lookahead=k,
+                           verifiers=self.settings["verifiers"] if algorithm == "dsi" else 1)
         if algorithm in ("nonsi", "hf_assisted"):
-            return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"],
-                                decoding["lookahead"], decoding["stop_at_eos"], record)
-        return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], decoding["lookahead"],
-                                     record, self.cfg["runtime"]["max_blocks_ahead"])
+            return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"], max(k, 1),
+                                decoding["stop_at_eos"], record)
+        return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], k, record,
+                                     runtime["max_blocks_ahead"], runtime["nonsi_thread"], self.settings["verifiers"])
 
 
 def _tokenize_for_target(cfg, prompts):
@@ -96,7 +115,8 @@ def _tokenize_for_target(cfg, prompts):
     tokens = {}
     for p in prompts:
         ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
-        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + cfg["decoding"]["lookahead"] + 1 > limit:
+        k = cfg["decoding"]["lookahead"]
+        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + (20 if k == "auto" else k) + 1 > limit:
             raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
                               f"the target's context of {limit} positions")
         tokens[p.index] = ids

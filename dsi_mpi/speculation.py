@@ -10,7 +10,9 @@ back in any order and are applied strictly in position order:
   * a fully accepted block also yields the target's token for the next position (the "bonus"), which
     at once checks the next block's first draft (the paper's immediate pruning).
 The first "block" of a prompt is the target's prefill, which gives the first token exactly as plain
-decoding would. Policies: `si` keeps one block in flight and does not draft while it is (classic
+decoding would; likewise, right after a rejection dsi sends a block of no drafts, so the target goes on
+producing its own next token while the drafter catches up (the paper's non-SI thread: dsi never waits
+for drafts that plain decoding would not need). Policies: `si` keeps one block in flight and does not draft while it is (classic
 speculative decoding, blocking); `dsi` keeps drafting while fewer than `max_blocks_ahead` blocks await
 results and sends blocks to every free verifier (speculation parallelism).
 """
@@ -68,12 +70,15 @@ class SpeculativeDecoder:
 
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,
-                 record: RunRecord, max_blocks_ahead: int = 0) -> RunRecord:
+                 record: RunRecord, max_blocks_ahead: int = 0, nonsi_thread: bool = True,
+                 verifiers: int = 0) -> RunRecord:
+        """Run `policy` on one prompt; dsi uses the first `verifiers` verifier ranks (0: all)."""
         if policy not in ("si", "dsi"):
             raise ValueError(policy)
         self.policy = policy
         self.k = lookahead
-        self.active = self.verifiers[:1] if policy == "si" else self.verifiers
+        self.nonsi_thread = nonsi_thread
+        self.active = self.verifiers[:1] if policy == "si" else self.verifiers[:verifiers or len(self.verifiers)]
         self.max_ahead = 1 if policy == "si" else (max_blocks_ahead or len(self.active) + 1)
         self.record = record
         self.seq = list(prompt)
@@ -90,9 +95,10 @@ class SpeculativeDecoder:
 
         self._start_prefills()
         self.drafter.reset()
-        start = time.perf_counter()
+        start = self._now()
         self.seq.append(int(self.drafter.greedy(prompt, 1)[0]))  # the drafter's prefill drafts position 0
-        record.drafter_prefill_s = time.perf_counter() - start
+        record.drafter_prefill_s = self._now() - start
+        self._event(DRAFT, start, self._now(), value=len(prompt))
         record.drafted += 1
         self._form_blocks()
         while not self.done:
@@ -314,6 +320,8 @@ class SpeculativeDecoder:
         self.epoch += 1
         self._commit()
         self._cancel_all()
+        if self.policy == "dsi" and self.nonsi_thread and not self.done:
+            self.blocks.append(Block(self.n_committed, []))  # the target goes on at once (paper's non-SI thread)
 
     def _cancel_all(self, after_rejection: bool = True) -> None:
         """Drop every block; queued ones are never sent, in-flight ones are told to stop."""

@@ -26,9 +26,10 @@ def test_overrides_parse_toml_values(tmp_path):
 @pytest.mark.parametrize("text, words", [
     ("[decoding]\nlookahed = 3\n", "unknown config key decoding.lookahed"),
     ("[decodng]\nlookahead = 3\n", "unknown config section [decodng]"),
-    ('[decoding]\nlookahead = "3"\n', "decoding.lookahead must be int"),
-    ("[decoding]\nlookahead = 0\n", "decoding.lookahead must be >= 1"),
-    ("[decoding]\nlookahead = true\n", "decoding.lookahead must be int"),
+    ("[decoding]\nlookahead = 3.5\n", "decoding.lookahead must be int or str"),
+    ("[decoding]\nlookahead = 0\n", "decoding.lookahead must be an integer >= 1"),
+    ('[decoding]\nlookahead = "fast"\n', 'decoding.lookahead must be an integer >= 1 or "auto"'),
+    ("[decoding]\nlookahead = true\n", "decoding.lookahead must be int or str"),
     ('[decoding]\nalgorithms = ["dsi", "fast"]\n', "unknown algorithm 'fast'"),
     ("[decoding\n", "not valid TOML"),
     ('[models]\nkind = "emulated"\n[decoding]\nalgorithms = ["hf_assisted"]\n', "hf_assisted needs real models"),

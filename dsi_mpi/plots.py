@@ -1,0 +1,301 @@
+"""`dsi-mpi plot`: pictures and a table that show why a run was fast or slow.
+
+usage:
+  python -m dsi_mpi plot gantt RESULTS.h5 --out DIR [--prompt I] [--algorithm A]
+  python -m dsi_mpi plot table RESULTS.h5 [RESULTS2.h5 ...] --out PREFIX      (writes PREFIX.md, PREFIX.csv)
+  python -m dsi_mpi plot distributions RESULTS.h5 [RESULTS2.h5 ...] --out DIR
+
+gantt: one PNG per (prompt, algorithm): what every rank did over time (drafting, verification forwards,
+waits, rejections, cancellations) above the committed-token curve. table: per file and algorithm the
+speed, the speedups on the same prompts, acceptance, verifier utilisation and stale work. distributions:
+per-prompt latency and speedups across prompts. Each function returns the data it drew, for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dsi_mpi import explain as ex
+from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, EVENT_KINDS, REJECT, STALE_RESULT, VERIFY,
+                             VERIFY_ABORTED, WAIT)
+
+USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
+BAR_KINDS = {DRAFT: ("draft", "#1f77b4"), DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
+             VERIFY: ("verify (result used)", "#2ca02c"), VERIFY_ABORTED: ("verify aborted", "#d62728"),
+             WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
+STALE_VERIFY = ("verify (result stale)", "#c7e9c0")
+ORDER = ("nonsi", "si", "hf_assisted", "dsi")
+CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "dsi": "#000000"}
+
+
+def _pyplot():
+    """matplotlib with the Agg backend, imported only when a picture is drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _algorithms(names) -> list[str]:
+    return [a for a in ORDER if a in names] + sorted(a for a in names if a not in ORDER)
+
+
+# ---------------------------------------------------------------- gantt
+def gantt_data(rec: dict, verifiers: int) -> dict:
+    """Bars per lane (rank) and kind, markers, and whether rank 0's waits were derived from token arrivals
+    (baselines record no events: rank 0 then waits from one token arrival to the next)."""
+    ev = rec["events"]
+    stale = {int(t["task_id"]) for t in rec["tasks"] if t["outcome"] in (STALE_RESULT, ABORTED)}
+    lanes = list(range(verifiers + 1))
+    bars = {rank: {} for rank in lanes}
+    for e in ev:
+        kind, rank = int(e["kind"]), int(e["rank"])
+        if kind not in BAR_KINDS:
+            continue
+        name = EVENT_KINDS[kind]
+        if kind == VERIFY and int(e["task_id"]) in stale:
+            name = "verify_stale"
+        bars.setdefault(rank, {}).setdefault(name, []).append((float(e["t0"]), float(e["t1"] - e["t0"])))
+    derived = not len(ev)
+    if derived:
+        arrivals = np.unique(np.asarray(rec["commit_times"], dtype=float))
+        starts = np.concatenate(([0.0], arrivals[:-1]))
+        bars[0]["wait"] = [(float(s), float(t - s)) for s, t in zip(starts, arrivals)]
+    markers = {"reject": [float(e["t0"]) for e in ev if e["kind"] == REJECT],
+               "cancel_sent": [(float(e["t0"]), int(e["value"])) for e in ev if e["kind"] == CANCEL_SENT]}
+    return {"lanes": sorted(bars), "bars": bars, "markers": markers, "derived_waits": derived}
+
+
+def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> dict:
+    """One PNG: a lane per rank above the committed-token curve (the prompt's other algorithms as thin lines)."""
+    plt = _pyplot()
+    verifiers = ex.job_shape(meta, [rec])["verifiers"]
+    data = gantt_data(rec, verifiers)
+    lanes, ms = data["lanes"], 1e3
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(13, 2.2 + 0.75 * len(lanes) + 2.6),
+                                      gridspec_kw={"height_ratios": [0.75 * len(lanes) + 0.6, 2.6]})
+    colors = {EVENT_KINDS[k]: c for k, (_, c) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[1]}
+    labels = {EVENT_KINDS[k]: n for k, (n, _) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[0]}
+    if data["derived_waits"]:
+        labels["wait"] = "wait for the next token (from arrival times)"
+    seen = set()
+    for rank, kinds in data["bars"].items():
+        for name, spans in kinds.items():
+            spans_ms = [(t * ms, max(d * ms, 0.05)) for t, d in spans]
+            top.broken_barh(spans_ms, (-rank - 0.35, 0.7), facecolors=colors[name], edgecolor="white",
+                            linewidth=0.3, label=None if name in seen else labels[name])
+            seen.add(name)
+    for t in data["markers"]["reject"]:
+        for ax in (top, bottom):
+            ax.axvline(t * ms, color="#d62728", linewidth=0.8, alpha=0.6, linestyle="--")
+    if data["markers"]["reject"]:
+        top.plot([], [], color="#d62728", linestyle="--", label="rejection")
+    cancels = data["markers"]["cancel_sent"]
+    if cancels:
+        top.scatter([t * ms for t, _ in cancels], [-v for _, v in cancels], marker="x", color="black", s=40,
+                    zorder=5, label="cancel sent to this verifier")
+    busy = ex.verifier_busy(rec, verifiers)
+    names = ["rank 0\ndrafter + coordinator"] + [
+        f"rank {r} verifier\nbusy {busy[r - 1] / rec['wall_s']:.0%}" if rec["wall_s"] and not data["derived_waits"]
+        else f"rank {r} verifier" for r in lanes[1:]]
+    top.set_yticks([-r for r in lanes], names)
+    top.set_ylim(-lanes[-1] - 0.7, 0.7)
+    if data["derived_waits"]:
+        top.text(0.5, -0.5 - lanes[-1] / 2, f"{rec['algorithm']} records no per-rank events: verifier work not shown",
+                 ha="center", va="center", transform=top.get_yaxis_transform(), color="#555555", fontsize=9)
+    top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    top.set_title(f"{rec['algorithm']}: prompt {rec['prompt_index']} ({rec['prompt_id']}), {len(rec['tokens'])} "
+                  f"tokens in {rec['wall_s'] * ms:.1f} ms ({rec['wall_s'] * ms / max(1, len(rec['tokens'])):.2f} "
+                  f"ms/token), first token {rec['ttft_s'] * ms:.1f} ms", fontsize=10)
+    for run in [*others, rec]:
+        t, mine = np.asarray(run["commit_times"]) * ms, run is rec
+        label = f"{run['algorithm']}{' (this run)' if mine else ''}: {run['wall_s'] * ms:.0f} ms"
+        bottom.step(np.concatenate(([0], t)), np.arange(len(t) + 1), where="post", linewidth=2.4 if mine else 1.2,
+                    color=CURVE_COLORS.get(run["algorithm"], "#17becf"), alpha=1 if mine else 0.75,
+                    zorder=3 if mine else 2, label=label)
+    bottom.set_ylabel("tokens committed")
+    bottom.set_xlabel("time since the run's start (ms, rank 0's clock)")
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    bottom.grid(alpha=0.3)
+    bottom.set_xlim(0, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    counts = {rank: {name: len(spans) for name, spans in kinds.items()} for rank, kinds in data["bars"].items()}
+    return {"path": str(path), "lanes": lanes, "bars_per_lane": counts, "derived_waits": data["derived_waits"],
+            "markers": len(data["markers"]["reject"]) + len(cancels),
+            "markers_by_kind": {k: len(v) for k, v in data["markers"].items()}, "commits": len(rec["commit_times"])}
+
+
+def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None = None) -> list[dict]:
+    """Draw a Gantt PNG per (prompt, algorithm) of a results file into directory `out`."""
+    from dsi_mpi.results import read_results
+    meta, records = read_results(path)
+    chosen = [r for r in records if (prompt is None or r["prompt_index"] == prompt)
+              and (algorithm is None or r["algorithm"] == algorithm)]
+    if not chosen:
+        wanted = " and ".join(w for w in (prompt is not None and f"prompt {prompt}", algorithm) if w) or "any prompt"
+        raise ValueError(f"{path} has no complete record for {wanted}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for rec in sorted(chosen, key=lambda r: (r["prompt_index"], _algorithms([r["algorithm"]]))):
+        others = [r for r in records if r["prompt_index"] == rec["prompt_index"] and r is not rec]
+        name = f"gantt_p{rec['prompt_index']:05d}_{rec['algorithm']}.png"
+        drawn.append(draw_gantt(rec, meta, Path(out) / name, others) | {"prompt_index": rec["prompt_index"],
+                                                                        "algorithm": rec["algorithm"]})
+    return drawn
+
+
+# ---------------------------------------------------------------- table
+COLUMNS = [("file", "file", None), ("algorithm", "algorithm", None), ("prompts", "prompts", "d"),
+           ("tokens", "tokens", "d"), ("tokens_per_s", "tok/s", ".1f"), ("ttft_ms", "TTFT ms", ".1f"),
+           ("ms_per_token", "ms/token", ".2f"), ("speedup_vs_nonsi", "vs nonsi", ".3f"),
+           ("speedup_vs_si", "vs si", ".3f"), ("acceptance", "acceptance", ".3f"),
+           ("accepted_per_verification", "accepted/verification", ".2f"),
+           ("verifier_utilisation", "verifier util.", ".1%"), ("stale_fraction", "stale work", ".1%"),
+           ("tasks_stale", "stale tasks", "d"), ("blocks_unsent", "blocks never sent", "d")]
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """File stems, or full paths where stems collide."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
+
+
+def table_rows(paths: list[str]) -> list[dict]:
+    """One row per (file, algorithm): explain.compare's figures, speedups on each file's own prompts."""
+    from dsi_mpi.results import read_results
+    rows = []
+    for label, path in zip(_labels(paths), paths):
+        meta, records = read_results(path)
+        figures = ex.compare(records, ex.job_shape(meta, records)["verifiers"])
+        for algorithm in _algorithms(figures):
+            rows.append({"file": label, "algorithm": algorithm} | figures[algorithm])
+    return rows
+
+
+def _cell(value, fmt) -> str:
+    if fmt is None:
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return format(value, fmt)
+
+
+def table(paths: list[str], out: str) -> list[dict]:
+    """Write OUT.md (readable, with explain()'s sentences per file) and OUT.csv (one row per file, algorithm)."""
+    from dsi_mpi.results import read_results
+    rows = table_rows(paths)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
+    lines += ["", "Speedups: wall time of the baseline / wall time of the algorithm on the same prompts (above 1: "
+              "faster). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
+              "every verifier rank. Stale work: share of verifier busy time spent on tasks whose result was stale "
+              "or whose forward was aborted."]
+    for label, path in zip(_labels(paths), paths):
+        meta, records = read_results(path)
+        lines += ["", f"## Why: {label}", ""] + [f"- {s}" for s in ex.explain(records, meta)]
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+    with open(f"{out}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([k for k, _, _ in COLUMNS])
+        for r in rows:
+            writer.writerow(["" if isinstance(r[k], float) and math.isnan(r[k]) else r[k] for k, _, _ in COLUMNS])
+    return rows
+
+
+# ---------------------------------------------------------------- distributions
+def distribution_data(paths: list[str]) -> dict:
+    """Per-prompt ms/token per (file, algorithm) and per-prompt speedups (baseline wall / algorithm wall)."""
+    from dsi_mpi.results import read_results
+    latency, speedups = {}, {}
+    several = len(paths) > 1
+    for label, path in zip(_labels(paths), paths):
+        by = ex.by_algorithm(read_results(path)[1])
+        prefix = f"{label}: " if several else ""
+        for algorithm in _algorithms(by):
+            latency[prefix + algorithm] = [1e3 * r["wall_s"] / len(r["tokens"]) for r in
+                                           sorted(by[algorithm], key=lambda r: r["prompt_index"]) if r["tokens"]]
+        for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("hf_assisted", "nonsi"), ("dsi", "si")):
+            values = ex.per_prompt_speedups(by, a, b)
+            if values:
+                speedups[f"{prefix}{a} / {b}"] = values
+    return {"per_token_ms": latency, "speedups": speedups}
+
+
+def _box_strip(ax, groups: dict[str, list[float]]) -> None:
+    """Box per group with every prompt as a jittered dot on top (few prompts stay visible)."""
+    names = list(groups)
+    ax.boxplot([groups[n] for n in names], widths=0.5, showfliers=False, medianprops={"color": "black"})
+    jitter = np.random.default_rng(0)
+    for i, n in enumerate(names, start=1):
+        algorithm = n.split(": ")[-1].split(" / ")[0]
+        ax.scatter(i + jitter.uniform(-0.12, 0.12, len(groups[n])), groups[n], s=16, alpha=0.75, zorder=3,
+                   color=CURVE_COLORS.get(algorithm, "#17becf"))
+    tilt = len(names) > 4
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20 if tilt else 0, ha="right" if tilt else "center")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def distributions(paths: list[str], out: str) -> dict:
+    """latency_per_token.png and speedups.png in directory `out`; returns the plotted values and paths."""
+    plt = _pyplot()
+    data = distribution_data(paths)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    data["paths"] = []
+    for key, name, ylabel, title in (
+            ("per_token_ms", "latency_per_token.png", "ms per token (wall time / tokens)",
+             "per-token latency across prompts"),
+            ("speedups", "speedups.png", "speedup (baseline time / algorithm time)",
+             "per-prompt speedup (above 1: faster than the baseline)")):
+        groups = data[key]
+        if not groups:
+            continue
+        fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) + 2), 4.5))
+        _box_strip(ax, groups)
+        if key == "speedups":
+            ax.axhline(1.0, color="#d62728", linewidth=1, linestyle="--")
+        n = max(len(v) for v in groups.values())
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}; {n} prompt(s)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(Path(out) / name, dpi=110)
+        plt.close(fig)
+        data["paths"].append(str(Path(out) / name))
+    return data
+
+
+# ---------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dsi-mpi plot", usage=USAGE, description=__doc__.split("\n\n")[2])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gantt", help="per-rank timeline PNG per (prompt, algorithm)")
+    g.add_argument("results")
+    g.add_argument("--out", required=True, help="directory for the PNGs")
+    g.add_argument("--prompt", type=int, help="prompt index (default: every prompt)")
+    g.add_argument("--algorithm", help="one algorithm (default: every algorithm)")
+    for name, text in (("table", "PREFIX of PREFIX.md and PREFIX.csv"), ("distributions", "directory for the PNGs")):
+        p = sub.add_parser(name)
+        p.add_argument("results", nargs="+")
+        p.add_argument("--out", required=True, help=text)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "gantt":
+            written = [d["path"] for d in gantt(args.results, args.out, args.prompt, args.algorithm)]
+        elif args.command == "table":
+            table(args.results, args.out)
+            written = [f"{args.out}.md", f"{args.out}.csv"]
+        else:
+            written = distributions(args.results, args.out)["paths"]
+    except (OSError, ValueError) as err:
+        print(f"dsi-mpi plot: {err}")
+        return 2
+    for path in written:
+        print(path)
+    return 0
