@@ -1,6 +1,7 @@
 """Baselines that run on one verifier rank, driven and timed by rank 0 like SI and DSI.
 
-- nonsi: plain greedy decoding with the target and its KV cache, one token per forward.
+- nonsi: plain decoding with the target and its KV cache, one token per forward (greedy, or sampling
+  with the position-keyed random streams of dsi_mpi/acceptance.py).
 - hf_assisted: Hugging Face's own assisted generation (`generate(assistant_model=...)`) on the same pair,
   with the same fixed lookahead (constant schedule, no confidence early stop), what users would
   otherwise pick. The drafter is loaded on that verifier only when this algorithm runs.
@@ -18,11 +19,11 @@ from dsi_mpi.records import RunRecord
 
 
 def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], max_new_tokens: int,
-                 lookahead: int, stop_at_eos: bool, record: RunRecord) -> RunRecord:
+                 lookahead: int, stop_at_eos: bool, record: RunRecord, key: int = 0) -> RunRecord:
     """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive."""
     t0 = time.perf_counter()
     channel.send(verifier, protocol.BASELINE, prompt, algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
-                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead)
+                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead, key=key)
     while True:
         _, msg = channel.receive(f"{algorithm} tokens from rank {verifier}", source=verifier, tag=protocol.TOKENS)
         now = time.perf_counter() - t0
@@ -37,30 +38,30 @@ def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[i
     return record
 
 
-def serve_baseline(channel: Channel, target, msg, assistant_factory) -> None:
+def serve_baseline(channel: Channel, target, msg, assistant_factory, rule) -> None:
     """Verifier side of `run_baseline`."""
     prompt = [int(t) for t in msg.payload]
     eos = set(target.eos_token_ids) if msg.stop_at_eos else set()
     if msg.algorithm == protocol.BASELINE_ALGORITHMS["nonsi"]:
-        _plain_greedy(channel, target, prompt, msg.max_new_tokens, eos)
+        _plain_decode(channel, target, prompt, msg.max_new_tokens, eos, rule, msg.key)
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
         if assistant_factory is None:
             raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
         _hf_assisted(channel, target, assistant_factory(), prompt, msg.max_new_tokens, msg.lookahead,
-                     bool(msg.stop_at_eos))
+                     bool(msg.stop_at_eos), rule, msg.key)
     else:
         raise protocol.ProtocolError(f"unknown baseline algorithm code {msg.algorithm}")
 
 
-def _plain_greedy(channel: Channel, target, prompt: list[int], max_new_tokens: int, eos: set) -> None:
+def _plain_decode(channel: Channel, target, prompt: list[int], max_new_tokens: int, eos: set, rule, key: int) -> None:
     target.reset()
-    token = int(target.greedy(prompt, 1)[0])
+    token = rule.next_token(target, prompt, len(prompt), key)
     for i in range(max_new_tokens):
         done = i + 1 == max_new_tokens or token in eos
         channel.send(0, protocol.TOKENS, [token], first_index=i, done=int(done))
         if done:
             break
-        token = int(target.greedy([token], 1)[0])
+        token = rule.next_token(target, [token], len(prompt) + i + 1, key)
     target.reset()
 
 
@@ -85,7 +86,7 @@ class _TokenStreamer:
 
 
 def _hf_assisted(channel: Channel, target, assistant, prompt: list[int], max_new_tokens: int, lookahead: int,
-                 stop_at_eos: bool) -> None:
+                 stop_at_eos: bool, rule, key: int) -> None:
     import torch
     model = target.model
     assistant.generation_config = copy.deepcopy(assistant.generation_config)
@@ -93,7 +94,10 @@ def _hf_assisted(channel: Channel, target, assistant, prompt: list[int], max_new
     assistant.generation_config.num_assistant_tokens_schedule = "constant"
     assistant.generation_config.assistant_confidence_threshold = 0.0
     config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
+    config.do_sample = rule.sampled
+    if rule.sampled:   # Hugging Face draws with torch's generator: seeded per prompt, not per position
+        config.temperature, config.top_k, config.top_p = rule.temperature, rule.top_k or None, rule.top_p
+        torch.manual_seed(rule.seed * 1_000_003 + key)
     if not stop_at_eos:
         config.eos_token_id = None
     ids = torch.tensor([prompt], dtype=torch.long, device=target.device)

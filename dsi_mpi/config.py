@@ -46,6 +46,10 @@ KEYS: tuple[Key, ...] = (
     Key("decoding", "max_new_tokens", int, 64, "tokens to generate per prompt"),
     Key("decoding", "stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
     Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
+    Key("decoding", "do_sample", bool, False, "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)"),
+    Key("decoding", "temperature", float, 1.0, "sampling temperature (as in Hugging Face generate)"),
+    Key("decoding", "top_k", int, 0, "sample among the k most likely tokens only (0: off)"),
+    Key("decoding", "top_p", float, 1.0, "sample from the smallest set of tokens with probability >= top_p (1: off)"),
     Key("decoding", "warmup_prompts", int, 1, "untimed runs of each algorithm before timing (shapes, caches, allocators)"),
     Key("prompts", "path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
     Key("prompts", "limit", int, 0, "use only the first N prompts of the file (0: all)"),
@@ -201,6 +205,9 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
              f'decoding.{name} must be an integer >= {low} or "auto", got {value!r}')
     need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
     need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
+    need(d["temperature"] > 0, f"decoding.temperature must be > 0, got {d['temperature']}")
+    need(d["top_k"] >= 0, f"decoding.top_k must be >= 0, got {d['top_k']}")
+    need(0 < d["top_p"] <= 1, f"decoding.top_p must be in (0, 1], got {d['top_p']}")
     p = v["prompts"]
     need(p["limit"] >= 0, "prompts.limit must be >= 0")
     need(p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
@@ -215,6 +222,7 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
         need(e[name] >= 0, f"emulation.{name} must be >= 0")
     if m["kind"] == "emulated":
         need("hf_assisted" not in d["algorithms"], "hf_assisted needs real models (models.kind = \"hf\")")
+        need(not d["do_sample"], "sampling needs real models: LATENCY EMULATION draws acceptance i.i.d. (models.kind = \"hf\")")
 
 
 def keys_markdown() -> str:

@@ -111,11 +111,12 @@ def _run_ranks(cfg, comm) -> int:
     offsets = measure_offsets(comm, poller)
     channel = Channel(comm, poller)
     if rank != 0:
+        from dsi_mpi.acceptance import rule_from_config
         from dsi_mpi.verifier import Verifier
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
-        Verifier(channel, runner, assistant).serve()
+        Verifier(channel, runner, assistant, rule_from_config(cfg["decoding"])).serve()
         return 0
     metadata = {"versions": _versions(), "git_commit": _git_commit(), "ranks": infos,
                 "algorithms": cfg["decoding"]["algorithms"], "argv": sys.argv,

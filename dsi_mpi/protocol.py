@@ -7,16 +7,20 @@ MPI tag equal to its kind:
 
 | kind      | direction | fields                                                | payload                  |
 | --------- | --------- | ----------------------------------------------------- | ------------------------ |
-| TASK      | 0 -> v    | task_id, epoch, base, n_out                           | tokens after `base`      |
-| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | target's n_out tokens |
+| TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras            | tokens after `base`, extras |
+| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | the rule's verdict |
 | ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us           | (none)                   |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
-| BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead | prompt tokens           |
+| BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key | prompt tokens     |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
 
-A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload
-and return its greedy token for each of the last `n_out` positions. Each task gets exactly one reply,
+A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload's
+tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule (dsi_mpi/acceptance.py):
+greedy verdicts are the target's token at each of the last `n_out` positions; sampling verdicts are the
+number of drafts that stand and the target's distribution where they stop. `key` keys the random
+streams (the prompt); `n_extras` trailing payload integers are the rule's extras (sampling: q(x) of each
+draft, as float64 bits). Each task gets exactly one reply,
 RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
 bracket the verifier's forward on its own clock (dsi_mpi.clock; start_us = end_us: never started).
 An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
@@ -36,11 +40,11 @@ TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = range(1, 8)
 KIND_NAMES = {TASK: "TASK", RESULT: "RESULT", ABORTED: "ABORTED", CANCEL: "CANCEL",
               BASELINE: "BASELINE", TOKENS: "TOKENS", STOP: "STOP"}
 FIELDS = {
-    TASK: ("task_id", "epoch", "base", "n_out"),
+    TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras"),
     RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
     ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us"),
     CANCEL: ("epoch",),
-    BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead"),
+    BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead", "key"),
     TOKENS: ("first_index", "done"),
     STOP: (),
 }
@@ -98,8 +102,9 @@ def decode(buf: np.ndarray, tag: int, source: int) -> Message:
         if value < 0:
             raise ProtocolError(f"{where}: {KIND_NAMES[kind]} field {name} is negative ({value})")
     payload = buf[HEADER + n_fields:]
-    if kind == TASK and (fields["n_out"] < 1 or fields["n_out"] > n_payload):
-        raise ProtocolError(f"{where}: TASK asks for {fields['n_out']} outputs from {n_payload} new tokens")
+    if kind == TASK and (fields["n_out"] < 1 or fields["n_out"] + fields["n_extras"] > n_payload):
+        raise ProtocolError(f"{where}: TASK asks for {fields['n_out']} outputs and {fields['n_extras']} extras "
+                            f"from a payload of {n_payload}")
     if kind == RESULT and n_payload < 1:
         raise ProtocolError(f"{where}: RESULT carries no tokens")
     return Message(kind, fields, payload)

@@ -47,6 +47,7 @@ class RunRecord:
     compared: int = 0           # draft tokens checked against the target
     accepted: int = 0           # draft tokens that matched and were committed
     rejections: int = 0
+    restarts: int = 0           # verdicts that disagreed with an already committed draft (float noise): re-verified
     tasks_sent: int = 0
     tasks_used: int = 0         # results applied to the text
     tasks_stale: int = 0        # results ignored or forwards aborted because a rejection made them stale
@@ -71,6 +72,6 @@ class RunRecord:
     def scalars(self) -> dict:
         return {"lookahead": self.lookahead, "verifiers": self.verifiers, "wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_s": self.draft_s,
                 "drafter_prefill_s": self.drafter_prefill_s, "compared": self.compared,
-                "accepted": self.accepted, "rejections": self.rejections, "tasks_sent": self.tasks_sent,
+                "accepted": self.accepted, "rejections": self.rejections, "restarts": self.restarts, "tasks_sent": self.tasks_sent,
                 "tasks_used": self.tasks_used, "tasks_stale": self.tasks_stale, "blocks_unsent": self.blocks_unsent,
                 "new_tokens": len(self.tokens)}

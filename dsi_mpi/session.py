@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+from dsi_mpi.acceptance import rule_from_config
 from dsi_mpi.baselines import run_baseline
 from dsi_mpi.config import ConfigError
 from dsi_mpi.faults import FaultPlan
@@ -44,7 +45,7 @@ class Session:
         self.writer.add_metadata(metadata)
         decoding = self.cfg["decoding"]
         self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
-                                          decoding["stop_at_eos"], clock_offsets_us)
+                                          decoding["stop_at_eos"], clock_offsets_us, rule_from_config(decoding))
         self.channel = channel
         self.faults = FaultPlan(0)
         self.settings = self._settings(comm_size - 1)
@@ -99,9 +100,10 @@ class Session:
                            verifiers=self.settings["verifiers"] if algorithm == "dsi" else 1)
         if algorithm in ("nonsi", "hf_assisted"):
             return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"], max(k, 1),
-                                decoding["stop_at_eos"], record)
+                                decoding["stop_at_eos"], record, prompt.index)
         return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], k, record,
-                                     runtime["max_blocks_ahead"], runtime["nonsi_thread"], self.settings["verifiers"])
+                                     runtime["max_blocks_ahead"], runtime["nonsi_thread"], self.settings["verifiers"],
+                                     prompt.index)
 
 
 def _tokenize_for_target(cfg, prompts):

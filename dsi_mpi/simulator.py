@@ -2,8 +2,9 @@
 
 Why: the MPI coordinator (speculation.py) is costly to run, so its latency is predicted here first and the
 emulated MPI run is checked against these numbers. The rules are the coordinator's, not an idealised DSI:
-* rank 0 runs drafter and coordinator in one process: replies are read only between drafter steps (a step
-  in progress is finished first) or at once when the drafter idles;
+* rank 0 runs drafter and coordinator in one process: replies are read between drafter steps (a step in
+  progress is finished first) or at once when the drafter idles (drafter_layers > 1: also between the
+  drafter's layers, and a step whose text changed is dropped; the coordinator's interruptible drafting);
 * k drafts form a block, sent to a free verifier once formed, else queued (FIFO); a verification costs one
   target forward (TPOT) whatever its length, as in the paper;
 * results apply in position order; a rejection commits the target's token, drops every other block
@@ -15,6 +16,7 @@ Copied from the coordinator where the paper is silent: a block starts where the 
 else at the first uncommitted position; nothing is drafted past position N - 1 (the last block may be
 short); a block formed by a step is sent before the replies that came in during that step are read; dsi
 drafts while fewer than V + 1 blocks (the prefill counts) await replies; si only when none is pending.
+Optional, off by default: restart_probe (the coordinator's nonsi_thread), cancel_latency, blocks_ahead.
 
 Acceptance is the paper's model: each draft equals the target's token with probability a, independently.
 One flag per position and trial is drawn up front: under greedy decoding a draft is only ever checked if
@@ -145,19 +147,24 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
     """One si or dsi trial, event by event in the coordinator's order, taking the drafter's steps between
     two events in one go. Returns (latency, used, discarded, accepted). fast: skip segments with _dsi_jump
     where exact. probe, layers: see simulate. Time runs in ticks of Dc / layers from `origin`."""
-    Dc, Tv = lat.drafter_tpot, lat.target_tpot
-    tol, nv, tick, L = TOL * Dc, 1 if si else V, Dc / layers, layers
-    nsteps = _ceil(Tv / Dc)
-    n0 = -(-nsteps // k)
+    Dc, Tv, L, probe = lat.drafter_tpot, lat.target_tpot, layers, probe and not si
+    tol, nv, tick, nsteps = TOL * Dc, 1 if si else V, Dc / layers, _ceil(lat.target_tpot / Dc)
+    n0 = -(-nsteps // k)                                   # verifiers that keep up with the drafter
     throttled = V * k < nsteps and ahead == V + 1
     free_regime = k <= nsteps and V >= n0 and ahead > n0 and L == 1
     fast = fast and not si and not probe and cancel == 0 and (throttled or free_regime)
     free = [INF] * nv                                      # all verifiers start with their prefill
+    stale = {}                                             # preempted verifier -> when its reply lands
     blocks = deque([[0, 0, PREFILL, lat.target_ttft, False]])  # start, size, verifier, finish, done
     t, committed, drafted, start = 0.0, 0, 0, 0            # start: where the next block will begin
     origin, ticks, busy, first = lat.drafter_ttft - Dc, 0, True, True  # drafter prefill = first step
     used = discarded = accepted = 0
     matches, mism = match.tolist(), None
+
+    def free_stale():
+        for v in [v for v, when in stale.items() if when <= t + tol]:
+            free[v] = t
+            del stale[v]
 
     def dispatch():
         for b in blocks:
@@ -169,8 +176,8 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
 
     while True:
         pending = min((b[3] for b in blocks if b[2] != UNSENT and not b[4]), default=INF)
-        if cancel and any(b[2] == UNSENT for b in blocks):
-            pending = min([pending] + [f for f in free if f > t])
+        if stale:                                          # an aborted task's reply frees its verifier
+            pending = min([pending] + list(stale.values()))
         stepped, mid = busy, False
         if busy:                                           # drafter ticks up to the next event
             goal = (ticks // L + (1 if first else min(k - (drafted - start), N - drafted))) * L
@@ -197,6 +204,7 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
                     free[:] = [t] * nv
                 else:
                     free[b[2]] = t
+        free_stale()
         rejected, moved = None, False
         while blocks and blocks[0][4] and rejected is None:  # apply in position order
             p, size, v = blocks.popleft()[:3]
@@ -222,8 +230,9 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
                 if b[2] >= 0:
                     discarded += 1
                     if not b[4]:
-                        free[b[2]] = min(b[3], t + cancel)
+                        stale[b[2]] = min(b[3], t + cancel)  # busy until its (aborted) reply is read
             blocks.clear()
+            free_stale()
             drafted = committed
             if probe:                                      # the target's next token, with no drafts
                 blocks.append([committed, 0, UNSENT, INF, False])
@@ -289,9 +298,9 @@ def si_expected_latency(latencies: Latencies, acceptance: float, lookahead: int,
     Token 0 is committed at max(target TTFT, drafter TTFT) (the reply is read after the drafter's prefill).
     Each later round drafts kk = min(k, tokens left) tokens (kk * Dc), verifies them (Tv) and commits j + 1
     tokens with probability a^j (1 - a) for j < kk, or kk + 1 with probability a^kk.
-    exact=True: the expectation by recursion over the tokens still to commit, f(n) = kk Dc + Tv +
-      sum_i P(i) f(n - i), so the partial last round and the first round are exact (for k = 1 the block
-      [0] formed from the drafter's prefill is verified for its bonus only, when token 0's draft matched).
+    exact=True: the expectation by recursion over the tokens left, f(n) = kk Dc + Tv + sum_i P(i) f(n - i),
+      exact for the short last round and the first (for k = 1 the block [0] from the drafter's prefill is
+      verified for its bonus only, when token 0's draft matched).
     exact=False: the paper's renewal formula, N - 1 tokens at (1 - a^(k+1)) / (1 - a) tokens per round
       of k Dc + Tv. It ignores the overshoot of the last round, k = 1's first round and the shorter rounds
       within k tokens of the end; the error is at most k Dc + Tv + k (k+1) / 2 Dc (checked on a grid)."""
@@ -364,7 +373,7 @@ def best_lookahead(algorithm: str, latencies: Latencies, acceptance: float, new_
 
 USAGE = ("python -m dsi_mpi simulate --target-tpot S [--target-ttft S] (--drafter-tpot S | --c C) "
          "[--drafter-ttft S] --acceptance A --lookahead K --verifiers V --tokens N [--seed 0] "
-         "[--trials 200] [--json]")
+         "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--cancel-latency S] [--json]")
 OPTIONS = [("--target-tpot", float, True, "target seconds per token"),
            ("--target-ttft", float, False, "target prefill seconds (default: target TPOT)"),
            ("--drafter-ttft", float, False, "drafter prefill seconds (default: c * target TTFT)"),
@@ -373,7 +382,9 @@ OPTIONS = [("--target-tpot", float, True, "target seconds per token"),
            ("--verifiers", int, True, "target servers for dsi, V (si uses one)"),
            ("--tokens", int, True, "new tokens per generation, N"),
            ("--seed", int, False, "seed of the draws (default 0)"),
-           ("--trials", int, False, "Monte Carlo trials (default 200)")]
+           ("--trials", int, False, "Monte Carlo trials (default 200)"),
+           ("--drafter-layers", int, False, "also read replies between L drafter layers (default 1)"),
+           ("--cancel-latency", float, False, "seconds until a preempted verifier is free (default 0)")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,19 +395,23 @@ def main(argv: list[str] | None = None) -> int:
     drafter = ap.add_mutually_exclusive_group(required=True)
     drafter.add_argument("--drafter-tpot", type=float, help="drafter seconds per token")
     drafter.add_argument("--c", type=float, help="drafter TPOT as a fraction of the target's")
+    ap.add_argument("--nonsi-thread", action="store_true", help="dsi sends a zero-draft block per rejection")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.set_defaults(seed=0, trials=200)
+    ap.set_defaults(seed=0, trials=200, drafter_layers=1, cancel_latency=0.0)
     args = ap.parse_args(argv)
     c = args.c if args.c is not None else args.drafter_tpot / args.target_tpot
     a, k, V, N = args.acceptance, args.lookahead, args.verifiers, args.tokens
     try:
         lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft)
-        runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials) for alg in ALGORITHMS}
+        extra = dict(restart_probe=args.nonsi_thread, drafter_layers=args.drafter_layers,
+                     cancel_latency=args.cancel_latency)
+        runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials, **extra) for alg in ALGORITHMS}
     except ValueError as err:
         ap.error(str(err))
     t = {alg: r.mean_latency for alg, r in runs.items()}
     out = {"latencies": lat.__dict__, "c": c, "acceptance": a, "lookahead": k, "verifiers": V, "tokens": N,
-           "seed": args.seed, "trials": args.trials, "runs": {alg: r.to_dict() for alg, r in runs.items()},
+           "seed": args.seed, "trials": args.trials, **extra,
+           "runs": {name: r.to_dict() for name, r in runs.items()},
            "si_expected_exact": si_expected_latency(lat, a, k, N),
            "si_expected_paper": si_expected_latency(lat, a, k, N, exact=False),
            "speedup_si_over_nonsi": t["nonsi"] / t["si"], "speedup_dsi_over_si": t["si"] / t["dsi"],

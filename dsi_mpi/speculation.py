@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsi_mpi import protocol
+from dsi_mpi.acceptance import Greedy
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.channel import Channel
 from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
@@ -57,7 +58,7 @@ class SpeculativeDecoder:
     """Drives SI or DSI for one prompt at a time; verifier cache knowledge persists across prompts."""
 
     def __init__(self, channel: Channel, drafter: ModelRunner, verifiers: list[int], eos_ids=(),
-                 stop_at_eos: bool = True, clock_offsets_us: dict[int, int] | None = None):
+                 stop_at_eos: bool = True, clock_offsets_us: dict[int, int] | None = None, rule=None):
         self.channel = channel
         self.drafter = drafter
         self.verifiers = list(verifiers)
@@ -67,16 +68,19 @@ class SpeculativeDecoder:
         self.epoch = 0
         self.next_task_id = 0
         self.offsets_us = clock_offsets_us or {}            # verifier clock - rank 0 clock (dsi_mpi.clock)
+        self.rule = rule or Greedy()                        # greedy or sampling (dsi_mpi/acceptance.py)
 
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,
                  record: RunRecord, max_blocks_ahead: int = 0, nonsi_thread: bool = True,
-                 verifiers: int = 0) -> RunRecord:
-        """Run `policy` on one prompt; dsi uses the first `verifiers` verifier ranks (0: all)."""
+                 verifiers: int = 0, key: int = 0) -> RunRecord:
+        """Run `policy` on one prompt; dsi uses the first `verifiers` verifier ranks (0: all); `key` keys
+        the random streams of sampling (the prompt's index)."""
         if policy not in ("si", "dsi"):
             raise ValueError(policy)
         self.policy = policy
         self.k = lookahead
+        self.key = key
         self.nonsi_thread = nonsi_thread
         self.active = self.verifiers[:1] if policy == "si" else self.verifiers[:verifiers or len(self.verifiers)]
         self.max_ahead = 1 if policy == "si" else (max_blocks_ahead or len(self.active) + 1)
@@ -91,12 +95,13 @@ class SpeculativeDecoder:
         self.done = False
         self.t0 = time.perf_counter()
         self._drafting = None
+        self.deferred = None   # (verdict, j, position) waiting for the draft at position (sampling, dsi)
         self.drafter.set_layer_callback(self._between_drafter_layers)
 
         self._start_prefills()
         self.drafter.reset()
         start = self._now()
-        self.seq.append(int(self.drafter.greedy(prompt, 1)[0]))  # the drafter's prefill drafts position 0
+        self.seq.append(self.rule.draft(self.drafter, prompt, len(prompt), key))  # the prefill drafts position 0
         record.drafter_prefill_s = self._now() - start
         self._event(DRAFT, start, self._now(), value=len(prompt))
         record.drafted += 1
@@ -135,7 +140,7 @@ class SpeculativeDecoder:
         return awaiting < self.max_ahead if self.policy == "dsi" else not self.blocks
 
     def _draft_one(self) -> None:
-        """One drafter forward: feed what its cache lacks of the text, append its greedy guess.
+        """One drafter forward: feed what its cache lacks of the text, append its draft.
         Results are handled between the drafter's layers (see `_between_drafter_layers`); if one changes
         the text under the draft (a rejection, or a bonus token taking this position) the draft is dropped."""
         position = len(self.seq)
@@ -144,7 +149,7 @@ class SpeculativeDecoder:
         self._drafting = (self.epoch, position)
         start = self._now()
         try:
-            token = int(self.drafter.greedy(self.seq[keep:position], 1)[0])
+            token = self.rule.draft(self.drafter, self.seq[keep:position], position, self.key)
         except DraftInterrupted:
             self._event(DRAFT_INTERRUPTED, start, self._now(), value=position)
             return
@@ -154,6 +159,8 @@ class SpeculativeDecoder:
         self._event(DRAFT, start, self._now(), value=position)
         self.record.drafted += 1
         self.seq.append(token)
+        if self.deferred is not None and self.deferred[2] == position:
+            self._settle()
 
     def _between_drafter_layers(self) -> None:
         """Keep verifiers busy while the drafter computes: apply arrived results and send waiting blocks
@@ -191,8 +198,9 @@ class SpeculativeDecoder:
         task = Task(self.next_task_id, verifier, self.epoch, sequence, block)
         self.next_task_id += 1
         n_out = (len(block.drafts) if block else 0) + 1
-        self.channel.send(verifier, protocol.TASK, sequence[base:], task_id=task.task_id, epoch=self.epoch,
-                          base=base, n_out=n_out)
+        extras = self.rule.task_extras(block.drafts, block.start) if block else []
+        self.channel.send(verifier, protocol.TASK, sequence[base:] + extras, task_id=task.task_id, epoch=self.epoch,
+                          base=base, n_out=n_out, key=self.key, n_extras=len(extras))
         task.row = {"task_id": task.task_id, "verifier": verifier, "epoch": self.epoch,
                     "start": block.start if block else self.n_prompt, "n_drafts": n_out - 1, "base": base,
                     "computed": 0, "reused": 0, "sent_s": self._now(), "start_s": np.nan, "end_s": np.nan, "reply_s": np.nan, "busy_s": np.nan,
@@ -273,7 +281,7 @@ class SpeculativeDecoder:
             task.row["outcome"] = STALE_RESULT
             self.record.tasks_stale += 1
             return True
-        if len(msg.payload) != len(task.block.drafts) + 1:
+        if not self.rule.sampled and len(msg.payload) != len(task.block.drafts) + 1:
             raise protocol.ProtocolError(f"rank {source} returned {len(msg.payload)} tokens for a block of "
                                          f"{len(task.block.drafts)} drafts")
         task.block.result = msg.payload
@@ -284,35 +292,60 @@ class SpeculativeDecoder:
         return True
 
     def _apply(self, block: Block) -> None:
-        """Accept drafts while they equal the target's tokens; the first difference is a rejection."""
-        target = block.result
-        assert block.start <= self.n_committed <= block.start + len(block.drafts), "blocks applied out of order"
-        for i in range(self.n_committed - block.start, len(block.drafts)):
+        """Commit the drafts that stand; where they stop, the target's token: a replacement for a draft that
+        does not stand (a rejection), or, after the whole block, a check of the next draft (immediate
+        pruning) or a fresh token if nothing is drafted there yet."""
+        rule, result, key = self.rule, block.result, self.key
+        offset = self.n_committed - block.start
+        assert 0 <= offset <= len(block.drafts), "blocks applied out of order"
+        j = rule.stop(result, block.drafts, offset)
+        if j < offset:   # the verifier judged a committed draft differently (floating point): verify again
+            self.record.restarts += 1
+            return self._restart()
+        for _ in range(offset, j):
             self.record.compared += 1
-            if block.drafts[i] != target[i]:
-                return self._reject(block.start + i, int(target[i]))
             self.record.accepted += 1
             self._commit()
             if self.done:
                 return
-        bonus = int(target[len(block.drafts)])
-        if self.n_committed < len(self.seq):          # the next position is drafted: prune at once
+        position = block.start + j
+        if j < len(block.drafts):
             self.record.compared += 1
-            if self.seq[self.n_committed] != bonus:
-                return self._reject(self.n_committed, bonus)
+            return self._reject(position, rule.replacement(result, j, position, key))
+        if position < len(self.seq):                 # the next position is drafted: prune at once
+            self.record.compared += 1
+            if not rule.check(result, j, position, self.seq[position], key):
+                return self._reject(position, rule.replacement(result, j, position, key))
             self.record.accepted += 1
+        elif rule.sampled and self.policy == "dsi":
+            # Whether the drafter got here first depends on timing; so that tokens do not, the position
+            # waits for its draft and is judged like any other (see _settle).
+            self.deferred = (result, j, position)
+            return
         else:
-            self.seq.append(bonus)
+            self.seq.append(rule.fresh(result, j, position, key))
+        self._commit()
+
+    def _settle(self) -> None:
+        """Judge the draft that has just arrived at a deferred position."""
+        result, j, position = self.deferred
+        self.deferred = None
+        self.record.compared += 1
+        if not self.rule.check(result, j, position, self.seq[position], self.key):
+            return self._reject(position, self.rule.replacement(result, j, position, self.key))
+        self.record.accepted += 1
         self._commit()
 
     def _commit(self) -> None:
         token = self.seq[self.n_committed]
         self.n_committed += 1
+        self.rule.forget(min(self.n_committed, self.blocks[0].start) if self.blocks else self.n_committed)
         self.record.commit_times.append(self._now())
         if self.n_committed >= self.end or token in self.eos_ids:
             self.done = True
 
     def _reject(self, position: int, token: int) -> None:
+        self.deferred = None
         del self.seq[position:]
         self.seq.append(token)
         self.record.rejections += 1
@@ -322,6 +355,13 @@ class SpeculativeDecoder:
         self._cancel_all()
         if self.policy == "dsi" and self.nonsi_thread and not self.done:
             self.blocks.append(Block(self.n_committed, []))  # the target goes on at once (paper's non-SI thread)
+
+    def _restart(self) -> None:
+        """Drop all speculation and go on from the committed text (a safe fallback, never a shortcut)."""
+        del self.seq[self.n_committed:]
+        self.deferred = None
+        self.epoch += 1
+        self._cancel_all()
 
     def _cancel_all(self, after_rejection: bool = True) -> None:
         """Drop every block; queued ones are never sent, in-flight ones are told to stop."""

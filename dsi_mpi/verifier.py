@@ -1,8 +1,8 @@
 """The verifier loop on ranks 1..N-1: run the target on tasks, reply once per task, stop stale work early.
 
 A verifier keeps the KV cache of the sequence it last verified. A TASK says how much of it stays valid
-(`base`); the verifier crops to that, runs the target on the new tokens only and returns the greedy token
-at the last `n_out` positions. Between decoder layers it probes for a CANCEL: if the running task's epoch
+(`base`); the verifier crops to that, runs the target on the new tokens only and returns the acceptance
+rule's verdict on the drafts (dsi_mpi/acceptance.py). Between decoder layers it probes for a CANCEL: if the running task's epoch
 is older than the cancel's, the forward stops at once (the cache is rolled back to `base`) and the reply
 is ABORTED. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's target
 forwards run on the same kind of rank.
@@ -22,9 +22,11 @@ class TaskCancelled(Exception):
 
 
 class Verifier:
-    def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None):
+    def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None, rule=None):
+        from dsi_mpi.acceptance import Greedy
         self.channel = channel
         self.target = target
+        self.rule = rule or Greedy()
         self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
         self.min_epoch = 0
         self.running_epoch = 1 << 62   # no task running: nothing to cancel
@@ -54,7 +56,7 @@ class Verifier:
                 self.faults.tick()
                 self._run_task(msg)
             elif msg.kind == protocol.BASELINE:
-                serve_baseline(self.channel, self.target, msg, self.assistant_factory)
+                serve_baseline(self.channel, self.target, msg, self.assistant_factory, self.rule)
             else:
                 raise protocol.ProtocolError(f"rank 0 sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
 
@@ -63,6 +65,8 @@ class Verifier:
             raise protocol.ProtocolError(f"task {msg.task_id} keeps {msg.base} cached tokens but the cache holds "
                                          f"{self.target.cache_len()}")
         reply = dict(task_id=msg.task_id, epoch=msg.epoch)
+        if (msg.n_extras > 0) != self.rule.sampled and msg.n_out > 1:
+            raise protocol.ProtocolError(f"task {msg.task_id}: rank 0 and this rank disagree on sampling vs greedy")
         self.target.crop(msg.base)
         start = now_us()
         if msg.epoch < self.min_epoch:   # made stale before it started: never run it
@@ -71,12 +75,13 @@ class Verifier:
             return
         self.running_epoch = msg.epoch
         try:
-            tokens = self.target.greedy(msg.payload, msg.n_out)
+            n_tokens = len(msg.payload) - msg.n_extras
+            verdict = self.rule.verify(self.target, msg.payload[:n_tokens], msg.n_out, msg.payload[n_tokens:], msg.key)
         except TaskCancelled:
             self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start,
                               end_us=now_us(), **reply)
             return
         finally:
             self.running_epoch = 1 << 62
-        self.channel.send(0, protocol.RESULT, tokens, cache_len=self.target.cache_len(), computed=len(msg.payload),
+        self.channel.send(0, protocol.RESULT, verdict, cache_len=self.target.cache_len(), computed=n_tokens,
                           reused=msg.base, start_us=start, end_us=now_us(), **reply)

@@ -56,3 +56,25 @@ def build_tiny_models(root: Path, vocab_extra: int = 0) -> dict[str, str]:
                                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id))
     paths["other_vocab"] = _save(other.eval(), tokenizer, root / "other_vocab")
     return paths
+
+
+def build_small_vocab_models(root: Path, vocab: int = 6) -> dict[str, str]:
+    """A Llama target over `vocab` token ids (no tokenizer needed), a perturbed copy (a decent drafter) and
+    an unrelated random model (a badly wrong drafter), for the statistical tests of sampling."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         initializer_range=0.2, tie_word_embeddings=False, eos_token_id=None, bos_token_id=None)
+    torch.manual_seed(99)
+    paths = {}
+    target = LlamaForCausalLM(config).eval()
+    noisy = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p, q in zip(noisy.parameters(), target.parameters()):
+            p.copy_(q + 0.3 * q.std() * torch.randn_like(q) if p.ndim > 1 else q)
+    bad = LlamaForCausalLM(config).eval()
+    for name, model in (("target", target), ("noisy", noisy), ("bad", bad)):
+        model.generation_config.eos_token_id = None
+        model.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths

@@ -32,6 +32,7 @@ def test_valid_messages_survive_corruption_detection(kind, payload, data):
     if kind == protocol.TASK:
         payload = payload or [1]
         fields["n_out"] = data.draw(st.integers(1, len(payload)))
+        fields["n_extras"] = data.draw(st.integers(0, len(payload) - fields["n_out"]))
     if kind == protocol.RESULT:
         payload = payload or [1]
     buf = protocol.encode(kind, payload, **fields)

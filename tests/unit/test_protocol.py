@@ -6,11 +6,11 @@ from dsi_mpi.protocol import ProtocolError, decode, encode
 
 
 def test_round_trip_every_kind():
-    fields = {protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2),
+    fields = {protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0),
               protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
               protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
               protocol.CANCEL: dict(epoch=4),
-              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5),
+              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0),
               protocol.TOKENS: dict(first_index=0, done=1),
               protocol.STOP: {}}
     for kind, f in fields.items():
@@ -31,7 +31,7 @@ def test_missing_field_refused_at_encode():
     (lambda b: b.__setitem__(5, -1), "negative"),
 ])
 def test_malformed_messages_are_refused(mutate, words):
-    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2)
+    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0)
     mutate(buf)
     with pytest.raises(ProtocolError, match=words):
         decode(buf, protocol.TASK, 2)
@@ -44,7 +44,7 @@ def test_tag_must_match_kind_and_sender_is_named():
 
 
 def test_task_cannot_ask_more_outputs_than_tokens():
-    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3)
+    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3, key=0, n_extras=0)
     with pytest.raises(ProtocolError, match="outputs"):
         decode(buf, protocol.TASK, 1)
 

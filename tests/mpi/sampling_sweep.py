@@ -1,0 +1,68 @@
+"""Sampling sweep: many short generations with nonsi, si and dsi, counted per outcome.
+
+usage: mpiexec -n N python tests/mpi/sampling_sweep.py MODELS.json OUT.json SAMPLES NEW_TOKENS
+
+Each generation uses another random-stream key (the "prompt index"), so the generations are independent
+draws. Rank 0 writes {"<algorithm>/<drafter>/<setting>": {"<token ids>": count}} for the test to compare
+with the target's exact distribution.
+"""
+import collections
+import json
+import sys
+
+import torch
+from mpi4py import MPI
+from transformers import AutoModelForCausalLM
+
+from dsi_mpi import protocol
+from dsi_mpi.acceptance import Sampling
+from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.baselines import run_baseline
+from dsi_mpi.channel import Channel
+from dsi_mpi.polling import BackoffPoller
+from dsi_mpi.records import RunRecord
+from dsi_mpi.speculation import SpeculativeDecoder
+from dsi_mpi.verifier import Verifier
+
+PROMPT = [1, 2, 3]
+SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(temperature=0.7, top_k=4, top_p=0.9)}
+
+
+def load(folder):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def main():
+    torch.set_num_threads(1)
+    models, out_path = json.load(open(sys.argv[1])), sys.argv[2]
+    samples, new_tokens = int(sys.argv[3]), int(sys.argv[4])
+    comm = MPI.COMM_WORLD
+    channel = Channel(comm, BackoffPoller(timeout_s=120))
+    setting = SETTINGS[models.get("setting", "plain")]
+    rule = Sampling(seed=7, **setting)
+    if comm.Get_rank() != 0:
+        Verifier(channel, HFRunner(load(models["target"])), rule=rule).serve()
+        return
+    counts = {}
+    try:
+        plain = counts.setdefault(f"nonsi/-/{models.get('setting', 'plain')}", collections.Counter())
+        for key in range(samples):
+            rec = run_baseline(channel, 1, "nonsi", PROMPT, new_tokens, 1, False, RunRecord("nonsi", key, ""), key)
+            plain[json.dumps(rec.tokens)] += 1
+        decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (), False, rule=rule)
+        for drafter in ("noisy", "bad"):
+            decoder.drafter = HFRunner(load(models[drafter]))
+            for policy, k in (("si", 2), ("dsi", 3)):
+                c = counts.setdefault(f"{policy}-k{k}/{drafter}/{models.get('setting', 'plain')}", collections.Counter())
+                for key in range(samples):
+                    rec = decoder.generate(policy, PROMPT, new_tokens, k, RunRecord(policy, key, ""), key=key)
+                    c[json.dumps(rec.tokens)] += 1
+    finally:
+        for v in range(1, comm.Get_size()):
+            channel.send(v, protocol.STOP)
+        channel.flush()
+        json.dump(counts, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main()
