@@ -1,13 +1,16 @@
 """Figure-1 style heatmaps (Timor et al.) from our simulator: who is faster, over drafter speed and accuracy.
 
 usage: python analysis/heatmaps.py --out DIR [--tokens 1000] [--trials N] [--quick]
-                                   [--verifiers needed|best] [--jobs J]
+                                   [--verifiers needed|best] [--nonsi-thread] [--drafter-layers L] [--jobs J]
 
 Each pixel is one (c, a): c = drafter TPOT / target TPOT, a = acceptance rate. Every algorithm runs at its
 own best lookahead k in 1..20 (si by its exact expectation, dsi by simulation with one seed for every
 candidate, so candidates see the same drafts). dsi uses V = min(7, ceil(1/(k c))) verifiers for each k
 (--verifiers needed, the paper's SP <= 7), or the best V in 1..that (--verifiers best, what the planner
 does). Latencies are in target forwards: target TPOT = TTFT = 1, drafter TPOT = c, drafter TTFT = c.
+By default the coordinator reads replies only between drafter steps and has no non-SI thread (the rules
+the simulator was specified with); --nonsi-thread and --drafter-layers L model those two coordinator
+features (see simulator.simulate: restart_probe, drafter_layers); they are much slower to simulate.
 A speedup of X over Y is Y's latency / X's latency, so > 1 means X is faster.
 Writes DIR/heatmaps.png (four panels) and DIR/heatmaps.csv (one row per pixel).
 """
@@ -38,7 +41,7 @@ FIELDS = ["c", "a", "nonsi", "si", "si_k", "dsi", "dsi_se", "dsi_k", "dsi_v",
 
 def pixel(job) -> dict:
     """All three algorithms at their best settings for one (c, a)."""
-    c, a, tokens, trials, lookaheads, search_v, seed = job
+    c, a, tokens, trials, lookaheads, search_v, seed, extra = job
     lat = S.latencies_from_c(c, 1.0, 1.0)
     nonsi = S.nonsi_latency(lat, tokens)
     si_k, si = S.best_lookahead("si", lat, a, tokens, lookaheads=lookaheads)
@@ -46,7 +49,7 @@ def pixel(job) -> dict:
     for k in lookaheads:
         top = min(7, S.min_verifiers_without_queueing(c, k))
         for V in (range(1, top + 1) if search_v else [top]):
-            r = S.simulate("dsi", lat, a, k, V, tokens, seed, trials)
+            r = S.simulate("dsi", lat, a, k, V, tokens, seed, trials, **extra)
             if best is None or r.mean_latency < best.mean_latency:
                 best = r
     return dict(c=c, a=a, nonsi=nonsi, si=si, si_k=si_k, dsi=best.mean_latency, dsi_se=best.std_error,
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 x 3 grid, 100 tokens, k <= 8 (for tests)")
     ap.add_argument("--verifiers", choices=["needed", "best"], default="needed",
                     help="dsi V per k: min(7, ceil(1/(k c))), or the best V up to that")
+    ap.add_argument("--nonsi-thread", action="store_true", help="dsi sends a zero-draft block per rejection")
+    ap.add_argument("--drafter-layers", type=int, default=1, help="replies also read inside drafter steps")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
     if args.quick:
         cs, as_, tokens, ks = QUICK["c"], QUICK["a"], QUICK["tokens"], QUICK["lookaheads"]
         trials = min(trials, QUICK["trials"])
-    jobs = [(c, a, tokens, trials, ks, args.verifiers == "best", args.seed) for c in cs for a in as_]
+    extra = dict(restart_probe=args.nonsi_thread, drafter_layers=args.drafter_layers)
+    jobs = [(c, a, tokens, trials, ks, args.verifiers == "best", args.seed, extra) for c in cs for a in as_]
     t0 = time.perf_counter()
     if args.jobs > 1:
         with Pool(args.jobs) as pool:
@@ -135,6 +141,7 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     plot(rows, cs, as_, args.out / "heatmaps.png",
          f"N = {tokens} tokens, k <= {max(ks)} per algorithm, dsi V: {args.verifiers} (<= 7), "
+         f"non-SI thread {'on' if args.nonsi_thread else 'off'}, drafter layers {args.drafter_layers}, "
          f"{trials} dsi trials, seed {args.seed}")
     for key, _ in PANELS:
         values = [r[key] for r in rows]
