@@ -28,6 +28,7 @@ GRID = [  # (c, acceptance, lookahead, verifiers)
     (0.05, 0.7, 5, 7), (0.05, 0.9, 10, 7), (0.4, 0.5, 2, 3), (0.3, 0.7, 3, 5),
 ]
 QUICK = [(0.1, 0.8, 5, 3), (0.2, 0.6, 3, 1)]
+SEED, PROMPT_TOKENS = 0, 16
 
 
 def run_point(c, a, k, v, args, workdir: Path) -> dict:
@@ -41,7 +42,8 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
                 "prompts.path": json.dumps(str(prompts)), "output.path": json.dumps(str(out)),
                 "output.overwrite": "true", "emulation.target_tpot_s": tpot, "emulation.target_ttft_s": ttft,
                 "emulation.drafter_tpot_s": c * tpot, "emulation.drafter_ttft_s": c * ttft,
-                "emulation.acceptance": a, "runtime.timeout_s": 120.0}
+                "emulation.acceptance": a, "emulation.prompt_tokens": PROMPT_TOKENS, "decoding.seed": SEED,
+                "runtime.timeout_s": 120.0}
     command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(v + 1), sys.executable, "-m", "dsi_mpi",
                "run", str(ROOT / "inputs/configs/default.toml")]
     for key, value in settings.items():
@@ -49,21 +51,23 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     subprocess.run(command, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                    stdout=subprocess.DEVNULL, timeout=900)
     _, records = read_results(str(out))
-    measured = {alg: sum(r["wall_s"] for r in records if r["algorithm"] == alg) / args.prompts
-                for alg in ("nonsi", "si", "dsi")}
-    return {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot,
-            **{f"measured_{alg}_s": t for alg, t in measured.items()}, **predict(c, a, k, v, tpot, ttft, args.tokens)}
-
-
-def predict(c, a, k, v, tpot, ttft, tokens) -> dict:
-    from dsi_mpi.backends.emulated import SLICES
-    from dsi_mpi.simulator import Latencies, simulate
-    lat = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
-    out = {}
+    row = {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot}
     for alg in ("nonsi", "si", "dsi"):
-        out[f"predicted_{alg}_s"] = simulate(alg, lat, a, k, v, tokens, seed=0, trials=300, restart_probe=True,
-                                             drafter_layers=SLICES).mean_latency
-    return out
+        runs = [r for r in records if r["algorithm"] == alg]
+        row[f"measured_{alg}_s"] = sum(r["wall_s"] for r in runs) / len(runs)
+        row[f"predicted_{alg}_s"] = sum(predict(alg, r, c, a, k, v, tpot, ttft, args.tokens) for r in runs) / len(runs)
+    return row
+
+
+def predict(alg, record, c, a, k, v, tpot, ttft, tokens) -> float:
+    """The simulator's latency for this run's own draws: the emulated drafter matches the target at
+    position p exactly when emulated_match(seed, p) says so, so model and machine share their luck."""
+    from dsi_mpi.backends.emulated import SLICES, emulated_match
+    from dsi_mpi.simulator import Latencies, latency_of_draw
+    lat = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
+    first = PROMPT_TOKENS
+    match = [emulated_match(SEED, first + i, a) for i in range(tokens)]
+    return latency_of_draw(alg, lat, match, k, v, restart_probe=True, drafter_layers=SLICES)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

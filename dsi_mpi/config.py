@@ -60,7 +60,8 @@ KEYS: tuple[Key, ...] = (
     Key("output", "resume", bool, False, "continue an existing results file of the same config: skip prompts already complete"),
     Key("runtime", "timeout_s", float, 300.0, "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank"),
     Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
-    Key("runtime", "poll_max_sleep_s", float, 5e-4, "longest sleep between MPI tests while waiting (the back-off cap)"),
+    Key("runtime", "poll_max_sleep_s", float, 2.5e-4, "longest sleep between MPI tests while waiting (the back-off cap; "
+        "a message waits about this long plus the sleep's own overshoot before it is seen)"),
     Key("runtime", "nonsi_thread", bool, True, "dsi: after a rejection, send the target a block of no drafts at once "
         "(the paper's non-SI thread) instead of waiting for k new drafts"),
     Key("runtime", "max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),

@@ -286,6 +286,19 @@ def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead:
                             float(acc.sum() / max(used.sum(), 1)), float(used.mean()), float(disc.mean()))
 
 
+def latency_of_draw(algorithm: str, latencies: Latencies, match, lookahead: int, verifiers: int = 1,
+                    restart_probe: bool = False, drafter_layers: int = 1) -> float:
+    """The latency of ONE given draw (match[p]: does the draft at position p match?), e.g. the exact
+    draws of an emulated run, so that model and machine are compared on the same luck."""
+    match = np.asarray(match, dtype=bool)[None, :]
+    N = match.shape[1]
+    if algorithm == "nonsi":
+        return nonsi_latency(latencies, N)
+    nm = _next_mismatch(match)
+    return _trial(algorithm == "si", latencies, nm[0].tolist(), match[0], int(lookahead), int(verifiers), N,
+                  int(verifiers) + 1, 0.0, False, restart_probe, int(drafter_layers))[0]
+
+
 def nonsi_latency(latencies: Latencies, new_tokens: int) -> float:
     """Plain decoding: the prefill yields token 0, then one target forward per token."""
     return latencies.target_ttft + (new_tokens - 1) * latencies.target_tpot

@@ -16,6 +16,7 @@ import numpy as np
 from dsi_mpi.backends.base import ModelRunner
 
 SLICES = 8  # emulated "layers" per forward: the granularity at which a stale forward can stop
+OVERSLEEP_S = 1.5e-4  # time.sleep overshoots by about this here; the rest of a forward is waited out exactly
 
 
 def _uniform(seed: int, position: int, stream: int) -> float:
@@ -25,6 +26,11 @@ def _uniform(seed: int, position: int, stream: int) -> float:
 
 def emulated_target_token(seed: int, position: int, vocab_size: int) -> int:
     return int(_uniform(seed, position, 1) * vocab_size)
+
+
+def emulated_match(seed: int, position: int, acceptance: float) -> bool:
+    """Does the emulated drafter propose the target's token at this position?"""
+    return _uniform(seed, position, 2) < acceptance
 
 
 def emulated_prompt(seed: int, prompt_index: int, length: int, vocab_size: int) -> list[int]:
@@ -53,9 +59,11 @@ class EmulatedRunner(ModelRunner):
         for i in range(SLICES):
             if self._layer_callback is not None:
                 self._layer_callback()
-            remaining = end - time.perf_counter()
+            remaining = end - time.perf_counter() - OVERSLEEP_S
             if remaining > 0:
                 time.sleep(remaining / (SLICES - i))
+        while time.perf_counter() < end:   # the last ~0.15 ms: a sleep would overshoot by about that much
+            pass
         return n_out
 
     def _crop(self, length: int) -> None:
@@ -66,7 +74,7 @@ class EmulatedRunner(ModelRunner):
         for i in range(n_out):
             p = first_position + i
             target = emulated_target_token(self.seed, p, self.vocab_size)
-            if self.role == "drafter" and _uniform(self.seed, p, 2) >= self.acceptance:
+            if self.role == "drafter" and not emulated_match(self.seed, p, self.acceptance):
                 target = (target + 1) % self.vocab_size
             out[i] = target
         return out
