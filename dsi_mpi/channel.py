@@ -40,9 +40,9 @@ class Channel:
         self.comm.Recv([buf, MPI.INT64_T], source=src, tag=msg_tag)
         return src, protocol.decode(buf, msg_tag, src)
 
-    def receive(self, what: str, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG):
+    def receive(self, what: str, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG, timeout_s: float | None = None):
         """Wait (polling with back-off, under the watchdog) for one message."""
-        return self.poller.wait_for(lambda: self.poll(source, tag), what)
+        return self.poller.wait_for(lambda: self.poll(source, tag), what, timeout_s)
 
     def flush(self) -> None:
         """Wait until every send has left this rank (before reusing nothing, before exiting)."""

@@ -46,7 +46,9 @@ class Verifier:
     def serve(self) -> None:
         """Answer rank 0 until STOP."""
         while True:
-            _, msg = self.channel.receive("the coordinator (rank 0)", source=0)
+            # Twice the coordinator's bound: when a verifier falls silent, rank 0 (which knows who) reports it.
+            _, msg = self.channel.receive("the coordinator (rank 0)", source=0,
+                                          timeout_s=2 * self.channel.poller.timeout_s)
             if msg.kind == protocol.STOP:
                 self.channel.flush()
                 return

@@ -39,8 +39,8 @@ def complete_prompts(path) -> dict[int, list]:
     return {(r["prompt_index"], r["algorithm"]): r["tokens"] for r in records}
 
 
-@pytest.mark.parametrize("fault", ["rank=1,after=25,kind=raise", "rank=2,after=25,kind=oom",
-                                   "rank=1,after=25,kind=kill", "rank=0,after=2,kind=kill"])
+@pytest.mark.parametrize("fault", ["rank=1,after=60,kind=raise", "rank=2,after=25,kind=oom",
+                                   "rank=1,after=60,kind=kill", "rank=0,after=2,kind=kill"])
 def test_fault_keeps_finished_prompts_and_resume_finishes(run_mpi, tmp_path, fault):
     config = emulated_job(tmp_path)
     start = time.monotonic()
