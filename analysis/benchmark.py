@@ -87,18 +87,29 @@ def measure(records: list[dict], meta: dict) -> dict:
     return m
 
 
-def predict(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool) -> dict:
+def predict(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool,
+            drafter_layers: int = 1) -> dict:
     """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
     from dsi_mpi.simulator import Latencies, simulate
     lat = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
                     target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
     a = m["acceptance_si"]
+    probe = nonsi_thread and verifiers > 1   # the coordinator's rule: the non-SI thread needs a spare verifier
     out = {alg: simulate(alg, lat, a, lookahead[alg], verifiers, new_tokens, seed=0, trials=400,
-                         restart_probe=nonsi_thread).mean_latency for alg in ("si", "dsi")}
+                         restart_probe=probe, drafter_layers=drafter_layers).mean_latency for alg in ("si", "dsi")}
     plain = Latencies(m["drafter_ttft_s"], m["drafter_tpot_s"], m["target_ttft_s"], m["target_tpot_s"])
     out["nonsi"] = simulate("nonsi", plain, a, 1, 1, new_tokens, seed=0, trials=1).mean_latency
     return {"predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
             "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"]}
+
+
+def _drafter_layers(cfg) -> int:
+    """Replies are read between the drafter's layers: the simulator needs how many there are."""
+    if cfg["models"]["kind"] == "emulated":
+        from dsi_mpi.backends.emulated import SLICES
+        return SLICES
+    from transformers import AutoConfig
+    return int(getattr(AutoConfig.from_pretrained(cfg["models"]["drafter"]), "num_hidden_layers", 1))
 
 
 def main(argv=None) -> int:
@@ -124,7 +135,7 @@ def main(argv=None) -> int:
     verifiers = max((r["verifiers"] for r in records if r["algorithm"] == "dsi"), default=1)
     m = measure(records, meta)
     if "dsi" in k and "si" in k:
-        m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"]))
+        m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"], _drafter_layers(cfg)))
     m.update(lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path),
              git_commit=meta.get("git_commit"))
     print(summary_table(records))

@@ -62,8 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
     Key("runtime", "poll_max_sleep_s", float, 2.5e-4, "longest sleep between MPI tests while waiting (the back-off cap; "
         "a message waits about this long plus the sleep's own overshoot before it is seen)"),
-    Key("runtime", "nonsi_thread", bool, True, "dsi: after a rejection, send the target a block of no drafts at once "
-        "(the paper's non-SI thread) instead of waiting for k new drafts"),
+    Key("runtime", "nonsi_thread", bool, True, "dsi with 2+ verifiers: after a rejection, send the target a block of no "
+        "drafts at once (the paper's non-SI thread) instead of waiting for k new drafts"),
     Key("runtime", "max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
     Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
     Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),

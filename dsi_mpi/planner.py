@@ -47,15 +47,15 @@ def plan(measured: dict, verifier_budget: int, new_tokens: int, lookahead, verif
     choice["si"] = best_lookahead("si", lat, a, new_tokens)[0] if lookahead == "auto" else lookahead
     fixed_v = verifier_budget if verifiers in (0, "auto") else min(verifiers, verifier_budget)
     if verifiers == "auto" and lookahead == "auto":
-        best = best_setting(lat, a, new_tokens, verifier_budget, restart_probe=nonsi_thread)
+        best = best_setting(lat, a, new_tokens, verifier_budget, restart_probe=nonsi_thread and verifier_budget > 1)
         choice["dsi"], choice["verifiers"] = best.lookahead, best.verifiers
     elif verifiers == "auto":
         options = [(best_lookahead("dsi", lat, a, new_tokens, v, lookaheads=[lookahead],
-                                   restart_probe=nonsi_thread)[1], v) for v in range(1, verifier_budget + 1)]
+                                   restart_probe=nonsi_thread and v > 1)[1], v) for v in range(1, verifier_budget + 1)]
         choice["dsi"], choice["verifiers"] = lookahead, min(options)[1]
     else:
         choice["verifiers"] = fixed_v
-        choice["dsi"] = (best_lookahead("dsi", lat, a, new_tokens, fixed_v, restart_probe=nonsi_thread)[0]
+        choice["dsi"] = (best_lookahead("dsi", lat, a, new_tokens, fixed_v, restart_probe=nonsi_thread and fixed_v > 1)[0]
                          if lookahead == "auto" else lookahead)
     choice["hf_assisted"] = choice["si"]
     return choice

@@ -353,8 +353,10 @@ class SpeculativeDecoder:
         self.epoch += 1
         self._commit()
         self._cancel_all()
-        if self.policy == "dsi" and self.nonsi_thread and not self.done:
-            self.blocks.append(Block(self.n_committed, []))  # the target goes on at once (paper's non-SI thread)
+        if self.policy == "dsi" and self.nonsi_thread and len(self.active) > 1 and not self.done:
+            # The target goes on at once (the paper's non-SI thread). With one verifier it would hold up the
+            # next real block instead, so it needs a spare verifier.
+            self.blocks.append(Block(self.n_committed, []))
 
     def _restart(self) -> None:
         """Drop all speculation and go on from the committed text (a safe fallback, never a shortcut)."""
