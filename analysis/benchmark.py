@@ -152,9 +152,12 @@ def main(argv=None) -> int:
               f"{m['predicted_dsi_speedup_vs_nonsi']:.3f}x; measured/predicted (vs si) = {share:.1%}")
         m["measured_over_predicted_vs_si"] = share
     print(f"cache reuse {m['cache_reuse']:.1%} of prefix tokens, {m['computed_per_task']:.1f} tokens computed per task")
+    from transformers import AutoConfig
+    layers = 8 if cfg["models"]["kind"] == "emulated" else AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
+    m["target_layer_s"] = m["verify_forward_s"] / layers
     print(f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "
           f"{m['aborted_fraction']:.0%} stopped mid-forward; median busy after a rejection "
-          f"{1e3 * m['median_busy_after_reject_s']:.3f} ms")
+          f"{1e3 * m['median_busy_after_reject_s']:.3f} ms (one target layer: {1e3 * m['target_layer_s']:.3f} ms)")
     if args.json:
         Path(args.json).write_text(json.dumps(m, indent=1, default=float))
     return 0
