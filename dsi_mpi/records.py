@@ -16,9 +16,11 @@ OUTCOMES = {0: "pending", 1: "used", 2: "stale_result", 3: "aborted", 4: "prefil
 USED, STALE_RESULT, ABORTED, PREFILL_EXTRA = 1, 2, 3, 4
 
 # One row per task that was in flight when a rejection made it stale.
+# busy_after_s = stopped_s - rejected_s: how long the verifier went on computing stale work (its forward's
+# end on rank 0's time axis); reply_s is when rank 0 read the reply (rank 0 may be mid-draft then).
 CANCEL_DTYPE = np.dtype([
-    ("task_id", "i8"), ("verifier", "i4"), ("rejected_s", "f8"), ("reply_s", "f8"), ("busy_after_s", "f8"),
-    ("aborted", "i1"),
+    ("task_id", "i8"), ("verifier", "i4"), ("rejected_s", "f8"), ("stopped_s", "f8"), ("reply_s", "f8"),
+    ("busy_after_s", "f8"), ("aborted", "i1"),
 ])
 
 

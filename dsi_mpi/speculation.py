@@ -259,10 +259,8 @@ class SpeculativeDecoder:
         task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
         self._event(RESULT_RECEIVED, now, now, task.task_id, source)
         cancel = self.pending_cancels.pop(task.task_id, None)
-        if cancel is not None:
-            cancel[3] = now
-            cancel[4] = now - cancel[2]
-            cancel[5] = int(msg.kind == protocol.ABORTED)
+        if cancel is not None:   # [task, verifier, rejected_s, stopped_s, reply_s, busy_after_s, aborted]
+            cancel[3:7] = [end, now, max(end - cancel[2], 0.0), int(msg.kind == protocol.ABORTED)]
             self.record.cancellations.append(tuple(cancel))
         if msg.kind == protocol.ABORTED:
             if task.epoch == self.epoch and task.block is not None:
@@ -382,7 +380,7 @@ class SpeculativeDecoder:
                 self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
                 self._event(CANCEL_SENT, now, now, task.task_id, task.verifier)
                 if after_rejection:
-                    self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, 0]
+                    self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, np.nan, 0]
 
     def _finish(self) -> None:
         """Stop the clock, cancel what is still running and wait for every reply, so the next run starts
