@@ -124,10 +124,8 @@ def _run_ranks(cfg, comm) -> int:
     try:
         session.run(channel, runner, metadata, offsets)
     finally:
-        from dsi_mpi import protocol
-        for verifier in range(1, comm.Get_size()):
-            channel.send(verifier, protocol.STOP)
-        channel.flush()
+        from dsi_mpi.verifier import stop_verifiers
+        stop_verifiers(channel)
     return 0
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from dsi_mpi import explain as ex
-from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, EVENT_KINDS, REJECT, STALE_RESULT, VERIFY,
-                             VERIFY_ABORTED, WAIT)
+from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, EVENT_KINDS, REJECT,
+                             STALE_RESULT, VERIFY, VERIFY_ABORTED, WAIT)
 
 USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
-BAR_KINDS = {DRAFT: ("draft", "#1f77b4"), DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
+BAR_KINDS = {DRAFTER_PREFILL: ("drafter prefill", "#08519c"), DRAFT: ("draft", "#1f77b4"),
+             DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
              VERIFY: ("verify (result used)", "#2ca02c"), VERIFY_ABORTED: ("verify aborted", "#d62728"),
              WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
 STALE_VERIFY = ("verify (result stale)", "#c7e9c0")

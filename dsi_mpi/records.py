@@ -28,8 +28,9 @@ CANCEL_DTYPE = np.dtype([
 EVENT_DTYPE = np.dtype([("rank", "i4"), ("kind", "i1"), ("t0", "f8"), ("t1", "f8"), ("task_id", "i8"),
                         ("value", "i8")])
 EVENT_KINDS = {1: "draft", 2: "draft_interrupted", 3: "verify", 4: "verify_aborted", 5: "reject", 6: "wait",
-               7: "cancel_sent", 8: "task_sent", 9: "result_received"}
-DRAFT, DRAFT_INTERRUPTED, VERIFY, VERIFY_ABORTED, REJECT, WAIT, CANCEL_SENT, TASK_SENT, RESULT_RECEIVED = range(1, 10)
+               7: "cancel_sent", 8: "task_sent", 9: "result_received", 10: "drafter_prefill"}
+(DRAFT, DRAFT_INTERRUPTED, VERIFY, VERIFY_ABORTED, REJECT, WAIT, CANCEL_SENT, TASK_SENT, RESULT_RECEIVED,
+ DRAFTER_PREFILL) = range(1, 11)
 
 
 @dataclass

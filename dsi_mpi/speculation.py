@@ -28,7 +28,7 @@ from dsi_mpi import protocol
 from dsi_mpi.acceptance import Greedy
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.channel import Channel
-from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
+from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
                              STALE_RESULT, TASK_DTYPE, TASK_SENT, USED, VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
 
 
@@ -103,7 +103,7 @@ class SpeculativeDecoder:
         start = self._now()
         self.seq.append(self.rule.draft(self.drafter, prompt, len(prompt), key))  # the prefill drafts position 0
         record.drafter_prefill_s = self._now() - start
-        self._event(DRAFT, start, self._now(), value=len(prompt))
+        self._event(DRAFTER_PREFILL, start, self._now(), value=len(prompt))
         record.drafted += 1
         self._form_blocks()
         while not self.done:

@@ -17,6 +17,13 @@ from dsi_mpi.clock import now_us
 from dsi_mpi.faults import FaultPlan
 
 
+def stop_verifiers(channel: Channel) -> None:
+    """Rank 0: tell every verifier to leave its loop, and wait until the messages have left."""
+    for verifier in range(1, channel.comm.Get_size()):
+        channel.send(verifier, protocol.STOP)
+    channel.flush()
+
+
 class TaskCancelled(Exception):
     """Raised between decoder layers to abandon a forward that a rejection made stale."""
 

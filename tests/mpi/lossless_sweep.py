@@ -16,10 +16,9 @@ from transformers import AutoModelForCausalLM
 from dsi_mpi.backends.hf import HFRunner
 from dsi_mpi.channel import Channel
 from dsi_mpi.polling import BackoffPoller
-from dsi_mpi import protocol
-from dsi_mpi.records import RunRecord
+from dsi_mpi.records import ABORTED, RunRecord
 from dsi_mpi.speculation import SpeculativeDecoder
-from dsi_mpi.verifier import Verifier
+from dsi_mpi.verifier import Verifier, stop_verifiers
 
 PROMPTS = [[10, 20, 30, 40, 50], [200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [42]]
 
@@ -53,15 +52,13 @@ def main():
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
                         rec = decoder.generate(policy, prompt, new_tokens, k, RunRecord(policy, i, str(i)))
-                        aborted = sum(1 for t in rec.tasks if t[-1] == 3)
+                        aborted = sum(1 for t in rec.tasks if t[-1] == ABORTED)
                         rows.append({"drafter": name, "k": k, "policy": policy, "prompt": i, "tokens": rec.tokens,
                                      "ref": refs[i], "ok": rec.tokens == refs[i], "rejections": rec.rejections,
                                      "stale": rec.tasks_stale, "aborted": aborted, "accepted": rec.accepted,
                                      "compared": rec.compared, "unsent": rec.blocks_unsent})
     finally:
-        for v in range(1, comm.Get_size()):
-            channel.send(v, protocol.STOP)
-        channel.flush()
+        stop_verifiers(channel)
         json.dump(rows, open(out_path, "w"))
 
 

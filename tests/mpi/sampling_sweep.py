@@ -14,7 +14,6 @@ import torch
 from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
-from dsi_mpi import protocol
 from dsi_mpi.acceptance import Sampling
 from dsi_mpi.backends.hf import HFRunner
 from dsi_mpi.baselines import run_baseline
@@ -22,7 +21,7 @@ from dsi_mpi.channel import Channel
 from dsi_mpi.polling import BackoffPoller
 from dsi_mpi.records import RunRecord
 from dsi_mpi.speculation import SpeculativeDecoder
-from dsi_mpi.verifier import Verifier
+from dsi_mpi.verifier import Verifier, stop_verifiers
 
 PROMPT = [1, 2, 3]
 SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(temperature=0.7, top_k=4, top_p=0.9)}
@@ -58,9 +57,7 @@ def main():
                     rec = decoder.generate(policy, PROMPT, new_tokens, k, RunRecord(policy, key, ""), key=key)
                     c[json.dumps(rec.tokens)] += 1
     finally:
-        for v in range(1, comm.Get_size()):
-            channel.send(v, protocol.STOP)
-        channel.flush()
+        stop_verifiers(channel)
         json.dump(counts, open(out_path, "w"))
 
 

@@ -72,7 +72,7 @@ def test_gantt_lanes_and_bars_match_the_file(results, tmp_path):
         if d["algorithm"] == "nonsi":
             assert d["derived_waits"] and d["bars_per_lane"][0]["wait"] == len(np.unique(run["commit_times"]))
             continue
-        bars = ("draft", "draft_interrupted", "verify", "verify_aborted", "wait")
+        bars = ("drafter_prefill", "draft", "draft_interrupted", "verify", "verify_aborted", "wait")
         want = Counter((int(e["rank"]), EVENT_KINDS[int(e["kind"])]) for e in ev if EVENT_KINDS[int(e["kind"])] in bars)
         got = Counter()                           # stale results are verify events drawn in a lighter shade
         for rank, kinds in d["bars_per_lane"].items():
