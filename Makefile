@@ -9,7 +9,7 @@ SET     ?=
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dsi-mpi-installed
 
-.PHONY: run test env bench clean-results
+.PHONY: run test test-oldest env bench clean-results
 
 env: $(STAMP)
 
@@ -25,6 +25,20 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The lossless and backend tests again under the oldest transformers that setup.cfg admits (CI runs both).
+OLDEST_TRANSFORMERS ?= transformers==5.17.0
+OLD_VENV ?= .venv-oldest
+$(OLD_VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLD_VENV)/bin/python -m pip install -q "$(TORCH)" "$(OLDEST_TRANSFORMERS)"
+	$(OLD_VENV)/bin/python -m pip install -q -e ".[test,local-mpi]" "$(OLDEST_TRANSFORMERS)"
+	touch $@
+
+test-oldest: $(OLD_VENV)/.installed
+	$(OLD_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
+	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py tests/mpi/test_lossless.py
 
 clean-results:
 	rm -rf results

@@ -108,8 +108,9 @@ class Session:
 
 def _tokenize_for_target(cfg, prompts):
     from transformers import AutoConfig, GenerationConfig
-    from dsi_mpi.backends.loading import check_pair, load_tokenizer, resolve_model_path
+    from dsi_mpi.backends.loading import check_pair, check_transformers_version, load_tokenizer, resolve_model_path
     models = cfg["models"]
+    check_transformers_version()
     check_pair(models)
     tokenizer = load_tokenizer(models["target"], "target")
     target_path = resolve_model_path(models["target"], "target")

@@ -70,16 +70,32 @@ def pick_device(device: str, local_rank: int):
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def check_transformers_version(version: str | None = None) -> None:
+    """Refuse a transformers release outside the tested range: the cache API moves between releases, and a
+    mismatch there gives wrong tokens, not an error."""
+    from packaging.version import Version
+
+    from dsi_mpi.backends.hf import SUPPORTED_TRANSFORMERS
+    if version is None:
+        import transformers
+        version = transformers.__version__
+    oldest, excluded = SUPPORTED_TRANSFORMERS
+    if not Version(oldest) <= Version(version) < Version(excluded):
+        raise ConfigError(f"transformers {version} is not supported: dsi-mpi is tested with >={oldest},<{excluded} "
+                          f"(pip install 'transformers>={oldest},<{excluded}')")
+
+
 def build_runner(role: str, cfg, local_rank: int = 0):
     """The runner for `role` ("target" or "drafter") on this rank."""
     if cfg["models"]["kind"] == "emulated":
         from dsi_mpi.backends.emulated import EmulatedRunner
         return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
+    check_transformers_version()
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    from dsi_mpi.backends.hf import HFRunner
+    from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
     models = cfg["models"]
     name = resolve_model_path(models[role], role)
     model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role,
@@ -87,4 +103,7 @@ def build_runner(role: str, cfg, local_rank: int = 0):
     model.to(pick_device(models["device"], local_rank))
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-    return HFRunner(model, eos_token_ids=eos_ids)
+    try:
+        return HFRunner(model, eos_token_ids=eos_ids)
+    except UnsupportedModel as err:
+        raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
