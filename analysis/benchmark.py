@@ -123,9 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help="analyse this file instead of running a job")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    from dsi_mpi.config import validate
-    from dsi_mpi.report import summary_table
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.config import validate
+    from dsi_mpi.reporting.report import summary_table
+    from dsi_mpi.io.results import read_results
     import tomllib
     path = Path(args.results) if args.results else run_job(args)
     meta, records = read_results(str(path))

@@ -32,7 +32,7 @@ SEED, PROMPT_TOKENS = 0, 16
 
 
 def run_point(c, a, k, v, args, workdir: Path) -> dict:
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     out = workdir / f"c{c}_a{a}_k{k}_v{v}.h5"
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(f'{{"id": "e{i}", "prompt": "emulated"}}\n' for i in range(args.prompts)))

@@ -22,7 +22,7 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
                         help="override one config key (repeatable); the value is read as TOML")
     args = parser.parse_args(argv)
-    from dsi_mpi.config import ConfigError, load_config
+    from dsi_mpi.io.config import ConfigError, load_config
     try:
         cfg = load_config(args.config, args.set)
     except ConfigError as err:
@@ -43,19 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         return _run(rest)
     if command == "report":
-        from dsi_mpi.report import main as report_main
+        from dsi_mpi.reporting.report import main as report_main
         return report_main(rest)
     if command == "merge":
-        from dsi_mpi.merge import main as merge_main
+        from dsi_mpi.io.merge import main as merge_main
         return merge_main(rest)
     if command == "plot":
-        from dsi_mpi.plots import main as plot_main
+        from dsi_mpi.reporting.plots import main as plot_main
         return plot_main(rest)
     if command == "simulate":
         from dsi_mpi.simulator import main as simulate_main
         return simulate_main(rest)
     if command == "config-keys":
-        from dsi_mpi.config import keys_markdown
+        from dsi_mpi.io.config import keys_markdown
         print(keys_markdown())
         return 0
     print(f"dsi-mpi: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)

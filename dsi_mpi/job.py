@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from dsi_mpi.config import ConfigError
+from dsi_mpi.io.config import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -79,10 +79,10 @@ def run_job(cfg) -> int:
 
 
 def _run_ranks(cfg, comm) -> int:
-    from dsi_mpi import startup
+    from dsi_mpi.mpi import startup
     from dsi_mpi.backends.loading import build_runner
-    from dsi_mpi.channel import Channel
-    from dsi_mpi.polling import poller_from_config
+    from dsi_mpi.mpi.channel import Channel
+    from dsi_mpi.mpi.polling import poller_from_config
 
     rank = comm.Get_rank()
     _set_threads(cfg["models"]["threads"])
@@ -107,12 +107,12 @@ def _run_ranks(cfg, comm) -> int:
     device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
     infos = startup.gather_rank_info(comm, poller, role, device)
     startup.barrier(comm, poller, "every rank to load its model")
-    from dsi_mpi.clock import measure_offsets
+    from dsi_mpi.mpi.clock import measure_offsets
     offsets = measure_offsets(comm, poller)
     channel = Channel(comm, poller)
     if rank != 0:
-        from dsi_mpi.acceptance import rule_from_config
-        from dsi_mpi.verifier import Verifier
+        from dsi_mpi.decoding.acceptance import rule_from_config
+        from dsi_mpi.decoding.verifier import Verifier
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
@@ -124,7 +124,7 @@ def _run_ranks(cfg, comm) -> int:
     try:
         session.run(channel, runner, metadata, offsets)
     finally:
-        from dsi_mpi.verifier import stop_verifiers
+        from dsi_mpi.decoding.verifier import stop_verifiers
         stop_verifiers(channel)
     return 0
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 import time
 
-from dsi_mpi.acceptance import rule_from_config
-from dsi_mpi.baselines import run_baseline
-from dsi_mpi.config import ConfigError
-from dsi_mpi.faults import FaultPlan
-from dsi_mpi.prompts import load_prompts
-from dsi_mpi.records import RunRecord
-from dsi_mpi.results import ResultsWriter
+from dsi_mpi.decoding.acceptance import rule_from_config
+from dsi_mpi.decoding.baselines import run_baseline
+from dsi_mpi.io.config import ConfigError
+from dsi_mpi.mpi.faults import FaultPlan
+from dsi_mpi.io.prompts import load_prompts
+from dsi_mpi.io.records import RunRecord
+from dsi_mpi.io.results import ResultsWriter
 
 
 class Session:
@@ -39,8 +39,8 @@ class Session:
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
     def run(self, channel, drafter, metadata: dict, clock_offsets_us: dict[int, int]) -> None:
-        from dsi_mpi.report import summary_table
-        from dsi_mpi.speculation import SpeculativeDecoder
+        from dsi_mpi.reporting.report import summary_table
+        from dsi_mpi.decoding.coordinator import SpeculativeDecoder
         comm_size = channel.comm.Get_size()
         self.writer.add_metadata(metadata)
         decoding = self.cfg["decoding"]
@@ -83,7 +83,7 @@ class Session:
         k, v = decoding["lookahead"], decoding["verifiers"]
         if "auto" not in (k, v):
             return {"si": k, "dsi": k, "hf_assisted": k, "verifiers": min(v, verifier_budget) or verifier_budget}
-        from dsi_mpi.planner import calibrate, plan
+        from dsi_mpi.decoding.planner import calibrate, plan
         first = self.prompts[0]
         measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding["stop_at_eos"])
         choice = plan(measured, verifier_budget, decoding["max_new_tokens"], k, v, runtime["nonsi_thread"])

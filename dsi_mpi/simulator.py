@@ -1,6 +1,6 @@
 """Offline simulator of the paper's time model, following our coordinator's rules step by step.
 
-Why: the MPI coordinator (speculation.py) is costly to run, so its latency is predicted here first and the
+Why: the MPI coordinator (decoding/coordinator.py) is costly to run, so its latency is predicted here first and the
 emulated MPI run is checked against these numbers. The rules are the coordinator's, not an idealised DSI:
 * rank 0 runs drafter and coordinator in one process: replies are read between drafter steps (a step in
   progress is finished first) or at once when the drafter idles (drafter_layers > 1: also between the

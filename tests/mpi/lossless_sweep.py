@@ -14,11 +14,11 @@ from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.channel import Channel
-from dsi_mpi.polling import BackoffPoller
-from dsi_mpi.records import ABORTED, RunRecord
-from dsi_mpi.speculation import SpeculativeDecoder
-from dsi_mpi.verifier import Verifier, stop_verifiers
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.mpi.polling import BackoffPoller
+from dsi_mpi.io.records import ABORTED, RunRecord
+from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 
 PROMPTS = [[10, 20, 30, 40, 50], [200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [42]]
 

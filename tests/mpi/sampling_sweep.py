@@ -14,14 +14,14 @@ import torch
 from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
-from dsi_mpi.acceptance import Sampling
+from dsi_mpi.decoding.acceptance import Sampling
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.baselines import run_baseline
-from dsi_mpi.channel import Channel
-from dsi_mpi.polling import BackoffPoller
-from dsi_mpi.records import RunRecord
-from dsi_mpi.speculation import SpeculativeDecoder
-from dsi_mpi.verifier import Verifier, stop_verifiers
+from dsi_mpi.decoding.baselines import run_baseline
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.mpi.polling import BackoffPoller
+from dsi_mpi.io.records import RunRecord
+from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 
 PROMPT = [1, 2, 3]
 SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(temperature=0.7, top_k=4, top_p=0.9)}

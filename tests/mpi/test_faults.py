@@ -7,7 +7,7 @@ import time
 import h5py
 import pytest
 
-from dsi_mpi.results import read_results
+from dsi_mpi.io.results import read_results
 from test_run import write_job
 
 EMULATION = {"target_tpot_s": 0.002, "target_ttft_s": 0.003, "drafter_tpot_s": 0.0005, "drafter_ttft_s": 0.001,

@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from dsi_mpi import explain as ex
-from dsi_mpi import plots
-from dsi_mpi.records import CANCEL_SENT, EVENT_KINDS, REJECT
-from dsi_mpi.results import read_results
+from dsi_mpi.reporting import explain as ex
+from dsi_mpi.reporting import plots
+from dsi_mpi.io.records import CANCEL_SENT, EVENT_KINDS, REJECT
+from dsi_mpi.io.results import read_results
 
 PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
 ALGORITHMS = ["nonsi", "si", "dsi"]

@@ -14,7 +14,7 @@ import h5py
 import pytest
 
 from conftest import launch
-from dsi_mpi.results import read_results
+from dsi_mpi.io.results import read_results
 from local_slurm import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[2]

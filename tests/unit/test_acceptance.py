@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from dsi_mpi.acceptance import (ACCEPT, Greedy, Sampling, draw, floats_to_payload, payload_to_floats, residual,
+from dsi_mpi.decoding.acceptance import (ACCEPT, Greedy, Sampling, draw, floats_to_payload, payload_to_floats, residual,
                                 uniform)
 
 

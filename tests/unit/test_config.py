@@ -1,6 +1,6 @@
 import pytest
 
-from dsi_mpi.config import KEYS, ConfigError, keys_markdown, load_config, validate
+from dsi_mpi.io.config import KEYS, ConfigError, keys_markdown, load_config, validate
 
 
 def write(tmp_path, text):

@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsi_mpi import protocol
-from dsi_mpi.config import KEYS, ConfigError, load_config, validate
+from dsi_mpi.mpi import protocol
+from dsi_mpi.io.config import KEYS, ConfigError, load_config, validate
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from dsi_mpi.config import validate
-from dsi_mpi.merge import MergeError, main, merge_results
-from dsi_mpi.prompts import Prompt
-from dsi_mpi.records import TASK_DTYPE, RunRecord
-from dsi_mpi.results import read_results, ResultsWriter
+from dsi_mpi.io.config import validate
+from dsi_mpi.io.merge import MergeError, main, merge_results
+from dsi_mpi.io.prompts import Prompt
+from dsi_mpi.io.records import TASK_DTYPE, RunRecord
+from dsi_mpi.io.results import read_results, ResultsWriter
 
 ALGORITHMS = ["nonsi", "si", "dsi"]
 

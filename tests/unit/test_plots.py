@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from dsi_mpi import explain as ex
-from dsi_mpi import plots
-from dsi_mpi.config import validate
-from dsi_mpi.prompts import Prompt
-from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, PREFILL_EXTRA, REJECT, STALE_RESULT, TASK_DTYPE, USED,
+from dsi_mpi.reporting import explain as ex
+from dsi_mpi.reporting import plots
+from dsi_mpi.io.config import validate
+from dsi_mpi.io.prompts import Prompt
+from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, PREFILL_EXTRA, REJECT, STALE_RESULT, TASK_DTYPE, USED,
                              VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
-from dsi_mpi.results import ResultsWriter
+from dsi_mpi.io.results import ResultsWriter
 
 RANKS = [{"rank": r, "host": "h", "role": "drafter+coordinator" if r == 0 else "target verifier",
           "device": "emulated"} for r in range(3)]

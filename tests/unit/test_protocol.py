@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dsi_mpi import protocol
-from dsi_mpi.protocol import ProtocolError, decode, encode
+from dsi_mpi.mpi import protocol
+from dsi_mpi.mpi.protocol import ProtocolError, decode, encode
 
 
 def test_round_trip_every_kind():

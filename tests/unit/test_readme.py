@@ -1,7 +1,7 @@
 """The README's config table is the config module's own: code and documentation cannot drift."""
 from pathlib import Path
 
-from dsi_mpi.config import keys_markdown
+from dsi_mpi.io.config import keys_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -79,7 +79,7 @@ def test_cached_logits_equal_a_full_forward(target):
 
 def test_unsupported_transformers_release_is_refused():
     from dsi_mpi.backends.loading import check_transformers_version
-    from dsi_mpi.config import ConfigError
+    from dsi_mpi.io.config import ConfigError
     check_transformers_version("5.17.0")
     check_transformers_version("5.24.0")
     for version in ("4.56.2", "5.16.1", "6.0.0"):

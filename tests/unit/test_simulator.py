@@ -1,6 +1,6 @@
 """Tests of the offline time-model simulator (dsi_mpi/simulator.py).
 
-The reference below replays speculation.py's coordinator loop literally, one drafter step at a time, with
+The reference below replays decoding/coordinator.py's loop literally, one drafter step at a time, with
 integer latencies so every time is exact; the simulator's macro-steps and closed forms must agree with it
 trial by trial (same draws). Properties then check the closed forms and what "DSI is never slower" means
 under these rules; see test_never_slower_* for what holds and what does not.

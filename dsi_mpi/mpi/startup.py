@@ -11,7 +11,7 @@ import socket
 import numpy as np
 from mpi4py import MPI
 
-from dsi_mpi.polling import BackoffPoller
+from dsi_mpi.mpi.polling import BackoffPoller
 
 INFO_TAG = 1000
 

@@ -83,7 +83,7 @@ def json_records(records: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     parser = argparse.ArgumentParser(prog="dsi-mpi report", usage=USAGE, description=__doc__)
     parser.add_argument("results")
     parser.add_argument("--json", action="store_true", help="one JSON record per (algorithm, prompt)")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(json_records(records), indent=1))
     else:
-        from dsi_mpi.explain import explain
+        from dsi_mpi.reporting.explain import explain
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
         print(summary_table(records))
         for sentence in explain(records, meta):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dsi_mpi import explain as ex
-from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, EVENT_KINDS, REJECT,
+from dsi_mpi.reporting import explain as ex
+from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, EVENT_KINDS, REJECT,
                              STALE_RESULT, VERIFY, VERIFY_ABORTED, WAIT)
 
 USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
@@ -134,7 +134,7 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
 
 def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None = None) -> list[dict]:
     """Draw a Gantt PNG per (prompt, algorithm) of a results file into directory `out`."""
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     meta, records = read_results(path)
     chosen = [r for r in records if (prompt is None or r["prompt_index"] == prompt)
               and (algorithm is None or r["algorithm"] == algorithm)]
@@ -169,7 +169,7 @@ def _labels(paths: list[str]) -> list[str]:
 
 def table_rows(paths: list[str]) -> list[dict]:
     """One row per (file, algorithm): explain.compare's figures, speedups on each file's own prompts."""
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     rows = []
     for label, path in zip(_labels(paths), paths):
         meta, records = read_results(path)
@@ -189,7 +189,7 @@ def _cell(value, fmt) -> str:
 
 def table(paths: list[str], out: str) -> list[dict]:
     """Write OUT.md (readable, with explain()'s sentences per file) and OUT.csv (one row per file, algorithm)."""
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     rows = table_rows(paths)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def table(paths: list[str], out: str) -> list[dict]:
 # ---------------------------------------------------------------- distributions
 def distribution_data(paths: list[str]) -> dict:
     """Per-prompt ms/token per (file, algorithm) and per-prompt speedups (baseline wall / algorithm wall)."""
-    from dsi_mpi.results import read_results
+    from dsi_mpi.io.results import read_results
     latency, speedups = {}, {}
     several = len(paths) > 1
     for label, path in zip(_labels(paths), paths):

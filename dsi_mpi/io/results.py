@@ -22,8 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dsi_mpi.config import ConfigError
-from dsi_mpi.records import EVENT_DTYPE, RunRecord
+from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
 

@@ -1,7 +1,7 @@
 """Baselines that run on one verifier rank, driven and timed by rank 0 like SI and DSI.
 
 - nonsi: plain decoding with the target and its KV cache, one token per forward (greedy, or sampling
-  with the position-keyed random streams of dsi_mpi/acceptance.py).
+  with the position-keyed random streams of dsi_mpi/decoding/acceptance.py).
 - hf_assisted: Hugging Face's own assisted generation (`generate(assistant_model=...)`) on the same pair,
   with the same fixed lookahead (constant schedule, no confidence early stop), what users would
   otherwise pick. The drafter is loaded on that verifier only when this algorithm runs.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import time
 
-from dsi_mpi import protocol
-from dsi_mpi.channel import Channel
-from dsi_mpi.records import RunRecord
+from dsi_mpi.mpi import protocol
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.io.records import RunRecord
 
 
 def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], max_new_tokens: int,

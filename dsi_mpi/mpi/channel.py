@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from dsi_mpi import protocol
-from dsi_mpi.polling import BackoffPoller
+from dsi_mpi.mpi import protocol
+from dsi_mpi.mpi.polling import BackoffPoller
 
 
 class Channel:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from dsi_mpi.polling import BackoffPoller
+from dsi_mpi.mpi.polling import BackoffPoller
 
 SYNC_TAG = 1001
 ROUNDS = 8

@@ -2,19 +2,19 @@
 
 A verifier keeps the KV cache of the sequence it last verified. A TASK says how much of it stays valid
 (`base`); the verifier crops to that, runs the target on the new tokens only and returns the acceptance
-rule's verdict on the drafts (dsi_mpi/acceptance.py). Between decoder layers it probes for a CANCEL: if the running task's epoch
+rule's verdict on the drafts (dsi_mpi/decoding/acceptance.py). Between decoder layers it probes for a CANCEL: if the running task's epoch
 is older than the cancel's, the forward stops at once (the cache is rolled back to `base`) and the reply
 is ABORTED. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's target
 forwards run on the same kind of rank.
 """
 from __future__ import annotations
 
-from dsi_mpi import protocol
+from dsi_mpi.mpi import protocol
 from dsi_mpi.backends import ModelRunner
-from dsi_mpi.baselines import serve_baseline
-from dsi_mpi.channel import Channel
-from dsi_mpi.clock import now_us
-from dsi_mpi.faults import FaultPlan
+from dsi_mpi.decoding.baselines import serve_baseline
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.mpi.clock import now_us
+from dsi_mpi.mpi.faults import FaultPlan
 
 
 def stop_verifiers(channel: Channel) -> None:
@@ -30,7 +30,7 @@ class TaskCancelled(Exception):
 
 class Verifier:
     def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None, rule=None):
-        from dsi_mpi.acceptance import Greedy
+        from dsi_mpi.decoding.acceptance import Greedy
         self.channel = channel
         self.target = target
         self.rule = rule or Greedy()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import h5py
 
-from dsi_mpi.results import FORMAT
+from dsi_mpi.io.results import FORMAT
 
 USAGE = "python -m dsi_mpi merge [--overwrite] OUT.h5 SHARD.h5 [SHARD.h5 ...]"
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dsi_mpi import protocol
-from dsi_mpi.acceptance import Greedy
+from dsi_mpi.mpi import protocol
+from dsi_mpi.decoding.acceptance import Greedy
 from dsi_mpi.backends import ModelRunner, common_prefix_len
-from dsi_mpi.channel import Channel
-from dsi_mpi.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
                              STALE_RESULT, TASK_DTYPE, TASK_SENT, USED, VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
 
 
@@ -67,8 +67,8 @@ class SpeculativeDecoder:
         self.inflight: dict[int, Task] = {}                 # task id -> task awaiting its one reply
         self.epoch = 0
         self.next_task_id = 0
-        self.offsets_us = clock_offsets_us or {}            # verifier clock - rank 0 clock (dsi_mpi.clock)
-        self.rule = rule or Greedy()                        # greedy or sampling (dsi_mpi/acceptance.py)
+        self.offsets_us = clock_offsets_us or {}            # verifier clock - rank 0 clock (dsi_mpi.mpi.clock)
+        self.rule = rule or Greedy()                        # greedy or sampling (dsi_mpi/decoding/acceptance.py)
 
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,

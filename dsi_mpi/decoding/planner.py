@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsi_mpi.baselines import run_baseline
-from dsi_mpi.records import RunRecord
+from dsi_mpi.decoding.baselines import run_baseline
+from dsi_mpi.io.records import RunRecord
 
 CALIBRATION_TOKENS = 32
 CALIBRATION_LOOKAHEAD = 4

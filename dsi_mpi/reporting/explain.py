@@ -12,7 +12,7 @@ import tomllib
 
 import numpy as np
 
-from dsi_mpi.records import ABORTED, DRAFT, STALE_RESULT, USED, VERIFY, VERIFY_ABORTED
+from dsi_mpi.io.records import ABORTED, DRAFT, STALE_RESULT, USED, VERIFY, VERIFY_ABORTED
 
 NAN = math.nan
 BUSY_KINDS = (VERIFY, VERIFY_ABORTED)

@@ -16,13 +16,13 @@ MPI tag equal to its kind:
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
 
 A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload's
-tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule (dsi_mpi/acceptance.py):
+tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule (dsi_mpi/decoding/acceptance.py):
 greedy verdicts are the target's token at each of the last `n_out` positions; sampling verdicts are the
 number of drafts that stand and the target's distribution where they stop. `key` keys the random
 streams (the prompt); `n_extras` trailing payload integers are the rule's extras (sampling: q(x) of each
 draft, as float64 bits). Each task gets exactly one reply,
 RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
-bracket the verifier's forward on its own clock (dsi_mpi.clock; start_us = end_us: never started).
+bracket the verifier's forward on its own clock (dsi_mpi.mpi.clock; start_us = end_us: never started).
 An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
 Decoding checks the magic, the kind against the tag, the counts against the received size and the
 field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.

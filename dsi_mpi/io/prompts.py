@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsi_mpi.config import ConfigError
+from dsi_mpi.io.config import ConfigError
 
 
 @dataclass(frozen=True)
