@@ -118,7 +118,10 @@ def _run_ranks(cfg, comm) -> int:
             assistant = _lazy_assistant(cfg, local_rank)
         Verifier(channel, runner, assistant, rule_from_config(cfg["decoding"])).serve()
         return 0
+    from dsi_mpi.io.drafter_spec import parse_drafter
+    spec = parse_drafter(cfg["models"]["drafter"])
     metadata = {"versions": _versions(), "git_commit": _git_commit(), "ranks": infos,
+                "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params},
                 "algorithms": cfg["decoding"]["algorithms"], "argv": sys.argv,
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "clock_offsets_us": offsets}
     try:

@@ -7,6 +7,7 @@ import time
 from dsi_mpi.decoding.acceptance import rule_from_config
 from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.drafter_spec import parse_drafter
 from dsi_mpi.mpi.faults import FaultPlan
 from dsi_mpi.io.prompts import load_prompts
 from dsi_mpi.io.records import RunRecord
@@ -82,7 +83,7 @@ class Session:
         decoding, runtime = self.cfg["decoding"], self.cfg["runtime"]
         k, v = decoding["lookahead"], decoding["verifiers"]
         if "auto" not in (k, v):
-            return {"si": k, "dsi": k, "hf_assisted": k, "verifiers": min(v, verifier_budget) or verifier_budget}
+            return {"si": k, "dsi": k, "hf_assisted": k, "hf_prompt_lookup": k, "verifiers": min(v, verifier_budget) or verifier_budget}
         from dsi_mpi.decoding.planner import calibrate, plan
         first = self.prompts[0]
         measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding["stop_at_eos"])
@@ -98,9 +99,11 @@ class Session:
         k = self.settings.get(algorithm, 0)
         record = RunRecord(algorithm, prompt.index, prompt.id, lookahead=k,
                            verifiers=self.settings["verifiers"] if algorithm == "dsi" else 1)
-        if algorithm in ("nonsi", "hf_assisted"):
+        if algorithm in ("nonsi", "hf_assisted", "hf_prompt_lookup"):
+            drafter = parse_drafter(self.cfg["models"]["drafter"])
             return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"], max(k, 1),
-                                decoding["stop_at_eos"], record, prompt.index)
+                                decoding["stop_at_eos"], record, prompt.index,
+                                ngram=drafter.params["n"] if drafter.kind == "ngram" else 0)
         return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], k, record,
                                      runtime["max_blocks_ahead"], runtime["nonsi_thread"], self.settings["verifiers"],
                                      prompt.index)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.drafter_spec import parse_drafter
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -46,19 +47,48 @@ def load_tokenizer(name: str, what: str = "target"):
 
 
 def check_pair(models: dict) -> None:
-    """Refuse a drafter whose vocabulary differs from the target's: its drafts would be meaningless ids."""
+    """Refuse a drafter whose vocabulary differs from the target's: its drafts would be meaningless ids.
+    Drafters built from the target itself (n-gram, truncated) share its vocabulary by construction."""
     from transformers import AutoConfig
     target_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["target"], "target"), "target")
-    drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["drafter"], "drafter"), "drafter")
+    spec = parse_drafter(models["drafter"])
+    if spec.kind == "truncated" and spec.params["layers"] > _layer_count(target_cfg):
+        raise ConfigError(f"models.drafter {models['drafter']!r}: the target has only {_layer_count(target_cfg)} "
+                          "decoder layers")
+    if spec.kind != "model":
+        return
+    drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
     if target_cfg.vocab_size != drafter_cfg.vocab_size:
         raise ConfigError(f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "
                           f"({target_cfg.vocab_size}): they must share one tokenizer")
     target_vocab = load_tokenizer(models["target"], "target").get_vocab()
-    drafter_vocab = load_tokenizer(models["drafter"], "drafter").get_vocab()
+    drafter_vocab = load_tokenizer(spec.model, "drafter").get_vocab()
     if target_vocab != drafter_vocab:
         differing = len(set(target_vocab.items()) ^ set(drafter_vocab.items()))
         raise ConfigError(f"drafter tokenizer differs from the target's ({differing} differing entries): "
                           "they must share one vocabulary")
+
+
+def _layer_count(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ConfigError(f"cannot tell how many decoder layers a {type(config).__name__} model has")
+
+
+def truncate_layers(model, layers: int):
+    """Keep the first `layers` decoder blocks (the final norm and the head stay): a self-drafter."""
+    from dsi_mpi.backends.hf import decoder_layers
+    blocks = decoder_layers(model)
+    del blocks[layers:]
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, name, None), int):
+            setattr(config, name, layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    return model
 
 
 def pick_device(device: str, local_rank: int):
@@ -91,15 +121,32 @@ def build_runner(role: str, cfg, local_rank: int = 0):
         from dsi_mpi.backends.emulated import EmulatedRunner
         return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
     check_transformers_version()
+    models = cfg["models"]
+    if role == "target":
+        return _hf_runner(models["target"], "target", models, local_rank)
+    spec = parse_drafter(models["drafter"])
+    if spec.kind == "ngram":
+        from transformers import AutoConfig
+
+        from dsi_mpi.backends.ngram import NGramDrafter
+        target_cfg = AutoConfig.from_pretrained(resolve_model_path(models["target"], "target"))
+        return NGramDrafter(spec.params["n"], int(target_cfg.get_text_config().vocab_size))
+    if spec.kind == "truncated":
+        return _hf_runner(models["target"], "drafter", models, local_rank, truncate=spec.params["layers"])
+    return _hf_runner(spec.model, "drafter", models, local_rank)
+
+
+def _hf_runner(name: str, role: str, models: dict, local_rank: int, truncate: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
-    models = cfg["models"]
-    name = resolve_model_path(models[role], role)
+    name = resolve_model_path(name, role)
     model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role,
                              dtype=getattr(torch, DTYPES[models["dtype"]]))
+    if truncate:
+        truncate_layers(model, truncate)
     model.to(pick_device(models["device"], local_rank))
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))

@@ -14,6 +14,10 @@ A verification result always describes the first position at which drafts stop s
 results carry the target's argmax at every position (j is found by comparing); sampling results carry j
 itself (the verifier ran the tests: it has p, and the task carries q(x) of each draft) and p at
 position j, from which the coordinator draws the replacement (it holds q there) or the next token.
+
+A drafter may propose nothing (`draft` returns None: the n-gram drafter found no match), and a drafter
+with `point_mass = True` proposes one token with certainty: its q is 1 there and 0 elsewhere, so a draft
+stands with probability p(x) and a rejected one is replaced by a draw from p with x removed.
 """
 from __future__ import annotations
 
@@ -35,9 +39,20 @@ def draw(probs: np.ndarray, u: float) -> int:
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(probs) - 1))
 
 
-def residual(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+class PointMass(int):
+    """q of a drafter that proposes one token with certainty (stored instead of a dense vector)."""
+
+    def __getitem__(self, token: int) -> float:
+        return 1.0 if token == int(self) else 0.0
+
+
+def residual(p: np.ndarray, q) -> np.ndarray:
     """norm(max(0, p - q)); equal p and q leave nothing, and then p itself is the right law."""
-    r = np.maximum(p - q, 0.0)
+    if isinstance(q, PointMass):
+        r = p.copy()
+        r[int(q)] = max(p[int(q)] - 1.0, 0.0)
+    else:
+        r = np.maximum(p - q, 0.0)
     total = r.sum()
     return r / total if total > 0 else p
 
@@ -54,7 +69,9 @@ def payload_to_floats(values) -> np.ndarray:
 class Greedy:
     sampled = False
 
-    def draft(self, drafter, tokens, position: int, key: int) -> int:
+    def draft(self, drafter, tokens, position: int, key: int) -> int | None:
+        if getattr(drafter, "point_mass", False):
+            return drafter.propose(tokens)
         return int(drafter.greedy(tokens, 1)[0])
 
     def task_extras(self, drafts: list[int], start: int) -> list[int]:
@@ -114,7 +131,12 @@ class Sampling:
             scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return scores.softmax(dim=-1).cpu().numpy()
 
-    def draft(self, drafter, tokens, position: int, key: int) -> int:
+    def draft(self, drafter, tokens, position: int, key: int) -> int | None:
+        if getattr(drafter, "point_mass", False):
+            token = drafter.propose(tokens)
+            if token is not None:
+                self.q[position] = PointMass(token)
+            return token
         q = self.probs(drafter.forward(tokens, 1))[0]
         self.q[position] = q
         return draw(q, uniform(self.seed, key, position, DRAFT))

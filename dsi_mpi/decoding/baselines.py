@@ -5,6 +5,9 @@
 - hf_assisted: Hugging Face's own assisted generation (`generate(assistant_model=...)`) on the same pair,
   with the same fixed lookahead (constant schedule, no confidence early stop), what users would
   otherwise pick. The drafter is loaded on that verifier only when this algorithm runs.
+- hf_prompt_lookup: Hugging Face's own prompt-lookup decoding (`generate(prompt_lookup_num_tokens=k)`,
+  with `max_matching_ngram_size` = the n-gram drafter's n when that is the drafter, else HF's default):
+  the baseline for the n-gram drafter.
 The verifier streams every token to rank 0 the moment it exists; rank 0 timestamps arrivals with the
 same clock it uses for SI and DSI commits, so TTFT and per-token times are comparable.
 """
@@ -19,11 +22,12 @@ from dsi_mpi.io.records import RunRecord
 
 
 def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], max_new_tokens: int,
-                 lookahead: int, stop_at_eos: bool, record: RunRecord, key: int = 0) -> RunRecord:
+                 lookahead: int, stop_at_eos: bool, record: RunRecord, key: int = 0, ngram: int = 0) -> RunRecord:
     """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive."""
     t0 = time.perf_counter()
     channel.send(verifier, protocol.BASELINE, prompt, algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
-                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead, key=key)
+                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead, key=key,
+                 ngram=ngram)
     while True:
         _, msg = channel.receive(f"{algorithm} tokens from rank {verifier}", source=verifier, tag=protocol.TOKENS)
         now = time.perf_counter() - t0
@@ -47,8 +51,12 @@ def serve_baseline(channel: Channel, target, msg, assistant_factory, rule) -> No
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
         if assistant_factory is None:
             raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
-        _hf_assisted(channel, target, assistant_factory(), prompt, msg.max_new_tokens, msg.lookahead,
-                     bool(msg.stop_at_eos), rule, msg.key)
+        _hf_generate(channel, target, prompt, msg, rule, assistant=_constant_schedule(assistant_factory(), msg.lookahead))
+    elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_prompt_lookup"]:
+        lookup = {"prompt_lookup_num_tokens": msg.lookahead}
+        if msg.ngram:
+            lookup["max_matching_ngram_size"] = msg.ngram
+        _hf_generate(channel, target, prompt, msg, rule, **lookup)
     else:
         raise protocol.ProtocolError(f"unknown baseline algorithm code {msg.algorithm}")
 
@@ -85,22 +93,28 @@ class _TokenStreamer:
         self.channel.send(0, protocol.TOKENS, [], first_index=self.sent, done=1)
 
 
-def _hf_assisted(channel: Channel, target, assistant, prompt: list[int], max_new_tokens: int, lookahead: int,
-                 stop_at_eos: bool, rule, key: int) -> None:
-    import torch
-    model = target.model
+def _constant_schedule(assistant, lookahead: int):
+    """The assistant drafts exactly `lookahead` tokens per round, as si does (no heuristic, no early stop)."""
     assistant.generation_config = copy.deepcopy(assistant.generation_config)
     assistant.generation_config.num_assistant_tokens = lookahead
     assistant.generation_config.num_assistant_tokens_schedule = "constant"
     assistant.generation_config.assistant_confidence_threshold = 0.0
+    return assistant
+
+
+def _hf_generate(channel: Channel, target, prompt: list[int], msg, rule, assistant=None, **speculation) -> None:
+    """Hugging Face's own `generate` with one of its speculative modes, streaming tokens to rank 0."""
+    import torch
+    model = target.model
     config = copy.deepcopy(model.generation_config)
     config.do_sample = rule.sampled
     if rule.sampled:   # Hugging Face draws with torch's generator: seeded per prompt, not per position
         config.temperature, config.top_k, config.top_p = rule.temperature, rule.top_k or None, rule.top_p
-        torch.manual_seed(rule.seed * 1_000_003 + key)
-    if not stop_at_eos:
+        torch.manual_seed(rule.seed * 1_000_003 + msg.key)
+    if not msg.stop_at_eos:
         config.eos_token_id = None
     ids = torch.tensor([prompt], dtype=torch.long, device=target.device)
     with torch.inference_mode():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=assistant,
-                       generation_config=config, max_new_tokens=max_new_tokens, streamer=_TokenStreamer(channel))
+                       generation_config=config, max_new_tokens=msg.max_new_tokens, streamer=_TokenStreamer(channel),
+                       **speculation)

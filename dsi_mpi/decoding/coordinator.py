@@ -98,13 +98,13 @@ class SpeculativeDecoder:
         self.deferred = None   # (verdict, j, position) waiting for the draft at position (sampling, dsi)
         self.drafter.set_layer_callback(self._between_drafter_layers)
 
+        self.no_proposal = None   # (epoch, position) where the drafter had nothing to propose
         self._start_prefills()
         self.drafter.reset()
         start = self._now()
-        self.seq.append(self.rule.draft(self.drafter, prompt, len(prompt), key))  # the prefill drafts position 0
+        self._append_draft(self.rule.draft(self.drafter, prompt, len(prompt), key))  # the prefill drafts position 0
         record.drafter_prefill_s = self._now() - start
         self._event(DRAFTER_PREFILL, start, self._now(), value=len(prompt))
-        record.drafted += 1
         self._form_blocks()
         while not self.done:
             self._handle_waiting_messages()
@@ -134,7 +134,7 @@ class SpeculativeDecoder:
         return (us - self.offsets_us.get(rank, 0)) * 1e-6 - self.t0
 
     def _may_draft(self) -> bool:
-        if len(self.seq) >= self.end:
+        if len(self.seq) >= self.end or self._drafter_has_nothing():
             return False
         awaiting = sum(1 for b in self.blocks if b.result is None)
         return awaiting < self.max_ahead if self.policy == "dsi" else not self.blocks
@@ -157,10 +157,23 @@ class SpeculativeDecoder:
             self._drafting = None
             self.record.draft_s += self._now() - start
         self._event(DRAFT, start, self._now(), value=position)
-        self.record.drafted += 1
-        self.seq.append(token)
+        self._append_draft(token)
         if self.deferred is not None and self.deferred[2] == position:
             self._settle()
+
+    def _append_draft(self, token: int | None) -> None:
+        """Extend the text by a draft; a drafter with nothing to propose (no n-gram match) instead marks this
+        text, so that the drafts so far go out as a block (possibly of none) rather than wait for more."""
+        if token is None:
+            self.no_proposal = (self.epoch, len(self.seq))
+            self.record.draft_misses += 1
+            return
+        self.record.drafted += 1
+        self.seq.append(token)
+
+    def _drafter_has_nothing(self) -> bool:
+        """True until the text changes after the drafter found nothing to propose for it."""
+        return self.no_proposal == (self.epoch, len(self.seq))
 
     def _between_drafter_layers(self) -> None:
         """Keep verifiers busy while the drafter computes: apply arrived results and send waiting blocks
@@ -173,15 +186,22 @@ class SpeculativeDecoder:
             raise DraftInterrupted
 
     def _form_blocks(self) -> None:
+        """Cut the drafts into blocks of k; a shorter last block when no more drafts will come (the end of
+        the generation, or a drafter with nothing to propose), and when nothing is drafted and nothing is
+        awaited, a block of no drafts: the target just produces its next token, as in plain decoding."""
         last = self.blocks[-1] if self.blocks else None
         start = last.start + len(last.drafts) if last else self.n_committed
         start = max(start, self.n_committed)
+        no_more = len(self.seq) >= self.end or self._drafter_has_nothing()
         while True:
             available = len(self.seq) - start
-            if available >= self.k or (available > 0 and len(self.seq) >= self.end):
+            if available >= self.k or (available > 0 and no_more):
                 n = min(self.k, available)
                 self.blocks.append(Block(start, self.seq[start:start + n]))
                 start += n
+            elif no_more and not self.blocks and self.n_committed < self.end:
+                self.blocks.append(Block(start, []))
+                return
             else:
                 return
 
@@ -315,7 +335,7 @@ class SpeculativeDecoder:
             if not rule.check(result, j, position, self.seq[position], key):
                 return self._reject(position, rule.replacement(result, j, position, key))
             self.record.accepted += 1
-        elif rule.sampled and self.policy == "dsi":
+        elif rule.sampled and self.policy == "dsi" and not self._drafter_has_nothing():
             # Whether the drafter got here first depends on timing; so that tokens do not, the position
             # waits for its draft and is judged like any other (see _settle).
             self.deferred = (result, j, position)
@@ -325,9 +345,13 @@ class SpeculativeDecoder:
         self._commit()
 
     def _settle(self) -> None:
-        """Judge the draft that has just arrived at a deferred position."""
+        """Judge the draft that has just arrived at a deferred position (none: the drafter had nothing to
+        propose there, which depends on the text only, so the target's own draw stands, as without drafts)."""
         result, j, position = self.deferred
         self.deferred = None
+        if len(self.seq) == position:
+            self.seq.append(self.rule.fresh(result, j, position, self.key))
+            return self._commit()
         self.record.compared += 1
         if not self.rule.check(result, j, position, self.seq[position], self.key):
             return self._reject(position, self.rule.replacement(result, j, position, self.key))

@@ -57,5 +57,5 @@ def plan(measured: dict, verifier_budget: int, new_tokens: int, lookahead, verif
         choice["verifiers"] = fixed_v
         choice["dsi"] = (best_lookahead("dsi", lat, a, new_tokens, fixed_v, restart_probe=nonsi_thread and fixed_v > 1)[0]
                          if lookahead == "auto" else lookahead)
-    choice["hf_assisted"] = choice["si"]
+    choice["hf_assisted"] = choice["hf_prompt_lookup"] = choice["si"]
     return choice

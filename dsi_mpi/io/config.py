@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ALGORITHMS = ("nonsi", "si", "dsi", "hf_assisted")
+from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
+
+ALGORITHMS = ("nonsi", "si", "dsi", "hf_assisted", "hf_prompt_lookup")
 
 
 class ConfigError(ValueError):
@@ -34,7 +36,9 @@ KEYS: tuple[Key, ...] = (
     Key("models", "kind", str, "hf", 'model backend: "hf" (real Hugging Face models) or "emulated" '
         "(LATENCY EMULATION: sleeps instead of forwards, see [emulation])"),
     Key("models", "target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
-    Key("models", "drafter", str, "inputs/models/drafter", "drafter model: hub id or local folder; must share the target's vocabulary"),
+    Key("models", "drafter", str, "inputs/models/drafter", 'drafter: a hub id or local folder of a model with the target\'s vocabulary; '
+        '"ngram" or "ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or "truncated:layers=L" '
+        "(the target's first L layers with its norm and head)"),
     Key("models", "dtype", str, "float32", "float32, bfloat16 or float16"),
     Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
     Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
@@ -221,8 +225,16 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
     for name in ("target_ttft_s", "target_tpot_s", "drafter_ttft_s", "drafter_tpot_s"):
         need(e[name] >= 0, f"emulation.{name} must be >= 0")
+    try:
+        drafter = parse_drafter(m["drafter"])
+    except DrafterSpecError as err:
+        raise ConfigError(str(err)) from None
+    need("hf_assisted" not in d["algorithms"] or drafter.needs_weights,
+         'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)')
     if m["kind"] == "emulated":
-        need("hf_assisted" not in d["algorithms"], "hf_assisted needs real models (models.kind = \"hf\")")
+        need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
+        for name in ("hf_assisted", "hf_prompt_lookup"):
+            need(name not in d["algorithms"], f"{name} needs real models (models.kind = \"hf\")")
         need(not d["do_sample"], "sampling needs real models: LATENCY EMULATION draws acceptance i.i.d. (models.kind = \"hf\")")
 
 

@@ -45,6 +45,7 @@ class RunRecord:
     wall_s: float = 0.0
     ttft_s: float = 0.0
     drafted: int = 0            # draft tokens produced by the drafter
+    draft_misses: int = 0       # times the drafter had nothing to propose (n-gram: no match)
     draft_s: float = 0.0        # seconds in drafter forwards after its prefill (for c = drafter / target)
     drafter_prefill_s: float = 0.0
     compared: int = 0           # draft tokens checked against the target
@@ -73,7 +74,7 @@ class RunRecord:
         return np.array(self.events, dtype=EVENT_DTYPE)
 
     def scalars(self) -> dict:
-        return {"lookahead": self.lookahead, "verifiers": self.verifiers, "wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_s": self.draft_s,
+        return {"lookahead": self.lookahead, "verifiers": self.verifiers, "wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_misses": self.draft_misses, "draft_s": self.draft_s,
                 "drafter_prefill_s": self.drafter_prefill_s, "compared": self.compared,
                 "accepted": self.accepted, "rejections": self.rejections, "restarts": self.restarts, "tasks_sent": self.tasks_sent,
                 "tasks_used": self.tasks_used, "tasks_stale": self.tasks_stale, "blocks_unsent": self.blocks_unsent,

@@ -11,7 +11,7 @@ MPI tag equal to its kind:
 | RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | the rule's verdict |
 | ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us           | (none)                   |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
-| BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key | prompt tokens     |
+| BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key, ngram (0: HF default) | prompt tokens |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
 
@@ -44,11 +44,11 @@ FIELDS = {
     RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
     ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us"),
     CANCEL: ("epoch",),
-    BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead", "key"),
+    BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead", "key", "ngram"),
     TOKENS: ("first_index", "done"),
     STOP: (),
 }
-BASELINE_ALGORITHMS = {"nonsi": 1, "hf_assisted": 2}
+BASELINE_ALGORITHMS = {"nonsi": 1, "hf_assisted": 2, "hf_prompt_lookup": 3}
 
 
 class ProtocolError(RuntimeError):

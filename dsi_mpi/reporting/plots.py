@@ -29,8 +29,8 @@ BAR_KINDS = {DRAFTER_PREFILL: ("drafter prefill", "#08519c"), DRAFT: ("draft", "
              VERIFY: ("verify (result used)", "#2ca02c"), VERIFY_ABORTED: ("verify aborted", "#d62728"),
              WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
 STALE_VERIFY = ("verify (result stale)", "#c7e9c0")
-ORDER = ("nonsi", "si", "hf_assisted", "dsi")
-CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "dsi": "#000000"}
+ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")
+CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "hf_prompt_lookup": "#8c564b", "dsi": "#000000"}
 
 
 def _pyplot():

@@ -48,8 +48,8 @@ def summary_table(records: list[dict]) -> str:
     header = (f"{'algorithm':<12}{'prompts':>8}{'tokens':>8}{'tok/s':>9}{'ms/tok':>9}{'TTFT ms':>9}"
               f"{'vs nonsi':>10}{'vs si':>8}{'accept':>8}{'tasks sent/used/stale':>23}")
     lines = [header, "-" * len(header)]
-    order = [a for a in ("nonsi", "si", "hf_assisted", "dsi") if a in summary] + \
-            [a for a in summary if a not in ("nonsi", "si", "hf_assisted", "dsi")]
+    order = [a for a in ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi") if a in summary] + \
+            [a for a in summary if a not in ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")]
     for algorithm in order:
         s = summary[algorithm]
         tasks = f"{s['tasks_sent']}/{s['tasks_used']}/{s['tasks_stale']}" if s["tasks_sent"] else "-"

@@ -2,7 +2,8 @@
 
 usage: mpiexec -n N python tests/mpi/lossless_sweep.py MODELS.json OUT.json [MAX_LOOKAHEAD] [NEW_TOKENS]
 
-MODELS.json maps "target" and drafter names to model folders. Rank 0 computes the reference with
+MODELS.json maps "target" and drafter names to model folders, or to drafter specs that need no folder of their
+own ("ngram:n=N", "truncated:layers=L", as models.drafter takes them). Rank 0 computes the reference with
 `generate(do_sample=False)`, then runs every (drafter, lookahead, policy, prompt) through the real
 coordinator and verifier code and writes one JSON row per run.
 """
@@ -14,6 +15,9 @@ from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.backends.loading import truncate_layers
+from dsi_mpi.backends.ngram import NGramDrafter
+from dsi_mpi.io.drafter_spec import parse_drafter
 from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
 from dsi_mpi.io.records import ABORTED, RunRecord
@@ -25,6 +29,15 @@ PROMPTS = [[10, 20, 30, 40, 50], [200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70]
 
 def load(folder):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def make_drafter(spec_text, target_folder, vocab_size):
+    spec = parse_drafter(spec_text)
+    if spec.kind == "ngram":
+        return NGramDrafter(spec.params["n"], vocab_size)
+    if spec.kind == "truncated":
+        return HFRunner(truncate_layers(load(target_folder), spec.params["layers"]))
+    return HFRunner(load(spec.model))
 
 
 def main():
@@ -47,7 +60,7 @@ def main():
     try:
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (eos,))
         for name in [n for n in models if n != "target"]:
-            decoder.drafter = HFRunner(load(models[name]))
+            decoder.drafter = make_drafter(models[name], models["target"], target.config.vocab_size)
             for k in range(1, max_k + 1):
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
@@ -56,7 +69,8 @@ def main():
                         rows.append({"drafter": name, "k": k, "policy": policy, "prompt": i, "tokens": rec.tokens,
                                      "ref": refs[i], "ok": rec.tokens == refs[i], "rejections": rec.rejections,
                                      "stale": rec.tasks_stale, "aborted": aborted, "accepted": rec.accepted,
-                                     "compared": rec.compared, "unsent": rec.blocks_unsent})
+                                     "compared": rec.compared, "unsent": rec.blocks_unsent,
+                                     "misses": rec.draft_misses})
     finally:
         stop_verifiers(channel)
         json.dump(rows, open(out_path, "w"))

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from dsi_mpi.decoding.acceptance import Sampling
 from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
@@ -49,8 +50,8 @@ def main():
             rec = run_baseline(channel, 1, "nonsi", PROMPT, new_tokens, 1, False, RunRecord("nonsi", key, ""), key)
             plain[json.dumps(rec.tokens)] += 1
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (), False, rule=rule)
-        for drafter in ("noisy", "bad"):
-            decoder.drafter = HFRunner(load(models[drafter]))
+        for drafter in ("noisy", "bad", "ngram"):   # ngram: a point-mass q, and often no proposal at all
+            decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
             for policy, k in (("si", 2), ("dsi", 3)):
                 c = counts.setdefault(f"{policy}-k{k}/{drafter}/{models.get('setting', 'plain')}", collections.Counter())
                 for key in range(samples):

@@ -73,6 +73,22 @@ def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_pa
     assert "vs nonsi" in table.stdout and "dsi" in table.stdout
 
 
+@pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1"])
+def test_drafters_without_training_through_the_cli(tiny_models, run_mpi, tmp_path, drafter):
+    """The drafter kinds through the CLI: recorded in the file, lossless, and HF's prompt lookup as a baseline."""
+    algorithms = ["nonsi", "si", "dsi", "hf_prompt_lookup"] + (["hf_assisted"] if drafter.startswith("trunc") else [])
+    config = write_job(tmp_path, dict(tiny_models, noisy=drafter), decoding={"algorithms": algorithms})
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "out.h5") as f:
+        recorded = json.loads(f.attrs["drafter"])
+        assert recorded["kind"] == drafter.split(":")[0] and recorded["params"]
+        for group in f["prompts"].values():
+            ref = reference(tiny_models["target"], group["prompt_tokens"][()].tolist(), 20)
+            for algorithm in algorithms:
+                assert group[algorithm]["tokens"][()].tolist() == ref, (drafter, algorithm)
+
+
 def test_emulated_run_is_named_and_exact(run_mpi, tmp_path):
     from dsi_mpi.backends.emulated import emulated_target_token
     config = write_job(tmp_path, {"target": "unused", "noisy": "unused"},

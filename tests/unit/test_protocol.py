@@ -10,7 +10,7 @@ def test_round_trip_every_kind():
               protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
               protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
               protocol.CANCEL: dict(epoch=4),
-              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0),
+              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0, ngram=3),
               protocol.TOKENS: dict(first_index=0, done=1),
               protocol.STOP: {}}
     for kind, f in fields.items():

@@ -1,0 +1,61 @@
+"""Drafters that need no training: the spec syntax of models.drafter, prompt lookup, and the point-mass q
+that keeps sampling exact with a drafter that has no distribution."""
+import numpy as np
+import pytest
+
+from dsi_mpi.backends.ngram import NGramDrafter, lookup
+from dsi_mpi.decoding.acceptance import Greedy, PointMass, Sampling, residual
+from dsi_mpi.io.config import ConfigError, validate
+from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
+
+
+def test_spec_syntax():
+    assert parse_drafter("inputs/models/drafter").kind == "model"
+    assert parse_drafter("ngram").params == {"n": 3}
+    assert parse_drafter("ngram:n=5").params == {"n": 5}
+    assert parse_drafter("truncated:layers=2").params == {"layers": 2}
+    assert not parse_drafter("ngram").needs_weights and parse_drafter("truncated:layers=1").needs_weights
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ngram:n=0", "n-gram size n must be >= 1"),
+    ("ngram:size=3", "unknown parameter 'size=3'"),
+    ("ngram:n=x", "n must be an integer"),
+    ("truncated", "needs layers=L"),
+    ("truncated:layers=0", "needs layers=L"),
+])
+def test_bad_drafter_parameters_are_one_line_errors(text, message):
+    with pytest.raises(DrafterSpecError, match=message):
+        parse_drafter(text)
+    with pytest.raises(ConfigError, match=message):
+        validate({"models": {"drafter": text}})
+
+
+def test_hf_assisted_needs_a_drafter_model():
+    with pytest.raises(ConfigError, match="use hf_prompt_lookup"):
+        validate({"models": {"drafter": "ngram"}, "decoding": {"algorithms": ["hf_assisted"]}})
+    validate({"models": {"drafter": "ngram"}, "decoding": {"algorithms": ["dsi", "hf_prompt_lookup"]}})
+
+
+def test_lookup_takes_the_latest_longest_match():
+    assert lookup(np.array([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3]), 3) == 7      # latest occurrence of 1 2 3
+    assert lookup(np.array([5, 1, 2, 8, 4, 2]), 3) == 8                    # falls back to a 1-gram
+    assert lookup(np.array([1, 2, 3]), 3) is None
+    assert lookup(np.array([4]), 3) is None
+
+
+def test_ngram_drafter_proposes_through_the_rules():
+    drafter = NGramDrafter(2, vocab_size=10)
+    assert Greedy().draft(drafter, [1, 2, 3, 1, 2], 5, 0) == 3
+    assert drafter.tokens == [1, 2, 3, 1, 2]
+    drafter.crop(3)
+    assert Greedy().draft(drafter, [4], 4, 0) is None
+    rule = Sampling(seed=1)
+    drafter.reset()
+    assert rule.draft(drafter, [1, 2, 1], 3, 0) == 2 and rule.q[3] == PointMass(2) and rule.q[3][2] == 1.0
+
+
+def test_point_mass_residual_is_p_without_the_draft():
+    p = np.array([0.5, 0.3, 0.2])
+    assert np.allclose(residual(p, PointMass(0)), [0, 0.6, 0.4])
+    assert np.allclose(residual(np.array([0.0, 1.0, 0.0]), PointMass(1)), [0, 1, 0])   # nothing left: p itself
