@@ -12,6 +12,7 @@ architecture). One JSON row per run, or one {"family", "error"} row per refused 
 import json
 import os
 import sys
+import time
 
 import torch
 from mpi4py import MPI
@@ -87,7 +88,10 @@ def main():
     try:
         for i, family in enumerate(names):
             bad = families[names[(i + 1) % len(names)]]["target"]
+            start = time.perf_counter()
             rows += run_family(channel, family, families[family], bad, lookaheads, new_tokens)
+            if comm.Get_rank() == 0:
+                print(f"{family}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     finally:
         if comm.Get_rank() == 0:
             json.dump(rows, open(out_path, "w"))
