@@ -108,6 +108,8 @@ class HFRunner(ModelRunner):
         check_config_layers(self.model)
         try:
             self.forward([0], 1)
+        except (MemoryError, torch.cuda.OutOfMemoryError):   # the machine's problem, not the architecture's
+            raise
         except Exception as err:   # e.g. a recurrent layer asking a key/value cache for its state
             first = (str(err).strip().splitlines() or [""])[0]
             raise UnsupportedModel(f"{name}: one token through the model with a key/value cache failed "
