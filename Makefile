@@ -38,7 +38,7 @@ $(OLD_VENV)/.installed: setup.cfg pyproject.toml
 
 test-oldest: $(OLD_VENV)/.installed
 	$(OLD_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
-	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py tests/mpi/test_lossless.py
+	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py tests/mpi/test_lossless.py tests/mpi/test_families.py
 
 clean-results:
 	rm -rf results

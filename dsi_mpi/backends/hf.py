@@ -8,7 +8,9 @@ and getting either wrong gives wrong tokens with no error, so both are decided o
   every layer keeps all positions (sliding-window models still see only their window: their attention
   mask applies it) and rolling back is "keep the first n positions" in every layer, the same operation
   in every release. Layer types that are not plain key/value tensors (recurrent or linear-attention
-  states, quantized layers) cannot be rolled back that way: `check_cache_layers` refuses them at load.
+  states, quantized layers) cannot be rolled back that way: they are refused at load, from the layer types
+  the model's config asks for (`check_config_layers`: a hybrid model would otherwise fail on its first
+  forward, or worse, run) and from the cache a probe forward filled (`check_cache_layers`).
 """
 from __future__ import annotations
 
@@ -49,6 +51,22 @@ def _layer_length(layer) -> int:
     return 0 if keys is None or keys.numel() == 0 else int(keys.shape[-2])
 
 
+def check_config_layers(model: torch.nn.Module) -> None:
+    """The cache the model's own config asks for (what `generate` would build) may hold key/value layers,
+    full or sliding-window: both are served by a full layer here. Anything else is a state that positions
+    cannot be cut from."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    name = type(model).__name__
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:   # a config the cache cannot read: the probe forward decides
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+            raise UnsupportedModel(f"{name}: layer {i} keeps a {type(layer).__name__} (not plain keys and values), "
+                                   "which dsi-mpi cannot roll back to a position")
+
+
 def check_cache_layers(cache, model_name: str) -> None:
     """Every layer must be a plain key/value layer, which `crop_cache` rolls back exactly."""
     from transformers.cache_utils import DynamicLayer
@@ -87,7 +105,15 @@ class HFRunner(ModelRunner):
     def _probe(self) -> None:
         """One token through the model: the cache must have been used, and be of a kind we can roll back."""
         name = type(self.model).__name__
-        self.forward([0], 1)
+        check_config_layers(self.model)
+        try:
+            self.forward([0], 1)
+        except (MemoryError, torch.cuda.OutOfMemoryError):   # the machine's problem, not the architecture's
+            raise
+        except Exception as err:   # e.g. a recurrent layer asking a key/value cache for its state
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise UnsupportedModel(f"{name}: one token through the model with a key/value cache failed "
+                                   f"({type(err).__name__}: {first})") from None
         check_cache_layers(self.cache, name)
         if self.cache.get_seq_length() != 1:
             raise UnsupportedModel(f"{name} did not fill the KV cache passed as {self.cache_kw}=")

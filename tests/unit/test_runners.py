@@ -96,3 +96,26 @@ def test_cache_layers_that_cannot_roll_back_are_refused():
     with pytest.raises(UnsupportedModel, match="cannot roll back"):
         check_cache_layers(DynamicCache(config=config), "Gemma2ForCausalLM")
     check_cache_layers(DynamicCache(), "Gemma2ForCausalLM")
+
+
+@pytest.mark.parametrize("arch", ["Lfm2", "Mamba"])
+def test_architecture_that_cannot_crop_its_cache_is_a_one_line_config_error(tmp_path, arch):
+    """A recurrent (Mamba) or hybrid convolution/attention (LFM2) model keeps states that cannot be cut
+    back to a position: the loader refuses it with one line naming the architecture, before any task."""
+    import transformers
+
+    from dsi_mpi.backends.loading import build_runner
+    from dsi_mpi.io.config import ConfigError
+    sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2)
+    if arch == "Lfm2":
+        sizes.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                     layer_types=["conv", "full_attention"])
+    else:
+        sizes.update(state_size=4)
+    model_cls = "MambaForCausalLM" if arch == "Mamba" else f"{arch}ForCausalLM"
+    getattr(transformers, model_cls)(getattr(transformers, f"{arch}Config")(**sizes)).save_pretrained(tmp_path / arch)
+    cfg = {"models": {"kind": "hf", "target": str(tmp_path / arch), "dtype": "float32", "device": "cpu"}}
+    with pytest.raises(ConfigError) as err:
+        build_runner("target", cfg)
+    message = str(err.value)
+    assert "\n" not in message and model_cls in message and "not supported" in message, message

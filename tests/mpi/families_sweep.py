@@ -1,0 +1,101 @@
+"""Every architecture family, lossless: SI and DSI against Hugging Face's own greedy `generate`, one job.
+
+usage: mpiexec -n N python tests/mpi/families_sweep.py FAMILIES.json OUT.json [LOOKAHEADS] [NEW_TOKENS]
+
+FAMILIES.json maps each family to {"target": folder, "noisy": folder} (tests/tiny_families.py). Every rank
+loads each family's target through the job's own loader (`build_runner`, so a refused architecture is the
+one-line ConfigError a user would see, recorded here as the family's row); rank 0 computes the reference
+with `generate(do_sample=False)` and runs (drafter, lookahead, policy, prompt) through the real coordinator
+and verifiers, with two drafters: the family's perturbed copy and the next family's target (another
+architecture). One JSON row per run, or one {"family", "error"} row per refused family.
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+from mpi4py import MPI
+
+from dsi_mpi.backends.loading import build_runner
+from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
+from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.records import ABORTED, RunRecord
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.mpi.polling import BackoffPoller
+
+PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]]
+
+
+def runner(role: str, folder: str):
+    models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu"}
+    return build_runner(role, {"models": models})
+
+
+def reference(model, prompt, new_tokens):
+    with torch.inference_mode():
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
+    return out[0, len(prompt):].tolist()
+
+
+def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
+    """All ranks: this family's target on every verifier; on rank 0 the rows of its runs."""
+    comm = channel.comm
+    try:
+        target, error = runner("target", folders["target"]), None
+    except ConfigError as err:
+        target, error = None, str(err)
+    errors = comm.allgather(error)                      # every rank skips a family that any rank refused
+    if any(errors):
+        return [{"family": family, "error": next(e for e in errors if e)}]
+    eos = target.eos_token_ids
+    if comm.Get_rank() != 0:
+        Verifier(channel, target).serve()
+        return []
+    rows = []
+    try:
+        refs = [reference(target.model, p, new_tokens) for p in PROMPTS]
+        decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), eos)
+        for drafter_name, folder in (("noisy", folders["noisy"]), ("other", bad_folder)):
+            decoder.drafter = runner("drafter", folder)
+            for k in lookaheads:
+                for policy in ("si", "dsi"):
+                    for i, prompt in enumerate(PROMPTS):
+                        rec = decoder.generate(policy, prompt, new_tokens, k, RunRecord(policy, i, str(i)))
+                        rows.append({"family": family, "drafter": drafter_name, "k": k, "policy": policy,
+                                     "prompt": i, "tokens": rec.tokens, "ref": refs[i], "ok": rec.tokens == refs[i],
+                                     "rejections": rec.rejections, "stale": rec.tasks_stale,
+                                     "aborted": sum(1 for t in rec.tasks if t[-1] == ABORTED),
+                                     "accepted": rec.accepted, "compared": rec.compared,
+                                     "restarts": rec.restarts})
+    finally:
+        stop_verifiers(channel)
+    return rows
+
+
+def main():
+    torch.set_num_threads(1)
+    families = json.load(open(sys.argv[1]))
+    out_path = sys.argv[2]
+    lookaheads = [int(k) for k in (sys.argv[3] if len(sys.argv) > 3 else "1,4").split(",")]
+    new_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 24
+    comm = MPI.COMM_WORLD
+    channel = Channel(comm, BackoffPoller(timeout_s=float(os.environ.get("SWEEP_TIMEOUT", 120))))
+    names = list(families)
+    rows = []
+    try:
+        for i, family in enumerate(names):
+            bad = families[names[(i + 1) % len(names)]]["target"]
+            start = time.perf_counter()
+            rows += run_family(channel, family, families[family], bad, lookaheads, new_tokens)
+            if comm.Get_rank() == 0:
+                print(f"{family}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        if comm.Get_rank() == 0:
+            json.dump(rows, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main()
