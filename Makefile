@@ -9,7 +9,7 @@ SET     ?=
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dsi-mpi-installed
 
-.PHONY: run test test-oldest env bench clean-results
+.PHONY: run test test-oldest env bench lint clean-results
 
 env: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,local-mpi,analysis]"
+	$(PY) -m pip install -q -e ".[run,test,local-mpi,analysis]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -33,12 +33,17 @@ $(OLD_VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install -q --upgrade pip
 	$(OLD_VENV)/bin/python -m pip install -q "$(TORCH)" "$(OLDEST_TRANSFORMERS)"
-	$(OLD_VENV)/bin/python -m pip install -q -e ".[test,local-mpi]" "$(OLDEST_TRANSFORMERS)"
+	$(OLD_VENV)/bin/python -m pip install -q -e ".[run,test,local-mpi]" "$(OLDEST_TRANSFORMERS)"
 	touch $@
 
 test-oldest: $(OLD_VENV)/.installed
 	$(OLD_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
 	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py tests/mpi/test_lossless.py tests/mpi/test_families.py
+
+# Lint and format check (ruff, from the test extra); not applied to the tree or wired into CI yet.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-results:
 	rm -rf results

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+from dsi_mpi.reporting import metrics as mt
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]
@@ -43,62 +42,31 @@ def run_job(args) -> Path:
     return out
 
 
-def _median(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.median(values)) if values else math.nan
-
-
-def measure(records: list[dict], meta: dict) -> dict:
-    """The time model's inputs as this run measured them, and the figures the speed issue asks for."""
-    by = {}
-    for r in records:
-        by.setdefault(r["algorithm"], []).append(r)
-    per_token = {a: sum(r["wall_s"] for r in rs) / sum(len(r["tokens"]) for r in rs) for a, rs in by.items()}
-    m = {"ms_per_token": {a: 1e3 * v for a, v in per_token.items()}, "prompts": len(by.get("dsi", []))}
+def measure(records: list[dict]) -> dict:
+    """The time model's inputs and the figures the speed issue asks for, all from dsi_mpi.reporting.metrics."""
+    by = mt.by_algorithm(records)
+    figures = mt.compare(records, max((r["verifiers"] for r in records), default=1))
+    m = {"ms_per_token": {a: f["ms_per_token"] for a, f in figures.items()}, "prompts": len(by.get("dsi", []))}
     for base in ("si", "nonsi", "hf_assisted"):
-        if base in per_token and "dsi" in per_token:
-            m[f"dsi_speedup_vs_{base}"] = per_token[base] / per_token["dsi"]
-    nonsi = by.get("nonsi", [])
-    m["target_ttft_s"] = _median([r["ttft_s"] for r in nonsi])
-    m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in nonsi
-                                  if len(r["tokens"]) > 1])
-    spec = by.get("si", []) + by.get("dsi", [])
-    si_runs = by.get("si", []) or spec   # si drafts without serving replies in between: a clean drafter timing
-    m["drafter_tpot_s"] = sum(r["draft_s"] for r in si_runs) / max(1, sum(r["drafted"] - 1 for r in si_runs))
-    m["drafter_ttft_s"] = _median([r["drafter_prefill_s"] for r in spec])
-    m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
-    si = by.get("si", [])
-    m["acceptance_si"] = sum(r["accepted"] for r in si) / max(1, sum(r["compared"] for r in si))
+        if base in by and "dsi" in by:
+            m[f"dsi_speedup_vs_{base}"] = mt.speedup(by, "dsi", base)
+    m.update(mt.time_model_inputs(by) or {})
+    for a in ("si", "dsi"):
+        if a in figures:
+            m[f"acceptance_{a}"] = figures[a]["acceptance"]
     dsi = by.get("dsi", [])
-    m["acceptance_dsi"] = sum(r["accepted"] for r in dsi) / max(1, sum(r["compared"] for r in dsi))
-    tasks = np.concatenate([r["tasks"] for r in spec]) if spec else np.zeros(0)
-    verify = tasks[(tasks["n_drafts"] > 0) & ~np.isnan(tasks["busy_s"])] if len(tasks) else tasks
-    m["verify_forward_s"] = float(np.median(verify["busy_s"])) if len(verify) else math.nan
-    dsi_tasks = np.concatenate([r["tasks"] for r in dsi]) if dsi else np.zeros(0)
-    blocks = dsi_tasks[dsi_tasks["n_drafts"] > 0] if len(dsi_tasks) else dsi_tasks
-    m["cache_reuse"] = float(blocks["base"].sum() / blocks["start"].sum()) if len(blocks) else math.nan
-    m["computed_per_task"] = float(blocks["computed"].mean()) if len(blocks) else math.nan
-    cancels = np.concatenate([r["cancellations"] for r in dsi]) if dsi else np.zeros(0)
-    m["cancellations"] = int(len(cancels))
-    m["aborted_fraction"] = float(cancels["aborted"].mean()) if len(cancels) else math.nan
-    m["median_busy_after_reject_s"] = float(np.median(cancels["busy_after_s"])) if len(cancels) else math.nan
-    m["tasks_stale"] = int(sum(r["tasks_stale"] for r in dsi))
-    m["tasks_sent"] = int(sum(r["tasks_sent"] for r in dsi))
+    m.update(mt.cache_reuse(dsi))
+    stale = mt.stale_work(dsi)
+    m.update(cancellations=stale["cancellations"], aborted_fraction=stale["aborted_fraction"],
+             median_busy_after_reject_s=stale["median_busy_after_reject_s"],
+             tasks_stale=figures.get("dsi", {}).get("tasks_stale", 0), tasks_sent=figures.get("dsi", {}).get("tasks_sent", 0))
     return m
 
 
 def predict(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool,
             drafter_layers: int = 1) -> dict:
     """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
-    from dsi_mpi.simulator import Latencies, simulate
-    lat = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
-                    target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
-    a = m["acceptance_si"]
-    probe = nonsi_thread and verifiers > 1   # the coordinator's rule: the non-SI thread needs a spare verifier
-    out = {alg: simulate(alg, lat, a, lookahead[alg], verifiers, new_tokens, seed=0, trials=400,
-                         restart_probe=probe, drafter_layers=drafter_layers).mean_latency for alg in ("si", "dsi")}
-    plain = Latencies(m["drafter_ttft_s"], m["drafter_tpot_s"], m["target_ttft_s"], m["target_tpot_s"])
-    out["nonsi"] = simulate("nonsi", plain, a, 1, 1, new_tokens, seed=0, trials=1).mean_latency
+    out = mt.predicted_latencies(m, lookahead, verifiers, new_tokens, nonsi_thread, drafter_layers, trials=400)
     return {"predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
             "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"]}
 
@@ -133,8 +101,8 @@ def main(argv=None) -> int:
     new_tokens = cfg["decoding"]["max_new_tokens"]
     k = {r["algorithm"]: r["lookahead"] for r in records}
     verifiers = max((r["verifiers"] for r in records if r["algorithm"] == "dsi"), default=1)
-    m = measure(records, meta)
-    if "dsi" in k and "si" in k:
+    m = measure(records)
+    if "dsi" in k and "si" in k and "c" in m:
         m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"], _drafter_layers(cfg)))
     m.update(lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path),
              git_commit=meta.get("git_commit"))
@@ -142,7 +110,7 @@ def main(argv=None) -> int:
     print()
     print(f"lookahead {k}, dsi verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
     print(f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
-          f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance_si']:.3f}")
+          f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance']:.3f}")
     for base in ("si", "nonsi", "hf_assisted"):
         if f"dsi_speedup_vs_{base}" in m:
             print(f"dsi speedup vs {base:<12} {m[f'dsi_speedup_vs_{base}']:.3f}x")

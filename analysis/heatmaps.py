@@ -10,7 +10,7 @@ candidate, so candidates see the same drafts). dsi uses V = min(7, ceil(1/(k c))
 does). Latencies are in target forwards: target TPOT = TTFT = 1, drafter TPOT = c, drafter TTFT = c.
 By default the coordinator reads replies only between drafter steps and has no non-SI thread (the rules
 the simulator was specified with); --nonsi-thread and --drafter-layers L model those two coordinator
-features (see simulator.simulate: restart_probe, drafter_layers); they are much slower to simulate.
+features (see simulator.simulate: nonsi_thread, drafter_layers); they are much slower to simulate.
 A speedup of X over Y is Y's latency / X's latency, so > 1 means X is faster.
 Writes DIR/heatmaps.png (four panels) and DIR/heatmaps.csv (one row per pixel).
 """
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     if args.quick:
         cs, as_, tokens, ks = QUICK["c"], QUICK["a"], QUICK["tokens"], QUICK["lookaheads"]
         trials = min(trials, QUICK["trials"])
-    extra = dict(restart_probe=args.nonsi_thread, drafter_layers=args.drafter_layers)
+    extra = dict(nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers)
     jobs = [(c, a, tokens, trials, ks, args.verifiers == "best", args.seed, extra) for c in cs for a in as_]
     t0 = time.perf_counter()
     if args.jobs > 1:

@@ -67,7 +67,7 @@ def predict(alg, record, c, a, k, v, tpot, ttft, tokens) -> float:
     lat = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
     first = PROMPT_TOKENS
     match = [emulated_match(SEED, first + i, a) for i in range(tokens)]
-    return latency_of_draw(alg, lat, match, k, v, restart_probe=v > 1, drafter_layers=SLICES)
+    return latency_of_draw(alg, lat, match, k, v, nonsi_thread=v > 1, drafter_layers=SLICES)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -4,7 +4,7 @@ usage:
   mpiexec -n N python -m dsi_mpi run CONFIG.toml [--set section.key=value ...]   N >= 2
   python -m dsi_mpi report RESULTS.h5 [--json]
   python -m dsi_mpi merge [--overwrite] OUT.h5 SHARD.h5 [SHARD.h5 ...]
-  python -m dsi_mpi plot {gantt,table,distributions} RESULTS.h5 ... --out ...
+  python -m dsi_mpi plot RESULTS.h5 --out DIR   (or: plot {gantt,table,distributions} RESULTS.h5 ... --out ...)
   python -m dsi_mpi simulate --help
   python -m dsi_mpi config-keys            (the README's table of every config key)
 """

@@ -88,7 +88,7 @@ def _run_ranks(cfg, comm) -> int:
     _set_threads(cfg["models"]["threads"])
     import torch
     torch.manual_seed(cfg["decoding"]["seed"])
-    poller = poller_from_config(cfg["runtime"])
+    poller = poller_from_config(cfg.runtime)
 
     session, error = None, None
     if rank == 0:
@@ -116,7 +116,7 @@ def _run_ranks(cfg, comm) -> int:
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
-        Verifier(channel, runner, assistant, rule_from_config(cfg["decoding"])).serve()
+        Verifier(channel, runner, assistant, rule_from_config(cfg.decoding)).serve()
         return 0
     from dsi_mpi.io.drafter_spec import parse_drafter
     spec = parse_drafter(cfg["models"]["drafter"])

@@ -6,6 +6,7 @@ import time
 
 from dsi_mpi.decoding.acceptance import rule_from_config
 from dsi_mpi.decoding.baselines import run_baseline
+from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
 from dsi_mpi.mpi.faults import FaultPlan
@@ -25,18 +26,17 @@ class Session:
     @classmethod
     def prepare(cls, cfg) -> "Session":
         """Everything that can fail on user input, before any model weights are loaded."""
-        models, decoding = cfg["models"], cfg["decoding"]
-        p = cfg["prompts"]
-        prompts = load_prompts(p["path"], p["limit"], p["shard_count"], p["shard_index"])
-        if models["kind"] == "emulated":
+        p, out = cfg.prompts, cfg.output
+        prompts = load_prompts(p.path, p.limit, p.shard_count, p.shard_index)
+        if cfg.models.kind == "emulated":
             from dsi_mpi.backends.emulated import emulated_prompt
-            emu = cfg["emulation"]
-            tokens = {p.index: emulated_prompt(decoding["seed"], p.index, emu["prompt_tokens"], emu["vocab_size"])
+            emu = cfg.emulation
+            tokens = {p.index: emulated_prompt(cfg.decoding.seed, p.index, emu.prompt_tokens, emu.vocab_size)
                       for p in prompts}
             eos_ids: tuple = ()
         else:
             tokens, eos_ids = _tokenize_for_target(cfg, prompts)
-        writer = ResultsWriter(cfg["output"]["path"], cfg, cfg["output"]["overwrite"], cfg["output"]["resume"])
+        writer = ResultsWriter(out.path, cfg, out.overwrite, out.resume)
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
     def run(self, channel, drafter, metadata: dict, clock_offsets_us: dict[int, int]) -> None:
@@ -44,17 +44,17 @@ class Session:
         from dsi_mpi.decoding.coordinator import SpeculativeDecoder
         comm_size = channel.comm.Get_size()
         self.writer.add_metadata(metadata)
-        decoding = self.cfg["decoding"]
+        decoding = self.cfg.decoding
         self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
-                                          decoding["stop_at_eos"], clock_offsets_us, rule_from_config(decoding))
+                                          decoding.stop_at_eos, clock_offsets_us, rule_from_config(decoding))
         self.channel = channel
         self.faults = FaultPlan(0)
         self.settings = self._settings(comm_size - 1)
-        algorithms = decoding["algorithms"]
+        algorithms = list(decoding.algorithms)
         if comm_size > 2 and "dsi" not in algorithms:
             print(f"dsi-mpi: warning: {comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one",
                   file=sys.stderr)
-        for i in range(decoding["warmup_prompts"]):
+        for i in range(decoding.warmup_prompts):
             prompt = self.prompts[i % len(self.prompts)]
             for algorithm in algorithms:
                 self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
@@ -75,38 +75,35 @@ class Session:
                 _progress(n + 1, len(todo), records, time.perf_counter() - started)
         finally:
             self.writer.close()
-        print(summary_table([r.__dict__ | r.scalars() for r in records]), flush=True)
-        print(f"results: {self.cfg['output']['path']}", flush=True)
+        print(summary_table([r.as_dict() for r in records]), flush=True)
+        print(f"results: {self.cfg.output.path}", flush=True)
 
     def _settings(self, verifier_budget: int) -> dict:
         """Lookahead per algorithm and dsi's verifier count: as configured, or planned ("auto")."""
-        decoding, runtime = self.cfg["decoding"], self.cfg["runtime"]
-        k, v = decoding["lookahead"], decoding["verifiers"]
+        decoding = self.cfg.decoding
+        k, v = decoding.lookahead, decoding.verifiers
         if "auto" not in (k, v):
             return {"si": k, "dsi": k, "hf_assisted": k, "hf_prompt_lookup": k, "verifiers": min(v, verifier_budget) or verifier_budget}
         from dsi_mpi.decoding.planner import calibrate, plan
         first = self.prompts[0]
-        measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding["stop_at_eos"])
-        choice = plan(measured, verifier_budget, decoding["max_new_tokens"], k, v, runtime["nonsi_thread"])
+        measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding.stop_at_eos)
+        choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread)
         self.writer.add_metadata({"planner": choice})
         print(f"dsi-mpi: planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
-              f"{choice['verifiers']} (measured c = {measured['drafter_tpot_s'] / measured['target_tpot_s']:.2f}, "
+              f"{choice['verifiers']} (measured c = {measured['c']:.2f}, "
               f"acceptance {measured['acceptance']:.2f})", file=sys.stderr)
         return choice
 
     def _run_one(self, algorithm: str, prompt, tokens: list[int]) -> RunRecord:
-        decoding, runtime = self.cfg["decoding"], self.cfg["runtime"]
         k = self.settings.get(algorithm, 0)
-        record = RunRecord(algorithm, prompt.index, prompt.id, lookahead=k,
-                           verifiers=self.settings["verifiers"] if algorithm == "dsi" else 1)
+        verifiers = self.settings["verifiers"] if algorithm == "dsi" else 1
+        record = RunRecord(algorithm, prompt.index, prompt.id, lookahead=k, verifiers=verifiers)
+        drafter = parse_drafter(self.cfg.models.drafter)
+        run = RunSettings.from_config(self.cfg.decoding, self.cfg.runtime, k, verifiers, key=prompt.index,
+                                      ngram=drafter.params["n"] if drafter.kind == "ngram" else 0)
         if algorithm in ("nonsi", "hf_assisted", "hf_prompt_lookup"):
-            drafter = parse_drafter(self.cfg["models"]["drafter"])
-            return run_baseline(self.channel, 1, algorithm, tokens, decoding["max_new_tokens"], max(k, 1),
-                                decoding["stop_at_eos"], record, prompt.index,
-                                ngram=drafter.params["n"] if drafter.kind == "ngram" else 0)
-        return self.decoder.generate(algorithm, tokens, decoding["max_new_tokens"], k, record,
-                                     runtime["max_blocks_ahead"], runtime["nonsi_thread"], self.settings["verifiers"],
-                                     prompt.index)
+            return run_baseline(self.channel, 1, algorithm, tokens, record, run)
+        return self.decoder.generate(algorithm, tokens, record, run)
 
 
 def _tokenize_for_target(cfg, prompts):

@@ -16,7 +16,7 @@ Copied from the coordinator where the paper is silent: a block starts where the 
 else at the first uncommitted position; nothing is drafted past position N - 1 (the last block may be
 short); a block formed by a step is sent before the replies that came in during that step are read; dsi
 drafts while fewer than V + 1 blocks (the prefill counts) await replies; si only when none is pending.
-Optional, off by default: restart_probe (the coordinator's nonsi_thread), cancel_latency, blocks_ahead.
+Optional, off by default: nonsi_thread, cancel_latency, max_blocks_ahead (named as the runtime.* config keys).
 
 Acceptance is the paper's model: each draft equals the target's token with probability a, independently.
 One flag per position and trial is drawn up front: under greedy decoding a draft is only ever checked if
@@ -256,14 +256,14 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
 
 def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead: int = 5,
              verifiers: int = 1, new_tokens: int = 100, seed: int = 0, trials: int = 100,
-             cancel_latency: float = 0.0, blocks_ahead: int | None = None, restart_probe: bool = False,
+             cancel_latency: float = 0.0, max_blocks_ahead: int | None = None, nonsi_thread: bool = False,
              drafter_layers: int = 1, fast: bool = True) -> SimulationResult:
     """Monte Carlo latency of one algorithm ("nonsi", "si", "dsi") over `trials` seeded trials.
 
     si ignores `verifiers` (it uses one). cancel_latency: a preempted verifier is free only that long
-    after the rejection (or when its forward ends, if sooner). blocks_ahead: dsi drafts while fewer blocks
-    than this await replies (default V + 1, as the coordinator). restart_probe: on every rejection dsi also
-    sends a block of zero drafts at once (the paper's non-SI thread; the coordinator's nonsi_thread), so
+    after the rejection (or when its forward ends, if sooner). max_blocks_ahead: dsi drafts while fewer blocks
+    than this await replies (default V + 1, as the coordinator). nonsi_thread: on every rejection dsi also
+    sends a block of zero drafts at once (the paper's non-SI thread; runtime.nonsi_thread), so
     the target's next token never waits for k drafts. drafter_layers = L > 1: replies are also read at
     L - 1 evenly spaced points inside each drafter step (the coordinator's interruptible drafting; the
     emulated backend has 8 slices), and a step whose position is rejected or taken by a bonus is dropped
@@ -277,9 +277,9 @@ def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead:
         lat = np.full(trials, nonsi_latency(latencies, N))
         return SimulationResult("nonsi", k, V, N, float(lat[0]), 0.0, lat, 0.0, 0.0, 0.0)
     match = _draws(acceptance, N, seed, trials)
-    nm, ahead = _next_mismatch(match), V + 1 if blocks_ahead is None else int(blocks_ahead)
+    nm, ahead = _next_mismatch(match), V + 1 if max_blocks_ahead is None else int(max_blocks_ahead)
     rows = [_trial(algorithm == "si", latencies, nm[i].tolist(), match[i], k, V, N, ahead, cancel_latency,
-                   fast, restart_probe, int(drafter_layers)) for i in range(trials)]
+                   fast, nonsi_thread, int(drafter_layers)) for i in range(trials)]
     lat, used, disc, acc = (np.array(x, dtype=float) for x in zip(*rows))
     se = float(lat.std(ddof=1) / math.sqrt(trials)) if trials > 1 else 0.0
     return SimulationResult(algorithm, k, 1 if algorithm == "si" else V, N, float(lat.mean()), se, lat,
@@ -287,7 +287,7 @@ def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead:
 
 
 def latency_of_draw(algorithm: str, latencies: Latencies, match, lookahead: int, verifiers: int = 1,
-                    restart_probe: bool = False, drafter_layers: int = 1) -> float:
+                    nonsi_thread: bool = False, drafter_layers: int = 1) -> float:
     """The latency of ONE given draw (match[p]: does the draft at position p match?), e.g. the exact
     draws of an emulated run, so that model and machine are compared on the same luck."""
     match = np.asarray(match, dtype=bool)[None, :]
@@ -296,7 +296,7 @@ def latency_of_draw(algorithm: str, latencies: Latencies, match, lookahead: int,
         return nonsi_latency(latencies, N)
     nm = _next_mismatch(match)
     return _trial(algorithm == "si", latencies, nm[0].tolist(), match[0], int(lookahead), int(verifiers), N,
-                  int(verifiers) + 1, 0.0, False, restart_probe, int(drafter_layers))[0]
+                  int(verifiers) + 1, 0.0, False, nonsi_thread, int(drafter_layers))[0]
 
 
 def nonsi_latency(latencies: Latencies, new_tokens: int) -> float:
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     a, k, V, N = args.acceptance, args.lookahead, args.verifiers, args.tokens
     try:
         lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft)
-        extra = dict(restart_probe=args.nonsi_thread, drafter_layers=args.drafter_layers,
+        extra = dict(nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers,
                      cancel_latency=args.cancel_latency)
         runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials, **extra) for alg in ALGORITHMS}
     except ValueError as err:

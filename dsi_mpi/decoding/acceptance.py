@@ -22,13 +22,22 @@ stands with probability p(x) and a rejected one is replaced by a draw from p wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
-DRAFT, ACCEPT, RESIDUAL, TARGET = 1, 2, 3, 4   # purposes of the random streams
+from dsi_mpi.io.config import DecodingConfig
 
 
-def uniform(seed: int, key: int, position: int, purpose: int) -> float:
+class Stream(IntEnum):
+    """Purposes of the random streams (the values key the streams: never renumber them)."""
+    DRAFTING = 1     # the drafter's draw of a draft token from q
+    ACCEPTANCE = 2   # the test min(1, p(x)/q(x)) of a draft
+    RECOVERED = 3    # the draw from norm(max(0, p - q)) that replaces a rejected draft
+    TARGET = 4       # a draw from p: nonsi's next token, or the bonus token after a fully accepted block
+
+
+def uniform(seed: int, key: int, position: int, purpose: Stream) -> float:
     """The one U[0,1) for this purpose at this sequence position of this prompt."""
     return float(np.random.default_rng([seed, key, position, purpose]).random())
 
@@ -139,7 +148,7 @@ class Sampling:
             return token
         q = self.probs(drafter.forward(tokens, 1))[0]
         self.q[position] = q
-        return draw(q, uniform(self.seed, key, position, DRAFT))
+        return draw(q, uniform(self.seed, key, position, Stream.DRAFTING))
 
     def task_extras(self, drafts: list[int], start: int) -> list[int]:
         return floats_to_payload([self.q[start + i][x] for i, x in enumerate(drafts)]).tolist()
@@ -151,26 +160,26 @@ class Sampling:
         drafts = [int(t) for t in tokens[len(tokens) - (n_out - 1):]] if n_out > 1 else []
         first = target.cache_len() - n_out + 1          # sequence position of the first prediction
         j = 0
-        while j < len(drafts) and uniform(self.seed, key, first + j, ACCEPT) * q_of_draft[j] < p[j, drafts[j]]:
+        while j < len(drafts) and uniform(self.seed, key, first + j, Stream.ACCEPTANCE) * q_of_draft[j] < p[j, drafts[j]]:
             j += 1
         return np.concatenate([[j], floats_to_payload(p[j])])
 
     def next_token(self, target, tokens, position: int, key: int) -> int:
-        return draw(self.probs(target.forward(tokens, 1))[0], uniform(self.seed, key, position, TARGET))
+        return draw(self.probs(target.forward(tokens, 1))[0], uniform(self.seed, key, position, Stream.TARGET))
 
     def stop(self, result, drafts: list[int], offset: int) -> int:
         return int(result[0])
 
     def check(self, result, j: int, position: int, draft: int, key: int) -> bool:
         p = payload_to_floats(result[1:])
-        return uniform(self.seed, key, position, ACCEPT) * self.q[position][draft] < p[draft]
+        return uniform(self.seed, key, position, Stream.ACCEPTANCE) * self.q[position][draft] < p[draft]
 
     def replacement(self, result, j: int, position: int, key: int) -> int:
         r = residual(payload_to_floats(result[1:]), self.q[position])
-        return draw(r, uniform(self.seed, key, position, RESIDUAL))
+        return draw(r, uniform(self.seed, key, position, Stream.RECOVERED))
 
     def fresh(self, result, j: int, position: int, key: int) -> int:
-        return draw(payload_to_floats(result[1:]), uniform(self.seed, key, position, TARGET))
+        return draw(payload_to_floats(result[1:]), uniform(self.seed, key, position, Stream.TARGET))
 
     def forget(self, position: int) -> None:
         """Drop q below `position` (committed text needs no more tests)."""
@@ -178,7 +187,7 @@ class Sampling:
             del self.q[old]
 
 
-def rule_from_config(decoding: dict):
-    if not decoding["do_sample"]:
+def rule_from_config(decoding: DecodingConfig):
+    if not decoding.do_sample:
         return Greedy()
-    return Sampling(decoding["seed"], decoding["temperature"], decoding["top_k"], decoding["top_p"])
+    return Sampling(decoding.seed, decoding.temperature, decoding.top_k, decoding.top_p)

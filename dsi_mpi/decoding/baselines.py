@@ -16,18 +16,20 @@ from __future__ import annotations
 import copy
 import time
 
+from dsi_mpi.decoding.settings import RunSettings
+from dsi_mpi.io.records import RunRecord
 from dsi_mpi.mpi import protocol
 from dsi_mpi.mpi.channel import Channel
-from dsi_mpi.io.records import RunRecord
 
 
-def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], max_new_tokens: int,
-                 lookahead: int, stop_at_eos: bool, record: RunRecord, key: int = 0, ngram: int = 0) -> RunRecord:
-    """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive."""
+def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], record: RunRecord,
+                 run: RunSettings) -> RunRecord:
+    """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive (hf_assisted drafts
+    max(run.lookahead, 1) tokens per step; nonsi ignores the lookahead)."""
     t0 = time.perf_counter()
     channel.send(verifier, protocol.BASELINE, prompt, algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
-                 max_new_tokens=max_new_tokens, stop_at_eos=int(stop_at_eos), lookahead=lookahead, key=key,
-                 ngram=ngram)
+                 max_new_tokens=run.max_new_tokens, stop_at_eos=int(run.stop_at_eos), lookahead=max(run.lookahead, 1),
+                 key=run.key, ngram=run.ngram)
     while True:
         _, msg = channel.receive(f"{algorithm} tokens from rank {verifier}", source=verifier, tag=protocol.TOKENS)
         now = time.perf_counter() - t0

@@ -26,10 +26,10 @@ import numpy as np
 
 from dsi_mpi.mpi import protocol
 from dsi_mpi.decoding.acceptance import Greedy
+from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.mpi.channel import Channel
-from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, PREFILL_EXTRA, REJECT, RESULT_RECEIVED,
-                             STALE_RESULT, TASK_DTYPE, TASK_SENT, USED, VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
+from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
 
 
 class DraftInterrupted(Exception):
@@ -62,7 +62,8 @@ class SpeculativeDecoder:
         self.channel = channel
         self.drafter = drafter
         self.verifiers = list(verifiers)
-        self.eos_ids = frozenset(int(t) for t in eos_ids) if stop_at_eos else frozenset()
+        self.all_eos_ids = frozenset(int(t) for t in eos_ids)   # each run's RunSettings.stop_at_eos decides
+        self.eos_ids = self.all_eos_ids if stop_at_eos else frozenset()
         self.cache_view = {v: [] for v in self.verifiers}  # what each verifier's KV cache holds
         self.inflight: dict[int, Task] = {}                 # task id -> task awaiting its one reply
         self.epoch = 0
@@ -71,24 +72,23 @@ class SpeculativeDecoder:
         self.rule = rule or Greedy()                        # greedy or sampling (dsi_mpi/decoding/acceptance.py)
 
     # ---------------------------------------------------------------- public
-    def generate(self, policy: str, prompt: list[int], max_new_tokens: int, lookahead: int,
-                 record: RunRecord, max_blocks_ahead: int = 0, nonsi_thread: bool = True,
-                 verifiers: int = 0, key: int = 0) -> RunRecord:
-        """Run `policy` on one prompt; dsi uses the first `verifiers` verifier ranks (0: all); `key` keys
-        the random streams of sampling (the prompt's index)."""
+    def generate(self, policy: str, prompt: list[int], record: RunRecord, run: RunSettings) -> RunRecord:
+        """Run `policy` on one prompt with `run`'s settings (dsi uses the first `run.verifiers` verifier
+        ranks, 0: all; `run.key` keys the random streams of sampling)."""
         if policy not in ("si", "dsi"):
             raise ValueError(policy)
         self.policy = policy
-        self.k = lookahead
-        self.key = key
-        self.nonsi_thread = nonsi_thread
-        self.active = self.verifiers[:1] if policy == "si" else self.verifiers[:verifiers or len(self.verifiers)]
-        self.max_ahead = 1 if policy == "si" else (max_blocks_ahead or len(self.active) + 1)
+        self.k = run.lookahead
+        self.key = key = run.key
+        self.nonsi_thread = run.nonsi_thread
+        self.eos_ids = self.all_eos_ids if run.stop_at_eos else frozenset()
+        self.active = self.verifiers[:1] if policy == "si" else self.verifiers[:run.verifiers or len(self.verifiers)]
+        self.max_ahead = 1 if policy == "si" else (run.max_blocks_ahead or len(self.active) + 1)
         self.record = record
         self.seq = list(prompt)
         self.n_prompt = len(prompt)
         self.n_committed = len(prompt)
-        self.end = len(prompt) + max_new_tokens
+        self.end = len(prompt) + run.max_new_tokens
         self.blocks: deque[Block] = deque()
         self.pending_cancels: dict[int, list] = {}
         self.rows: dict[int, dict] = {}
@@ -104,7 +104,7 @@ class SpeculativeDecoder:
         start = self._now()
         self._append_draft(self.rule.draft(self.drafter, prompt, len(prompt), key))  # the prefill drafts position 0
         record.drafter_prefill_s = self._now() - start
-        self._event(DRAFTER_PREFILL, start, self._now(), value=len(prompt))
+        self._event(Event.DRAFTER_PREFILL, start, self._now(), value=len(prompt))
         self._form_blocks()
         while not self.done:
             self._handle_waiting_messages()
@@ -118,7 +118,7 @@ class SpeculativeDecoder:
             else:
                 waited_from = self._now()
                 self.channel.poller.wait_for(self._handle_one_message, self._waiting_for())
-                self._event(WAIT, waited_from, self._now())
+                self._event(Event.WAIT, waited_from, self._now())
         self._finish()
         return record
 
@@ -151,12 +151,12 @@ class SpeculativeDecoder:
         try:
             token = self.rule.draft(self.drafter, self.seq[keep:position], position, self.key)
         except DraftInterrupted:
-            self._event(DRAFT_INTERRUPTED, start, self._now(), value=position)
+            self._event(Event.DRAFT_INTERRUPTED, start, self._now(), value=position)
             return
         finally:
             self._drafting = None
             self.record.draft_s += self._now() - start
-        self._event(DRAFT, start, self._now(), value=position)
+        self._event(Event.DRAFT, start, self._now(), value=position)
         self._append_draft(token)
         if self.deferred is not None and self.deferred[2] == position:
             self._settle()
@@ -224,10 +224,10 @@ class SpeculativeDecoder:
         task.row = {"task_id": task.task_id, "verifier": verifier, "epoch": self.epoch,
                     "start": block.start if block else self.n_prompt, "n_drafts": n_out - 1, "base": base,
                     "computed": 0, "reused": 0, "sent_s": self._now(), "start_s": np.nan, "end_s": np.nan, "reply_s": np.nan, "busy_s": np.nan,
-                    "outcome": 0 if block else PREFILL_EXTRA}
+                    "outcome": Outcome.PENDING if block else Outcome.PREFILL_EXTRA, "accepted": -1}
         self.rows[task.task_id] = task.row
         self.inflight[task.task_id] = task
-        self._event(TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
+        self._event(Event.TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
         self.cache_view[verifier] = []  # unknown until the reply says
         if block:
             block.task_id = task.task_id
@@ -277,7 +277,7 @@ class SpeculativeDecoder:
         now = self._now()
         start, end = self._verifier_time(source, msg.start_us), self._verifier_time(source, msg.end_us)
         task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
-        self._event(RESULT_RECEIVED, now, now, task.task_id, source)
+        self._event(Event.RESULT_RECEIVED, now, now, task.task_id, source)
         cancel = self.pending_cancels.pop(task.task_id, None)
         if cancel is not None:   # [task, verifier, rejected_s, stopped_s, reply_s, busy_after_s, aborted]
             cancel[3:7] = [end, now, max(end - cancel[2], 0.0), int(msg.kind == protocol.ABORTED)]
@@ -286,27 +286,29 @@ class SpeculativeDecoder:
             if task.epoch == self.epoch and task.block is not None:
                 raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
             self.cache_view[source] = task.sequence[:msg.cache_len]
-            task.row["outcome"] = ABORTED
-            self._event(VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
+            task.row["outcome"] = Outcome.ABANDONED
+            self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
             return True
         self.cache_view[source] = task.sequence
         task.row.update(computed=msg.computed, reused=msg.reused)
-        self._event(VERIFY, start, end, task.task_id, msg.computed, rank=source)
+        self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
         if task.epoch != self.epoch:
-            task.row["outcome"] = STALE_RESULT
+            task.row["outcome"] = Outcome.STALE_RESULT
             self.record.tasks_stale += 1
             return True
         if not self.rule.sampled and len(msg.payload) != len(task.block.drafts) + 1:
             raise protocol.ProtocolError(f"rank {source} returned {len(msg.payload)} tokens for a block of "
                                          f"{len(task.block.drafts)} drafts")
         task.block.result = msg.payload
-        task.row["outcome"] = USED
+        task.row["outcome"] = Outcome.USED
         self.record.tasks_used += 1
         while self.blocks and self.blocks[0].result is not None and not self.done:
-            self._apply(self.blocks.popleft())
+            block, accepted = self.blocks.popleft(), self.record.accepted
+            self._apply(block)
+            self.rows[block.task_id]["accepted"] = self.record.accepted - accepted
         return True
 
     def _apply(self, block: Block) -> None:
@@ -371,7 +373,7 @@ class SpeculativeDecoder:
         del self.seq[position:]
         self.seq.append(token)
         self.record.rejections += 1
-        self._event(REJECT, self._now(), self._now(), value=position)
+        self._event(Event.REJECT, self._now(), self._now(), value=position)
         self.epoch += 1
         self._commit()
         self._cancel_all()
@@ -394,7 +396,7 @@ class SpeculativeDecoder:
             if block.task_id is None:
                 self.record.blocks_unsent += 1
             elif block.result is not None:      # arrived early, now useless
-                self.rows[block.task_id]["outcome"] = STALE_RESULT
+                self.rows[block.task_id]["outcome"] = Outcome.STALE_RESULT
                 self.record.tasks_used -= 1
                 self.record.tasks_stale += 1
         self.blocks.clear()
@@ -402,7 +404,7 @@ class SpeculativeDecoder:
             still_useful = task.block is None and after_rejection   # a prefill of the unchanged prompt
             if task.epoch < self.epoch and task.task_id not in self.pending_cancels and not still_useful:
                 self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
-                self._event(CANCEL_SENT, now, now, task.task_id, task.verifier)
+                self._event(Event.CANCEL_SENT, now, now, task.task_id, task.verifier)
                 if after_rejection:
                     self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, np.nan, 0]
 

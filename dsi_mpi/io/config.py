@@ -12,7 +12,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
 
@@ -81,14 +81,51 @@ KEYS: tuple[Key, ...] = (
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
 
 
+def _section_view(section: str) -> type:
+    """A frozen dataclass with one attribute per key of `section`, made from KEYS (lists become tuples)."""
+    keys = [k for k in KEYS if k.section == section]
+    fields = [(k.name, tuple if k.type is list else k.type if isinstance(k.type, type) else Any,
+               field(default=tuple(k.default) if isinstance(k.default, list) else k.default)) for k in keys]
+    view = dataclasses.make_dataclass(f"{section.capitalize()}Config", fields, frozen=True)
+    view.__module__ = __name__
+    view.__doc__ = f"[{section}] of the config, read-only:\n" + "\n".join(f"    {k.name}: {k.help}" for k in keys)
+    return view
+
+
+# The typed views: `cfg.decoding.lookahead` etc. (new code uses these; `cfg["decoding"]["lookahead"]` still works).
+ModelsConfig, DecodingConfig, PromptsConfig, OutputConfig, RuntimeConfig, EmulationConfig = (
+    _section_view(s) for s in ("models", "decoding", "prompts", "output", "runtime", "emulation"))
+VIEWS = {"models": ModelsConfig, "decoding": DecodingConfig, "prompts": PromptsConfig, "output": OutputConfig,
+         "runtime": RuntimeConfig, "emulation": EmulationConfig}
+assert tuple(VIEWS) == SECTIONS, "a section of KEYS has no typed view"
+
+
 @dataclass
 class Config:
-    """Resolved configuration: `values[section][name]`, plus where it came from."""
+    """Resolved configuration: `values[section][name]` (also `cfg[section][name]`), typed views per section
+    (`cfg.decoding`, `cfg.runtime`, ...), plus where it came from."""
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.values[section]
+
+    def view(self, section: str):
+        values = {n: tuple(v) if isinstance(v, list) else v for n, v in self.values[section].items()}
+        return VIEWS[section](**values)
+
+    if TYPE_CHECKING:   # what __getattr__ returns, for readers and type checkers
+        models: ModelsConfig
+        decoding: DecodingConfig
+        prompts: PromptsConfig
+        output: OutputConfig
+        runtime: RuntimeConfig
+        emulation: EmulationConfig
+
+    def __getattr__(self, name: str):
+        if name in VIEWS:
+            return self.view(name)
+        raise AttributeError(name)
 
     def to_toml(self) -> str:
         """Canonical TOML text of the resolved config (stored in every results file)."""

@@ -2,18 +2,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
+
+class Outcome(IntEnum):
+    """What became of a verification task (the tasks table's `outcome`)."""
+    PENDING = 0         # no reply yet (never left in a finished record)
+    USED = 1            # its result was applied to the text
+    STALE_RESULT = 2    # its result came back after a rejection had made it stale, and was dropped
+    ABANDONED = 3       # the verifier abandoned it on a CANCEL (replied ABORTED), mid-forward or before it
+    PREFILL_EXTRA = 4   # a prefill sent only to warm another verifier's cache
+
+
 # One row per verification task the coordinator sent (prefill tasks included).
+# start_s/end_s: the verifier's forward, on rank 0's time axis (clock offsets applied); busy_s = end - start.
+# accepted: drafts that stood when the result was applied (a full block's extra token also judges the next
+# block's first draft, so up to n_drafts + 1); -1 if it was never applied.
 TASK_DTYPE = np.dtype([
     ("task_id", "i8"), ("verifier", "i4"), ("epoch", "i8"), ("start", "i8"), ("n_drafts", "i4"),
     ("base", "i8"), ("computed", "i8"), ("reused", "i8"), ("sent_s", "f8"), ("start_s", "f8"), ("end_s", "f8"),
-    ("reply_s", "f8"), ("busy_s", "f8"), ("outcome", "i1"),
+    ("reply_s", "f8"), ("busy_s", "f8"), ("outcome", "i1"), ("accepted", "i4"),
 ])
-# start_s/end_s: the verifier's forward, on rank 0's time axis (clock offsets applied); busy_s = end - start.
-OUTCOMES = {0: "pending", 1: "used", 2: "stale_result", 3: "aborted", 4: "prefill_extra"}
-USED, STALE_RESULT, ABORTED, PREFILL_EXTRA = 1, 2, 3, 4
 
 # One row per task that was in flight when a rejection made it stale.
 # busy_after_s = stopped_s - rejected_s: how long the verifier went on computing stale work (its forward's
@@ -27,10 +38,24 @@ CANCEL_DTYPE = np.dtype([
 # The per-run timeline: what each rank did and when, on rank 0's time axis (seconds from the run's start).
 EVENT_DTYPE = np.dtype([("rank", "i4"), ("kind", "i1"), ("t0", "f8"), ("t1", "f8"), ("task_id", "i8"),
                         ("value", "i8")])
-EVENT_KINDS = {1: "draft", 2: "draft_interrupted", 3: "verify", 4: "verify_aborted", 5: "reject", 6: "wait",
-               7: "cancel_sent", 8: "task_sent", 9: "result_received", 10: "drafter_prefill"}
-(DRAFT, DRAFT_INTERRUPTED, VERIFY, VERIFY_ABORTED, REJECT, WAIT, CANCEL_SENT, TASK_SENT, RESULT_RECEIVED,
- DRAFTER_PREFILL) = range(1, 11)
+
+
+class Event(IntEnum):
+    """The events table's `kind`; `value` and `task_id` as noted (-1: no task)."""
+    DRAFT = 1               # rank 0: one completed drafter step (value: the position drafted)
+    DRAFT_INTERRUPTED = 2   # rank 0: a drafter step dropped because a result changed the text under it
+    VERIFY = 3              # verifier: a verification forward that finished (value: tokens computed)
+    VERIFY_ABORTED = 4      # verifier: a forward abandoned on a CANCEL
+    REJECT = 5              # rank 0: a rejection (value: the position)
+    WAIT = 6                # rank 0: idle, waiting for a reply
+    CANCEL_SENT = 7         # rank 0: a CANCEL sent (value: the verifier)
+    TASK_SENT = 8           # rank 0: a task sent (value: the verifier)
+    RESULT_RECEIVED = 9     # rank 0: a reply read (value: the verifier)
+    DRAFTER_PREFILL = 10    # rank 0: the drafter's prefill of the prompt (value: prompt length)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 @dataclass
@@ -72,6 +97,12 @@ class RunRecord:
 
     def event_table(self) -> np.ndarray:
         return np.array(self.events, dtype=EVENT_DTYPE)
+
+    def as_dict(self) -> dict:
+        """The shape `read_results` gives a record: scalars, token lists and the three tables as arrays."""
+        return {"algorithm": self.algorithm, "prompt_index": self.prompt_index, "prompt_id": self.prompt_id,
+                "tokens": list(self.tokens), "commit_times": list(self.commit_times), "tasks": self.task_table(),
+                "cancellations": self.cancel_table(), "events": self.event_table()} | self.scalars()
 
     def scalars(self) -> dict:
         return {"lookahead": self.lookahead, "verifiers": self.verifiers, "wall_s": self.wall_s, "ttft_s": self.ttft_s, "drafted": self.drafted, "draft_misses": self.draft_misses, "draft_s": self.draft_s,

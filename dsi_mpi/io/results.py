@@ -1,11 +1,14 @@
 """HDF5 results: one file per job, written by rank 0 only, flushed after every prompt.
 
-Layout (read back by `report`):
-    /                      attrs: format, config_toml, config_digest, created, git_commit, versions (JSON),
-                                  ranks (JSON: rank, host, role, device), algorithms (JSON list)
+Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents every name, and a test
+keeps the two in sync):
+    /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
+                                  git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
+                                  slurm_job_id, clock_offsets_us, planner (only with "auto"); merged_from (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written)
         prompt_tokens      int64[n]
-        <algorithm>/       attrs: wall_s, ttft_s, drafted, compared, accepted, rejections, tasks_sent,
+        <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_s,
+                                  drafter_prefill_s, compared, accepted, rejections, restarts, tasks_sent,
                                   tasks_used, tasks_stale, blocks_unsent, new_tokens
             tokens         int64[new_tokens]      generated token ids
             commit_times   float64[new_tokens]    seconds from the run's start at which each token was final
@@ -26,6 +29,8 @@ from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
+# Root attributes known only once every rank has started (add_metadata refuses any other name).
+METADATA = ("versions", "git_commit", "ranks", "algorithms", "argv", "slurm_job_id", "clock_offsets_us", "planner")
 
 
 class ResultsWriter:
@@ -73,6 +78,9 @@ class ResultsWriter:
 
     def add_metadata(self, metadata: dict) -> None:
         """Versions, hosts, ranks: known only once every rank has started."""
+        unknown = sorted(set(metadata) - set(METADATA))
+        if unknown:
+            raise ValueError(f"results metadata {unknown} not in results.METADATA (document them in the README)")
         for key, value in metadata.items():
             self.file.attrs[key] = value if isinstance(value, str) else json.dumps(value)
         self.file.flush()

@@ -8,7 +8,10 @@ up with `WatchdogTimeout` once the deadline passes.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from dsi_mpi.io.config import RuntimeConfig
 
 T = TypeVar("T")
 
@@ -56,6 +59,5 @@ class BackoffPoller:
         time.sleep(min(sleep_s, self.max_sleep_s))
 
 
-def poller_from_config(runtime: dict) -> BackoffPoller:
-    return BackoffPoller(spin_s=runtime["poll_spin_s"], max_sleep_s=runtime["poll_max_sleep_s"],
-                         timeout_s=runtime["timeout_s"])
+def poller_from_config(runtime: RuntimeConfig) -> BackoffPoller:
+    return BackoffPoller(spin_s=runtime.poll_spin_s, max_sleep_s=runtime.poll_max_sleep_s, timeout_s=runtime.timeout_s)

@@ -30,15 +30,28 @@ field ranges, and raises ProtocolError naming the sender on any mismatch: nothin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
 MAGIC = 0x05D51
 HEADER = 4
 
-TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = range(1, 8)
-KIND_NAMES = {TASK: "TASK", RESULT: "RESULT", ABORTED: "ABORTED", CANCEL: "CANCEL",
-              BASELINE: "BASELINE", TOKENS: "TOKENS", STOP: "STOP"}
+
+class Kind(IntEnum):
+    """Message kinds (also the MPI tag); the table above says what each carries."""
+    TASK = 1
+    RESULT = 2
+    ABORTED = 3
+    CANCEL = 4
+    BASELINE = 5
+    TOKENS = 6
+    STOP = 7
+
+
+# The kinds at module level too (`protocol.TASK` is `Kind.TASK`, as `signal.SIGINT` is `Signals.SIGINT`).
+TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = Kind
+KIND_NAMES = {kind: kind.name for kind in Kind}
 FIELDS = {
     TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras"),
     RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
@@ -57,7 +70,7 @@ class ProtocolError(RuntimeError):
 
 @dataclass(frozen=True)
 class Message:
-    kind: int
+    kind: Kind
     fields: dict
     payload: np.ndarray
 
@@ -68,7 +81,7 @@ class Message:
             raise AttributeError(name) from None
 
 
-def encode(kind: int, payload=(), **fields) -> np.ndarray:
+def encode(kind: Kind, payload=(), **fields) -> np.ndarray:
     """Build the int64 buffer for one message; every field of the kind must be given."""
     names = FIELDS[kind]
     if set(fields) != set(names):
@@ -107,4 +120,4 @@ def decode(buf: np.ndarray, tag: int, source: int) -> Message:
                             f"from a payload of {n_payload}")
     if kind == RESULT and n_payload < 1:
         raise ProtocolError(f"{where}: RESULT carries no tokens")
-    return Message(kind, fields, payload)
+    return Message(Kind(kind), fields, payload)

@@ -1,200 +1,44 @@
-"""Why a run was fast or slow: figures measured from the records, and sentences built from them.
+"""Why a run was fast or slow: sentences built from the figures of dsi_mpi.reporting.metrics.
 
 Every sentence is computed from the data (and from the paper's time model, dsi_mpi.simulator, fed with
-the measured latencies): a sentence whose inputs are missing is left out rather than guessed. The
-figures (`algorithm_metrics`, `compare`) also feed `dsi-mpi plot table`.
+the measured latencies): a sentence whose inputs are missing is left out rather than guessed.
 """
 from __future__ import annotations
 
-import json
 import math
-import tomllib
 
 import numpy as np
 
-from dsi_mpi.io.records import ABORTED, DRAFT, STALE_RESULT, USED, VERIFY, VERIFY_ABORTED
+from dsi_mpi.reporting import metrics as mt
 
 NAN = math.nan
-BUSY_KINDS = (VERIFY, VERIFY_ABORTED)
-STALE_OUTCOMES = (STALE_RESULT, ABORTED)
 SAME = 0.1          # ratios within 10% of 1 are called "the same"
-
-
-# ---------------------------------------------------------------- figures
-def job_shape(meta: dict, records: list[dict]) -> dict:
-    """lookahead k, verifier ranks V and max_new_tokens N, from the stored config, else from the records."""
-    shape = {"lookahead": 0, "verifiers": 0, "max_new_tokens": 0}
-    try:
-        cfg = tomllib.loads(meta.get("config_toml", ""))
-        shape["lookahead"] = int(cfg["decoding"]["lookahead"])
-        shape["max_new_tokens"] = int(cfg["decoding"]["max_new_tokens"])
-    except (tomllib.TOMLDecodeError, KeyError, TypeError):
-        pass
-    try:
-        shape["verifiers"] = len(json.loads(meta["ranks"])) - 1
-    except (KeyError, TypeError, ValueError):
-        pass
-    tasks = [r["tasks"] for r in records if len(r["tasks"])]
-    events = [r["events"] for r in records if len(r["events"])]
-    if shape["verifiers"] < 1:
-        ranks = [int(t["verifier"].max()) for t in tasks] + [int(e["rank"].max()) for e in events]
-        shape["verifiers"] = max(ranks, default=1)
-    if shape["lookahead"] < 1:
-        shape["lookahead"] = max((int(t["n_drafts"].max()) for t in tasks), default=1) or 1
-    if shape["max_new_tokens"] < 1:
-        shape["max_new_tokens"] = max((len(r["tokens"]) for r in records), default=1)
-    return shape
-
-
-def by_algorithm(records: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["algorithm"], []).append(r)
-    return groups
-
-
-def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:
-    """Seconds each verifier rank 1..V spent in forwards (verify or verify_aborted) within the run's wall time."""
-    busy = np.zeros(verifiers)
-    ev = rec["events"]
-    if not len(ev):
-        return busy
-    ev = ev[np.isin(ev["kind"], BUSY_KINDS) & (ev["rank"] >= 1) & (ev["rank"] <= verifiers)]
-    spans = np.clip(ev["t1"], 0, rec["wall_s"]) - np.clip(ev["t0"], 0, rec["wall_s"])
-    np.add.at(busy, ev["rank"] - 1, np.maximum(spans, 0))
-    return busy
-
-
-def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
-    """Totals over the prompts of one algorithm; NaN where the records cannot say (e.g. no events)."""
-    tokens = sum(len(r["tokens"]) for r in recs)
-    wall = sum(r["wall_s"] for r in recs)
-    compared = sum(r.get("compared", 0) for r in recs)
-    tasks = [r["tasks"] for r in recs if len(r["tasks"])]
-    tasks = np.concatenate(tasks) if tasks else None
-    has_events = any(len(r["events"]) for r in recs)
-    busy = sum(verifier_busy(r, verifiers).sum() for r in recs)
-    m = {"prompts": len(recs), "tokens": tokens, "wall_s": wall,
-         "tokens_per_s": tokens / wall if wall else NAN,
-         "ms_per_token": 1e3 * wall / tokens if tokens else NAN,
-         "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])) if recs else NAN,
-         "acceptance": sum(r.get("accepted", 0) for r in recs) / compared if compared else NAN,
-         "accepted_per_verification": NAN, "verifier_utilisation": NAN, "stale_fraction": NAN,
-         "tasks_sent": sum(r.get("tasks_sent", 0) for r in recs),
-         "tasks_stale": sum(r.get("tasks_stale", 0) for r in recs),
-         "blocks_unsent": sum(r.get("blocks_unsent", 0) for r in recs),
-         "rejections": sum(r.get("rejections", 0) for r in recs),
-         "prompt_indices": sorted(r["prompt_index"] for r in recs)}
-    if tasks is not None:
-        applied = int(((tasks["outcome"] == USED) & (tasks["n_drafts"] > 0)).sum())
-        m["accepted_per_verification"] = sum(r.get("accepted", 0) for r in recs) / applied if applied else NAN
-        spent = np.nan_to_num(tasks["busy_s"])
-        if spent.sum() > 0:
-            m["stale_fraction"] = float(spent[np.isin(tasks["outcome"], STALE_OUTCOMES)].sum() / spent.sum())
-    if has_events and wall > 0:
-        m["verifier_utilisation"] = float(busy / (verifiers * wall))
-    return m
-
-
-def speedup(by: dict[str, list[dict]], algorithm: str, base: str) -> float:
-    """base wall time / algorithm wall time over the prompts both ran (above 1: algorithm faster)."""
-    if algorithm not in by or base not in by:
-        return NAN
-    mine = {r["prompt_index"]: r["wall_s"] for r in by[algorithm]}
-    theirs = {r["prompt_index"]: r["wall_s"] for r in by[base]}
-    common = sorted(set(mine) & set(theirs))
-    total = sum(mine[i] for i in common)
-    return sum(theirs[i] for i in common) / total if common and total > 0 else NAN
-
-
-def per_prompt_speedups(by: dict[str, list[dict]], algorithm: str, base: str) -> list[float]:
-    mine = {r["prompt_index"]: r["wall_s"] for r in by.get(algorithm, [])}
-    theirs = {r["prompt_index"]: r["wall_s"] for r in by.get(base, [])}
-    return [theirs[i] / mine[i] for i in sorted(set(mine) & set(theirs)) if mine[i] > 0]
-
-
-def compare(records: list[dict], verifiers: int) -> dict[str, dict]:
-    """algorithm_metrics per algorithm, plus speedups against nonsi and si on the same prompts."""
-    by = by_algorithm(records)
-    out = {}
-    for algorithm, recs in by.items():
-        out[algorithm] = algorithm_metrics(recs, verifiers)
-        for base in ("nonsi", "si"):
-            out[algorithm][f"speedup_vs_{base}"] = speedup(by, algorithm, base)
-    return out
-
-
-def measured_inputs(by: dict[str, list[dict]]) -> dict | None:
-    """The time model's inputs as measured: target latencies from nonsi (else from verification forwards),
-    drafter latencies from si's drafting events (else dsi's), acceptance from si (else dsi). None if unknown."""
-    spec = by.get("si", []) + by.get("dsi", [])
-    if not spec:
-        return None
-    out = {}
-    plain = [r for r in by.get("nonsi", []) if len(r["tokens"]) > 1]
-    tasks = np.concatenate([r["tasks"] for r in spec])
-    verify = tasks[(tasks["n_drafts"] > 0) & (tasks["outcome"] == USED) & ~np.isnan(tasks["busy_s"])]
-    out["verify_s"] = float(np.median(verify["busy_s"])) if len(verify) else NAN
-    if plain:
-        out["target_ttft"] = float(np.median([r["ttft_s"] for r in plain]))
-        out["target_tpot"] = float(np.median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in plain]))
-    else:
-        out["target_ttft"] = float(np.median([r["ttft_s"] for r in spec]))
-        out["target_tpot"] = out["verify_s"]
-    # si's drafter steps are the clean measurement: dsi's also handle replies between the drafter's layers
-    drafts = [e["t1"] - e["t0"] for r in (by.get("si") or spec) for e in r["events"] if e["kind"] == DRAFT]
-    if drafts:
-        out["drafter_tpot"] = float(np.mean(drafts))
-    else:
-        n = sum(r.get("drafted", 0) - 1 for r in spec)
-        out["drafter_tpot"] = sum(r.get("draft_s", 0.0) for r in spec) / n if n > 0 else NAN
-    out["drafter_ttft"] = float(np.median([r.get("drafter_prefill_s", 0.0) for r in spec]))
-    source = by.get("si") or by["dsi"]
-    compared = sum(r.get("compared", 0) for r in source)
-    out["acceptance"] = sum(r.get("accepted", 0) for r in source) / compared if compared else NAN
-    values = [out[k] for k in ("target_ttft", "target_tpot", "drafter_tpot", "drafter_ttft", "acceptance")]
-    if any(math.isnan(v) for v in values) or out["target_tpot"] <= 0 or out["drafter_tpot"] <= 0:
-        return None
-    out["c"] = out["drafter_tpot"] / out["target_tpot"]
-    return out
 
 
 # ---------------------------------------------------------------- sentences
 def explain(records: list[dict], meta: dict) -> list[str]:
     """Sentences saying why the run was fast or slow, each computed from the records (+ the time model)."""
-    records = [_as_dict(r) for r in records]
+    records = [r if isinstance(r, dict) else r.as_dict() for r in records]
     if not records:
         return []
-    shape = job_shape(meta, records)
-    k, V = shape["lookahead"], shape["verifiers"]
+    shape = mt.job_shape(meta, records)
+    k, V, thread = shape["lookahead"], shape["verifiers"], shape["nonsi_thread"] and shape["verifiers"] > 1
     N = max(1, int(np.median([len(r["tokens"]) for r in records])))
-    by, figures = by_algorithm(records), compare(records, V)
-    m = measured_inputs(by)
-    model = _model(m, k, V, N) if m else None
+    by, figures = mt.by_algorithm(records), mt.compare(records, V)
+    m = mt.time_model_inputs(by)
+    model = _model(m, k, V, N, thread) if m else None
     sentences = [_inputs(m, k, V, figures), _si(m, model, figures, k), _dsi(m, model, figures, V),
-                 _dsi_slower(m, model, figures, k, V, N), _utilisation(m, figures, k, V), _stale(by, figures),
-                 _ttft(figures), _verify_cost(m), _per_prompt(by), _lookahead(m, model, k, V, N), _other(figures)]
+                 _dsi_slower(m, model, figures, k, V, N, shape["nonsi_thread"]), _utilisation(m, figures, k, V),
+                 _stale(by, figures),
+                 _ttft(figures), _verify_cost(m), _per_prompt(by), _lookahead(m, model, k, V, N, thread), _other(figures)]
     return [s for s in sentences if s]
 
 
-def _as_dict(r) -> dict:
-    """Accept RunRecord objects as well as read_results dicts."""
-    if isinstance(r, dict):
-        return r
-    d = {"algorithm": r.algorithm, "prompt_index": r.prompt_index, "prompt_id": r.prompt_id,
-         "tokens": list(r.tokens), "commit_times": list(r.commit_times), "tasks": r.task_table(),
-         "cancellations": r.cancel_table(), "events": r.event_table()}
-    d.update(r.scalars())
-    return d
-
-
-def _model(m: dict, k: int, V: int, N: int) -> dict:
-    """Predicted latencies at the measured inputs: nonsi, si (exact expectation), dsi (Monte Carlo)."""
-    from dsi_mpi.simulator import Latencies, nonsi_latency, si_expected_latency, simulate
-    lat = Latencies(m["drafter_ttft"], m["drafter_tpot"], m["target_ttft"], m["target_tpot"])
-    a = min(max(m["acceptance"], 0.0), 1.0)
-    return {"lat": lat, "a": a, "nonsi": nonsi_latency(lat, N), "si": si_expected_latency(lat, a, k, N),
-            "dsi": simulate("dsi", lat, a, k, V, N, seed=0, trials=100).mean_latency}
+def _model(m: dict, k: int, V: int, N: int, nonsi_thread: bool) -> dict:
+    """Predicted latencies at the measured inputs (metrics.predicted_latencies), plus what they came from."""
+    spec, _ = mt.model_latencies(m)
+    return {"lat": spec, "a": min(max(m["acceptance"], 0.0), 1.0)} | mt.predicted_latencies(
+        m, {"si": k, "dsi": k}, V, N, nonsi_thread)
 
 
 def _x(v: float) -> str:
@@ -206,8 +50,8 @@ def _inputs(m, k, V, figures) -> str | None:
         return None
     runs = [a for a in ("si", "dsi") if a in figures and not math.isnan(figures[a]["accepted_per_verification"])]
     runs = ", ".join(f"{a} {figures[a]['accepted_per_verification']:.2f}" for a in runs)
-    return (f"measured: target {1e3 * m['target_tpot']:.2f} ms per token (prefill {1e3 * m['target_ttft']:.1f} ms), "
-            f"drafter {1e3 * m['drafter_tpot']:.2f} ms per token, so c = {m['c']:.2f}; acceptance "
+    return (f"measured: target {1e3 * m['target_tpot_s']:.2f} ms per token (prefill {1e3 * m['target_ttft_s']:.1f} ms), "
+            f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms per token, so c = {m['c']:.2f}; acceptance "
             f"{m['acceptance']:.2f}; k = {k}, {V} verifier rank(s)"
             + (f"; drafts accepted per applied verification: {runs}" if runs else ""))
 
@@ -250,20 +94,27 @@ def _dsi(m, model, figures, V) -> str | None:
     return text
 
 
-def _dsi_slower(m, model, figures, k, V, N) -> str | None:
-    """dsi behind nonsi: after a rejection our coordinator sends nothing until k new drafts exist (the
-    paper keeps a non-SI thread instead); the time model with such a thread (restart_probe) says what it buys."""
+def _dsi_slower(m, model, figures, k, V, N, nonsi_thread) -> str | None:
+    """dsi behind nonsi: with the non-SI thread (runtime.nonsi_thread and a spare verifier) the target goes on
+    at once after a rejection, so the loss is outside the time model; without it no block is verified after a
+    rejection until k new drafts exist, and the time model says what the thread would buy."""
     d = figures.get("dsi")
     if not model or not d or not d["speedup_vs_nonsi"] < 1:
         return None
+    head = (f"dsi was slower than nonsi ({_x(d['speedup_vs_nonsi'])}) with {d['rejections']} rejections "
+            f"({d['rejections'] / max(1, d['tokens']):.0%} of its tokens)")
+    if nonsi_thread and V > 1:
+        return head + (f": after each one the target went on at once with a block of no drafts (the paper's non-SI "
+                       f"thread), and the time model predicts dsi at {_x(model['nonsi'] / model['dsi'])} nonsi's "
+                       f"speed, so the loss comes from costs outside the model (messages, wake-ups, shared cores)")
+    why = "runtime.nonsi_thread is off" if not nonsi_thread else "with one verifier there is no spare one for it"
     from dsi_mpi.simulator import simulate
-    probe = simulate("dsi", model["lat"], model["a"], k, V, N, seed=0, trials=100, restart_probe=True)
-    return (f"dsi was slower than nonsi ({_x(d['speedup_vs_nonsi'])}): after each of its {d['rejections']} "
-            f"rejections ({d['rejections'] / max(1, d['tokens']):.0%} of its tokens) no block is verified until "
-            f"k = {k} new drafts exist ({1e3 * k * m['drafter_tpot']:.1f} ms, {k * m['c']:.2f} target forwards); "
-            f"with the paper's non-SI thread (a block of no drafts sent at each rejection) the time model predicts "
-            f"dsi at {_x(model['nonsi'] / probe.mean_latency)} nonsi's speed instead of "
-            f"{_x(model['nonsi'] / model['dsi'])}")
+    thread = simulate("dsi", model["lat"], model["a"], k, max(V, 2), N, seed=0, trials=100, nonsi_thread=True)
+    return head + (f": the paper's non-SI thread was not used ({why}), so after a rejection no block is verified "
+                   f"until k = {k} new drafts exist ({1e3 * k * m['drafter_tpot_s']:.1f} ms, {k * m['c']:.2f} "
+                   f"target forwards); with it (a block of no drafts sent at each rejection, {max(V, 2)} verifiers) "
+                   f"the time model predicts dsi at {_x(model['nonsi'] / thread.mean_latency)} nonsi's speed "
+                   f"instead of {_x(model['nonsi'] / model['dsi'])}")
 
 
 def _utilisation(m, figures, k, V) -> str | None:
@@ -289,11 +140,10 @@ def _stale(by, figures) -> str | None:
     text = (f"{d['stale_fraction']:.0%} of dsi's verifier busy time went to stale work ({d['tasks_stale']} of "
             f"{d['tasks_sent']} tasks ended stale or aborted after a rejection; {d['blocks_unsent']} block(s) "
             f"were dropped before any verifier started them)")
-    cancels = [r["cancellations"] for r in by["dsi"] if len(r["cancellations"])]
-    if cancels:
-        c = np.concatenate(cancels)
-        text += (f"; a cancelled forward kept its verifier busy a median {1e3 * np.median(c['busy_after_s']):.2f} ms "
-                 f"after the rejection, {int(c['aborted'].sum())} of {len(c)} were stopped mid-forward")
+    c = mt.stale_work(by["dsi"])
+    if c["cancellations"]:
+        text += (f"; a cancelled forward kept its verifier busy a median {1e3 * c['median_busy_after_reject_s']:.2f} "
+                 f"ms after the rejection, {c['aborted']} of {c['cancellations']} were stopped mid-forward")
     return text
 
 
@@ -317,34 +167,36 @@ def _ttft(figures) -> str | None:
 
 
 def _verify_cost(m) -> str | None:
-    if not m or math.isnan(m["verify_s"]) or m["verify_s"] == m["target_tpot"]:   # equal: no nonsi to compare
+    if not m or m["verify_forward_s"] == m["target_tpot_s"]:   # equal: no nonsi to compare
         return None
-    ratio = m["verify_s"] / m["target_tpot"]
+    ratio = m["verify_forward_s"] / m["target_tpot_s"]
     how = "about as long as" if abs(ratio - 1) <= SAME else f"{_x(ratio)}"
-    return (f"a verification forward took a median {1e3 * m['verify_s']:.2f} ms, {how} a plain decoding step "
-            f"({1e3 * m['target_tpot']:.2f} ms); the time model charges one step for either")
+    return (f"a verification forward took a median {1e3 * m['verify_forward_s']:.2f} ms, {how} a plain decoding "
+            f"step ({1e3 * m['target_tpot_s']:.2f} ms); the time model charges si and dsi the one, nonsi the other")
 
 
 def _per_prompt(by) -> str | None:
     parts = []
     for a, b in (("dsi", "nonsi"), ("dsi", "si"), ("si", "nonsi")):
-        s = per_prompt_speedups(by, a, b)
+        s = mt.per_prompt_speedups(by, a, b)
         if s:
             parts.append(f"{a} beat {b} on {sum(v > 1 for v in s)} of {len(s)} prompts "
                          f"(per-prompt speedup {min(s):.2f}x to {max(s):.2f}x)")
     return "; ".join(parts) or None
 
 
-def _lookahead(m, model, k, V, N) -> str | None:
+def _lookahead(m, model, k, V, N, nonsi_thread) -> str | None:
     """The k the time model prefers at the measured c and acceptance, and what it would gain."""
     if not model:
         return None
     from dsi_mpi.simulator import best_lookahead
     parts = []
     for a, n in (("si", 1), ("dsi", V)):
-        best, t = best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20)
+        extra = {"nonsi_thread": nonsi_thread} if a == "dsi" else {}
+        best, t = best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20,
+                                 **extra)
         now = model[a] if a == "si" else best_lookahead(a, model["lat"], model["a"], N, verifiers=n,
-                                                        lookaheads=[k], trials=20)[1]
+                                                        lookaheads=[k], trials=20, **extra)[1]
         parts.append(f"k = {k} for {a} (the k used here)" if best == k else
                      f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {k} used here)")
     return "at these latencies and acceptance the time model's best lookahead is " + " and ".join(parts)

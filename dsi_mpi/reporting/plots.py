@@ -1,6 +1,7 @@
 """`dsi-mpi plot`: pictures and a table that show why a run was fast or slow.
 
 usage:
+  python -m dsi_mpi plot RESULTS.h5 --out DIR      (the default set: gantt of the first prompt, table, distributions)
   python -m dsi_mpi plot gantt RESULTS.h5 --out DIR [--prompt I] [--algorithm A]
   python -m dsi_mpi plot table RESULTS.h5 [RESULTS2.h5 ...] --out PREFIX      (writes PREFIX.md, PREFIX.csv)
   python -m dsi_mpi plot distributions RESULTS.h5 [RESULTS2.h5 ...] --out DIR
@@ -15,22 +16,23 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from dsi_mpi.io.records import Event
 from dsi_mpi.reporting import explain as ex
-from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, DRAFT_INTERRUPTED, DRAFTER_PREFILL, EVENT_KINDS, REJECT,
-                             STALE_RESULT, VERIFY, VERIFY_ABORTED, WAIT)
+from dsi_mpi.reporting import metrics as mt
 
 USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
-BAR_KINDS = {DRAFTER_PREFILL: ("drafter prefill", "#08519c"), DRAFT: ("draft", "#1f77b4"),
-             DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
-             VERIFY: ("verify (result used)", "#2ca02c"), VERIFY_ABORTED: ("verify aborted", "#d62728"),
-             WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
+BAR_KINDS = {Event.DRAFTER_PREFILL: ("drafter prefill", "#08519c"), Event.DRAFT: ("draft", "#1f77b4"),
+             Event.DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
+             Event.VERIFY: ("verify (result used)", "#2ca02c"), Event.VERIFY_ABORTED: ("verify aborted", "#d62728"),
+             Event.WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
 STALE_VERIFY = ("verify (result stale)", "#c7e9c0")
-ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")
-CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "hf_prompt_lookup": "#8c564b", "dsi": "#000000"}
+CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "hf_prompt_lookup": "#8c564b",
+                "dsi": "#000000"}
 
 
 def _pyplot():
@@ -41,24 +43,20 @@ def _pyplot():
     return plt
 
 
-def _algorithms(names) -> list[str]:
-    return [a for a in ORDER if a in names] + sorted(a for a in names if a not in ORDER)
-
-
 # ---------------------------------------------------------------- gantt
 def gantt_data(rec: dict, verifiers: int) -> dict:
     """Bars per lane (rank) and kind, markers, and whether rank 0's waits were derived from token arrivals
     (baselines record no events: rank 0 then waits from one token arrival to the next)."""
     ev = rec["events"]
-    stale = {int(t["task_id"]) for t in rec["tasks"] if t["outcome"] in (STALE_RESULT, ABORTED)}
+    stale = {int(t["task_id"]) for t in rec["tasks"] if t["outcome"] in mt.STALE_OUTCOMES}
     lanes = list(range(verifiers + 1))
     bars = {rank: {} for rank in lanes}
     for e in ev:
         kind, rank = int(e["kind"]), int(e["rank"])
         if kind not in BAR_KINDS:
             continue
-        name = EVENT_KINDS[kind]
-        if kind == VERIFY and int(e["task_id"]) in stale:
+        name = Event(kind).label
+        if kind == Event.VERIFY and int(e["task_id"]) in stale:
             name = "verify_stale"
         bars.setdefault(rank, {}).setdefault(name, []).append((float(e["t0"]), float(e["t1"] - e["t0"])))
     derived = not len(ev)
@@ -66,21 +64,21 @@ def gantt_data(rec: dict, verifiers: int) -> dict:
         arrivals = np.unique(np.asarray(rec["commit_times"], dtype=float))
         starts = np.concatenate(([0.0], arrivals[:-1]))
         bars[0]["wait"] = [(float(s), float(t - s)) for s, t in zip(starts, arrivals)]
-    markers = {"reject": [float(e["t0"]) for e in ev if e["kind"] == REJECT],
-               "cancel_sent": [(float(e["t0"]), int(e["value"])) for e in ev if e["kind"] == CANCEL_SENT]}
+    markers = {"reject": [float(e["t0"]) for e in ev if e["kind"] == Event.REJECT],
+               "cancel_sent": [(float(e["t0"]), int(e["value"])) for e in ev if e["kind"] == Event.CANCEL_SENT]}
     return {"lanes": sorted(bars), "bars": bars, "markers": markers, "derived_waits": derived}
 
 
 def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> dict:
     """One PNG: a lane per rank above the committed-token curve (the prompt's other algorithms as thin lines)."""
     plt = _pyplot()
-    verifiers = ex.job_shape(meta, [rec])["verifiers"]
+    verifiers = mt.job_shape(meta, [rec])["verifiers"]
     data = gantt_data(rec, verifiers)
     lanes, ms = data["lanes"], 1e3
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(13, 2.2 + 0.75 * len(lanes) + 2.6),
                                       gridspec_kw={"height_ratios": [0.75 * len(lanes) + 0.6, 2.6]})
-    colors = {EVENT_KINDS[k]: c for k, (_, c) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[1]}
-    labels = {EVENT_KINDS[k]: n for k, (n, _) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[0]}
+    colors = {k.label: c for k, (_, c) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[1]}
+    labels = {k.label: n for k, (n, _) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[0]}
     if data["derived_waits"]:
         labels["wait"] = "wait for the next token (from arrival times)"
     seen = set()
@@ -99,7 +97,7 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     if cancels:
         top.scatter([t * ms for t, _ in cancels], [-v for _, v in cancels], marker="x", color="black", s=40,
                     zorder=5, label="cancel sent to this verifier")
-    busy = ex.verifier_busy(rec, verifiers)
+    busy = mt.verifier_busy(rec, verifiers)
     names = ["rank 0\ndrafter + coordinator"] + [
         f"rank {r} verifier\nbusy {busy[r - 1] / rec['wall_s']:.0%}" if rec["wall_s"] and not data["derived_waits"]
         else f"rank {r} verifier" for r in lanes[1:]]
@@ -143,7 +141,7 @@ def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None 
         raise ValueError(f"{path} has no complete record for {wanted}")
     Path(out).mkdir(parents=True, exist_ok=True)
     drawn = []
-    for rec in sorted(chosen, key=lambda r: (r["prompt_index"], _algorithms([r["algorithm"]]))):
+    for rec in sorted(chosen, key=lambda r: (r["prompt_index"], mt.ordered([r["algorithm"]]))):
         others = [r for r in records if r["prompt_index"] == rec["prompt_index"] and r is not rec]
         name = f"gantt_p{rec['prompt_index']:05d}_{rec['algorithm']}.png"
         drawn.append(draw_gantt(rec, meta, Path(out) / name, others) | {"prompt_index": rec["prompt_index"],
@@ -157,6 +155,8 @@ COLUMNS = [("file", "file", None), ("algorithm", "algorithm", None), ("prompts",
            ("ms_per_token", "ms/token", ".2f"), ("speedup_vs_nonsi", "vs nonsi", ".3f"),
            ("speedup_vs_si", "vs si", ".3f"), ("acceptance", "acceptance", ".3f"),
            ("accepted_per_verification", "accepted/verification", ".2f"),
+           ("mean_acceptance_length", "mean acceptance length", ".2f"), ("itl_p50_ms", "ITL p50 ms", ".2f"),
+           ("itl_p90_ms", "ITL p90 ms", ".2f"), ("itl_p99_ms", "ITL p99 ms", ".2f"),
            ("verifier_utilisation", "verifier util.", ".1%"), ("stale_fraction", "stale work", ".1%"),
            ("tasks_stale", "stale tasks", "d"), ("blocks_unsent", "blocks never sent", "d")]
 
@@ -168,13 +168,13 @@ def _labels(paths: list[str]) -> list[str]:
 
 
 def table_rows(paths: list[str]) -> list[dict]:
-    """One row per (file, algorithm): explain.compare's figures, speedups on each file's own prompts."""
+    """One row per (file, algorithm): metrics.compare's figures, speedups on each file's own matched prompts."""
     from dsi_mpi.io.results import read_results
     rows = []
     for label, path in zip(_labels(paths), paths):
         meta, records = read_results(path)
-        figures = ex.compare(records, ex.job_shape(meta, records)["verifiers"])
-        for algorithm in _algorithms(figures):
+        figures = mt.compare(records, mt.job_shape(meta, records)["verifiers"])
+        for algorithm in mt.ordered(figures):
             rows.append({"file": label, "algorithm": algorithm} | figures[algorithm])
     return rows
 
@@ -195,8 +195,8 @@ def table(paths: list[str], out: str) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
-    lines += ["", "Speedups: wall time of the baseline / wall time of the algorithm on the same prompts (above 1: "
-              "faster). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
+    lines += ["", "Speedups: wall time of the baseline / wall time of the algorithm on the prompts both completed "
+              "(above 1: faster). ITL: inter-token latency (differences of consecutive commit times). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
               "every verifier rank. Stale work: share of verifier busy time spent on tasks whose result was stale "
               "or whose forward was aborted."]
     for label, path in zip(_labels(paths), paths):
@@ -218,13 +218,13 @@ def distribution_data(paths: list[str]) -> dict:
     latency, speedups = {}, {}
     several = len(paths) > 1
     for label, path in zip(_labels(paths), paths):
-        by = ex.by_algorithm(read_results(path)[1])
+        by = mt.by_algorithm(read_results(path)[1])
         prefix = f"{label}: " if several else ""
-        for algorithm in _algorithms(by):
+        for algorithm in mt.ordered(by):
             latency[prefix + algorithm] = [1e3 * r["wall_s"] / len(r["tokens"]) for r in
                                            sorted(by[algorithm], key=lambda r: r["prompt_index"]) if r["tokens"]]
         for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("hf_assisted", "nonsi"), ("dsi", "si")):
-            values = ex.per_prompt_speedups(by, a, b)
+            values = mt.per_prompt_speedups(by, a, b)
             if values:
                 speedups[f"{prefix}{a} / {b}"] = values
     return {"per_token_ms": latency, "speedups": speedups}
@@ -273,7 +273,39 @@ def distributions(paths: list[str], out: str) -> dict:
 
 
 # ---------------------------------------------------------------- command line
+COMMANDS = ("gantt", "table", "distributions")
+
+
+def default_set(path: str, out: str) -> list[str]:
+    """Gantt charts of the first prompt, DIR/table.md + .csv, and the distributions, all into `out`."""
+    from dsi_mpi.io.results import read_results
+    records = read_results(path)[1]
+    if not records:
+        raise ValueError(f"{path} has no complete prompt")
+    first = min(r["prompt_index"] for r in records)
+    written = [d["path"] for d in gantt(path, out, prompt=first)]
+    table([path], str(Path(out) / "table"))
+    return written + [str(Path(out) / "table.md"), str(Path(out) / "table.csv")] + distributions([path], out)["paths"]
+
+
+def _default_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dsi-mpi plot", usage=USAGE)
+    parser.add_argument("results")
+    parser.add_argument("--out", required=True, help="directory for every picture and the table")
+    args = parser.parse_args(argv)
+    try:
+        written = default_set(args.results, args.out)
+    except (OSError, ValueError) as err:
+        print(f"dsi-mpi plot: {err}")
+        return 2
+    print("\n".join(written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        return _default_main(argv)
     parser = argparse.ArgumentParser(prog="dsi-mpi plot", usage=USAGE, description=__doc__.split("\n\n")[2])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gantt", help="per-rank timeline PNG per (prompt, algorithm)")

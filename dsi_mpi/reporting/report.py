@@ -1,7 +1,8 @@
 """`dsi-mpi report RESULTS.h5 [--json]`: per-algorithm summary, or one JSON record per (algorithm, prompt).
 
-Speedups are ratios of total wall time over the same prompts in the same job (outputs are identical, so
-the token counts are too); a ratio above 1 means the algorithm is faster than the baseline named.
+Every figure comes from dsi_mpi.reporting.metrics (its docstring defines each one). Speedups are ratios of
+total wall time over the matched prompts (those both algorithms completed); above 1 means the algorithm is
+faster than the baseline named.
 """
 from __future__ import annotations
 
@@ -9,75 +10,63 @@ import argparse
 import json
 import math
 
-import numpy as np
+from dsi_mpi.reporting.metrics import (acceptance, acceptance_histogram, by_algorithm, cache_reuse, compare, ordered,
+                                       stale_work)
 
 USAGE = "python -m dsi_mpi report RESULTS.h5 [--json]"
 
 
-def _per_algorithm(records: list[dict]) -> dict[str, dict]:
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["algorithm"], []).append(r)
-    summary = {}
-    for algorithm, recs in groups.items():
-        tokens = sum(len(r["tokens"]) for r in recs)
-        wall = sum(r["wall_s"] for r in recs)
-        compared = sum(r.get("compared", 0) for r in recs)
-        summary[algorithm] = {
-            "prompts": len(recs), "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall if wall else math.nan,
-            "ms_per_token": 1e3 * wall / tokens if tokens else math.nan,
-            "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])),
-            "acceptance": sum(r.get("accepted", 0) for r in recs) / compared if compared else math.nan,
-            "tasks_sent": sum(r.get("tasks_sent", 0) for r in recs),
-            "tasks_used": sum(r.get("tasks_used", 0) for r in recs),
-            "tasks_stale": sum(r.get("tasks_stale", 0) for r in recs),
-            "prompt_indices": sorted(r["prompt_index"] for r in recs),
-        }
-    for algorithm, s in summary.items():
-        for base in ("nonsi", "si"):
-            other = summary.get(base)
-            same_prompts = other is not None and other["prompt_indices"] == s["prompt_indices"]
-            s[f"speedup_vs_{base}"] = other["wall_s"] / s["wall_s"] if same_prompts and s["wall_s"] else math.nan
-    return summary
+COLUMNS = (  # (figure of metrics.compare, header, width, format); see metrics' docstring for each figure
+    ("prompts", "prompts", 8, "d"), ("tokens", "tokens", 8, "d"), ("tokens_per_s", "tok/s", 9, ".1f"),
+    ("ms_per_token", "ms/tok", 9, ".2f"), ("ttft_ms", "TTFT ms", 9, ".1f"), ("speedup_vs_nonsi", "vs nonsi", 10, "x"),
+    ("speedup_vs_si", "vs si", 8, "x"), ("acceptance", "accept", 8, ".3f"),
+    ("mean_acceptance_length", "acc.len", 8, ".2f"), ("itl_p50_ms", "p50 ms", 8, ".2f"),
+    ("itl_p90_ms", "p90 ms", 8, ".2f"), ("itl_p99_ms", "p99 ms", 8, ".2f"),
+)
+
+
+def _cell(value, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:.3f}x" if fmt == "x" else format(value, fmt)
 
 
 def summary_table(records: list[dict]) -> str:
-    """A fixed-width table, one line per algorithm."""
-    summary = _per_algorithm(records)
-    header = (f"{'algorithm':<12}{'prompts':>8}{'tokens':>8}{'tok/s':>9}{'ms/tok':>9}{'TTFT ms':>9}"
-              f"{'vs nonsi':>10}{'vs si':>8}{'accept':>8}{'tasks sent/used/stale':>23}")
+    """A fixed-width table, one line per algorithm: speed, speedups on matched prompts, acceptance, mean
+    acceptance length, inter-token latency percentiles, and tasks sent/used/stale."""
+    figures = compare(records, max((r.get("verifiers", 1) for r in records), default=1))
+    header = f"{'algorithm':<12}" + "".join(f"{h:>{w}}" for _, h, w, _ in COLUMNS) + f"{'tasks sent/used/stale':>23}"
     lines = [header, "-" * len(header)]
-    order = [a for a in ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi") if a in summary] + \
-            [a for a in summary if a not in ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")]
-    for algorithm in order:
-        s = summary[algorithm]
+    for algorithm in ordered(figures):
+        s = figures[algorithm]
         tasks = f"{s['tasks_sent']}/{s['tasks_used']}/{s['tasks_stale']}" if s["tasks_sent"] else "-"
-        lines.append(f"{algorithm:<12}{s['prompts']:>8}{s['tokens']:>8}{s['tokens_per_s']:>9.1f}"
-                     f"{s['ms_per_token']:>9.2f}{s['ttft_ms']:>9.1f}{_ratio(s['speedup_vs_nonsi']):>10}"
-                     f"{_ratio(s['speedup_vs_si']):>8}{_num(s['acceptance']):>8}{tasks:>23}")
+        lines.append(f"{algorithm:<12}" + "".join(f"{_cell(s[k], f):>{w}}" for k, _, w, f in COLUMNS) + f"{tasks:>23}")
     return "\n".join(lines)
 
 
-def _ratio(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.3f}x"
-
-
-def _num(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.3f}"
+def histogram_lines(records: list[dict]) -> list[str]:
+    """Per speculative algorithm: how many applied verifications let exactly j drafts stand."""
+    lines = []
+    for algorithm, recs in by_algorithm(records).items():
+        counts = acceptance_histogram(recs)
+        if counts:
+            cells = ", ".join(f"{j}: {n}" for j, n in enumerate(counts))
+            lines.append(f"{algorithm} verifications by drafts accepted ({sum(counts)} in all): {cells}")
+    return lines
 
 
 def json_records(records: list[dict]) -> list[dict]:
     """The per-(algorithm, prompt) records, with task and cancellation tables summarised."""
     out = []
     for r in records:
-        tasks, cancels = r["tasks"], r["cancellations"]
         rec = {k: v for k, v in r.items() if k not in ("tasks", "cancellations", "events")}
-        rec["tokens_computed"] = int(tasks["computed"].sum()) if len(tasks) else 0
-        rec["tokens_reused"] = int(tasks["reused"].sum()) if len(tasks) else 0
-        rec["cancellations"] = len(cancels)
-        rec["median_busy_after_reject_s"] = float(np.median(cancels["busy_after_s"])) if len(cancels) else None
-        rec["acceptance"] = rec["accepted"] / rec["compared"] if rec.get("compared") else None
+        reuse, stale = cache_reuse([r]), stale_work([r])
+        rec["tokens_computed"], rec["tokens_reused"] = reuse["tokens_computed"], reuse["tokens_reused"]
+        rec["cancellations"] = stale["cancellations"]
+        busy = stale["median_busy_after_reject_s"]
+        rec["median_busy_after_reject_s"] = None if math.isnan(busy) else busy
+        rec["acceptance"] = None if math.isnan(acceptance([r])) else acceptance([r])
+        rec["acceptance_histogram"] = acceptance_histogram([r])
         out.append(rec)
     return out
 
@@ -99,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         from dsi_mpi.reporting.explain import explain
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
         print(summary_table(records))
+        for line in histogram_lines(records):
+            print(line)
         for sentence in explain(records, meta):
             print(f"- {sentence}")
     return 0

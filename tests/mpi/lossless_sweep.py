@@ -20,8 +20,9 @@ from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.io.drafter_spec import parse_drafter
 from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
-from dsi_mpi.io.records import ABORTED, RunRecord
+from dsi_mpi.io.records import Outcome, RunRecord
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 
 PROMPTS = [[10, 20, 30, 40, 50], [200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [42]]
@@ -64,8 +65,8 @@ def main():
             for k in range(1, max_k + 1):
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
-                        rec = decoder.generate(policy, prompt, new_tokens, k, RunRecord(policy, i, str(i)))
-                        aborted = sum(1 for t in rec.tasks if t[-1] == ABORTED)
+                        rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))
+                        aborted = int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum())
                         rows.append({"drafter": name, "k": k, "policy": policy, "prompt": i, "tokens": rec.tokens,
                                      "ref": refs[i], "ok": rec.tokens == refs[i], "rejections": rec.rejections,
                                      "stale": rec.tasks_stale, "aborted": aborted, "accepted": rec.accepted,

@@ -22,6 +22,7 @@ from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
 from dsi_mpi.io.records import RunRecord
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 
 PROMPT = [1, 2, 3]
@@ -47,7 +48,8 @@ def main():
     try:
         plain = counts.setdefault(f"nonsi/-/{models.get('setting', 'plain')}", collections.Counter())
         for key in range(samples):
-            rec = run_baseline(channel, 1, "nonsi", PROMPT, new_tokens, 1, False, RunRecord("nonsi", key, ""), key)
+            rec = run_baseline(channel, 1, "nonsi", PROMPT, RunRecord("nonsi", key, ""),
+                               RunSettings(new_tokens, stop_at_eos=False, key=key))
             plain[json.dumps(rec.tokens)] += 1
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (), False, rule=rule)
         for drafter in ("noisy", "bad", "ngram"):   # ngram: a point-mass q, and often no proposal at all
@@ -55,7 +57,8 @@ def main():
             for policy, k in (("si", 2), ("dsi", 3)):
                 c = counts.setdefault(f"{policy}-k{k}/{drafter}/{models.get('setting', 'plain')}", collections.Counter())
                 for key in range(samples):
-                    rec = decoder.generate(policy, PROMPT, new_tokens, k, RunRecord(policy, key, ""), key=key)
+                    rec = decoder.generate(policy, PROMPT, RunRecord(policy, key, ""),
+                                           RunSettings(new_tokens, k, stop_at_eos=False, key=key))
                     c[json.dumps(rec.tokens)] += 1
     finally:
         stop_verifiers(channel)

@@ -2,6 +2,7 @@
 import csv
 import json
 from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 
 from dsi_mpi.reporting import explain as ex
 from dsi_mpi.reporting import plots
-from dsi_mpi.io.records import CANCEL_SENT, EVENT_KINDS, REJECT
+from dsi_mpi.io.records import Event
 from dsi_mpi.io.results import read_results
+from dsi_mpi.reporting.report import summary_table
 
 PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
 ALGORITHMS = ["nonsi", "si", "dsi"]
@@ -45,6 +47,7 @@ prompt_tokens = 16
 """)
     proc = launch(["-m", "dsi_mpi", "run", str(folder / "job.toml")], ranks=3, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder / "stdout.txt").write_text(proc.stdout)   # the summary table the job printed (test_every_summary_figure_by_hand)
     return str(folder / "out.h5")
 
 
@@ -73,13 +76,13 @@ def test_gantt_lanes_and_bars_match_the_file(results, tmp_path):
             assert d["derived_waits"] and d["bars_per_lane"][0]["wait"] == len(np.unique(run["commit_times"]))
             continue
         bars = ("drafter_prefill", "draft", "draft_interrupted", "verify", "verify_aborted", "wait")
-        want = Counter((int(e["rank"]), EVENT_KINDS[int(e["kind"])]) for e in ev if EVENT_KINDS[int(e["kind"])] in bars)
+        want = Counter((int(e["rank"]), Event(int(e["kind"])).label) for e in ev if Event(int(e["kind"])).label in bars)
         got = Counter()                           # stale results are verify events drawn in a lighter shade
         for rank, kinds in d["bars_per_lane"].items():
             for kind, n in kinds.items():
                 got[rank, "verify" if kind == "verify_stale" else kind] += n
         assert got == want, d["algorithm"]
-        assert d["markers"] == int(np.isin(ev["kind"], [REJECT, CANCEL_SENT]).sum())
+        assert d["markers"] == int(np.isin(ev["kind"], [Event.REJECT, Event.CANCEL_SENT]).sum())
         assert d["markers_by_kind"]["reject"] == run["rejections"]
     dsi = [d for d in drawn if d["algorithm"] == "dsi"]
     assert all(set(d["bars_per_lane"][v]) & {"verify", "verify_stale"} for d in dsi for v in (1, 2))
@@ -120,3 +123,92 @@ def test_distributions_and_explain_match_the_file(results, tmp_path):
     sentences = ex.explain(records, meta)
     assert any(s.startswith("measured: target") and "k = 3, 2 verifier rank(s)" in s for s in sentences)
     assert any(s.startswith("dsi kept") for s in sentences)
+
+
+# ---------------------------------------------------------------- the summary table, by hand
+SUMMARY_COLUMNS = ["prompts", "tokens", "tok/s", "ms/tok", "TTFT ms", "vs nonsi", "vs si", "accept", "acc.len",
+           "p50 ms", "p90 ms", "p99 ms", "tasks sent/used/stale"]
+
+
+def summary_by_hand(path) -> dict[str, dict]:
+    runs: dict[str, dict[int, h5py.Group]] = {}
+    out = {}
+    with h5py.File(path) as f:
+        for name, group in f["prompts"].items():
+            for algorithm in ALGORITHMS:
+                runs.setdefault(algorithm, {})[int(name)] = {
+                    "attrs": dict(group[algorithm].attrs), "tokens": group[algorithm]["tokens"][()],
+                    "commit_times": group[algorithm]["commit_times"][()], "tasks": group[algorithm]["tasks"][()]}
+    for a, prompts in runs.items():
+        wall = sum(r["attrs"]["wall_s"] for r in prompts.values())
+        tokens = sum(len(r["tokens"]) for r in prompts.values())
+        total = {key: sum(r["attrs"][key] for r in prompts.values())
+                 for key in ("accepted", "compared", "tasks_sent", "tasks_used", "tasks_stale")}
+        verifications = sum(int(((r["tasks"]["outcome"] == 1) & (r["tasks"]["n_drafts"] > 0)).sum())
+                            for r in prompts.values())
+        gaps = np.concatenate([np.diff(r["commit_times"]) for r in prompts.values()]) * 1e3
+        row = {"prompts": len(prompts), "tokens": tokens, "tok/s": tokens / wall, "ms/tok": 1e3 * wall / tokens,
+               "TTFT ms": 1e3 * np.mean([r["attrs"]["ttft_s"] for r in prompts.values()]),
+               "accept": total["accepted"] / total["compared"] if total["compared"] else None,
+               "acc.len": 1 + total["accepted"] / verifications if verifications else None,
+               "p50 ms": np.percentile(gaps, 50), "p90 ms": np.percentile(gaps, 90), "p99 ms": np.percentile(gaps, 99),
+               "tasks sent/used/stale": (f"{total['tasks_sent']}/{total['tasks_used']}/{total['tasks_stale']}"
+                                         if total["tasks_sent"] else "-")}
+        out[a] = row
+    for a, prompts in runs.items():
+        for base in ("nonsi", "si"):
+            common = set(prompts) & set(runs[base])   # matched prompts
+            out[a][f"vs {base}"] = (sum(runs[base][i]["attrs"]["wall_s"] for i in common)
+                                    / sum(prompts[i]["attrs"]["wall_s"] for i in common))
+    return out
+
+
+def parse(table: str) -> dict[str, dict]:
+    lines = table.strip().splitlines()
+    assert lines[0].split()[0] == "algorithm" and set(lines[1]) == {"-"}
+    rows = {}
+    for line in lines[2:]:
+        cells = line.split()
+        assert len(cells) == len(SUMMARY_COLUMNS) + 1, line
+        rows[cells[0]] = dict(zip(SUMMARY_COLUMNS, cells[1:]))
+    return rows
+
+
+def same(printed: str, want) -> bool:
+    """The printed cell is `want` rounded to the cell's own digits (or '-' where there is no figure)."""
+    if want is None or isinstance(want, str) or isinstance(want, int):
+        return printed == ("-" if want is None else str(want))
+    text = printed.rstrip("x")
+    digits = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) - want) <= 0.5 * 10 ** -digits + 1e-9
+
+
+@pytest.mark.parametrize("source", ["job stdout", "report"])
+def test_every_summary_figure_by_hand(results, source):
+    """Every figure of the summary table the job printed (what `make run` shows), and of `report`'s, computed
+    by hand from the HDF5 file with h5py alone."""
+    if source == "job stdout":
+        text = (Path(results).parent / "stdout.txt").read_text()
+        table = text[text.index("algorithm"):text.index("results:")]
+    else:
+        table = summary_table(read_results(results)[1])
+    printed, want = parse(table), summary_by_hand(results)
+    assert list(printed) == ALGORITHMS
+    for algorithm in ALGORITHMS:
+        for column in SUMMARY_COLUMNS:
+            assert same(printed[algorithm][column], want[algorithm][column]), (algorithm, column,
+                                                                              printed[algorithm][column],
+                                                                              want[algorithm][column])
+    assert want["nonsi"]["accept"] is None and printed["nonsi"]["accept"] == "-"
+
+
+def test_acceptance_histogram_counts_every_applied_verification(results):
+    from dsi_mpi.reporting import metrics as mt
+    data = stored(results)
+    for algorithm in ("si", "dsi"):
+        counts = mt.acceptance_histogram([r for r in read_results(results)[1] if r["algorithm"] == algorithm])
+        tasks = np.concatenate([v["tasks"] for (p, a), v in data.items() if a == algorithm])
+        applied = tasks[(tasks["outcome"] == 1) & (tasks["n_drafts"] > 0)]
+        assert sum(counts) == len(applied) and (applied["accepted"] >= 0).all()
+        accepted = sum(v["accepted"] for (p, a), v in data.items() if a == algorithm)
+        assert sum(j * n for j, n in enumerate(counts)) <= accepted     # zero-draft tasks judge drafts too

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from dsi_mpi.decoding.acceptance import (ACCEPT, Greedy, Sampling, draw, floats_to_payload, payload_to_floats, residual,
+from dsi_mpi.decoding.acceptance import (Stream, Greedy, Sampling, draw, floats_to_payload, payload_to_floats, residual,
                                 uniform)
 
 
@@ -38,10 +38,10 @@ def test_residual_and_float_transport():
 
 
 def test_random_streams_are_keyed_not_ordered():
-    a = [uniform(1, 2, pos, ACCEPT) for pos in range(5)]
-    b = [uniform(1, 2, pos, ACCEPT) for pos in reversed(range(5))][::-1]
+    a = [uniform(1, 2, pos, Stream.ACCEPTANCE) for pos in range(5)]
+    b = [uniform(1, 2, pos, Stream.ACCEPTANCE) for pos in reversed(range(5))][::-1]
     assert a == b and len(set(a)) == 5
-    assert uniform(1, 2, 3, ACCEPT) != uniform(1, 3, 3, ACCEPT) != uniform(2, 2, 3, ACCEPT)
+    assert uniform(1, 2, 3, Stream.ACCEPTANCE) != uniform(1, 3, 3, Stream.ACCEPTANCE) != uniform(2, 2, 3, Stream.ACCEPTANCE)
 
 
 def test_greedy_stop_skips_committed_positions():

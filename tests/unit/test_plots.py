@@ -9,8 +9,7 @@ from dsi_mpi.reporting import explain as ex
 from dsi_mpi.reporting import plots
 from dsi_mpi.io.config import validate
 from dsi_mpi.io.prompts import Prompt
-from dsi_mpi.io.records import (ABORTED, CANCEL_SENT, DRAFT, PREFILL_EXTRA, REJECT, STALE_RESULT, TASK_DTYPE, USED,
-                             VERIFY, VERIFY_ABORTED, WAIT, RunRecord)
+from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
 from dsi_mpi.io.results import ResultsWriter
 
 RANKS = [{"rank": r, "host": "h", "role": "drafter+coordinator" if r == 0 else "target verifier",
@@ -32,14 +31,14 @@ def record(algorithm, index, commit_times, events=(), tasks=(), **scalars) -> Ru
 
 def dsi_record(index, stale=True, ttft=0.01):
     """wall 0.1 s; rank 1 busy 0.06 s, rank 2 busy 0.04 s (0.02 s stale result + 0.01 s aborted if stale)."""
-    tasks = [task(0, 1, USED, 0.01, n_drafts=0), task(1, 2, PREFILL_EXTRA, 0.01, n_drafts=0),
-             task(2, 1, USED, 0.05, start=0.02), task(3, 2, STALE_RESULT if stale else USED, 0.02, start=0.02),
-             task(4, 2, ABORTED if stale else USED, 0.01, start=0.05)]
-    events = [(1, VERIFY, 0.0, 0.01, 0, 0), (2, VERIFY, 0.0, 0.01, 1, 0), (1, VERIFY, 0.02, 0.07, 2, 3),
-              (2, VERIFY, 0.02, 0.04, 3, 3), (2, VERIFY_ABORTED if stale else VERIFY, 0.05, 0.06, 4, 0),
-              (2, VERIFY, 0.09, 0.2, 5, 0),   # a forward running past the last token: clipped at wall time
-              (0, DRAFT, 0.01, 0.012, -1, 5), (0, DRAFT, 0.012, 0.014, -1, 6), (0, WAIT, 0.014, 0.02, -1, 0),
-              (0, REJECT, 0.045, 0.045, -1, 7), (0, CANCEL_SENT, 0.045, 0.045, 4, 2)]
+    tasks = [task(0, 1, Outcome.USED, 0.01, n_drafts=0), task(1, 2, Outcome.PREFILL_EXTRA, 0.01, n_drafts=0),
+             task(2, 1, Outcome.USED, 0.05, start=0.02), task(3, 2, Outcome.STALE_RESULT if stale else Outcome.USED, 0.02, start=0.02),
+             task(4, 2, Outcome.ABANDONED if stale else Outcome.USED, 0.01, start=0.05)]
+    events = [(1, Event.VERIFY, 0.0, 0.01, 0, 0), (2, Event.VERIFY, 0.0, 0.01, 1, 0), (1, Event.VERIFY, 0.02, 0.07, 2, 3),
+              (2, Event.VERIFY, 0.02, 0.04, 3, 3), (2, Event.VERIFY_ABORTED if stale else Event.VERIFY, 0.05, 0.06, 4, 0),
+              (2, Event.VERIFY, 0.09, 0.2, 5, 0),   # a forward running past the last token: clipped at wall time
+              (0, Event.DRAFT, 0.01, 0.012, -1, 5), (0, Event.DRAFT, 0.012, 0.014, -1, 6), (0, Event.WAIT, 0.014, 0.02, -1, 0),
+              (0, Event.REJECT, 0.045, 0.045, -1, 7), (0, Event.CANCEL_SENT, 0.045, 0.045, 4, 2)]
     times = [ttft] + list(np.linspace(0.02, 0.1, 9))
     return record("dsi", index, times, events, tasks, compared=10, accepted=6, rejections=1, tasks_sent=5,
                   tasks_used=2, tasks_stale=2 if stale else 0, blocks_unsent=1, drafted=9, draft_s=0.016,
@@ -48,9 +47,9 @@ def dsi_record(index, stale=True, ttft=0.01):
 
 def si_record(index, wall, c=0.2, acceptance=0.6):
     """Drafter steps of c * 10 ms; verification forwards of 10 ms, like the nonsi step."""
-    events = [(0, DRAFT, 0.01 + 0.02 * i, 0.01 + 0.02 * i + 0.01 * c, -1, i) for i in range(5)]
-    events += [(1, VERIFY, 0.0, 0.01, 0, 0), (1, VERIFY, 0.02, 0.03, 1, 2)]
-    tasks = [task(0, 1, USED, 0.01, n_drafts=0), task(1, 1, USED, 0.01), task(2, 1, USED, 0.01)]
+    events = [(0, Event.DRAFT, 0.01 + 0.02 * i, 0.01 + 0.02 * i + 0.01 * c, -1, i) for i in range(5)]
+    events += [(1, Event.VERIFY, 0.0, 0.01, 0, 0), (1, Event.VERIFY, 0.02, 0.03, 1, 2)]
+    tasks = [task(0, 1, Outcome.USED, 0.01, n_drafts=0), task(1, 1, Outcome.USED, 0.01), task(2, 1, Outcome.USED, 0.01)]
     return record("si", index, [0.01] + list(np.linspace(0.02, wall, 9)), events, tasks, compared=10,
                   accepted=round(10 * acceptance), tasks_sent=3, tasks_used=3, drafted=6, draft_s=0.05 * c,
                   drafter_prefill_s=0.002)
@@ -155,3 +154,28 @@ def test_explain_reacts_to_stale_work_utilisation_and_ttft():
     assert find(other, "time model's best lookahead is")
     assert ex.explain([], {}) == []
     assert ex.explain([nonsi_record(0)], {}) == []      # nothing to compare: no sentence is made up
+
+
+def test_plot_without_a_subcommand_draws_the_default_set(results, tmp_path, capsys):
+    out = tmp_path / "all"
+    assert plots.main([results, "--out", str(out)]) == 0
+    written = capsys.readouterr().out.split()
+    want = {f"gantt_p00000_{a}.png" for a in ("nonsi", "si", "dsi")} | {"table.md", "table.csv",
+                                                                      "latency_per_token.png", "speedups.png"}
+    assert {p.name for p in out.iterdir()} == want and sorted(written) == sorted(str(out / n) for n in want)
+    assert plots.main([str(tmp_path / "missing.h5"), "--out", str(out)]) == 2
+
+
+def test_acceptance_figures_from_the_tasks_table():
+    """Mean acceptance length is vLLM's 1 + accepted / verifications; the histogram counts verifications by
+    how many drafts stood; inter-token percentiles come from commit_times deltas."""
+    from dsi_mpi.reporting import metrics as mt
+    rec = si_record(0, 0.1).as_dict()
+    rec["tasks"]["accepted"] = [-1, 3, 1]        # the prefill never judged a draft; two verifications
+    m = mt.algorithm_metrics([rec], 1)
+    assert m["acceptance_histogram"] == [0, 1, 0, 1]
+    assert m["mean_acceptance_length"] == pytest.approx(1 + 6 / 2)     # accepted = 6 over 2 verifications
+    gaps = np.diff(rec["commit_times"]) * 1e3
+    assert m["itl_p50_ms"] == pytest.approx(np.percentile(gaps, 50))
+    assert m["itl_p99_ms"] == pytest.approx(np.percentile(gaps, 99))
+    assert m["recovered_tokens"] == 0 and m["bonus_tokens"] == 10 - 6

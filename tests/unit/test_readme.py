@@ -16,3 +16,44 @@ def test_readme_lists_every_config_key_exactly():
 def test_readme_names_both_commands():
     text = README.read_text()
     assert "make run" in text and "make test" in text
+
+
+def _results_section() -> str:
+    text = README.read_text()
+    start = text.index("## Results file (HDF5)")
+    return text[start:text.index("\n## ", start + 3)]
+
+
+def test_readme_documents_every_name_written_to_the_results_file(tmp_path):
+    """Every attribute, dataset and table column a results file holds is named (in backticks) in the README's
+    "Results file (HDF5)" section, and so are the event kinds and task outcomes."""
+    import h5py
+
+    from dsi_mpi.io import records
+    from dsi_mpi.io.config import validate
+    from dsi_mpi.io.prompts import Prompt
+    from dsi_mpi.io.results import METADATA, ResultsWriter
+
+    writer = ResultsWriter(str(tmp_path / "r.h5"), validate({}))
+    writer.add_metadata({key: "x" for key in METADATA})
+    rec = records.RunRecord("dsi", 0, "p0", tokens=[1], commit_times=[0.1])
+    writer.write_record(Prompt(0, "p0", "text"), [1, 2], rec)
+    writer.mark_complete(Prompt(0, "p0", "text"))
+    writer.close()
+    names = {"merged_from"}   # written by merge
+    with h5py.File(tmp_path / "r.h5") as f:
+        names |= set(f.attrs)
+
+        def visit(name, obj):
+            names.update(obj.attrs)
+            names.add(name.rsplit("/", 1)[-1])
+            if isinstance(obj, h5py.Dataset) and obj.dtype.names:
+                names.update(obj.dtype.names)
+        f.visititems(visit)
+    names -= {"prompts", "00000", "dsi"}   # group names the section describes as /prompts/<index>/<algorithm>
+    section = _results_section()
+    missing = sorted(n for n in names if f"`{n}`" not in section)
+    assert not missing, f"README's results section does not name {missing}"
+    labels = [e.label for e in records.Event] + [o.name.lower() for o in records.Outcome]
+    assert all(f"{int(e)} {e.label}" in section for e in records.Event), "event kinds"
+    assert all(f"{int(o)} {o.name.lower()}" in section for o in records.Outcome), labels

@@ -146,8 +146,8 @@ def test_event_loop_and_fast_paths_match_the_coordinator_replay(dc, tv, dt, tt, 
     for alg in ("si", "dsi"):
         ref = [reference_trial(alg, lat, m, k, V, N, cancel, ahead, probe, layers) for m in match]
         for fast in (False, True) if alg == "dsi" else (False,):
-            r = S.simulate(alg, lat, a, k, V, N, seed, 3, cancel_latency=cancel, blocks_ahead=ahead,
-                           restart_probe=probe, drafter_layers=layers, fast=fast)
+            r = S.simulate(alg, lat, a, k, V, N, seed, 3, cancel_latency=cancel, max_blocks_ahead=ahead,
+                           nonsi_thread=probe, drafter_layers=layers, fast=fast)
             assert r.latencies.tolist() == pytest.approx([x[0] for x in ref], rel=1e-12, abs=1e-9)
             assert r.verifications_used == pytest.approx(np.mean([x[1] for x in ref]))
             assert r.verifications_discarded == pytest.approx(np.mean([x[2] - x[1] for x in ref]))
@@ -220,7 +220,7 @@ def test_dsi_with_one_verifier_and_one_block_ahead_is_si_trial_by_trial():
     for c, a, k, N in [(0.2, 0.6, 5, 200), (0.9, 0.3, 2, 150), (0.05, 0.95, 8, 300), (1.3, 0.5, 1, 50)]:
         lat = S.latencies_from_c(c, 0.03, 0.05)
         si = S.simulate("si", lat, a, k, 1, N, seed=9, trials=20)
-        dsi = S.simulate("dsi", lat, a, k, 1, N, seed=9, trials=20, blocks_ahead=1)
+        dsi = S.simulate("dsi", lat, a, k, 1, N, seed=9, trials=20, max_blocks_ahead=1)
         assert dsi.latencies == pytest.approx(si.latencies, rel=1e-12)
 
 
@@ -285,21 +285,21 @@ def test_known_cases_where_dsi_is_slower():
     assert np.all(dsi.latencies > si.latencies * 1.3)
 
 
-def test_restart_probe_closes_the_gap_to_nonsi():
+def test_nonsi_thread_closes_the_gap_to_nonsi():
     """The fix (the coordinator's nonsi_thread): a zero-draft block sent at each rejection is the paper's
     non-SI thread. At a = 0 a token then costs Tv, as nonsi, when the drafter idles at the reply, and
     Tv rounded up to the drafter's next step end when it is busy (c = 0.6, k = 2: 1.2 Tv). si has none."""
     for c, k, V, want in [(0.3, 1, 1, 1.0), (0.3, 2, 1, 1.0), (0.6, 2, 1, 1.2), (0.3, 2, 2, 1.2),
                           (1.0, 2, 3, 1.0)]:
         lat = S.latencies_from_c(c, 1.0, 1.0)
-        run = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1, restart_probe=True).mean_latency
+        run = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1, nonsi_thread=True).mean_latency
                for n in (300, 301)]
         assert run[1] - run[0] == pytest.approx(want)
     lat = S.latencies_from_c(0.6, 1.0, 1.0)
-    probe = S.simulate("dsi", lat, 0.05, 1, 1, 300, trials=10, restart_probe=True)
+    probe = S.simulate("dsi", lat, 0.05, 1, 1, 300, trials=10, nonsi_thread=True)
     plain = S.simulate("dsi", lat, 0.05, 1, 1, 300, trials=10)
     assert probe.mean_latency <= S.nonsi_latency(lat, 300) * 1.01 < plain.mean_latency * 0.7
-    si = [S.simulate("si", lat, 0.5, 3, 1, 100, trials=5, restart_probe=p).latencies for p in (False, True)]
+    si = [S.simulate("si", lat, 0.5, 3, 1, 100, trials=5, nonsi_thread=p).latencies for p in (False, True)]
     assert np.array_equal(*si)
 
 

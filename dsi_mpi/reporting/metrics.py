@@ -1,0 +1,286 @@
+"""Every figure computed from run records, each by ONE estimator (report, explain, plots, the planner and
+analysis/benchmark.py all call these; nothing else computes a figure).
+
+A record is the dict `dsi_mpi.io.results.read_results` yields (`RunRecord.as_dict()` gives the same shape).
+
+Figures per algorithm (`algorithm_metrics`), totals over its prompts:
+- tokens_per_s, ms_per_token: total tokens / total wall time, and its inverse.
+- ttft_ms: mean time to the first token.
+- acceptance: accepted drafts / drafts compared with the target (summed over prompts).
+- accepted_tokens, recovered_tokens, bonus_tokens (vLLM's words): drafts accepted; target tokens that
+  replaced a rejected draft (one per rejection); every other target token (the prefill's first token, the
+  token after a fully accepted block, a block of no drafts).
+- mean_acceptance_length (as vLLM logs it): 1 + accepted drafts / applied verifications that carried drafts,
+  i.e. the tokens one target verification yields; accepted_per_verification is the same minus 1.
+- acceptance_histogram (gpt-fast's accept counts): entry j = applied verifications whose result let exactly
+  j drafts stand (a full block's extra token also judges the next block's first draft, so j runs to k + 1).
+  Needs the tasks table's `accepted` column (files written before it have none: empty histogram).
+- itl_p50_ms, itl_p90_ms, itl_p99_ms: percentiles of the inter-token latency, the differences of consecutive
+  `commit_times` of each prompt, pooled over prompts (tokens committed together count 0; the first
+  token's wait is ttft, not a delta).
+- verifier_utilisation: verifier forward time within the runs' wall time / (verifier ranks x wall time).
+- stale_fraction: share of verifier busy time spent on tasks whose result was stale or abandoned.
+
+Speedup of A over B (`speedup`): on the matched prompts, i.e. the intersection of the prompt indices both
+algorithms completed, (sum of B's wall times) / (sum of A's wall times); above 1: A is faster. The outputs
+are identical (lossless), so this is also the ratio of per-token latencies on those prompts.
+
+The time model's inputs (`time_model_inputs`), one estimator each:
+- target_ttft_s: median over nonsi's prompts of its first-token time (the target's prefill).
+- target_tpot_s: median over nonsi's prompts of (wall - ttft) / (tokens - 1), the authors' TPOT; without
+  nonsi, verify_forward_s.
+- verify_forward_s: median forward time of the applied verification tasks that carried drafts (si + dsi).
+- drafter_tpot_s: mean duration of the drafter's completed draft steps (DRAFT events) of si, else dsi.
+  Events time each forward alone: prefills and interrupted steps are their own event kinds, and si drafts
+  without serving replies in between (dsi's steps also serve replies between the drafter's layers), so this
+  is a clean per-token time; draft_s / (drafted - 1) would count interrupted steps as well.
+- drafter_ttft_s: median drafter prefill time (si + dsi).
+- acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
+  shaped by dsi's timing.
+- c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
+The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
+(`model_latencies`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+
+import numpy as np
+
+from dsi_mpi.io.records import Event, Outcome
+
+NAN = math.nan
+BASELINES = ("nonsi", "si")                      # speedups are reported against these
+ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")    # display order
+BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
+STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
+
+
+def ordered(names) -> list[str]:
+    """Algorithms in display order (known ones first, the rest sorted)."""
+    return [a for a in ORDER if a in names] + sorted(a for a in names if a not in ORDER)
+
+
+def by_algorithm(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["algorithm"], []).append(r)
+    return groups
+
+
+def job_shape(meta: dict, records: list[dict]) -> dict:
+    """lookahead k, verifier ranks V, max_new_tokens N and runtime.nonsi_thread, from the stored config, else
+    from the records."""
+    shape = {"lookahead": 0, "verifiers": 0, "max_new_tokens": 0, "nonsi_thread": True}
+    try:
+        cfg = tomllib.loads(meta.get("config_toml", ""))
+        shape["nonsi_thread"] = bool(cfg.get("runtime", {}).get("nonsi_thread", True))
+        shape["lookahead"] = int(cfg["decoding"]["lookahead"])
+        shape["max_new_tokens"] = int(cfg["decoding"]["max_new_tokens"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
+        pass
+    try:
+        shape["verifiers"] = len(json.loads(meta["ranks"])) - 1
+    except (KeyError, TypeError, ValueError):
+        pass
+    tasks = [r["tasks"] for r in records if len(r["tasks"])]
+    events = [r["events"] for r in records if len(r["events"])]
+    if shape["verifiers"] < 1:
+        ranks = [int(t["verifier"].max()) for t in tasks] + [int(e["rank"].max()) for e in events]
+        shape["verifiers"] = max(ranks, default=1)
+    if shape["lookahead"] < 1:
+        shape["lookahead"] = max((int(t["n_drafts"].max()) for t in tasks), default=1) or 1
+    if shape["max_new_tokens"] < 1:
+        shape["max_new_tokens"] = max((len(r["tokens"]) for r in records), default=1)
+    return shape
+
+
+def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:
+    """Seconds each verifier rank 1..V spent in forwards (verify or verify_aborted) within the run's wall time."""
+    busy = np.zeros(verifiers)
+    ev = rec["events"]
+    if not len(ev):
+        return busy
+    ev = ev[np.isin(ev["kind"], BUSY_KINDS) & (ev["rank"] >= 1) & (ev["rank"] <= verifiers)]
+    spans = np.clip(ev["t1"], 0, rec["wall_s"]) - np.clip(ev["t0"], 0, rec["wall_s"])
+    np.add.at(busy, ev["rank"] - 1, np.maximum(spans, 0))
+    return busy
+
+
+def _tasks(recs: list[dict]) -> np.ndarray | None:
+    tables = [r["tasks"] for r in recs if len(r["tasks"])]
+    return np.concatenate(tables) if tables else None
+
+
+def _total(recs: list[dict], name: str) -> int:
+    return sum(r.get(name, 0) for r in recs)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else NAN
+
+
+def acceptance(recs: list[dict]) -> float:
+    return _ratio(_total(recs, "accepted"), _total(recs, "compared"))
+
+
+def _verifications(tasks: np.ndarray | None) -> np.ndarray:
+    """Applied verification tasks that carried drafts."""
+    if tasks is None:
+        return np.zeros(0)
+    return tasks[(tasks["outcome"] == Outcome.USED) & (tasks["n_drafts"] > 0)]
+
+
+def acceptance_histogram(recs: list[dict]) -> list[int]:
+    """Entry j: applied verifications that let exactly j drafts stand (empty without the `accepted` column)."""
+    tasks = _verifications(_tasks(recs))
+    if not len(tasks) or "accepted" not in tasks.dtype.names:
+        return []
+    counts = tasks["accepted"][tasks["accepted"] >= 0]
+    return np.bincount(counts).tolist() if len(counts) else []
+
+
+def inter_token_ms(recs: list[dict]) -> np.ndarray:
+    """Differences of consecutive commit times of each prompt, pooled, in ms."""
+    deltas = [np.diff(np.asarray(r["commit_times"], dtype=float)) for r in recs if len(r["commit_times"]) > 1]
+    return 1e3 * np.concatenate(deltas) if deltas else np.zeros(0)
+
+
+def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
+    """Totals over the prompts of one algorithm; NaN where the records cannot say (e.g. no events)."""
+    tokens = sum(len(r["tokens"]) for r in recs)
+    wall = sum(r["wall_s"] for r in recs)
+    accepted, rejections = _total(recs, "accepted"), _total(recs, "rejections")
+    tasks = _tasks(recs)
+    applied = len(_verifications(tasks))
+    itl = inter_token_ms(recs)
+    m = {"prompts": len(recs), "tokens": tokens, "wall_s": wall,
+         "tokens_per_s": _ratio(tokens, wall), "ms_per_token": _ratio(1e3 * wall, tokens),
+         "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])) if recs else NAN,
+         "acceptance": acceptance(recs),
+         "accepted_tokens": accepted, "recovered_tokens": rejections,
+         "bonus_tokens": tokens - accepted - rejections if _total(recs, "compared") else 0,
+         "accepted_per_verification": _ratio(accepted, applied),
+         "mean_acceptance_length": 1 + _ratio(accepted, applied),
+         "acceptance_histogram": acceptance_histogram(recs),
+         "verifier_utilisation": NAN, "stale_fraction": NAN,
+         "tasks_sent": _total(recs, "tasks_sent"), "tasks_used": _total(recs, "tasks_used"),
+         "tasks_stale": _total(recs, "tasks_stale"), "blocks_unsent": _total(recs, "blocks_unsent"),
+         "rejections": rejections, "prompt_indices": sorted(r["prompt_index"] for r in recs)}
+    for q in (50, 90, 99):
+        m[f"itl_p{q}_ms"] = float(np.percentile(itl, q)) if len(itl) else NAN
+    if tasks is not None:
+        spent = np.nan_to_num(tasks["busy_s"])
+        if spent.sum() > 0:
+            m["stale_fraction"] = float(spent[np.isin(tasks["outcome"], STALE_OUTCOMES)].sum() / spent.sum())
+    if any(len(r["events"]) for r in recs) and wall > 0:
+        busy = sum(verifier_busy(r, verifiers).sum() for r in recs)
+        m["verifier_utilisation"] = float(busy / (verifiers * wall))
+    return m
+
+
+def _walls(by: dict[str, list[dict]], algorithm: str) -> dict[int, float]:
+    return {r["prompt_index"]: r["wall_s"] for r in by.get(algorithm, [])}
+
+
+def speedup(by: dict[str, list[dict]], algorithm: str, base: str) -> float:
+    """base wall time / algorithm wall time, summed over the matched prompts (above 1: algorithm faster)."""
+    mine, theirs = _walls(by, algorithm), _walls(by, base)
+    common = sorted(set(mine) & set(theirs))
+    total = sum(mine[i] for i in common)
+    return sum(theirs[i] for i in common) / total if common and total > 0 else NAN
+
+
+def per_prompt_speedups(by: dict[str, list[dict]], algorithm: str, base: str) -> list[float]:
+    mine, theirs = _walls(by, algorithm), _walls(by, base)
+    return [theirs[i] / mine[i] for i in sorted(set(mine) & set(theirs)) if mine[i] > 0]
+
+
+def compare(records: list[dict], verifiers: int) -> dict[str, dict]:
+    """algorithm_metrics per algorithm, plus speedup_vs_nonsi and speedup_vs_si on matched prompts."""
+    by = by_algorithm(records)
+    out = {}
+    for algorithm, recs in by.items():
+        out[algorithm] = algorithm_metrics(recs, verifiers)
+        for base in BASELINES:
+            out[algorithm][f"speedup_vs_{base}"] = speedup(by, algorithm, base)
+    return out
+
+
+def _median(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.median(values)) if values else NAN
+
+
+def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
+    """The time model's inputs as measured (see the module's docstring); None where one is unknown."""
+    spec = by.get("si", []) + by.get("dsi", [])
+    if not spec:
+        return None
+    clean = by.get("si") or by["dsi"]
+    plain = [r for r in by.get("nonsi", []) if len(r["tokens"]) > 1]
+    verify = _verifications(_tasks(spec))
+    verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
+    drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
+    m = {"verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
+         "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
+         "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
+         "acceptance": acceptance(clean)}
+    if plain:
+        m["target_ttft_s"] = _median([r["ttft_s"] for r in plain])
+        m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in plain])
+    else:
+        m["target_ttft_s"] = _median([r["ttft_s"] for r in spec])
+        m["target_tpot_s"] = m["verify_forward_s"]
+    if any(math.isnan(v) for v in m.values()) or m["target_tpot_s"] <= 0 or m["drafter_tpot_s"] <= 0:
+        return None
+    m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
+    return m
+
+
+def model_latencies(m: dict):
+    """(speculative, plain) simulator Latencies: si/dsi pay verify_forward_s per target forward, nonsi
+    target_tpot_s per step."""
+    from dsi_mpi.simulator import Latencies
+    spec = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
+                     target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
+    plain = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
+                      target_ttft=m["target_ttft_s"], target_tpot=m["target_tpot_s"])
+    return spec, plain
+
+
+def predicted_latencies(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool,
+                        drafter_layers: int = 1, trials: int = 100) -> dict:
+    """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
+    with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
+    from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
+    spec, plain = model_latencies(m)
+    a = min(max(m["acceptance"], 0.0), 1.0)
+    dsi = simulate("dsi", spec, a, lookahead["dsi"], verifiers, new_tokens, seed=0, trials=trials,
+                   nonsi_thread=nonsi_thread and verifiers > 1, drafter_layers=drafter_layers)
+    return {"nonsi": nonsi_latency(plain, new_tokens), "si": si_expected_latency(spec, a, lookahead["si"], new_tokens),
+            "dsi": dsi.mean_latency}
+
+
+def stale_work(recs: list[dict]) -> dict:
+    """Cancellations of stale tasks: how many, the share stopped mid-forward, the median time a verifier
+    stayed busy after the rejection."""
+    tables = [r["cancellations"] for r in recs if len(r["cancellations"])]
+    c = np.concatenate(tables) if tables else None
+    return {"cancellations": 0 if c is None else len(c),
+            "aborted": 0 if c is None else int(c["aborted"].sum()),
+            "aborted_fraction": NAN if c is None else float(c["aborted"].mean()),
+            "median_busy_after_reject_s": NAN if c is None else float(np.median(c["busy_after_s"]))}
+
+
+def cache_reuse(recs: list[dict]) -> dict:
+    """Per task of a block with drafts: share of its prefix kept in the verifier's cache, tokens computed."""
+    tasks = _tasks(recs)
+    if tasks is None:
+        return {"cache_reuse": NAN, "computed_per_task": NAN, "tokens_computed": 0, "tokens_reused": 0}
+    blocks = tasks[tasks["n_drafts"] > 0]
+    return {"cache_reuse": float(blocks["base"].sum() / blocks["start"].sum()) if len(blocks) else NAN,
+            "computed_per_task": float(blocks["computed"].mean()) if len(blocks) else NAN,
+            "tokens_computed": int(tasks["computed"].sum()), "tokens_reused": int(tasks["reused"].sum())}
