@@ -23,7 +23,8 @@ from pathlib import Path
 from dsi_mpi.reporting import metrics as mt
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]
+ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]     # with --set models.drafter='"ngram"': hf_prompt_lookup
+BASELINES = ("si", "nonsi", "hf_assisted", "hf_prompt_lookup")
 
 
 def run_job(args) -> Path:
@@ -47,7 +48,7 @@ def measure(records: list[dict]) -> dict:
     by = mt.by_algorithm(records)
     figures = mt.compare(records, max((r["verifiers"] for r in records), default=1))
     m = {"ms_per_token": {a: f["ms_per_token"] for a, f in figures.items()}, "prompts": len(by.get("dsi", []))}
-    for base in ("si", "nonsi", "hf_assisted"):
+    for base in BASELINES:
         if base in by and "dsi" in by:
             m[f"dsi_speedup_vs_{base}"] = mt.speedup(by, "dsi", base)
     m.update(mt.time_model_inputs(by) or {})
@@ -76,8 +77,12 @@ def _drafter_layers(cfg) -> int:
     if cfg["models"]["kind"] == "emulated":
         from dsi_mpi.backends.emulated import SLICES
         return SLICES
+    from dsi_mpi.io.drafter_spec import parse_drafter
+    spec = parse_drafter(cfg["models"]["drafter"])
+    if spec.kind != "model":   # ngram: no layers, replies are read between draft steps; truncated: L layers
+        return spec.params.get("layers", 1)
     from transformers import AutoConfig
-    return int(getattr(AutoConfig.from_pretrained(cfg["models"]["drafter"]), "num_hidden_layers", 1))
+    return int(getattr(AutoConfig.from_pretrained(spec.model), "num_hidden_layers", 1))
 
 
 def main(argv=None) -> int:
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
     print(f"lookahead {k}, dsi verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
     print(f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
           f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance']:.3f}")
-    for base in ("si", "nonsi", "hf_assisted"):
+    for base in BASELINES:
         if f"dsi_speedup_vs_{base}" in m:
             print(f"dsi speedup vs {base:<12} {m[f'dsi_speedup_vs_{base}']:.3f}x")
     if "predicted_dsi_speedup_vs_si" in m:
