@@ -15,7 +15,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from dsi_mpi import log
 from dsi_mpi.io.config import ConfigError
+
+logger = log.get("job")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -51,29 +54,26 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _say(message: str) -> None:
-    print(f"dsi-mpi: {message}", file=sys.stderr, flush=True)
-
-
 def run_job(cfg) -> int:
     """Entry point on every rank; returns the exit status (or never returns: MPI Abort)."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    log.setup(rank=rank)     # the launcher's variables may be missing (singleton start): MPI knows the rank
     if size < 2:
         if rank == 0:
-            _say(f"error: needs at least 2 MPI ranks (1 drafter + verifiers), got {size}: "
-                 "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)")
+            logger.error(f"needs at least 2 MPI ranks (1 drafter + verifiers), got {size}: "
+                         "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)")
         return EXIT_BAD_INPUT
     try:
         return _run_ranks(cfg, comm)
     except ConfigError as err:
-        _say(f"error on rank {rank}: {err}")
+        logger.error("%s", err)
         comm.Abort(EXIT_BAD_INPUT)
     except BaseException as err:  # noqa: BLE001 - any failure must take the whole job down, not hang it
         if os.environ.get("DSI_MPI_TRACEBACK"):
             traceback.print_exc()
-        _say(f"error on rank {rank}: {type(err).__name__}: {err}")
+        logger.error("%s: %s", type(err).__name__, err)
         comm.Abort(EXIT_FAILURE)
     return EXIT_FAILURE
 
@@ -97,7 +97,7 @@ def _run_ranks(cfg, comm) -> int:
             session = Session.prepare(cfg)
         except ConfigError as err:
             error = str(err)
-            _say(f"error: {err}")
+            logger.error("%s", err)
     if startup.share_verdict(comm, poller, error is not None):
         return EXIT_BAD_INPUT
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+from dsi_mpi import log
 from dsi_mpi.decoding.acceptance import rule_from_config
 from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.decoding.settings import RunSettings
@@ -13,6 +14,8 @@ from dsi_mpi.mpi.faults import FaultPlan
 from dsi_mpi.io.prompts import load_prompts
 from dsi_mpi.io.records import RunRecord
 from dsi_mpi.io.results import ResultsWriter
+
+logger = log.get("session")
 
 
 class Session:
@@ -52,8 +55,7 @@ class Session:
         self.settings = self._settings(comm_size - 1)
         algorithms = list(decoding.algorithms)
         if comm_size > 2 and "dsi" not in algorithms:
-            print(f"dsi-mpi: warning: {comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one",
-                  file=sys.stderr)
+            logger.warning(f"{comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one")
         for i in range(decoding.warmup_prompts):
             prompt = self.prompts[i % len(self.prompts)]
             for algorithm in algorithms:
@@ -62,7 +64,7 @@ class Session:
         started = time.perf_counter()
         todo = [p for p in self.prompts if p.index not in self.writer.completed]
         if len(todo) < len(self.prompts):
-            print(f"dsi-mpi: resuming: {len(self.prompts) - len(todo)} prompts already complete", file=sys.stderr)
+            logger.info(f"resuming: {len(self.prompts) - len(todo)} prompts already complete")
         try:
             for n, prompt in enumerate(todo):
                 shift = prompt.index % len(algorithms)
@@ -89,9 +91,9 @@ class Session:
         measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding.stop_at_eos)
         choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread)
         self.writer.add_metadata({"planner": choice})
-        print(f"dsi-mpi: planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
+        logger.info(f"planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
               f"{choice['verifiers']} (measured c = {measured['c']:.2f}, "
-              f"acceptance {measured['acceptance']:.2f})", file=sys.stderr)
+              f"acceptance {measured['acceptance']:.2f})")
         return choice
 
     def _run_one(self, algorithm: str, prompt, tokens: list[int]) -> RunRecord:
