@@ -4,10 +4,11 @@ Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents
 keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
-                                  slurm_job_id, clock_offsets_us, planner (only with "auto"); merged_from (merge)
+                                  slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
+                                  model, params); merged_from (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written)
         prompt_tokens      int64[n]
-        <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_s,
+        <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_misses, draft_s,
                                   drafter_prefill_s, compared, accepted, rejections, restarts, tasks_sent,
                                   tasks_used, tasks_stale, blocks_unsent, new_tokens
             tokens         int64[new_tokens]      generated token ids
@@ -30,7 +31,8 @@ from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
 # Root attributes known only once every rank has started (add_metadata refuses any other name).
-METADATA = ("versions", "git_commit", "ranks", "algorithms", "argv", "slurm_job_id", "clock_offsets_us", "planner")
+METADATA = ("versions", "git_commit", "ranks", "algorithms", "argv", "slurm_job_id", "clock_offsets_us", "planner",
+            "drafter")
 
 
 class ResultsWriter:

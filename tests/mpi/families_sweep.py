@@ -21,7 +21,7 @@ from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 from dsi_mpi.io.config import ConfigError
-from dsi_mpi.io.records import ABORTED, RunRecord
+from dsi_mpi.io.records import Outcome, RunRecord
 from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
 
@@ -67,7 +67,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
                         rows.append({"family": family, "drafter": drafter_name, "k": k, "policy": policy,
                                      "prompt": i, "tokens": rec.tokens, "ref": refs[i], "ok": rec.tokens == refs[i],
                                      "rejections": rec.rejections, "stale": rec.tasks_stale,
-                                     "aborted": sum(1 for t in rec.tasks if t[-1] == ABORTED),
+                                     "aborted": int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum()),
                                      "accepted": rec.accepted, "compared": rec.compared,
                                      "restarts": rec.restarts})
     finally:
