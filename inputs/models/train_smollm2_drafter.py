@@ -277,6 +277,11 @@ the drafter's argmax on the target's own prefix is compared.
 | c = drafter / target | {lat['c']} |
 | whole build (s) | {info['total_s']} |
 
+Aim (a >= 0.5 at c <= 0.3): {"met" if a >= 0.5 and lat['c'] <= 0.3 else "NOT met"} by this build. Decode times are
+under contention (other jobs on the cores); c is from interleaved rounds, so both models saw the same load.
+More data and CPU time are the levers: the training loss was still falling, and the training got
+{tr['train_cpu_s']} CPU s in {tr['train_s']} s of wall time (`--gen-s`, `--train-s`, `--layers` scale the recipe).
+
 Target's greedy answer to the first held-out request: {json.dumps(acc['sample'])}
 {END}
 """
