@@ -62,6 +62,7 @@ BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 NUM_THREADS = 2
+OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"  # kept when rewriting TRAINING.md
 BF16_AUTOCAST = True             # bf16 matmuls in training: half the CPU per step (measured, AVX512-BF16)
 
 TARGET = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=704)
@@ -396,7 +397,9 @@ def main():
     print(json.dumps({k: v for k, v in r.items() if k != "samples"}, indent=1))
     for x in r["samples"][:2]:
         print(f"--- target greedy continuation of {x['id']} ---\n{x['continuation']}\n")
-    (HERE / "TRAINING.md").write_text(report(r, prompts))
+    old = (HERE / "TRAINING.md").read_text() if (HERE / "TRAINING.md").exists() else ""
+    kept = old[old.index(OTHER_SECTIONS):] if OTHER_SECTIONS in old else ""   # e.g. the SmolLM2 drafter's
+    (HERE / "TRAINING.md").write_text(report(r, prompts) + ("\n" + kept if kept else ""))
     print(f"inputs/models/ total: {folder_mb(HERE):.2f} MB")
 
 
