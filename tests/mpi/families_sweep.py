@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.records import Outcome, RunRecord
@@ -63,7 +64,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
             for k in lookaheads:
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
-                        rec = decoder.generate(policy, prompt, new_tokens, k, RunRecord(policy, i, str(i)))
+                        rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))
                         rows.append({"family": family, "drafter": drafter_name, "k": k, "policy": policy,
                                      "prompt": i, "tokens": rec.tokens, "ref": refs[i], "ok": rec.tokens == refs[i],
                                      "rejections": rec.rejections, "stale": rec.tasks_stale,
