@@ -43,7 +43,7 @@ test-oldest: $(OLD_VENV)/.installed
 		"tests/mpi/test_lossless.py::test_si_and_dsi_equal_hf_generate[3]" \
 		"tests/mpi/test_lossless.py::test_drafters_that_need_no_training_are_lossless[3]"
 
-# Lint and format check (ruff, from the test extra); not applied to the tree or wired into CI yet.
+# Lint and format check (ruff, from the test extra); .ci/run runs it first.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -11,6 +11,7 @@ feeds those measurements to the simulator and prints the dsi/si ratio the model 
 measured one, plus KV-cache reuse and how long verifiers stayed busy on stale work after rejections.
 On a GPU node: --set models.device="cuda" --set models.dtype="bfloat16" --np 1+verifiers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,29 @@ from pathlib import Path
 from dsi_mpi.reporting import metrics as mt
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]     # with --set models.drafter='"ngram"': hf_prompt_lookup
+ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]  # with --set models.drafter='"ngram"': hf_prompt_lookup
 BASELINES = ("si", "nonsi", "hf_assisted", "hf_prompt_lookup")
 
 
 def run_job(args) -> Path:
     mpiexec = os.environ.get("MPIEXEC", str(Path(sys.executable).parent / "mpiexec"))
     out = Path(args.out)
-    command = [mpiexec, "-n", str(args.np), sys.executable, "-m", "dsi_mpi", "run", args.config,
-               "--set", f"output.path={json.dumps(str(out))}", "--set", "output.overwrite=true",
-               "--set", f"decoding.algorithms={json.dumps(args.algorithms)}"]
+    command = [
+        mpiexec,
+        "-n",
+        str(args.np),
+        sys.executable,
+        "-m",
+        "dsi_mpi",
+        "run",
+        args.config,
+        "--set",
+        f"output.path={json.dumps(str(out))}",
+        "--set",
+        "output.overwrite=true",
+        "--set",
+        f"decoding.algorithms={json.dumps(args.algorithms)}",
+    ]
     if args.lookahead:
         command += ["--set", f"decoding.lookahead={args.lookahead}"]
     for item in args.set:
@@ -58,30 +72,40 @@ def measure(records: list[dict]) -> dict:
     dsi = by.get("dsi", [])
     m.update(mt.cache_reuse(dsi))
     stale = mt.stale_work(dsi)
-    m.update(cancellations=stale["cancellations"], aborted_fraction=stale["aborted_fraction"],
-             median_busy_after_reject_s=stale["median_busy_after_reject_s"],
-             tasks_stale=figures.get("dsi", {}).get("tasks_stale", 0), tasks_sent=figures.get("dsi", {}).get("tasks_sent", 0))
+    m.update(
+        cancellations=stale["cancellations"],
+        aborted_fraction=stale["aborted_fraction"],
+        median_busy_after_reject_s=stale["median_busy_after_reject_s"],
+        tasks_stale=figures.get("dsi", {}).get("tasks_stale", 0),
+        tasks_sent=figures.get("dsi", {}).get("tasks_sent", 0),
+    )
     return m
 
 
-def predict(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool,
-            drafter_layers: int = 1) -> dict:
+def predict(
+    m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool, drafter_layers: int = 1
+) -> dict:
     """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
     out = mt.predicted_latencies(m, lookahead, verifiers, new_tokens, nonsi_thread, drafter_layers, trials=400)
-    return {"predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
-            "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"]}
+    return {
+        "predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
+        "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"],
+    }
 
 
 def _drafter_layers(cfg) -> int:
     """Replies are read between the drafter's layers: the simulator needs how many there are."""
     if cfg["models"]["kind"] == "emulated":
         from dsi_mpi.backends.emulated import SLICES
+
         return SLICES
     from dsi_mpi.io.drafter_spec import parse_drafter
+
     spec = parse_drafter(cfg["models"]["drafter"])
-    if spec.kind != "model":   # ngram: no layers, replies are read between draft steps; truncated: L layers
+    if spec.kind != "model":  # ngram: no layers, replies are read between draft steps; truncated: L layers
         return spec.params.get("layers", 1)
     from transformers import AutoConfig
+
     return int(getattr(AutoConfig.from_pretrained(spec.model), "num_hidden_layers", 1))
 
 
@@ -96,10 +120,12 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help="analyse this file instead of running a job")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    from dsi_mpi.io.config import validate
-    from dsi_mpi.reporting.report import summary_table
-    from dsi_mpi.io.results import read_results
     import tomllib
+
+    from dsi_mpi.io.config import validate
+    from dsi_mpi.io.results import read_results
+    from dsi_mpi.reporting.report import summary_table
+
     path = Path(args.results) if args.results else run_job(args)
     meta, records = read_results(str(path))
     cfg = validate(tomllib.loads(meta["config_toml"]))
@@ -109,28 +135,40 @@ def main(argv=None) -> int:
     m = measure(records)
     if "dsi" in k and "si" in k and "c" in m:
         m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"], _drafter_layers(cfg)))
-    m.update(lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path),
-             git_commit=meta.get("git_commit"))
+    m.update(
+        lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path), git_commit=meta.get("git_commit")
+    )
     print(summary_table(records))
     print()
     print(f"lookahead {k}, dsi verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
-    print(f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
-          f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance']:.3f}")
+    print(
+        f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
+        f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance']:.3f}"
+    )
     for base in BASELINES:
         if f"dsi_speedup_vs_{base}" in m:
             print(f"dsi speedup vs {base:<12} {m[f'dsi_speedup_vs_{base}']:.3f}x")
     if "predicted_dsi_speedup_vs_si" in m:
         share = m["dsi_speedup_vs_si"] / m["predicted_dsi_speedup_vs_si"]
-        print(f"time model predicts dsi vs si {m['predicted_dsi_speedup_vs_si']:.3f}x, vs nonsi "
-              f"{m['predicted_dsi_speedup_vs_nonsi']:.3f}x; measured/predicted (vs si) = {share:.1%}")
+        print(
+            f"time model predicts dsi vs si {m['predicted_dsi_speedup_vs_si']:.3f}x, vs nonsi "
+            f"{m['predicted_dsi_speedup_vs_nonsi']:.3f}x; measured/predicted (vs si) = {share:.1%}"
+        )
         m["measured_over_predicted_vs_si"] = share
     print(f"cache reuse {m['cache_reuse']:.1%} of prefix tokens, {m['computed_per_task']:.1f} tokens computed per task")
     from transformers import AutoConfig
-    layers = 8 if cfg["models"]["kind"] == "emulated" else AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
+
+    layers = (
+        8
+        if cfg["models"]["kind"] == "emulated"
+        else AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
+    )
     m["target_layer_s"] = m["verify_forward_s"] / layers
-    print(f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "
-          f"{m['aborted_fraction']:.0%} stopped mid-forward; median busy after a rejection "
-          f"{1e3 * m['median_busy_after_reject_s']:.3f} ms (one target layer: {1e3 * m['target_layer_s']:.3f} ms)")
+    print(
+        f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "
+        f"{m['aborted_fraction']:.0%} stopped mid-forward; median busy after a rejection "
+        f"{1e3 * m['median_busy_after_reject_s']:.3f} ms (one target layer: {1e3 * m['target_layer_s']:.3f} ms)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(m, indent=1, default=float))
     return 0

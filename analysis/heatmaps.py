@@ -14,6 +14,7 @@ features (see simulator.simulate: nonsi_thread, drafter_layers); they are much s
 A speedup of X over Y is Y's latency / X's latency, so > 1 means X is faster.
 Writes DIR/heatmaps.png (four panels) and DIR/heatmaps.csv (one row per pixel).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,30 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsi_mpi import simulator as S  # noqa: E402
 
-C_GRID = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(19)]   # 0.01, 0.05, 0.1, ..., 1.0
+C_GRID = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(19)]  # 0.01, 0.05, 0.1, ..., 1.0
 A_GRID = [0.01] + [round(0.05 * i, 2) for i in range(1, 20)] + [0.99]  # 0.01, 0.05, ..., 0.95, 0.99
 QUICK = dict(c=[0.05, 0.45, 1.0], a=[0.05, 0.5, 0.95], tokens=100, trials=4, lookaheads=range(1, 9))
-PANELS = [("si_over_nonsi", "Speedup of SI over non-SI\n(non-SI latency / SI latency)"),
-          ("dsi_over_si", "Speedup of DSI over SI\n(SI latency / DSI latency)"),
-          ("dsi_over_nonsi", "Speedup of DSI over non-SI\n(non-SI latency / DSI latency)"),
-          ("dsi_over_best", "Speedup of DSI over the faster of SI and non-SI\n(min(SI, non-SI) / DSI)")]
-FIELDS = ["c", "a", "nonsi", "si", "si_k", "dsi", "dsi_se", "dsi_k", "dsi_v",
-          "si_over_nonsi", "dsi_over_si", "dsi_over_nonsi", "dsi_over_best"]
+PANELS = [
+    ("si_over_nonsi", "Speedup of SI over non-SI\n(non-SI latency / SI latency)"),
+    ("dsi_over_si", "Speedup of DSI over SI\n(SI latency / DSI latency)"),
+    ("dsi_over_nonsi", "Speedup of DSI over non-SI\n(non-SI latency / DSI latency)"),
+    ("dsi_over_best", "Speedup of DSI over the faster of SI and non-SI\n(min(SI, non-SI) / DSI)"),
+]
+FIELDS = [
+    "c",
+    "a",
+    "nonsi",
+    "si",
+    "si_k",
+    "dsi",
+    "dsi_se",
+    "dsi_k",
+    "dsi_v",
+    "si_over_nonsi",
+    "dsi_over_si",
+    "dsi_over_nonsi",
+    "dsi_over_best",
+]
 
 
 def pixel(job) -> dict:
@@ -48,14 +64,25 @@ def pixel(job) -> dict:
     best = None
     for k in lookaheads:
         top = min(7, S.min_verifiers_without_queueing(c, k))
-        for V in (range(1, top + 1) if search_v else [top]):
+        for V in range(1, top + 1) if search_v else [top]:
             r = S.simulate("dsi", lat, a, k, V, tokens, seed, trials, **extra)
             if best is None or r.mean_latency < best.mean_latency:
                 best = r
-    return dict(c=c, a=a, nonsi=nonsi, si=si, si_k=si_k, dsi=best.mean_latency, dsi_se=best.std_error,
-                dsi_k=best.lookahead, dsi_v=best.verifiers, si_over_nonsi=nonsi / si,
-                dsi_over_si=si / best.mean_latency, dsi_over_nonsi=nonsi / best.mean_latency,
-                dsi_over_best=min(si, nonsi) / best.mean_latency)
+    return dict(
+        c=c,
+        a=a,
+        nonsi=nonsi,
+        si=si,
+        si_k=si_k,
+        dsi=best.mean_latency,
+        dsi_se=best.std_error,
+        dsi_k=best.lookahead,
+        dsi_v=best.verifiers,
+        si_over_nonsi=nonsi / si,
+        dsi_over_si=si / best.mean_latency,
+        dsi_over_nonsi=nonsi / best.mean_latency,
+        dsi_over_best=min(si, nonsi) / best.mean_latency,
+    )
 
 
 def _ticks(lo: float, hi: float) -> list[float]:
@@ -75,6 +102,7 @@ def plot(rows: list[dict], cs, as_, path: Path, subtitle: str) -> None:
     """Four panels; colours on a log scale centred on 1 (blue: the named algorithm is faster, red:
     slower), each pixel labelled with its speedup, a black contour where the speedup crosses 1."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
@@ -92,8 +120,7 @@ def plot(rows: list[dict], cs, as_, path: Path, subtitle: str) -> None:
             ax.contour(logs, levels=[0.0], colors="black", linewidths=1.2)
         for (i, j), v in np.ndenumerate(grid):
             dark = abs(norm(logs[i, j]) - 0.5) > 0.35
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=size,
-                    color="white" if dark else "black")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=size, color="white" if dark else "black")
         ax.set_xticks(range(len(cs)), [f"{c:g}" for c in cs], rotation=90, fontsize=8)
         ax.set_yticks(range(len(as_)), [f"{a:g}" for a in as_], fontsize=8)
         ax.set_xlabel("drafter latency c (drafter TPOT / target TPOT)")
@@ -114,8 +141,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=1000, help="new tokens per generation (paper: 1000)")
     ap.add_argument("--trials", type=int, default=10, help="dsi Monte Carlo trials per setting")
     ap.add_argument("--quick", action="store_true", help="3 x 3 grid, 100 tokens, k <= 8 (for tests)")
-    ap.add_argument("--verifiers", choices=["needed", "best"], default="needed",
-                    help="dsi V per k: min(7, ceil(1/(k c))), or the best V up to that")
+    ap.add_argument(
+        "--verifiers",
+        choices=["needed", "best"],
+        default="needed",
+        help="dsi V per k: min(7, ceil(1/(k c))), or the best V up to that",
+    )
     ap.add_argument("--nonsi-thread", action="store_true", help="dsi sends a zero-draft block per rejection")
     ap.add_argument("--drafter-layers", type=int, default=1, help="replies also read inside drafter steps")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
@@ -139,10 +170,15 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, cs, as_, args.out / "heatmaps.png",
-         f"N = {tokens} tokens, k <= {max(ks)} per algorithm, dsi V: {args.verifiers} (<= 7), "
-         f"non-SI thread {'on' if args.nonsi_thread else 'off'}, drafter layers {args.drafter_layers}, "
-         f"{trials} dsi trials, seed {args.seed}")
+    plot(
+        rows,
+        cs,
+        as_,
+        args.out / "heatmaps.png",
+        f"N = {tokens} tokens, k <= {max(ks)} per algorithm, dsi V: {args.verifiers} (<= 7), "
+        f"non-SI thread {'on' if args.nonsi_thread else 'off'}, drafter layers {args.drafter_layers}, "
+        f"{trials} dsi trials, seed {args.seed}",
+    )
     for key, _ in PANELS:
         values = [r[key] for r in rows]
         print(f"{key:15s} min {min(values):.3f}  max {max(values):.3f}")

@@ -10,6 +10,7 @@ acceptance, lookahead, verifiers and token count go to the simulator (dsi_mpi/si
 CSV and Markdown table and a PNG (measured against predicted dsi latency per token, and the speedups),
 and prints the worst relative error and whether dsi beat si and nonsi in every run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [  # (c, acceptance, lookahead, verifiers)
-    (0.1, 0.8, 5, 1), (0.1, 0.8, 5, 3), (0.1, 0.8, 5, 7), (0.1, 0.6, 3, 7),
-    (0.2, 0.6, 3, 1), (0.2, 0.6, 3, 3), (0.2, 0.8, 5, 3), (0.2, 0.9, 8, 7),
-    (0.05, 0.7, 5, 7), (0.05, 0.9, 10, 7), (0.4, 0.5, 2, 3), (0.3, 0.7, 3, 5),
+    (0.1, 0.8, 5, 1),
+    (0.1, 0.8, 5, 3),
+    (0.1, 0.8, 5, 7),
+    (0.1, 0.6, 3, 7),
+    (0.2, 0.6, 3, 1),
+    (0.2, 0.6, 3, 3),
+    (0.2, 0.8, 5, 3),
+    (0.2, 0.9, 8, 7),
+    (0.05, 0.7, 5, 7),
+    (0.05, 0.9, 10, 7),
+    (0.4, 0.5, 2, 3),
+    (0.3, 0.7, 3, 5),
 ]
 QUICK = [(0.1, 0.8, 5, 3), (0.2, 0.6, 3, 1)]
 SEED, PROMPT_TOKENS = 0, 16
@@ -33,23 +43,44 @@ SEED, PROMPT_TOKENS = 0, 16
 
 def run_point(c, a, k, v, args, workdir: Path) -> dict:
     from dsi_mpi.io.results import read_results
+
     out = workdir / f"c{c}_a{a}_k{k}_v{v}.h5"
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(f'{{"id": "e{i}", "prompt": "emulated"}}\n' for i in range(args.prompts)))
     tpot, ttft = args.target_tpot, args.target_tpot * 5 / 3
-    settings = {"models.kind": '"emulated"', "decoding.algorithms": '["nonsi", "si", "dsi"]',
-                "decoding.lookahead": k, "decoding.max_new_tokens": args.tokens, "decoding.warmup_prompts": 0,
-                "prompts.path": json.dumps(str(prompts)), "output.path": json.dumps(str(out)),
-                "output.overwrite": "true", "emulation.target_tpot_s": tpot, "emulation.target_ttft_s": ttft,
-                "emulation.drafter_tpot_s": c * tpot, "emulation.drafter_ttft_s": c * ttft,
-                "emulation.acceptance": a, "emulation.prompt_tokens": PROMPT_TOKENS, "decoding.seed": SEED,
-                "runtime.timeout_s": 120.0}
-    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(v + 1), sys.executable, "-m", "dsi_mpi",
-               "run", str(ROOT / "inputs/configs/default.toml")]
+    settings = {
+        "models.kind": '"emulated"',
+        "decoding.algorithms": '["nonsi", "si", "dsi"]',
+        "decoding.lookahead": k,
+        "decoding.max_new_tokens": args.tokens,
+        "decoding.warmup_prompts": 0,
+        "prompts.path": json.dumps(str(prompts)),
+        "output.path": json.dumps(str(out)),
+        "output.overwrite": "true",
+        "emulation.target_tpot_s": tpot,
+        "emulation.target_ttft_s": ttft,
+        "emulation.drafter_tpot_s": c * tpot,
+        "emulation.drafter_ttft_s": c * ttft,
+        "emulation.acceptance": a,
+        "emulation.prompt_tokens": PROMPT_TOKENS,
+        "decoding.seed": SEED,
+        "runtime.timeout_s": 120.0,
+    }
+    command = [
+        str(Path(sys.executable).parent / "mpiexec"),
+        "-n",
+        str(v + 1),
+        sys.executable,
+        "-m",
+        "dsi_mpi",
+        "run",
+        str(ROOT / "inputs/configs/default.toml"),
+    ]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
-    subprocess.run(command, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                   stdout=subprocess.DEVNULL, timeout=900)
+    subprocess.run(
+        command, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, timeout=900
+    )
     _, records = read_results(str(out))
     row = {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot}
     for alg in ("nonsi", "si", "dsi"):
@@ -64,6 +95,7 @@ def predict(alg, record, c, a, k, v, tpot, ttft, tokens) -> float:
     position p exactly when emulated_match(seed, p) says so, so model and machine share their luck."""
     from dsi_mpi.backends.emulated import SLICES, emulated_match
     from dsi_mpi.simulator import Latencies, latency_of_draw
+
     lat = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
     first = PROMPT_TOKENS
     match = [emulated_match(SEED, first + i, a) for i in range(tokens)]
@@ -86,18 +118,25 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| c | a | k | V | dsi measured ms/tok | dsi predicted ms/tok | error | dsi/si measured (predicted) | "
-             "dsi/nonsi measured (predicted) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| c | a | k | V | dsi measured ms/tok | dsi predicted ms/tok | error | dsi/si measured (predicted) | "
+        "dsi/nonsi measured (predicted) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         n = r["tokens"]
-        lines.append(f"| {r['c']} | {r['a']} | {r['k']} | {r['verifiers']} | {1e3 * r['measured_dsi_s'] / n:.2f} | "
-                     f"{1e3 * r['predicted_dsi_s'] / n:.2f} | {r['dsi_error']:+.1%} | {r['measured_dsi_vs_si']:.2f}x "
-                     f"({r['predicted_dsi_vs_si']:.2f}x) | {r['measured_dsi_vs_nonsi']:.2f}x "
-                     f"({r['predicted_dsi_vs_nonsi']:.2f}x) |")
+        lines.append(
+            f"| {r['c']} | {r['a']} | {r['k']} | {r['verifiers']} | {1e3 * r['measured_dsi_s'] / n:.2f} | "
+            f"{1e3 * r['predicted_dsi_s'] / n:.2f} | {r['dsi_error']:+.1%} | {r['measured_dsi_vs_si']:.2f}x "
+            f"({r['predicted_dsi_vs_si']:.2f}x) | {r['measured_dsi_vs_nonsi']:.2f}x "
+            f"({r['predicted_dsi_vs_nonsi']:.2f}x) |"
+        )
     Path(f"{prefix}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     pred = [1e3 * r["predicted_dsi_s"] / r["tokens"] for r in rows]
     meas = [1e3 * r["measured_dsi_s"] / r["tokens"] for r in rows]
@@ -105,8 +144,11 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
     left.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="measured = predicted")
     left.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="within 10%")
     left.scatter(pred, meas, c=[r["verifiers"] for r in rows], cmap="viridis", zorder=3)
-    left.set(xlabel="predicted dsi ms/token (simulator)", ylabel="measured dsi ms/token (emulated MPI)",
-             title="dsi: model versus machine")
+    left.set(
+        xlabel="predicted dsi ms/token (simulator)",
+        ylabel="measured dsi ms/token (emulated MPI)",
+        title="dsi: model versus machine",
+    )
     left.legend(loc="upper left")
     x = range(len(rows))
     right.bar([i - 0.2 for i in x], [r["measured_dsi_vs_si"] for r in rows], 0.4, label="measured dsi/si")
@@ -132,15 +174,20 @@ def main(argv=None) -> int:
         for point in QUICK if args.quick else GRID:
             rows.append(run_point(*point, args, Path(tmp)))
             r = summarise([rows[-1]])[0]
-            print(f"c={r['c']} a={r['a']} k={r['k']} V={r['verifiers']}: dsi {r['dsi_error']:+.1%} vs model; "
-                  f"dsi/si {r['measured_dsi_vs_si']:.2f}x (model {r['predicted_dsi_vs_si']:.2f}x), dsi/nonsi "
-                  f"{r['measured_dsi_vs_nonsi']:.2f}x (model {r['predicted_dsi_vs_nonsi']:.2f}x)", flush=True)
+            print(
+                f"c={r['c']} a={r['a']} k={r['k']} V={r['verifiers']}: dsi {r['dsi_error']:+.1%} vs model; "
+                f"dsi/si {r['measured_dsi_vs_si']:.2f}x (model {r['predicted_dsi_vs_si']:.2f}x), dsi/nonsi "
+                f"{r['measured_dsi_vs_nonsi']:.2f}x (model {r['predicted_dsi_vs_nonsi']:.2f}x)",
+                flush=True,
+            )
     summarise(rows)
     write_outputs(rows, Path(args.out))
     worst = max(rows, key=lambda r: abs(r["dsi_error"]))
-    print(f"worst dsi error {worst['dsi_error']:+.1%} at c={worst['c']} a={worst['a']} k={worst['k']} "
-          f"V={worst['verifiers']}; dsi faster than si in {sum(r['measured_dsi_vs_si'] > 1 for r in rows)}/{len(rows)} "
-          f"runs and than nonsi in {sum(r['measured_dsi_vs_nonsi'] > 1 for r in rows)}/{len(rows)}")
+    print(
+        f"worst dsi error {worst['dsi_error']:+.1%} at c={worst['c']} a={worst['a']} k={worst['k']} "
+        f"V={worst['verifiers']}; dsi faster than si in {sum(r['measured_dsi_vs_si'] > 1 for r in rows)}/{len(rows)} "
+        f"runs and than nonsi in {sum(r['measured_dsi_vs_nonsi'] > 1 for r in rows)}/{len(rows)}"
+    )
     print(f"wrote {args.out}.csv, .md, .png")
     return 0
 

@@ -5,6 +5,7 @@ usage: python analysis/plot_results.py RESULTS.h5 --out DIR       (gantt of the 
        python analysis/plot_results.py table RESULTS.h5 [RESULTS2.h5 ...] --out PREFIX
        python analysis/plot_results.py distributions RESULTS.h5 [RESULTS2.h5 ...] --out DIR
 """
+
 from __future__ import annotations
 
 import sys

@@ -8,6 +8,7 @@ or hangs after a random number of ticks) and resumes the same results file. Afte
 must open, every prompt marked complete must hold all three algorithms with exactly the emulated
 target's tokens, and no prompt complete before the round may have changed. Prints what happened.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,34 +29,56 @@ TOKENS, PROMPT_TOKENS, SEED = 24, 8, 5
 
 
 def run(args, prompts: Path, fault: str | None) -> int:
-    settings = {"models.kind": '"emulated"', "decoding.algorithms": json.dumps(list(ALGORITHMS)),
-                "decoding.max_new_tokens": TOKENS, "decoding.warmup_prompts": 0, "decoding.seed": SEED,
-                "decoding.lookahead": 3, "prompts.path": json.dumps(str(prompts)),
-                "output.path": json.dumps(args.out), "output.overwrite": "false", "output.resume": "true",
-                "runtime.timeout_s": 3.0, "emulation.target_tpot_s": 0.002, "emulation.target_ttft_s": 0.003,
-                "emulation.drafter_tpot_s": 0.0005, "emulation.drafter_ttft_s": 0.001,
-                "emulation.acceptance": 0.7, "emulation.prompt_tokens": PROMPT_TOKENS}
-    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks), sys.executable, "-m",
-               "dsi_mpi", "run", str(ROOT / "inputs/configs/default.toml")]
+    settings = {
+        "models.kind": '"emulated"',
+        "decoding.algorithms": json.dumps(list(ALGORITHMS)),
+        "decoding.max_new_tokens": TOKENS,
+        "decoding.warmup_prompts": 0,
+        "decoding.seed": SEED,
+        "decoding.lookahead": 3,
+        "prompts.path": json.dumps(str(prompts)),
+        "output.path": json.dumps(args.out),
+        "output.overwrite": "false",
+        "output.resume": "true",
+        "runtime.timeout_s": 3.0,
+        "emulation.target_tpot_s": 0.002,
+        "emulation.target_ttft_s": 0.003,
+        "emulation.drafter_tpot_s": 0.0005,
+        "emulation.drafter_ttft_s": 0.001,
+        "emulation.acceptance": 0.7,
+        "emulation.prompt_tokens": PROMPT_TOKENS,
+    }
+    command = [
+        str(Path(sys.executable).parent / "mpiexec"),
+        "-n",
+        str(args.ranks),
+        sys.executable,
+        "-m",
+        "dsi_mpi",
+        "run",
+        str(ROOT / "inputs/configs/default.toml"),
+    ]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("DSI_MPI_FAULT", None)
     if fault:
         env["DSI_MPI_FAULT"] = fault
-    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=300).returncode
+    return subprocess.run(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+    ).returncode
 
 
 def snapshot(path: str) -> dict:
     """{prompt index: {algorithm: tokens}} of the complete prompts, checked against the emulated truth."""
     from dsi_mpi.backends.emulated import emulated_target_token
+
     deadline = time.monotonic() + 10
     while True:
         try:
             f = h5py.File(path, "r")
             break
-        except BlockingIOError:        # a killed rank may hold the lock for a moment
+        except BlockingIOError:  # a killed rank may hold the lock for a moment
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -101,16 +124,19 @@ def main(argv=None) -> int:
                 raise AssertionError(f"round {round_}: prompts {lost} complete before the fault changed or vanished")
             faults[kind] = faults.get(kind, 0) + 1
             failures += code != 0
-            print(f"round {round_:2d}: {fault:<28} exit {code:3d}  complete {len(after_round)}/{args.prompts}",
-                  flush=True)
+            print(
+                f"round {round_:2d}: {fault:<28} exit {code:3d}  complete {len(after_round)}/{args.prompts}", flush=True
+            )
             before = after_round
             if len(before) == args.prompts:
                 break
-        code = run(args, prompts, None)            # finish whatever is left, with no fault
+        code = run(args, prompts, None)  # finish whatever is left, with no fault
         final = snapshot(args.out)
-    print(f"soak: {round_ + 1} faulty rounds ({failures} ended by their fault; kinds {faults}), final run exit "
-          f"{code}; {len(final)}/{args.prompts} prompts complete and exact, none lost or changed; "
-          f"{time.monotonic() - start:.0f} s")
+    print(
+        f"soak: {round_ + 1} faulty rounds ({failures} ended by their fault; kinds {faults}), final run exit "
+        f"{code}; {len(final)}/{args.prompts} prompts complete and exact, none lost or changed; "
+        f"{time.monotonic() - start:.0f} s"
+    )
     return 0 if code == 0 and len(final) == args.prompts else 1
 
 

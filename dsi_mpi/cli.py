@@ -11,6 +11,7 @@ usage:
 -v / -q (repeatable, before the command or after `run`): more or less logging on every rank; by default
 rank 0 logs at INFO and the other ranks at WARNING (dsi_mpi/log.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,26 +24,35 @@ VERBOSITY = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": 
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dsi-mpi run",
-                                     usage="mpiexec -n N python -m dsi_mpi run CONFIG.toml [--set section.key=value ...]")
+    parser = argparse.ArgumentParser(
+        prog="dsi-mpi run", usage="mpiexec -n N python -m dsi_mpi run CONFIG.toml [--set section.key=value ...]"
+    )
     parser.add_argument("config", help="TOML run configuration")
-    parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
-                        help="override one config key (repeatable); the value is read as TOML")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="section.key=value",
+        help="override one config key (repeatable); the value is read as TOML",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging (repeatable)")
     args = parser.parse_args(argv)
     if args.verbose or args.quiet:
         log.setup(log._state["verbosity"] + args.verbose - args.quiet)
     from dsi_mpi.io.config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config, args.set)
     except ConfigError as err:
-        if log.launcher_rank() == 0:      # one line for the job, not one per rank
+        if log.launcher_rank() == 0:  # one line for the job, not one per rank
             logger.error("%s", err)
         return 2
     import os
+
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.models.threads))
     from dsi_mpi.job import run_job
+
     return run_job(cfg)
 
 
@@ -60,18 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         return _run(rest)
     if command == "report":
         from dsi_mpi.reporting.report import main as report_main
+
         return report_main(rest)
     if command == "merge":
         from dsi_mpi.io.merge import main as merge_main
+
         return merge_main(rest)
     if command == "plot":
         from dsi_mpi.reporting.plots import main as plot_main
+
         return plot_main(rest)
     if command == "simulate":
         from dsi_mpi.simulator import main as simulate_main
+
         return simulate_main(rest)
     if command == "config-keys":
         from dsi_mpi.io.config import keys_markdown
+
         print(keys_markdown())
         return 0
     logger.error(f"unknown command {command!r}\n\n{__doc__.strip()}")

@@ -6,6 +6,7 @@ warm-up runs of each, and every record is flushed to the results file as soon as
 Any error on any rank prints one line naming the rank and aborts the whole job (MPI Abort), so that
 mpiexec and srun return non-zero instead of hanging.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,19 +32,31 @@ def _versions() -> dict:
     import torch
     import transformers
     from mpi4py import MPI
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "mpi4py": mpi4py.__version__,
-            "mpi_library": MPI.Get_library_version().strip().splitlines()[0], "numpy": numpy.__version__,
-            "h5py": h5py.__version__}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "mpi4py": mpi4py.__version__,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "numpy": numpy.__version__,
+        "h5py": h5py.__version__,
+    }
 
 
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
@@ -51,19 +64,23 @@ def _git_commit() -> str:
 
 def _set_threads(threads: int) -> None:
     import torch
+
     torch.set_num_threads(threads)
 
 
 def run_job(cfg) -> int:
     """Entry point on every rank; returns the exit status (or never returns: MPI Abort)."""
     from mpi4py import MPI
+
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    log.setup(rank=rank)     # the launcher's variables may be missing (singleton start): MPI knows the rank
+    log.setup(rank=rank)  # the launcher's variables may be missing (singleton start): MPI knows the rank
     if size < 2:
         if rank == 0:
-            logger.error(f"needs at least 2 MPI ranks (1 drafter + verifiers), got {size}: "
-                         "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)")
+            logger.error(
+                f"needs at least 2 MPI ranks (1 drafter + verifiers), got {size}: "
+                "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)"
+            )
         return EXIT_BAD_INPUT
     try:
         return _run_ranks(cfg, comm)
@@ -79,14 +96,15 @@ def run_job(cfg) -> int:
 
 
 def _run_ranks(cfg, comm) -> int:
-    from dsi_mpi.mpi import startup
     from dsi_mpi.backends.loading import build_runner
+    from dsi_mpi.mpi import startup
     from dsi_mpi.mpi.channel import Channel
     from dsi_mpi.mpi.polling import poller_from_config
 
     rank = comm.Get_rank()
     _set_threads(cfg["models"]["threads"])
     import torch
+
     torch.manual_seed(cfg["decoding"]["seed"])
     poller = poller_from_config(cfg.runtime)
 
@@ -94,6 +112,7 @@ def _run_ranks(cfg, comm) -> int:
     if rank == 0:
         try:
             from dsi_mpi.session import Session
+
             session = Session.prepare(cfg)
         except ConfigError as err:
             error = str(err)
@@ -108,26 +127,36 @@ def _run_ranks(cfg, comm) -> int:
     infos = startup.gather_rank_info(comm, poller, role, device)
     startup.barrier(comm, poller, "every rank to load its model")
     from dsi_mpi.mpi.clock import measure_offsets
+
     offsets = measure_offsets(comm, poller)
     channel = Channel(comm, poller)
     if rank != 0:
         from dsi_mpi.decoding.acceptance import rule_from_config
         from dsi_mpi.decoding.verifier import Verifier
+
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
         Verifier(channel, runner, assistant, rule_from_config(cfg.decoding)).serve()
         return 0
     from dsi_mpi.io.drafter_spec import parse_drafter
+
     spec = parse_drafter(cfg["models"]["drafter"])
-    metadata = {"versions": _versions(), "git_commit": _git_commit(), "ranks": infos,
-                "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params},
-                "algorithms": cfg["decoding"]["algorithms"], "argv": sys.argv,
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "clock_offsets_us": offsets}
+    metadata = {
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "ranks": infos,
+        "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params},
+        "algorithms": cfg["decoding"]["algorithms"],
+        "argv": sys.argv,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "clock_offsets_us": offsets,
+    }
     try:
         session.run(channel, runner, metadata, offsets)
     finally:
         from dsi_mpi.decoding.verifier import stop_verifiers
+
         stop_verifiers(channel)
     return 0
 
@@ -139,6 +168,8 @@ def _lazy_assistant(cfg, local_rank: int):
     def factory():
         if "model" not in cache:
             from dsi_mpi.backends.loading import build_runner
+
             cache["model"] = build_runner("drafter", cfg, local_rank).model
         return cache["model"]
+
     return factory

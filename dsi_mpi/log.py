@@ -10,6 +10,7 @@ environment before MPI is initialised (mpiexec: PMI_RANK, OMPI_COMM_WORLD_RANK; 
 SLURM_PROCID), and from MPI once it runs (`setup(rank=...)`). The summary table and the progress line are
 not log lines: they go to stdout and the terminal.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Rank 0's side of a job: check the inputs, run every algorithm on every prompt, record everything."""
+
 from __future__ import annotations
 
 import sys
@@ -10,10 +11,10 @@ from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
-from dsi_mpi.mpi.faults import FaultPlan
 from dsi_mpi.io.prompts import load_prompts
 from dsi_mpi.io.records import RunRecord
 from dsi_mpi.io.results import ResultsWriter
+from dsi_mpi.mpi.faults import FaultPlan
 
 logger = log.get("session")
 
@@ -27,15 +28,17 @@ class Session:
         self.writer = writer
 
     @classmethod
-    def prepare(cls, cfg) -> "Session":
+    def prepare(cls, cfg) -> Session:
         """Everything that can fail on user input, before any model weights are loaded."""
         p, out = cfg.prompts, cfg.output
         prompts = load_prompts(p.path, p.limit, p.shard_count, p.shard_index)
         if cfg.models.kind == "emulated":
             from dsi_mpi.backends.emulated import emulated_prompt
+
             emu = cfg.emulation
-            tokens = {p.index: emulated_prompt(cfg.decoding.seed, p.index, emu.prompt_tokens, emu.vocab_size)
-                      for p in prompts}
+            tokens = {
+                p.index: emulated_prompt(cfg.decoding.seed, p.index, emu.prompt_tokens, emu.vocab_size) for p in prompts
+            }
             eos_ids: tuple = ()
         else:
             tokens, eos_ids = _tokenize_for_target(cfg, prompts)
@@ -43,13 +46,21 @@ class Session:
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
     def run(self, channel, drafter, metadata: dict, clock_offsets_us: dict[int, int]) -> None:
-        from dsi_mpi.reporting.report import summary_table
         from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+        from dsi_mpi.reporting.report import summary_table
+
         comm_size = channel.comm.Get_size()
         self.writer.add_metadata(metadata)
         decoding = self.cfg.decoding
-        self.decoder = SpeculativeDecoder(channel, drafter, list(range(1, comm_size)), self.eos_ids,
-                                          decoding.stop_at_eos, clock_offsets_us, rule_from_config(decoding))
+        self.decoder = SpeculativeDecoder(
+            channel,
+            drafter,
+            list(range(1, comm_size)),
+            self.eos_ids,
+            decoding.stop_at_eos,
+            clock_offsets_us,
+            rule_from_config(decoding),
+        )
         self.channel = channel
         self.faults = FaultPlan(0)
         self.settings = self._settings(comm_size - 1)
@@ -85,15 +96,24 @@ class Session:
         decoding = self.cfg.decoding
         k, v = decoding.lookahead, decoding.verifiers
         if "auto" not in (k, v):
-            return {"si": k, "dsi": k, "hf_assisted": k, "hf_prompt_lookup": k, "verifiers": min(v, verifier_budget) or verifier_budget}
+            return {
+                "si": k,
+                "dsi": k,
+                "hf_assisted": k,
+                "hf_prompt_lookup": k,
+                "verifiers": min(v, verifier_budget) or verifier_budget,
+            }
         from dsi_mpi.decoding.planner import calibrate, plan
+
         first = self.prompts[0]
         measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding.stop_at_eos)
         choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread)
         self.writer.add_metadata({"planner": choice})
-        logger.info(f"planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
-              f"{choice['verifiers']} (measured c = {measured['c']:.2f}, "
-              f"acceptance {measured['acceptance']:.2f})")
+        logger.info(
+            f"planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
+            f"{choice['verifiers']} (measured c = {measured['c']:.2f}, "
+            f"acceptance {measured['acceptance']:.2f})"
+        )
         return choice
 
     def _run_one(self, algorithm: str, prompt, tokens: list[int]) -> RunRecord:
@@ -101,8 +121,14 @@ class Session:
         verifiers = self.settings["verifiers"] if algorithm == "dsi" else 1
         record = RunRecord(algorithm, prompt.index, prompt.id, lookahead=k, verifiers=verifiers)
         drafter = parse_drafter(self.cfg.models.drafter)
-        run = RunSettings.from_config(self.cfg.decoding, self.cfg.runtime, k, verifiers, key=prompt.index,
-                                      ngram=drafter.params["n"] if drafter.kind == "ngram" else 0)
+        run = RunSettings.from_config(
+            self.cfg.decoding,
+            self.cfg.runtime,
+            k,
+            verifiers,
+            key=prompt.index,
+            ngram=drafter.params["n"] if drafter.kind == "ngram" else 0,
+        )
         if algorithm in ("nonsi", "hf_assisted", "hf_prompt_lookup"):
             return run_baseline(self.channel, 1, algorithm, tokens, record, run)
         return self.decoder.generate(algorithm, tokens, record, run)
@@ -110,7 +136,9 @@ class Session:
 
 def _tokenize_for_target(cfg, prompts):
     from transformers import AutoConfig, GenerationConfig
+
     from dsi_mpi.backends.loading import check_pair, check_transformers_version, load_tokenizer, resolve_model_path
+
     models = cfg["models"]
     check_transformers_version()
     check_pair(models)
@@ -122,8 +150,10 @@ def _tokenize_for_target(cfg, prompts):
         ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
         k = cfg["decoding"]["lookahead"]
         if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + (20 if k == "auto" else k) + 1 > limit:
-            raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
-                              f"the target's context of {limit} positions")
+            raise ConfigError(
+                f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
+                f"the target's context of {limit} positions"
+            )
         tokens[p.index] = ids
     try:
         eos = GenerationConfig.from_pretrained(target_path).eos_token_id
@@ -139,5 +169,9 @@ def _progress(done: int, total: int, records, elapsed: float) -> None:
         return
     tokens = sum(len(r.tokens) for r in records)
     eta = elapsed / done * (total - done)
-    print(f"\rdsi-mpi: prompt {done}/{total}  {tokens / max(elapsed, 1e-9):.1f} tok/s  ETA {eta:.0f} s",
-          end="\n" if done == total else "", file=sys.stderr, flush=True)
+    print(
+        f"\rdsi-mpi: prompt {done}/{total}  {tokens / max(elapsed, 1e-9):.1f} tok/s  ETA {eta:.0f} s",
+        end="\n" if done == total else "",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -24,6 +24,7 @@ it was made from the true prefix, so it is the same token however often the draf
 per position has the same law as a fresh draw per check (the emulated backend does the same). It also
 gives common random numbers: with one seed, si and dsi see the same drafts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ALGORITHMS = ("nonsi", "si", "dsi")
-TOL = 1e-9          # in drafter steps: a reply this close to a step end is read at that step end
+TOL = 1e-9  # in drafter steps: a reply this close to a step end is read at that step end
 INF = math.inf
 UNSENT, PREFILL = -1, -2
 
@@ -44,6 +45,7 @@ UNSENT, PREFILL = -1, -2
 @dataclass(frozen=True)
 class Latencies:
     """Forward latencies in seconds: TTFT = prefill of the prompt, TPOT = one more token (any k)."""
+
     drafter_ttft: float
     drafter_tpot: float
     target_ttft: float
@@ -60,8 +62,9 @@ class Latencies:
         return self.drafter_tpot / self.target_tpot
 
 
-def latencies_from_c(c: float, target_tpot: float = 1.0, target_ttft: float | None = None,
-                     drafter_ttft: float | None = None) -> Latencies:
+def latencies_from_c(
+    c: float, target_tpot: float = 1.0, target_ttft: float | None = None, drafter_ttft: float | None = None
+) -> Latencies:
     """Latencies with drafter_tpot = c * target_tpot; TTFTs default to target_ttft = target_tpot and
     drafter_ttft = c * target_ttft (the drafter's prefill scaled like its per-token time)."""
     target_ttft = target_tpot if target_ttft is None else target_ttft
@@ -74,6 +77,7 @@ class SimulationResult:
     """latencies: one per trial (seconds to commit token N); accepted_per_verification: drafts committed
     / verifications applied; verifications_used (applied, prefill excluded) and verifications_discarded
     (sent, then preempted, stale or unused at the end) are means per trial."""
+
     algorithm: str
     lookahead: int
     verifiers: int
@@ -123,12 +127,12 @@ def _dsi_jump(t0, s, mism, lat, k, V, N, nsteps, throttled):
     Near the end (the drafter may reach position N - 1: short last block, idle drafter) the event loop
     takes over."""
     Dc, Tv = lat.drafter_tpot, lat.target_tpot
-    q = mism[np.searchsorted(mism, s):]
+    q = mism[np.searchsorted(mism, s) :]
     q = q[q < N - 1]
     starts = np.concatenate(([s], q[:-1] + 1))
-    b = np.maximum(0, (q - starts - 1) // k)            # the block whose reply ends the segment
-    steps = (b + 1) * k + nsteps                        # free: drafter steps until that reply is read
-    reach = (b + V + 1) * k if throttled else steps     # drafts made by then (at most)
+    b = np.maximum(0, (q - starts - 1) // k)  # the block whose reply ends the segment
+    steps = (b + 1) * k + nsteps  # free: drafter steps until that reply is read
+    reach = (b + V + 1) * k if throttled else steps  # drafts made by then (at most)
     unsafe = np.flatnonzero(reach >= N - starts)
     n = len(q) if len(unsafe) == 0 else int(unsafe[0])
     if n == 0:
@@ -138,8 +142,8 @@ def _dsi_jump(t0, s, mism, lat, k, V, N, nsteps, throttled):
     if throttled:
         t = t0 + float(((b % V + 1) * k).sum()) * Dc + float((b // V + 1).sum()) * Tv
         return t, s_next, used, n * (V - 1), (s_next - s) - n
-    sent = (steps - 1) // k                             # blocks formed (and sent) before that step
-    tie = (steps % k == 0) & (sent - b < V)             # a block formed at that very step, sent first
+    sent = (steps - 1) // k  # blocks formed (and sent) before that step
+    tie = (steps % k == 0) & (sent - b < V)  # a block formed at that very step, sent first
     return t0 + float(steps.sum()) * Dc, s_next, used, int((sent + tie).sum()) - used, (s_next - s) - n
 
 
@@ -149,14 +153,14 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
     where exact. probe, layers: see simulate. Time runs in ticks of Dc / layers from `origin`."""
     Dc, Tv, L, probe = lat.drafter_tpot, lat.target_tpot, layers, probe and not si
     tol, nv, tick, nsteps = TOL * Dc, 1 if si else V, Dc / layers, _ceil(lat.target_tpot / Dc)
-    n0 = -(-nsteps // k)                                   # verifiers that keep up with the drafter
+    n0 = -(-nsteps // k)  # verifiers that keep up with the drafter
     throttled = V * k < nsteps and ahead == V + 1
     free_regime = k <= nsteps and V >= n0 and ahead > n0 and L == 1
     fast = fast and not si and not probe and cancel == 0 and (throttled or free_regime)
-    free = [INF] * nv                                      # all verifiers start with their prefill
-    stale = {}                                             # preempted verifier -> when its reply lands
+    free = [INF] * nv  # all verifiers start with their prefill
+    stale = {}  # preempted verifier -> when its reply lands
     blocks = deque([[0, 0, PREFILL, lat.target_ttft, False]])  # start, size, verifier, finish, done
-    t, committed, drafted, start = 0.0, 0, 0, 0            # start: where the next block will begin
+    t, committed, drafted, start = 0.0, 0, 0, 0  # start: where the next block will begin
     origin, ticks, busy, first = lat.drafter_ttft - Dc, 0, True, True  # drafter prefill = first step
     used = discarded = accepted = 0
     matches, mism = match.tolist(), None
@@ -176,12 +180,12 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
 
     while True:
         pending = min((b[3] for b in blocks if b[2] != UNSENT and not b[4]), default=INF)
-        if stale:                                          # an aborted task's reply frees its verifier
+        if stale:  # an aborted task's reply frees its verifier
             pending = min([pending] + list(stale.values()))
         stepped, mid = busy, False
-        if busy:                                           # drafter ticks up to the next event
+        if busy:  # drafter ticks up to the next event
             goal = (ticks // L + (1 if first else min(k - (drafted - start), N - drafted))) * L
-            if pending < INF:                              # its own prefill is read only at its end
+            if pending < INF:  # its own prefill is read only at its end
                 goal = min(goal, max(ticks + 1, _ceil((pending - origin) / tick)) if not first else L)
             drafted += goal // L - ticks // L
             ticks, mid, first = goal, goal % L != 0, False
@@ -197,7 +201,7 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
             raise RuntimeError("simulated coordinator stalled")
         else:
             t = max(t, pending)
-        for b in blocks:                                   # read every reply that has come in
+        for b in blocks:  # read every reply that has come in
             if b[2] != UNSENT and not b[4] and b[3] <= t + tol:
                 b[4] = True
                 if b[2] == PREFILL:
@@ -209,18 +213,18 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
         while blocks and blocks[0][4] and rejected is None:  # apply in position order
             p, size, v = blocks.popleft()[:3]
             used += v != PREFILL
-            j = min(nm[committed] - p, size)               # first mismatch (committed ones matched)
+            j = min(nm[committed] - p, size)  # first mismatch (committed ones matched)
             accepted += max(0, min(p + j, N) - committed)
             if j < size:
                 rejected, committed = p + j, p + j + 1
             else:
-                committed = p + size + 1                   # the bonus at p + size
-                if p + size < drafted:                     # immediate pruning of its draft
+                committed = p + size + 1  # the bonus at p + size
+                if p + size < drafted:  # immediate pruning of its draft
                     if matches[p + size]:
                         accepted += 1
                     else:
                         rejected = p + size
-                else:                                      # the bonus takes the position being drafted
+                else:  # the bonus takes the position being drafted
                     drafted, moved = committed, True
             if committed >= N:
                 discarded += sum(1 for b in blocks if b[2] >= 0)
@@ -234,18 +238,18 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
             blocks.clear()
             free_stale()
             drafted = committed
-            if probe:                                      # the target's next token, with no drafts
+            if probe:  # the target's next token, with no drafts
                 blocks.append([committed, 0, UNSENT, INF, False])
             if fast:
                 mism = np.flatnonzero(~match) if mism is None else mism
                 t, committed, u, d, a = _dsi_jump(t, committed, mism, lat, k, V, N, nsteps, throttled)
                 drafted, used, discarded, accepted = committed, used + u, discarded + d, accepted + a
-        restart = rejected is not None or moved            # a step under way is abandoned (interrupted)
+        restart = rejected is not None or moved  # a step under way is abandoned (interrupted)
         if not blocks or rejected is not None:
             start = committed
         dispatch()
         if mid and not restart:
-            continue                                       # the step goes on
+            continue  # the step goes on
         busy = False
         awaiting = sum(1 for b in blocks if not b[4])
         if drafted < N and (not blocks if si else awaiting < ahead):
@@ -254,10 +258,21 @@ def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers
             busy = True
 
 
-def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead: int = 5,
-             verifiers: int = 1, new_tokens: int = 100, seed: int = 0, trials: int = 100,
-             cancel_latency: float = 0.0, max_blocks_ahead: int | None = None, nonsi_thread: bool = False,
-             drafter_layers: int = 1, fast: bool = True) -> SimulationResult:
+def simulate(
+    algorithm: str,
+    latencies: Latencies,
+    acceptance: float,
+    lookahead: int = 5,
+    verifiers: int = 1,
+    new_tokens: int = 100,
+    seed: int = 0,
+    trials: int = 100,
+    cancel_latency: float = 0.0,
+    max_blocks_ahead: int | None = None,
+    nonsi_thread: bool = False,
+    drafter_layers: int = 1,
+    fast: bool = True,
+) -> SimulationResult:
     """Monte Carlo latency of one algorithm ("nonsi", "si", "dsi") over `trials` seeded trials.
 
     si ignores `verifiers` (it uses one). cancel_latency: a preempted verifier is free only that long
@@ -278,16 +293,48 @@ def simulate(algorithm: str, latencies: Latencies, acceptance: float, lookahead:
         return SimulationResult("nonsi", k, V, N, float(lat[0]), 0.0, lat, 0.0, 0.0, 0.0)
     match = _draws(acceptance, N, seed, trials)
     nm, ahead = _next_mismatch(match), V + 1 if max_blocks_ahead is None else int(max_blocks_ahead)
-    rows = [_trial(algorithm == "si", latencies, nm[i].tolist(), match[i], k, V, N, ahead, cancel_latency,
-                   fast, nonsi_thread, int(drafter_layers)) for i in range(trials)]
+    rows = [
+        _trial(
+            algorithm == "si",
+            latencies,
+            nm[i].tolist(),
+            match[i],
+            k,
+            V,
+            N,
+            ahead,
+            cancel_latency,
+            fast,
+            nonsi_thread,
+            int(drafter_layers),
+        )
+        for i in range(trials)
+    ]
     lat, used, disc, acc = (np.array(x, dtype=float) for x in zip(*rows))
     se = float(lat.std(ddof=1) / math.sqrt(trials)) if trials > 1 else 0.0
-    return SimulationResult(algorithm, k, 1 if algorithm == "si" else V, N, float(lat.mean()), se, lat,
-                            float(acc.sum() / max(used.sum(), 1)), float(used.mean()), float(disc.mean()))
+    return SimulationResult(
+        algorithm,
+        k,
+        1 if algorithm == "si" else V,
+        N,
+        float(lat.mean()),
+        se,
+        lat,
+        float(acc.sum() / max(used.sum(), 1)),
+        float(used.mean()),
+        float(disc.mean()),
+    )
 
 
-def latency_of_draw(algorithm: str, latencies: Latencies, match, lookahead: int, verifiers: int = 1,
-                    nonsi_thread: bool = False, drafter_layers: int = 1) -> float:
+def latency_of_draw(
+    algorithm: str,
+    latencies: Latencies,
+    match,
+    lookahead: int,
+    verifiers: int = 1,
+    nonsi_thread: bool = False,
+    drafter_layers: int = 1,
+) -> float:
     """The latency of ONE given draw (match[p]: does the draft at position p match?), e.g. the exact
     draws of an emulated run, so that model and machine are compared on the same luck."""
     match = np.asarray(match, dtype=bool)[None, :]
@@ -295,8 +342,20 @@ def latency_of_draw(algorithm: str, latencies: Latencies, match, lookahead: int,
     if algorithm == "nonsi":
         return nonsi_latency(latencies, N)
     nm = _next_mismatch(match)
-    return _trial(algorithm == "si", latencies, nm[0].tolist(), match[0], int(lookahead), int(verifiers), N,
-                  int(verifiers) + 1, 0.0, False, nonsi_thread, int(drafter_layers))[0]
+    return _trial(
+        algorithm == "si",
+        latencies,
+        nm[0].tolist(),
+        match[0],
+        int(lookahead),
+        int(verifiers),
+        N,
+        int(verifiers) + 1,
+        0.0,
+        False,
+        nonsi_thread,
+        int(drafter_layers),
+    )[0]
 
 
 def nonsi_latency(latencies: Latencies, new_tokens: int) -> float:
@@ -304,8 +363,9 @@ def nonsi_latency(latencies: Latencies, new_tokens: int) -> float:
     return latencies.target_ttft + (new_tokens - 1) * latencies.target_tpot
 
 
-def si_expected_latency(latencies: Latencies, acceptance: float, lookahead: int, new_tokens: int,
-                        exact: bool = True) -> float:
+def si_expected_latency(
+    latencies: Latencies, acceptance: float, lookahead: int, new_tokens: int, exact: bool = True
+) -> float:
     """Expected si latency under the simulator's rules.
 
     Token 0 is committed at max(target TTFT, drafter TTFT) (the reply is read after the drafter's prefill).
@@ -323,12 +383,12 @@ def si_expected_latency(latencies: Latencies, acceptance: float, lookahead: int,
     if N <= 1:
         return start
     if not exact:
-        return start + (N - 1) * (k * Dc + Tv) / sum(a ** i for i in range(k + 1))
-    f = np.zeros(N + k + 1)        # f[n + k + 1] = expected time to commit n more tokens; f(<=0) = 0
+        return start + (N - 1) * (k * Dc + Tv) / sum(a**i for i in range(k + 1))
+    f = np.zeros(N + k + 1)  # f[n + k + 1] = expected time to commit n more tokens; f(<=0) = 0
     for n in range(1, N):
         kk = min(k, n)
-        p = np.append(a ** np.arange(kk) * (1 - a), a ** kk)          # P(commit 1 .. kk + 1 tokens)
-        prev = f[n + k - kk:n + k + 1][::-1]                           # f(n-1), ..., f(n-kk-1)
+        p = np.append(a ** np.arange(kk) * (1 - a), a**kk)  # P(commit 1 .. kk + 1 tokens)
+        prev = f[n + k - kk : n + k + 1][::-1]  # f(n-1), ..., f(n-kk-1)
         f[n + k + 1] = kk * Dc + Tv + float(p @ prev)
     fn = lambda n: f[n + k + 1]
     if k == 1:
@@ -353,8 +413,16 @@ class Setting:
     result: SimulationResult  # the dsi simulation at that setting
 
 
-def best_setting(latencies: Latencies, acceptance: float, new_tokens: int, verifier_budget: int,
-                 lookaheads=range(1, 21), seed: int = 0, trials: int = 20, **kwargs) -> Setting:
+def best_setting(
+    latencies: Latencies,
+    acceptance: float,
+    new_tokens: int,
+    verifier_budget: int,
+    lookaheads=range(1, 21),
+    seed: int = 0,
+    trials: int = 20,
+    **kwargs,
+) -> Setting:
     """The (k, V <= budget) with the lowest simulated dsi latency (planner's lookahead/verifiers "auto").
 
     Every candidate sees the same draws (one seed), so comparisons are paired. On a tie the smaller V, then
@@ -369,35 +437,49 @@ def best_setting(latencies: Latencies, acceptance: float, new_tokens: int, verif
     return best
 
 
-def best_lookahead(algorithm: str, latencies: Latencies, acceptance: float, new_tokens: int,
-                   verifiers: int = 1, lookaheads=range(1, 21), seed: int = 0, trials: int = 20,
-                   **kwargs) -> tuple[int | None, float]:
+def best_lookahead(
+    algorithm: str,
+    latencies: Latencies,
+    acceptance: float,
+    new_tokens: int,
+    verifiers: int = 1,
+    lookaheads=range(1, 21),
+    seed: int = 0,
+    trials: int = 20,
+    **kwargs,
+) -> tuple[int | None, float]:
     """(k, latency) minimising the latency: si by its exact expectation, dsi by simulation with the given
     verifiers; nonsi has no lookahead and returns (None, its latency)."""
     if algorithm == "nonsi":
         return None, nonsi_latency(latencies, new_tokens)
+
     def latency(k):
         if algorithm == "si":
             return si_expected_latency(latencies, acceptance, k, new_tokens)
         run = simulate("dsi", latencies, acceptance, k, verifiers, new_tokens, seed, trials, **kwargs)
         return run.mean_latency
+
     return min(((int(k), latency(k)) for k in lookaheads), key=lambda kv: kv[1])
 
 
-USAGE = ("python -m dsi_mpi simulate --target-tpot S [--target-ttft S] (--drafter-tpot S | --c C) "
-         "[--drafter-ttft S] --acceptance A --lookahead K --verifiers V --tokens N [--seed 0] "
-         "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--cancel-latency S] [--json]")
-OPTIONS = [("--target-tpot", float, True, "target seconds per token"),
-           ("--target-ttft", float, False, "target prefill seconds (default: target TPOT)"),
-           ("--drafter-ttft", float, False, "drafter prefill seconds (default: c * target TTFT)"),
-           ("--acceptance", float, True, "per-token acceptance rate a"),
-           ("--lookahead", int, True, "drafts per verification, k"),
-           ("--verifiers", int, True, "target servers for dsi, V (si uses one)"),
-           ("--tokens", int, True, "new tokens per generation, N"),
-           ("--seed", int, False, "seed of the draws (default 0)"),
-           ("--trials", int, False, "Monte Carlo trials (default 200)"),
-           ("--drafter-layers", int, False, "also read replies between L drafter layers (default 1)"),
-           ("--cancel-latency", float, False, "seconds until a preempted verifier is free (default 0)")]
+USAGE = (
+    "python -m dsi_mpi simulate --target-tpot S [--target-ttft S] (--drafter-tpot S | --c C) "
+    "[--drafter-ttft S] --acceptance A --lookahead K --verifiers V --tokens N [--seed 0] "
+    "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--cancel-latency S] [--json]"
+)
+OPTIONS = [
+    ("--target-tpot", float, True, "target seconds per token"),
+    ("--target-ttft", float, False, "target prefill seconds (default: target TPOT)"),
+    ("--drafter-ttft", float, False, "drafter prefill seconds (default: c * target TTFT)"),
+    ("--acceptance", float, True, "per-token acceptance rate a"),
+    ("--lookahead", int, True, "drafts per verification, k"),
+    ("--verifiers", int, True, "target servers for dsi, V (si uses one)"),
+    ("--tokens", int, True, "new tokens per generation, N"),
+    ("--seed", int, False, "seed of the draws (default 0)"),
+    ("--trials", int, False, "Monte Carlo trials (default 200)"),
+    ("--drafter-layers", int, False, "also read replies between L drafter layers (default 1)"),
+    ("--cancel-latency", float, False, "seconds until a preempted verifier is free (default 0)"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,27 +498,40 @@ def main(argv: list[str] | None = None) -> int:
     a, k, V, N = args.acceptance, args.lookahead, args.verifiers, args.tokens
     try:
         lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft)
-        extra = dict(nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers,
-                     cancel_latency=args.cancel_latency)
+        extra = dict(
+            nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers, cancel_latency=args.cancel_latency
+        )
         runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials, **extra) for alg in ALGORITHMS}
     except ValueError as err:
         ap.error(str(err))
     t = {alg: r.mean_latency for alg, r in runs.items()}
-    out = {"latencies": lat.__dict__, "c": c, "acceptance": a, "lookahead": k, "verifiers": V, "tokens": N,
-           "seed": args.seed, "trials": args.trials, **extra,
-           "runs": {name: r.to_dict() for name, r in runs.items()},
-           "si_expected_exact": si_expected_latency(lat, a, k, N),
-           "si_expected_paper": si_expected_latency(lat, a, k, N, exact=False),
-           "speedup_si_over_nonsi": t["nonsi"] / t["si"], "speedup_dsi_over_si": t["si"] / t["dsi"],
-           "speedup_dsi_over_nonsi": t["nonsi"] / t["dsi"],
-           "min_verifiers_without_queueing": min_verifiers_without_queueing(c, k)}
+    out = {
+        "latencies": lat.__dict__,
+        "c": c,
+        "acceptance": a,
+        "lookahead": k,
+        "verifiers": V,
+        "tokens": N,
+        "seed": args.seed,
+        "trials": args.trials,
+        **extra,
+        "runs": {name: r.to_dict() for name, r in runs.items()},
+        "si_expected_exact": si_expected_latency(lat, a, k, N),
+        "si_expected_paper": si_expected_latency(lat, a, k, N, exact=False),
+        "speedup_si_over_nonsi": t["nonsi"] / t["si"],
+        "speedup_dsi_over_si": t["si"] / t["dsi"],
+        "speedup_dsi_over_nonsi": t["nonsi"] / t["dsi"],
+        "min_verifiers_without_queueing": min_verifiers_without_queueing(c, k),
+    }
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"c = {c:.4g}, a = {a}, k = {k}, V = {V}, N = {N}, {args.trials} trials, seed {args.seed}")
     for alg, r in runs.items():
-        print(f"  {alg:6s} {r.mean_latency:10.4f} s  +- {r.std_error:.4f}  (verifications used "
-              f"{r.verifications_used:.1f}, discarded {r.verifications_discarded:.1f} per run)")
+        print(
+            f"  {alg:6s} {r.mean_latency:10.4f} s  +- {r.std_error:.4f}  (verifications used "
+            f"{r.verifications_used:.1f}, discarded {r.verifications_discarded:.1f} per run)"
+        )
     print(f"  si expected {out['si_expected_exact']:.4f} s, paper's formula {out['si_expected_paper']:.4f} s")
     for key in ("speedup_si_over_nonsi", "speedup_dsi_over_si", "speedup_dsi_over_nonsi"):
         print(f"  {key.replace('_', ' ')}: {out[key]:.3f}x")

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models built once per session, and an MPI launcher that can never hang a test."""
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,13 @@ MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     from tiny_models import build_tiny_models
+
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
-def launch(args: list[str], ranks: int | None = None, timeout: float = 180, cwd: Path = ROOT,
-           env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str], ranks: int | None = None, timeout: float = 180, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python args...` (under the venv's own mpiexec with `ranks` ranks); on timeout kill every
     process of the launch and fail the test. MPICH puts ranks in sessions of their own, so the processes
     are found by a marker in their environment, not by process group."""
@@ -32,14 +35,30 @@ def launch(args: list[str], ranks: int | None = None, timeout: float = 180, cwd:
     if ranks is not None:
         command = [MPIEXEC, "-n", str(ranks), *command]
     marker = uuid.uuid4().hex
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
-                    TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PYTHONWARNINGS="ignore", DSI_MPI_TEST_LAUNCH=marker)
+    full_env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+        PYTHONWARNINGS="ignore",
+        DSI_MPI_TEST_LAUNCH=marker,
+    )
     full_env.update(env or {})
-    proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     seen: set[int] = set()
     stop = threading.Event()
-    watcher = threading.Thread(target=lambda: [seen.update(_marked(marker)) for _ in iter(lambda: stop.wait(0.2), True)])
+    watcher = threading.Thread(
+        target=lambda: [seen.update(_marked(marker)) for _ in iter(lambda: stop.wait(0.2), True)]
+    )
     watcher.start()
     try:
         out, err = proc.communicate(timeout=timeout)

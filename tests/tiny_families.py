@@ -7,17 +7,24 @@ Families with sliding windows get a window of `WINDOW` positions, much shorter t
 text, so the window really moves; Gemma 2 keeps its default soft-capping and alternating local/global
 layers, Gemma 3 its default pattern of 5 local layers to 1 global one (so it gets 6 layers).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-
 from tiny_models import _save, byte_tokenizer
 
 WINDOW = 6
-_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=False)
+_TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    tie_word_embeddings=False,
+)
 
 
 def _configs(vocab: int, eos: int) -> dict:
@@ -28,37 +35,81 @@ def _configs(vocab: int, eos: int) -> dict:
         "llama": ("LlamaForCausalLM", "LlamaConfig", gqa),
         "mistral": ("MistralForCausalLM", "MistralConfig", dict(gqa, sliding_window=WINDOW)),
         # use_sliding_window: layers from max_window_layers on are local, the ones below global
-        "qwen2": ("Qwen2ForCausalLM", "Qwen2Config",
-                  dict(gqa, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
+        "qwen2": (
+            "Qwen2ForCausalLM",
+            "Qwen2Config",
+            dict(gqa, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
+        ),
         "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(gqa, head_dim=8)),
         "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(gqa, sliding_window=WINDOW)),
         "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(gqa, head_dim=8, sliding_window=WINDOW)),
-        "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig",
-                   dict(gqa, head_dim=8, sliding_window=WINDOW, num_hidden_layers=6)),
-        "gpt_bigcode": ("GPTBigCodeForCausalLM", "GPTBigCodeConfig",
-                        dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, multi_query=True,
-                             initializer_range=0.2, **ids)),
+        "gemma3": (
+            "Gemma3ForCausalLM",
+            "Gemma3TextConfig",
+            dict(gqa, head_dim=8, sliding_window=WINDOW, num_hidden_layers=6),
+        ),
+        "gpt_bigcode": (
+            "GPTBigCodeForCausalLM",
+            "GPTBigCodeConfig",
+            dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, multi_query=True, initializer_range=0.2, **ids),
+        ),
         "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(_TINY, **ids)),
-        "opt": ("OPTForCausalLM", "OPTConfig",
-                dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                     word_embed_proj_dim=32, max_position_embeddings=256, init_std=0.2, **ids)),
-        "falcon": ("FalconForCausalLM", "FalconConfig",
-                   dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2,
-                        max_position_embeddings=256, **ids)),
-        "gpt2": ("GPT2LMHeadModel", "GPT2Config",
-                 dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **ids)),
+        "opt": (
+            "OPTForCausalLM",
+            "OPTConfig",
+            dict(
+                hidden_size=32,
+                ffn_dim=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                word_embed_proj_dim=32,
+                max_position_embeddings=256,
+                init_std=0.2,
+                **ids,
+            ),
+        ),
+        "falcon": (
+            "FalconForCausalLM",
+            "FalconConfig",
+            dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                initializer_range=0.2,
+                max_position_embeddings=256,
+                **ids,
+            ),
+        ),
+        "gpt2": (
+            "GPT2LMHeadModel",
+            "GPT2Config",
+            dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **ids),
+        ),
     }
 
 
 FAMILIES = tuple(_configs(1, 0))
 # weight noise of each family's drafter, chosen so that about half its greedy tokens match the target's
-NOISE = {"llama": 0.06, "mistral": 0.08, "qwen2": 0.06, "qwen3": 0.08, "phi3": 0.05, "gemma2": 0.15,
-         "gemma3": 0.12, "gpt_bigcode": 0.4, "gpt_neox": 0.1, "opt": 0.12, "falcon": 0.1, "gpt2": 0.12}
+NOISE = {
+    "llama": 0.06,
+    "mistral": 0.08,
+    "qwen2": 0.06,
+    "qwen3": 0.08,
+    "phi3": 0.05,
+    "gemma2": 0.15,
+    "gemma3": 0.12,
+    "gpt_bigcode": 0.4,
+    "gpt_neox": 0.1,
+    "opt": 0.12,
+    "falcon": 0.1,
+    "gpt2": 0.12,
+}
 
 
 def build_family(family: str, seed: int = 0, noise: float | None = None):
     """(target, noisy drafter) of one family, built in memory."""
     import transformers
+
     tokenizer = byte_tokenizer()
     model_cls, config_cls, kwargs = _configs(len(tokenizer), tokenizer.eos_token_id)[family]
     config = getattr(transformers, config_cls)(**kwargs)
@@ -78,6 +129,8 @@ def build_families(root: Path, families=FAMILIES) -> dict[str, dict[str, str]]:
     paths = {}
     for i, family in enumerate(families):
         target, noisy = build_family(family, seed=100 + i)
-        paths[family] = {name: _save(model, tokenizer, root / family / name)
-                         for name, model in (("target", target), ("noisy", noisy))}
+        paths[family] = {
+            name: _save(model, tokenizer, root / family / name)
+            for name, model in (("target", target), ("noisy", noisy))
+        }
     return paths

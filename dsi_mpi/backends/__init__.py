@@ -7,6 +7,7 @@ A runner owns one model and its KV cache and knows which tokens the cache holds:
     set_layer_callback(fn) -> fn() runs between decoder layers, so a verifier can abandon a stale forward
 Backends: `hf` (Hugging Face eager, DynamicCache) and `emulated` (LATENCY EMULATION: sleeps, no model).
 """
+
 from dsi_mpi.backends.base import ModelRunner, common_prefix_len
 
 __all__ = ["ModelRunner", "common_prefix_len"]

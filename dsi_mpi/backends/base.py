@@ -1,7 +1,8 @@
 """The runner interface shared by the real and the emulated backends."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,13 +19,13 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 class ModelRunner:
     """One model plus its KV cache; subclasses implement `_forward`, `_crop` and the greedy rule."""
 
-    eos_token_ids: tuple[int, ...] = ()   # the target stops at any of these (when stop_at_eos)
+    eos_token_ids: tuple[int, ...] = ()  # the target stops at any of these (when stop_at_eos)
     vocab_size: int = 0
 
     def __init__(self) -> None:
-        self.tokens: list[int] = []          # exactly the tokens whose keys/values are cached
+        self.tokens: list[int] = []  # exactly the tokens whose keys/values are cached
         self._layer_callback: Callable[[], None] | None = None
-        self.computed_tokens = 0             # tokens run through the model since the last reset_counters
+        self.computed_tokens = 0  # tokens run through the model since the last reset_counters
         self.forward_calls = 0
 
     def set_layer_callback(self, fn: Callable[[], None] | None) -> None:

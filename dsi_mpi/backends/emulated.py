@@ -7,6 +7,7 @@ i.i.d. acceptance model), else a different token. A forward that starts on an em
 prefill time (TTFT), any other costs one per-token time (TPOT) whatever its length, as in the paper.
 The sleep is cut into slices with the layer callback between them, so cancellation works as on a model.
 """
+
 from __future__ import annotations
 
 import time
@@ -62,7 +63,7 @@ class EmulatedRunner(ModelRunner):
             remaining = end - time.perf_counter() - OVERSLEEP_S
             if remaining > 0:
                 time.sleep(remaining / (SLICES - i))
-        while time.perf_counter() < end:   # the last ~0.15 ms: a sleep would overshoot by about that much
+        while time.perf_counter() < end:  # the last ~0.15 ms: a sleep would overshoot by about that much
             pass
         return n_out
 

@@ -12,6 +12,7 @@ and getting either wrong gives wrong tokens with no error, so both are decided o
   the model's config asks for (`check_config_layers`: a hybrid model would otherwise fail on its first
   forward, or worse, run) and from the cache a probe forward filled (`check_cache_layers`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -56,24 +57,30 @@ def check_config_layers(model: torch.nn.Module) -> None:
     full or sliding-window: both are served by a full layer here. Anything else is a state that positions
     cannot be cut from."""
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
     name = type(model).__name__
     try:
         layers = DynamicCache(config=model.config).layers
-    except Exception:   # a config the cache cannot read: the probe forward decides
+    except Exception:  # a config the cache cannot read: the probe forward decides
         return
     for i, layer in enumerate(layers):
         if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-            raise UnsupportedModel(f"{name}: layer {i} keeps a {type(layer).__name__} (not plain keys and values), "
-                                   "which dsi-mpi cannot roll back to a position")
+            raise UnsupportedModel(
+                f"{name}: layer {i} keeps a {type(layer).__name__} (not plain keys and values), "
+                "which dsi-mpi cannot roll back to a position"
+            )
 
 
 def check_cache_layers(cache, model_name: str) -> None:
     """Every layer must be a plain key/value layer, which `crop_cache` rolls back exactly."""
     from transformers.cache_utils import DynamicLayer
+
     for i, layer in enumerate(cache.layers):
         if type(layer) is not DynamicLayer:
-            raise UnsupportedModel(f"{model_name}: cache layer {i} is a {type(layer).__name__}, which dsi-mpi "
-                                   "cannot roll back to a position (only plain key/value layers can be)")
+            raise UnsupportedModel(
+                f"{model_name}: cache layer {i} is a {type(layer).__name__}, which dsi-mpi "
+                "cannot roll back to a position (only plain key/value layers can be)"
+            )
 
 
 def crop_cache(cache, length: int) -> None:
@@ -108,12 +115,13 @@ class HFRunner(ModelRunner):
         check_config_layers(self.model)
         try:
             self.forward([0], 1)
-        except (MemoryError, torch.cuda.OutOfMemoryError):   # the machine's problem, not the architecture's
+        except (MemoryError, torch.cuda.OutOfMemoryError):  # the machine's problem, not the architecture's
             raise
-        except Exception as err:   # e.g. a recurrent layer asking a key/value cache for its state
+        except Exception as err:  # e.g. a recurrent layer asking a key/value cache for its state
             first = (str(err).strip().splitlines() or [""])[0]
-            raise UnsupportedModel(f"{name}: one token through the model with a key/value cache failed "
-                                   f"({type(err).__name__}: {first})") from None
+            raise UnsupportedModel(
+                f"{name}: one token through the model with a key/value cache failed ({type(err).__name__}: {first})"
+            ) from None
         check_cache_layers(self.cache, name)
         if self.cache.get_seq_length() != 1:
             raise UnsupportedModel(f"{name} did not fill the KV cache passed as {self.cache_kw}=")

@@ -3,6 +3,7 @@
 All checks that can fail on user input (missing folders, vocabularies that differ) happen here, on
 configs and tokenizers only, before any rank spends time loading weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,7 @@ def _load_or_explain(loader, name: str, what: str, **kwargs):
 
 def load_tokenizer(name: str, what: str = "target"):
     from transformers import AutoTokenizer
+
     return _load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, what), what)
 
 
@@ -50,23 +52,29 @@ def check_pair(models: dict) -> None:
     """Refuse a drafter whose vocabulary differs from the target's: its drafts would be meaningless ids.
     Drafters built from the target itself (n-gram, truncated) share its vocabulary by construction."""
     from transformers import AutoConfig
+
     target_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["target"], "target"), "target")
     spec = parse_drafter(models["drafter"])
     if spec.kind == "truncated" and spec.params["layers"] > _layer_count(target_cfg):
-        raise ConfigError(f"models.drafter {models['drafter']!r}: the target has only {_layer_count(target_cfg)} "
-                          "decoder layers")
+        raise ConfigError(
+            f"models.drafter {models['drafter']!r}: the target has only {_layer_count(target_cfg)} decoder layers"
+        )
     if spec.kind != "model":
         return
     drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
     if target_cfg.vocab_size != drafter_cfg.vocab_size:
-        raise ConfigError(f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "
-                          f"({target_cfg.vocab_size}): they must share one tokenizer")
+        raise ConfigError(
+            f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "
+            f"({target_cfg.vocab_size}): they must share one tokenizer"
+        )
     target_vocab = load_tokenizer(models["target"], "target").get_vocab()
     drafter_vocab = load_tokenizer(spec.model, "drafter").get_vocab()
     if target_vocab != drafter_vocab:
         differing = len(set(target_vocab.items()) ^ set(drafter_vocab.items()))
-        raise ConfigError(f"drafter tokenizer differs from the target's ({differing} differing entries): "
-                          "they must share one vocabulary")
+        raise ConfigError(
+            f"drafter tokenizer differs from the target's ({differing} differing entries): "
+            "they must share one vocabulary"
+        )
 
 
 def _layer_count(config) -> int:
@@ -80,6 +88,7 @@ def _layer_count(config) -> int:
 def truncate_layers(model, layers: int):
     """Keep the first `layers` decoder blocks (the final norm and the head stay): a self-drafter."""
     from dsi_mpi.backends.hf import decoder_layers
+
     blocks = decoder_layers(model)
     del blocks[layers:]
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -93,6 +102,7 @@ def truncate_layers(model, layers: int):
 
 def pick_device(device: str, local_rank: int):
     import torch
+
     if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -106,19 +116,24 @@ def check_transformers_version(version: str | None = None) -> None:
     from packaging.version import Version
 
     from dsi_mpi.backends.hf import SUPPORTED_TRANSFORMERS
+
     if version is None:
         import transformers
+
         version = transformers.__version__
     oldest, excluded = SUPPORTED_TRANSFORMERS
     if not Version(oldest) <= Version(version) < Version(excluded):
-        raise ConfigError(f"transformers {version} is not supported: dsi-mpi is tested with >={oldest},<{excluded} "
-                          f"(pip install 'transformers>={oldest},<{excluded}')")
+        raise ConfigError(
+            f"transformers {version} is not supported: dsi-mpi is tested with >={oldest},<{excluded} "
+            f"(pip install 'transformers>={oldest},<{excluded}')"
+        )
 
 
 def build_runner(role: str, cfg, local_rank: int = 0):
     """The runner for `role` ("target" or "drafter") on this rank."""
     if cfg["models"]["kind"] == "emulated":
         from dsi_mpi.backends.emulated import EmulatedRunner
+
         return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
     check_transformers_version()
     models = cfg["models"]
@@ -129,6 +144,7 @@ def build_runner(role: str, cfg, local_rank: int = 0):
         from transformers import AutoConfig
 
         from dsi_mpi.backends.ngram import NGramDrafter
+
         target_cfg = AutoConfig.from_pretrained(resolve_model_path(models["target"], "target"))
         return NGramDrafter(spec.params["n"], int(target_cfg.get_text_config().vocab_size))
     if spec.kind == "truncated":
@@ -140,11 +156,14 @@ def _hf_runner(name: str, role: str, models: dict, local_rank: int, truncate: in
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()
     from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
+
     name = resolve_model_path(name, role)
-    model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role,
-                             dtype=getattr(torch, DTYPES[models["dtype"]]))
+    model = _load_or_explain(
+        AutoModelForCausalLM.from_pretrained, name, role, dtype=getattr(torch, DTYPES[models["dtype"]])
+    )
     if truncate:
         truncate_layers(model, truncate)
     model.to(pick_device(models["device"], local_rank))

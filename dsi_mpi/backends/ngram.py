@@ -7,6 +7,7 @@ the latest repetition predicts best). With no match it proposes nothing, and the
 drafts it has (possibly none) instead of waiting. It proposes one token with certainty: in sampling its
 q is a point mass at the proposal (dsi_mpi/decoding/acceptance.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,15 +20,15 @@ def lookup(tokens: np.ndarray, max_n: int) -> int | None:
     """The token after the latest earlier occurrence of the longest matching suffix (<= max_n tokens)."""
     length = len(tokens)
     for n in range(min(max_n, length - 1), 0, -1):
-        windows = sliding_window_view(tokens[:length - 1], n)   # windows that have a successor
-        hits = np.flatnonzero((windows == tokens[length - n:]).all(axis=1))
+        windows = sliding_window_view(tokens[: length - 1], n)  # windows that have a successor
+        hits = np.flatnonzero((windows == tokens[length - n :]).all(axis=1))
         if len(hits):
             return int(tokens[hits[-1] + n])
     return None
 
 
 class NGramDrafter(ModelRunner):
-    point_mass = True        # proposals carry no distribution: q is 1 at the proposal
+    point_mass = True  # proposals carry no distribution: q is 1 at the proposal
 
     def __init__(self, n: int, vocab_size: int):
         super().__init__()
@@ -36,7 +37,7 @@ class NGramDrafter(ModelRunner):
         self.n_layers = 0
 
     def _forward(self, tokens: list[int], n_out: int):
-        return None          # nothing to compute: the token list the base class keeps is the whole state
+        return None  # nothing to compute: the token list the base class keeps is the whole state
 
     def _crop(self, length: int) -> None:
         pass

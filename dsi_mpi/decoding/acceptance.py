@@ -19,6 +19,7 @@ A drafter may propose nothing (`draft` returns None: the n-gram drafter found no
 with `point_mass = True` proposes one token with certainty: its q is 1 there and 0 elsewhere, so a draft
 stands with probability p(x) and a rejected one is replaced by a draw from p with x removed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from dsi_mpi.io.config import DecodingConfig
 
 class Stream(IntEnum):
     """Purposes of the random streams (the values key the streams: never renumber them)."""
-    DRAFTING = 1     # the drafter's draw of a draft token from q
-    ACCEPTANCE = 2   # the test min(1, p(x)/q(x)) of a draft
-    RECOVERED = 3    # the draw from norm(max(0, p - q)) that replaces a rejected draft
-    TARGET = 4       # a draw from p: nonsi's next token, or the bonus token after a fully accepted block
+
+    DRAFTING = 1  # the drafter's draw of a draft token from q
+    ACCEPTANCE = 2  # the test min(1, p(x)/q(x)) of a draft
+    RECOVERED = 3  # the draw from norm(max(0, p - q)) that replaces a rejected draft
+    TARGET = 4  # a draw from p: nonsi's next token, or the bonus token after a fully accepted block
 
 
 def uniform(seed: int, key: int, position: int, purpose: Stream) -> float:
@@ -123,11 +125,12 @@ class Sampling:
     sampled = True
 
     def __post_init__(self):
-        self.q: dict[int, np.ndarray] = {}   # the drafter's distribution at each drafted position
+        self.q: dict[int, np.ndarray] = {}  # the drafter's distribution at each drafted position
 
     def probs(self, logits) -> np.ndarray:
         """Warp logits as Hugging Face does (temperature, top-k, top-p) and normalise, in float64."""
         import torch
+
         scores = logits.to(torch.float64) / self.temperature
         if self.top_k and self.top_k < scores.shape[-1]:
             kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
@@ -157,10 +160,12 @@ class Sampling:
         """Run the acceptance tests where p is: return [j, p at position j (float bits)]."""
         p = self.probs(target.forward(tokens, n_out))
         q_of_draft = payload_to_floats(extras)
-        drafts = [int(t) for t in tokens[len(tokens) - (n_out - 1):]] if n_out > 1 else []
-        first = target.cache_len() - n_out + 1          # sequence position of the first prediction
+        drafts = [int(t) for t in tokens[len(tokens) - (n_out - 1) :]] if n_out > 1 else []
+        first = target.cache_len() - n_out + 1  # sequence position of the first prediction
         j = 0
-        while j < len(drafts) and uniform(self.seed, key, first + j, Stream.ACCEPTANCE) * q_of_draft[j] < p[j, drafts[j]]:
+        while (
+            j < len(drafts) and uniform(self.seed, key, first + j, Stream.ACCEPTANCE) * q_of_draft[j] < p[j, drafts[j]]
+        ):
             j += 1
         return np.concatenate([[j], floats_to_payload(p[j])])
 

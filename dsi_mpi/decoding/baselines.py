@@ -11,6 +11,7 @@
 The verifier streams every token to rank 0 the moment it exists; rank 0 timestamps arrivals with the
 same clock it uses for SI and DSI commits, so TTFT and per-token times are comparable.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,14 +23,23 @@ from dsi_mpi.mpi import protocol
 from dsi_mpi.mpi.channel import Channel
 
 
-def run_baseline(channel: Channel, verifier: int, algorithm: str, prompt: list[int], record: RunRecord,
-                 run: RunSettings) -> RunRecord:
+def run_baseline(
+    channel: Channel, verifier: int, algorithm: str, prompt: list[int], record: RunRecord, run: RunSettings
+) -> RunRecord:
     """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive (hf_assisted drafts
     max(run.lookahead, 1) tokens per step; nonsi ignores the lookahead)."""
     t0 = time.perf_counter()
-    channel.send(verifier, protocol.BASELINE, prompt, algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
-                 max_new_tokens=run.max_new_tokens, stop_at_eos=int(run.stop_at_eos), lookahead=max(run.lookahead, 1),
-                 key=run.key, ngram=run.ngram)
+    channel.send(
+        verifier,
+        protocol.BASELINE,
+        prompt,
+        algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
+        max_new_tokens=run.max_new_tokens,
+        stop_at_eos=int(run.stop_at_eos),
+        lookahead=max(run.lookahead, 1),
+        key=run.key,
+        ngram=run.ngram,
+    )
     while True:
         _, msg = channel.receive(f"{algorithm} tokens from rank {verifier}", source=verifier, tag=protocol.TOKENS)
         now = time.perf_counter() - t0
@@ -53,7 +63,9 @@ def serve_baseline(channel: Channel, target, msg, assistant_factory, rule) -> No
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
         if assistant_factory is None:
             raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
-        _hf_generate(channel, target, prompt, msg, rule, assistant=_constant_schedule(assistant_factory(), msg.lookahead))
+        _hf_generate(
+            channel, target, prompt, msg, rule, assistant=_constant_schedule(assistant_factory(), msg.lookahead)
+        )
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_prompt_lookup"]:
         lookup = {"prompt_lookup_num_tokens": msg.lookahead}
         if msg.ngram:
@@ -107,16 +119,23 @@ def _constant_schedule(assistant, lookahead: int):
 def _hf_generate(channel: Channel, target, prompt: list[int], msg, rule, assistant=None, **speculation) -> None:
     """Hugging Face's own `generate` with one of its speculative modes, streaming tokens to rank 0."""
     import torch
+
     model = target.model
     config = copy.deepcopy(model.generation_config)
     config.do_sample = rule.sampled
-    if rule.sampled:   # Hugging Face draws with torch's generator: seeded per prompt, not per position
+    if rule.sampled:  # Hugging Face draws with torch's generator: seeded per prompt, not per position
         config.temperature, config.top_k, config.top_p = rule.temperature, rule.top_k or None, rule.top_p
         torch.manual_seed(rule.seed * 1_000_003 + msg.key)
     if not msg.stop_at_eos:
         config.eos_token_id = None
     ids = torch.tensor([prompt], dtype=torch.long, device=target.device)
     with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=assistant,
-                       generation_config=config, max_new_tokens=msg.max_new_tokens, streamer=_TokenStreamer(channel),
-                       **speculation)
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            assistant_model=assistant,
+            generation_config=config,
+            max_new_tokens=msg.max_new_tokens,
+            streamer=_TokenStreamer(channel),
+            **speculation,
+        )

@@ -16,6 +16,7 @@ for drafts that plain decoding would not need). Policies: `si` keeps one block i
 speculative decoding, blocking); `dsi` keeps drafting while fewer than `max_blocks_ahead` blocks await
 results and sends blocks to every free verifier (speculation parallelism).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dsi_mpi.mpi import protocol
+from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.decoding.acceptance import Greedy
 from dsi_mpi.decoding.settings import RunSettings
-from dsi_mpi.backends import ModelRunner, common_prefix_len
-from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
+from dsi_mpi.mpi import protocol
+from dsi_mpi.mpi.channel import Channel
 
 
 class DraftInterrupted(Exception):
@@ -38,9 +39,9 @@ class DraftInterrupted(Exception):
 
 @dataclass
 class Block:
-    start: int                     # sequence position of the first draft
-    drafts: list[int]              # the drafts (empty for the prefill block)
-    task_id: int | None = None     # set once sent
+    start: int  # sequence position of the first draft
+    drafts: list[int]  # the drafts (empty for the prefill block)
+    task_id: int | None = None  # set once sent
     result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
 
 
@@ -49,27 +50,35 @@ class Task:
     task_id: int
     verifier: int
     epoch: int
-    sequence: list[int]            # the full token sequence the verifier's cache holds when it is done
-    block: Block | None            # None for the extra prefills that only warm other verifiers' caches
+    sequence: list[int]  # the full token sequence the verifier's cache holds when it is done
+    block: Block | None  # None for the extra prefills that only warm other verifiers' caches
     row: dict = field(default_factory=dict)
 
 
 class SpeculativeDecoder:
     """Drives SI or DSI for one prompt at a time; verifier cache knowledge persists across prompts."""
 
-    def __init__(self, channel: Channel, drafter: ModelRunner, verifiers: list[int], eos_ids=(),
-                 stop_at_eos: bool = True, clock_offsets_us: dict[int, int] | None = None, rule=None):
+    def __init__(
+        self,
+        channel: Channel,
+        drafter: ModelRunner,
+        verifiers: list[int],
+        eos_ids=(),
+        stop_at_eos: bool = True,
+        clock_offsets_us: dict[int, int] | None = None,
+        rule=None,
+    ):
         self.channel = channel
         self.drafter = drafter
         self.verifiers = list(verifiers)
-        self.all_eos_ids = frozenset(int(t) for t in eos_ids)   # each run's RunSettings.stop_at_eos decides
+        self.all_eos_ids = frozenset(int(t) for t in eos_ids)  # each run's RunSettings.stop_at_eos decides
         self.eos_ids = self.all_eos_ids if stop_at_eos else frozenset()
         self.cache_view = {v: [] for v in self.verifiers}  # what each verifier's KV cache holds
-        self.inflight: dict[int, Task] = {}                 # task id -> task awaiting its one reply
+        self.inflight: dict[int, Task] = {}  # task id -> task awaiting its one reply
         self.epoch = 0
         self.next_task_id = 0
-        self.offsets_us = clock_offsets_us or {}            # verifier clock - rank 0 clock (dsi_mpi.mpi.clock)
-        self.rule = rule or Greedy()                        # greedy or sampling (dsi_mpi/decoding/acceptance.py)
+        self.offsets_us = clock_offsets_us or {}  # verifier clock - rank 0 clock (dsi_mpi.mpi.clock)
+        self.rule = rule or Greedy()  # greedy or sampling (dsi_mpi/decoding/acceptance.py)
 
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], record: RunRecord, run: RunSettings) -> RunRecord:
@@ -82,7 +91,7 @@ class SpeculativeDecoder:
         self.key = key = run.key
         self.nonsi_thread = run.nonsi_thread
         self.eos_ids = self.all_eos_ids if run.stop_at_eos else frozenset()
-        self.active = self.verifiers[:1] if policy == "si" else self.verifiers[:run.verifiers or len(self.verifiers)]
+        self.active = self.verifiers[:1] if policy == "si" else self.verifiers[: run.verifiers or len(self.verifiers)]
         self.max_ahead = 1 if policy == "si" else (run.max_blocks_ahead or len(self.active) + 1)
         self.record = record
         self.seq = list(prompt)
@@ -95,10 +104,10 @@ class SpeculativeDecoder:
         self.done = False
         self.t0 = time.perf_counter()
         self._drafting = None
-        self.deferred = None   # (verdict, j, position) waiting for the draft at position (sampling, dsi)
+        self.deferred = None  # (verdict, j, position) waiting for the draft at position (sampling, dsi)
         self.drafter.set_layer_callback(self._between_drafter_layers)
 
-        self.no_proposal = None   # (epoch, position) where the drafter had nothing to propose
+        self.no_proposal = None  # (epoch, position) where the drafter had nothing to propose
         self._start_prefills()
         self.drafter.reset()
         start = self._now()
@@ -197,7 +206,7 @@ class SpeculativeDecoder:
             available = len(self.seq) - start
             if available >= self.k or (available > 0 and no_more):
                 n = min(self.k, available)
-                self.blocks.append(Block(start, self.seq[start:start + n]))
+                self.blocks.append(Block(start, self.seq[start : start + n]))
                 start += n
             elif no_more and not self.blocks and self.n_committed < self.end:
                 self.blocks.append(Block(start, []))
@@ -219,12 +228,34 @@ class SpeculativeDecoder:
         self.next_task_id += 1
         n_out = (len(block.drafts) if block else 0) + 1
         extras = self.rule.task_extras(block.drafts, block.start) if block else []
-        self.channel.send(verifier, protocol.TASK, sequence[base:] + extras, task_id=task.task_id, epoch=self.epoch,
-                          base=base, n_out=n_out, key=self.key, n_extras=len(extras))
-        task.row = {"task_id": task.task_id, "verifier": verifier, "epoch": self.epoch,
-                    "start": block.start if block else self.n_prompt, "n_drafts": n_out - 1, "base": base,
-                    "computed": 0, "reused": 0, "sent_s": self._now(), "start_s": np.nan, "end_s": np.nan, "reply_s": np.nan, "busy_s": np.nan,
-                    "outcome": Outcome.PENDING if block else Outcome.PREFILL_EXTRA, "accepted": -1}
+        self.channel.send(
+            verifier,
+            protocol.TASK,
+            sequence[base:] + extras,
+            task_id=task.task_id,
+            epoch=self.epoch,
+            base=base,
+            n_out=n_out,
+            key=self.key,
+            n_extras=len(extras),
+        )
+        task.row = {
+            "task_id": task.task_id,
+            "verifier": verifier,
+            "epoch": self.epoch,
+            "start": block.start if block else self.n_prompt,
+            "n_drafts": n_out - 1,
+            "base": base,
+            "computed": 0,
+            "reused": 0,
+            "sent_s": self._now(),
+            "start_s": np.nan,
+            "end_s": np.nan,
+            "reply_s": np.nan,
+            "busy_s": np.nan,
+            "outcome": Outcome.PENDING if block else Outcome.PREFILL_EXTRA,
+            "accepted": -1,
+        }
         self.rows[task.task_id] = task.row
         self.inflight[task.task_id] = task
         self._event(Event.TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
@@ -242,7 +273,7 @@ class SpeculativeDecoder:
                 return
             if block.task_id is not None:
                 continue
-            sequence = self.seq[:block.start + len(block.drafts)]
+            sequence = self.seq[: block.start + len(block.drafts)]
             overlap = {v: common_prefix_len(self.cache_view[v], sequence) for v in free}
             best = max(free, key=lambda v: (overlap[v], -v))
             free.remove(best)
@@ -254,8 +285,10 @@ class SpeculativeDecoder:
         if ranks:
             return f"verification results from rank(s) {ranks}"
         blocks = [(b.start, len(b.drafts), b.task_id, b.result is not None) for b in self.blocks]
-        return (f"nothing: coordinator stalled ({self.policy}, committed {self.n_committed}, text {len(self.seq)}, "
-                f"end {self.end}, blocks {blocks})")
+        return (
+            f"nothing: coordinator stalled ({self.policy}, committed {self.n_committed}, text {len(self.seq)}, "
+            f"end {self.end}, blocks {blocks})"
+        )
 
     def _handle_waiting_messages(self) -> bool:
         handled = False
@@ -279,13 +312,13 @@ class SpeculativeDecoder:
         task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
         self._event(Event.RESULT_RECEIVED, now, now, task.task_id, source)
         cancel = self.pending_cancels.pop(task.task_id, None)
-        if cancel is not None:   # [task, verifier, rejected_s, stopped_s, reply_s, busy_after_s, aborted]
+        if cancel is not None:  # [task, verifier, rejected_s, stopped_s, reply_s, busy_after_s, aborted]
             cancel[3:7] = [end, now, max(end - cancel[2], 0.0), int(msg.kind == protocol.ABORTED)]
             self.record.cancellations.append(tuple(cancel))
         if msg.kind == protocol.ABORTED:
             if task.epoch == self.epoch and task.block is not None:
                 raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
-            self.cache_view[source] = task.sequence[:msg.cache_len]
+            self.cache_view[source] = task.sequence[: msg.cache_len]
             task.row["outcome"] = Outcome.ABANDONED
             self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
@@ -300,8 +333,9 @@ class SpeculativeDecoder:
             self.record.tasks_stale += 1
             return True
         if not self.rule.sampled and len(msg.payload) != len(task.block.drafts) + 1:
-            raise protocol.ProtocolError(f"rank {source} returned {len(msg.payload)} tokens for a block of "
-                                         f"{len(task.block.drafts)} drafts")
+            raise protocol.ProtocolError(
+                f"rank {source} returned {len(msg.payload)} tokens for a block of {len(task.block.drafts)} drafts"
+            )
         task.block.result = msg.payload
         task.row["outcome"] = Outcome.USED
         self.record.tasks_used += 1
@@ -319,7 +353,7 @@ class SpeculativeDecoder:
         offset = self.n_committed - block.start
         assert 0 <= offset <= len(block.drafts), "blocks applied out of order"
         j = rule.stop(result, block.drafts, offset)
-        if j < offset:   # the verifier judged a committed draft differently (floating point): verify again
+        if j < offset:  # the verifier judged a committed draft differently (floating point): verify again
             self.record.restarts += 1
             return self._restart()
         for _ in range(offset, j):
@@ -332,7 +366,7 @@ class SpeculativeDecoder:
         if j < len(block.drafts):
             self.record.compared += 1
             return self._reject(position, rule.replacement(result, j, position, key))
-        if position < len(self.seq):                 # the next position is drafted: prune at once
+        if position < len(self.seq):  # the next position is drafted: prune at once
             self.record.compared += 1
             if not rule.check(result, j, position, self.seq[position], key):
                 return self._reject(position, rule.replacement(result, j, position, key))
@@ -384,7 +418,7 @@ class SpeculativeDecoder:
 
     def _restart(self) -> None:
         """Drop all speculation and go on from the committed text (a safe fallback, never a shortcut)."""
-        del self.seq[self.n_committed:]
+        del self.seq[self.n_committed :]
         self.deferred = None
         self.epoch += 1
         self._cancel_all()
@@ -395,13 +429,13 @@ class SpeculativeDecoder:
         for block in self.blocks:
             if block.task_id is None:
                 self.record.blocks_unsent += 1
-            elif block.result is not None:      # arrived early, now useless
+            elif block.result is not None:  # arrived early, now useless
                 self.rows[block.task_id]["outcome"] = Outcome.STALE_RESULT
                 self.record.tasks_used -= 1
                 self.record.tasks_stale += 1
         self.blocks.clear()
-        for task in self.inflight.values():       # one task per verifier at most
-            still_useful = task.block is None and after_rejection   # a prefill of the unchanged prompt
+        for task in self.inflight.values():  # one task per verifier at most
+            still_useful = task.block is None and after_rejection  # a prefill of the unchanged prompt
             if task.epoch < self.epoch and task.task_id not in self.pending_cancels and not still_useful:
                 self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
                 self._event(Event.CANCEL_SENT, now, now, task.task_id, task.verifier)
@@ -414,7 +448,7 @@ class SpeculativeDecoder:
         record = self.record
         record.wall_s = record.commit_times[-1] if record.commit_times else self._now()
         record.ttft_s = record.commit_times[0] if record.commit_times else float("nan")
-        record.tokens = [int(t) for t in self.seq[self.n_prompt:self.n_committed]]
+        record.tokens = [int(t) for t in self.seq[self.n_prompt : self.n_committed]]
         self.epoch += 1
         self._cancel_all(after_rejection=False)
 
@@ -422,5 +456,6 @@ class SpeculativeDecoder:
             while self.inflight and self._handle_one_message():
                 pass
             return None if self.inflight else True
+
         self.channel.poller.wait_for(drained, self._waiting_for())
         record.tasks = [tuple(row[name] for name in TASK_DTYPE.names) for row in self.rows.values()]

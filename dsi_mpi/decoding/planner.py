@@ -7,6 +7,7 @@ estimator of dsi_mpi.reporting.metrics.time_model_inputs. The simulator then pic
 those measurements, the best lookahead for si and for dsi (and the number of verifiers for dsi within the
 ranks launched). The measurements and the choice are stored in the results file (attribute `planner`).
 """
+
 from __future__ import annotations
 
 from dsi_mpi.decoding.baselines import run_baseline
@@ -33,6 +34,7 @@ def calibrate(decoder, channel, prompt: list[int], stop_at_eos: bool) -> dict:
 def plan(measured: dict, verifier_budget: int, new_tokens: int, lookahead, verifiers, nonsi_thread: bool) -> dict:
     """Each algorithm's lookahead and dsi's verifier count: fixed where configured, else the time model's best."""
     from dsi_mpi.simulator import best_lookahead, best_setting
+
     lat = model_latencies(measured)[0]
     a = min(max(measured["acceptance"], 0.0), 1.0)
     choice = {"measured": measured}
@@ -42,12 +44,22 @@ def plan(measured: dict, verifier_budget: int, new_tokens: int, lookahead, verif
         best = best_setting(lat, a, new_tokens, verifier_budget, nonsi_thread=nonsi_thread and verifier_budget > 1)
         choice["dsi"], choice["verifiers"] = best.lookahead, best.verifiers
     elif verifiers == "auto":
-        options = [(best_lookahead("dsi", lat, a, new_tokens, v, lookaheads=[lookahead],
-                                   nonsi_thread=nonsi_thread and v > 1)[1], v) for v in range(1, verifier_budget + 1)]
+        options = [
+            (
+                best_lookahead(
+                    "dsi", lat, a, new_tokens, v, lookaheads=[lookahead], nonsi_thread=nonsi_thread and v > 1
+                )[1],
+                v,
+            )
+            for v in range(1, verifier_budget + 1)
+        ]
         choice["dsi"], choice["verifiers"] = lookahead, min(options)[1]
     else:
         choice["verifiers"] = fixed_v
-        choice["dsi"] = (best_lookahead("dsi", lat, a, new_tokens, fixed_v, nonsi_thread=nonsi_thread and fixed_v > 1)[0]
-                         if lookahead == "auto" else lookahead)
+        choice["dsi"] = (
+            best_lookahead("dsi", lat, a, new_tokens, fixed_v, nonsi_thread=nonsi_thread and fixed_v > 1)[0]
+            if lookahead == "auto"
+            else lookahead
+        )
     choice["hf_assisted"] = choice["hf_prompt_lookup"] = choice["si"]
     return choice

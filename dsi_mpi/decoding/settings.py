@@ -1,5 +1,6 @@
 """What one run of one algorithm on one prompt needs besides the prompt: the arguments of
 `SpeculativeDecoder.generate` and `baselines.run_baseline`, in one frozen dataclass."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,18 +11,32 @@ from dsi_mpi.io.config import DecodingConfig, RuntimeConfig
 @dataclass(frozen=True)
 class RunSettings:
     max_new_tokens: int
-    lookahead: int = 1             # k: drafts per verification task (si, dsi; hf_assisted's assistant tokens)
-    verifiers: int = 0             # dsi: verifier ranks used (0: all)
-    max_blocks_ahead: int = 0      # dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)
-    nonsi_thread: bool = True      # dsi: a block of no drafts at each rejection (needs 2+ verifiers)
+    lookahead: int = 1  # k: drafts per verification task (si, dsi; hf_assisted's assistant tokens)
+    verifiers: int = 0  # dsi: verifier ranks used (0: all)
+    max_blocks_ahead: int = 0  # dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)
+    nonsi_thread: bool = True  # dsi: a block of no drafts at each rejection (needs 2+ verifiers)
     stop_at_eos: bool = True
-    key: int = 0                   # keys the random streams of sampling: the prompt's index
-    ngram: int = 0                 # hf_prompt_lookup: HF's max_matching_ngram_size (0: HF's default)
+    key: int = 0  # keys the random streams of sampling: the prompt's index
+    ngram: int = 0  # hf_prompt_lookup: HF's max_matching_ngram_size (0: HF's default)
 
     @classmethod
-    def from_config(cls, decoding: DecodingConfig, runtime: RuntimeConfig, lookahead: int, verifiers: int = 0,
-                    key: int = 0, ngram: int = 0) -> "RunSettings":
+    def from_config(
+        cls,
+        decoding: DecodingConfig,
+        runtime: RuntimeConfig,
+        lookahead: int,
+        verifiers: int = 0,
+        key: int = 0,
+        ngram: int = 0,
+    ) -> RunSettings:
         """The configured settings with a resolved lookahead and verifier count (the planner's, for "auto")."""
-        return cls(max_new_tokens=decoding.max_new_tokens, lookahead=lookahead, verifiers=verifiers,
-                   max_blocks_ahead=runtime.max_blocks_ahead, nonsi_thread=runtime.nonsi_thread,
-                   stop_at_eos=decoding.stop_at_eos, key=key, ngram=ngram)
+        return cls(
+            max_new_tokens=decoding.max_new_tokens,
+            lookahead=lookahead,
+            verifiers=verifiers,
+            max_blocks_ahead=runtime.max_blocks_ahead,
+            nonsi_thread=runtime.nonsi_thread,
+            stop_at_eos=decoding.stop_at_eos,
+            key=key,
+            ngram=ngram,
+        )

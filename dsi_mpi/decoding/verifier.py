@@ -7,11 +7,12 @@ is older than the cancel's, the forward stops at once (the cache is rolled back 
 is ABORTED. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's target
 forwards run on the same kind of rank.
 """
+
 from __future__ import annotations
 
-from dsi_mpi.mpi import protocol
 from dsi_mpi.backends import ModelRunner
 from dsi_mpi.decoding.baselines import serve_baseline
+from dsi_mpi.mpi import protocol
 from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.clock import now_us
 from dsi_mpi.mpi.faults import FaultPlan
@@ -31,12 +32,13 @@ class TaskCancelled(Exception):
 class Verifier:
     def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None, rule=None):
         from dsi_mpi.decoding.acceptance import Greedy
+
         self.channel = channel
         self.target = target
         self.rule = rule or Greedy()
         self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
         self.min_epoch = 0
-        self.running_epoch = 1 << 62   # no task running: nothing to cancel
+        self.running_epoch = 1 << 62  # no task running: nothing to cancel
         self.faults = FaultPlan(channel.rank)
         target.set_layer_callback(self._check_cancel)
 
@@ -54,8 +56,9 @@ class Verifier:
         """Answer rank 0 until STOP."""
         while True:
             # Twice the coordinator's bound: when a verifier falls silent, rank 0 (which knows who) reports it.
-            _, msg = self.channel.receive("the coordinator (rank 0)", source=0,
-                                          timeout_s=2 * self.channel.poller.timeout_s)
+            _, msg = self.channel.receive(
+                "the coordinator (rank 0)", source=0, timeout_s=2 * self.channel.poller.timeout_s
+            )
             if msg.kind == protocol.STOP:
                 self.channel.flush()
                 return
@@ -71,26 +74,38 @@ class Verifier:
 
     def _run_task(self, msg) -> None:
         if msg.base > self.target.cache_len():
-            raise protocol.ProtocolError(f"task {msg.task_id} keeps {msg.base} cached tokens but the cache holds "
-                                         f"{self.target.cache_len()}")
+            raise protocol.ProtocolError(
+                f"task {msg.task_id} keeps {msg.base} cached tokens but the cache holds {self.target.cache_len()}"
+            )
         reply = dict(task_id=msg.task_id, epoch=msg.epoch)
         if (msg.n_extras > 0) != self.rule.sampled and msg.n_out > 1:
             raise protocol.ProtocolError(f"task {msg.task_id}: rank 0 and this rank disagree on sampling vs greedy")
         self.target.crop(msg.base)
         start = now_us()
-        if msg.epoch < self.min_epoch:   # made stale before it started: never run it
-            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=start,
-                              **reply)
+        if msg.epoch < self.min_epoch:  # made stale before it started: never run it
+            self.channel.send(
+                0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=start, **reply
+            )
             return
         self.running_epoch = msg.epoch
         try:
             n_tokens = len(msg.payload) - msg.n_extras
             verdict = self.rule.verify(self.target, msg.payload[:n_tokens], msg.n_out, msg.payload[n_tokens:], msg.key)
         except TaskCancelled:
-            self.channel.send(0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start,
-                              end_us=now_us(), **reply)
+            self.channel.send(
+                0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=now_us(), **reply
+            )
             return
         finally:
             self.running_epoch = 1 << 62
-        self.channel.send(0, protocol.RESULT, verdict, cache_len=self.target.cache_len(), computed=n_tokens,
-                          reused=msg.base, start_us=start, end_us=now_us(), **reply)
+        self.channel.send(
+            0,
+            protocol.RESULT,
+            verdict,
+            cache_len=self.target.cache_len(),
+            computed=n_tokens,
+            reused=msg.base,
+            start_us=start,
+            end_us=now_us(),
+            **reply,
+        )

@@ -4,15 +4,17 @@ Every key is declared once below (section, name, type, default, help); the READM
 generated from the same declarations (`python -m dsi_mpi config-keys`), so code and docs cannot drift.
 Relative paths are resolved against the current working directory, as a cluster user expects.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
 
@@ -33,49 +35,134 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("models", "kind", str, "hf", 'model backend: "hf" (real Hugging Face models) or "emulated" '
-        "(LATENCY EMULATION: sleeps instead of forwards, see [emulation])"),
+    Key(
+        "models",
+        "kind",
+        str,
+        "hf",
+        'model backend: "hf" (real Hugging Face models) or "emulated" '
+        "(LATENCY EMULATION: sleeps instead of forwards, see [emulation])",
+    ),
     Key("models", "target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
-    Key("models", "drafter", str, "inputs/models/drafter", 'drafter: a hub id or local folder of a model with the target\'s vocabulary; '
+    Key(
+        "models",
+        "drafter",
+        str,
+        "inputs/models/drafter",
+        "drafter: a hub id or local folder of a model with the target's vocabulary; "
         '"ngram" or "ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or "truncated:layers=L" '
-        "(the target's first L layers with its norm and head)"),
+        "(the target's first L layers with its norm and head)",
+    ),
     Key("models", "dtype", str, "float32", "float32, bfloat16 or float16"),
     Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
     Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
-    Key("decoding", "algorithms", list, ["nonsi", "si", "dsi"], f"algorithms to run on every prompt, any of {list(ALGORITHMS)}"),
-    Key("decoding", "lookahead", (int, str), 5, 'draft tokens per verification task (k >= 1), or "auto": '
-        "the planner picks each algorithm's best k from a short calibration and the time model"),
-    Key("decoding", "verifiers", (int, str), 0, 'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks '
-        "the best number within the N-1 launched"),
+    Key(
+        "decoding",
+        "algorithms",
+        list,
+        ["nonsi", "si", "dsi"],
+        f"algorithms to run on every prompt, any of {list(ALGORITHMS)}",
+    ),
+    Key(
+        "decoding",
+        "lookahead",
+        (int, str),
+        5,
+        'draft tokens per verification task (k >= 1), or "auto": '
+        "the planner picks each algorithm's best k from a short calibration and the time model",
+    ),
+    Key(
+        "decoding",
+        "verifiers",
+        (int, str),
+        0,
+        'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks the best number within the N-1 launched',
+    ),
     Key("decoding", "max_new_tokens", int, 64, "tokens to generate per prompt"),
     Key("decoding", "stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
     Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
-    Key("decoding", "do_sample", bool, False, "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)"),
+    Key(
+        "decoding",
+        "do_sample",
+        bool,
+        False,
+        "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)",
+    ),
     Key("decoding", "temperature", float, 1.0, "sampling temperature (as in Hugging Face generate)"),
     Key("decoding", "top_k", int, 0, "sample among the k most likely tokens only (0: off)"),
     Key("decoding", "top_p", float, 1.0, "sample from the smallest set of tokens with probability >= top_p (1: off)"),
-    Key("decoding", "warmup_prompts", int, 1, "untimed runs of each algorithm before timing (shapes, caches, allocators)"),
-    Key("prompts", "path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
+    Key(
+        "decoding",
+        "warmup_prompts",
+        int,
+        1,
+        "untimed runs of each algorithm before timing (shapes, caches, allocators)",
+    ),
+    Key(
+        "prompts",
+        "path",
+        str,
+        "inputs/prompts/default.jsonl",
+        'JSONL prompt set: one {"id": str, "prompt": str} per line',
+    ),
     Key("prompts", "limit", int, 0, "use only the first N prompts of the file (0: all)"),
     Key("prompts", "shard_count", int, 1, "split the prompt set into this many shards (e.g. one per SLURM array task)"),
     Key("prompts", "shard_index", int, 0, "run only prompts whose index % shard_count == shard_index"),
     Key("output", "path", str, "results/default.h5", "HDF5 results file written by rank 0"),
     Key("output", "overwrite", bool, False, "replace an existing results file"),
-    Key("output", "resume", bool, False, "continue an existing results file of the same config: skip prompts already complete"),
-    Key("runtime", "timeout_s", float, 300.0, "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank"),
+    Key(
+        "output",
+        "resume",
+        bool,
+        False,
+        "continue an existing results file of the same config: skip prompts already complete",
+    ),
+    Key(
+        "runtime",
+        "timeout_s",
+        float,
+        300.0,
+        "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank",
+    ),
     Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
-    Key("runtime", "poll_max_sleep_s", float, 2.5e-4, "longest sleep between MPI tests while waiting (the back-off cap; "
-        "a message waits about this long plus the sleep's own overshoot before it is seen)"),
-    Key("runtime", "nonsi_thread", bool, True, "dsi with 2+ verifiers: after a rejection, send the target a block of no "
-        "drafts at once (the paper's non-SI thread) instead of waiting for k new drafts"),
-    Key("runtime", "max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
+    Key(
+        "runtime",
+        "poll_max_sleep_s",
+        float,
+        2.5e-4,
+        "longest sleep between MPI tests while waiting (the back-off cap; "
+        "a message waits about this long plus the sleep's own overshoot before it is seen)",
+    ),
+    Key(
+        "runtime",
+        "nonsi_thread",
+        bool,
+        True,
+        "dsi with 2+ verifiers: after a rejection, send the target a block of no "
+        "drafts at once (the paper's non-SI thread) instead of waiting for k new drafts",
+    ),
+    Key(
+        "runtime",
+        "max_blocks_ahead",
+        int,
+        0,
+        "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)",
+    ),
     Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
     Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
     Key("emulation", "drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
     Key("emulation", "drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
-    Key("emulation", "acceptance", float, 0.6, "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's"),
+    Key(
+        "emulation",
+        "acceptance",
+        float,
+        0.6,
+        "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's",
+    ),
     Key("emulation", "vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
-    Key("emulation", "prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
+    Key(
+        "emulation", "prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"
+    ),
 )
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
@@ -84,8 +171,14 @@ SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
 def _section_view(section: str) -> type:
     """A frozen dataclass with one attribute per key of `section`, made from KEYS (lists become tuples)."""
     keys = [k for k in KEYS if k.section == section]
-    fields = [(k.name, tuple if k.type is list else k.type if isinstance(k.type, type) else Any,
-               field(default=tuple(k.default) if isinstance(k.default, list) else k.default)) for k in keys]
+    fields = [
+        (
+            k.name,
+            tuple if k.type is list else k.type if isinstance(k.type, type) else Any,
+            field(default=tuple(k.default) if isinstance(k.default, list) else k.default),
+        )
+        for k in keys
+    ]
     view = dataclasses.make_dataclass(f"{section.capitalize()}Config", fields, frozen=True)
     view.__module__ = __name__
     view.__doc__ = f"[{section}] of the config, read-only:\n" + "\n".join(f"    {k.name}: {k.help}" for k in keys)
@@ -94,9 +187,16 @@ def _section_view(section: str) -> type:
 
 # The typed views: `cfg.decoding.lookahead` etc. (new code uses these; `cfg["decoding"]["lookahead"]` still works).
 ModelsConfig, DecodingConfig, PromptsConfig, OutputConfig, RuntimeConfig, EmulationConfig = (
-    _section_view(s) for s in ("models", "decoding", "prompts", "output", "runtime", "emulation"))
-VIEWS = {"models": ModelsConfig, "decoding": DecodingConfig, "prompts": PromptsConfig, "output": OutputConfig,
-         "runtime": RuntimeConfig, "emulation": EmulationConfig}
+    _section_view(s) for s in ("models", "decoding", "prompts", "output", "runtime", "emulation")
+)
+VIEWS = {
+    "models": ModelsConfig,
+    "decoding": DecodingConfig,
+    "prompts": PromptsConfig,
+    "output": OutputConfig,
+    "runtime": RuntimeConfig,
+    "emulation": EmulationConfig,
+}
 assert tuple(VIEWS) == SECTIONS, "a section of KEYS has no typed view"
 
 
@@ -104,6 +204,7 @@ assert tuple(VIEWS) == SECTIONS, "a section of KEYS has no typed view"
 class Config:
     """Resolved configuration: `values[section][name]` (also `cfg[section][name]`), typed views per section
     (`cfg.decoding`, `cfg.runtime`, ...), plus where it came from."""
+
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -114,7 +215,7 @@ class Config:
         values = {n: tuple(v) if isinstance(v, list) else v for n, v in self.values[section].items()}
         return VIEWS[section](**values)
 
-    if TYPE_CHECKING:   # what __getattr__ returns, for readers and type checkers
+    if TYPE_CHECKING:  # what __getattr__ returns, for readers and type checkers
         models: ModelsConfig
         decoding: DecodingConfig
         prompts: PromptsConfig
@@ -137,8 +238,17 @@ class Config:
             lines.append("")
         return "\n".join(lines)
 
-    def digest(self, ignore: tuple[str, ...] = ("output.path", "output.overwrite", "output.resume", "prompts.limit",
-                                                "prompts.shard_count", "prompts.shard_index")) -> str:
+    def digest(
+        self,
+        ignore: tuple[str, ...] = (
+            "output.path",
+            "output.overwrite",
+            "output.resume",
+            "prompts.limit",
+            "prompts.shard_count",
+            "prompts.shard_index",
+        ),
+    ) -> str:
         """Hash of what determines results, so files from different configs are never mixed."""
         flat = {f"{s}.{n}": v for s, d in self.values.items() for n, v in d.items() if f"{s}.{n}" not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
@@ -234,7 +344,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
 
     m, d, e, r = v["models"], v["decoding"], v["emulation"], v["runtime"]
     need(m["kind"] in ("hf", "emulated"), f'models.kind must be "hf" or "emulated", got {m["kind"]!r}')
-    need(m["dtype"] in ("float32", "bfloat16", "float16"), f"models.dtype must be float32, bfloat16 or float16, got {m['dtype']!r}")
+    need(
+        m["dtype"] in ("float32", "bfloat16", "float16"),
+        f"models.dtype must be float32, bfloat16 or float16, got {m['dtype']!r}",
+    )
     need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
     need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
     need(len(d["algorithms"]) > 0, "decoding.algorithms must name at least one algorithm")
@@ -243,8 +356,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
     for name, low in (("lookahead", 1), ("verifiers", 0)):
         value = d[name]
-        need(value == "auto" or isinstance(value, int) and value >= low,
-             f'decoding.{name} must be an integer >= {low} or "auto", got {value!r}')
+        need(
+            value == "auto" or isinstance(value, int) and value >= low,
+            f'decoding.{name} must be an integer >= {low} or "auto", got {value!r}',
+        )
     need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
     need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
     need(d["temperature"] > 0, f"decoding.temperature must be > 0, got {d['temperature']}")
@@ -252,9 +367,14 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(0 < d["top_p"] <= 1, f"decoding.top_p must be in (0, 1], got {d['top_p']}")
     p = v["prompts"]
     need(p["limit"] >= 0, "prompts.limit must be >= 0")
-    need(p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
-         f"prompts.shard_index must be in [0, shard_count), got {p['shard_index']} of {p['shard_count']}")
-    need(not (v["output"]["overwrite"] and v["output"]["resume"]), "output.overwrite and output.resume exclude each other")
+    need(
+        p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
+        f"prompts.shard_index must be in [0, shard_count), got {p['shard_index']} of {p['shard_count']}",
+    )
+    need(
+        not (v["output"]["overwrite"] and v["output"]["resume"]),
+        "output.overwrite and output.resume exclude each other",
+    )
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
     need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
@@ -266,13 +386,18 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
         drafter = parse_drafter(m["drafter"])
     except DrafterSpecError as err:
         raise ConfigError(str(err)) from None
-    need("hf_assisted" not in d["algorithms"] or drafter.needs_weights,
-         'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)')
+    need(
+        "hf_assisted" not in d["algorithms"] or drafter.needs_weights,
+        'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)',
+    )
     if m["kind"] == "emulated":
         need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
         for name in ("hf_assisted", "hf_prompt_lookup"):
-            need(name not in d["algorithms"], f"{name} needs real models (models.kind = \"hf\")")
-        need(not d["do_sample"], "sampling needs real models: LATENCY EMULATION draws acceptance i.i.d. (models.kind = \"hf\")")
+            need(name not in d["algorithms"], f'{name} needs real models (models.kind = "hf")')
+        need(
+            not d["do_sample"],
+            'sampling needs real models: LATENCY EMULATION draws acceptance i.i.d. (models.kind = "hf")',
+        )
 
 
 def keys_markdown() -> str:

@@ -8,6 +8,7 @@
 
 Parsed here, before anything is loaded, so a bad parameter is a one-line config error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ class DrafterSpecError(ValueError):
 
 @dataclass(frozen=True)
 class DrafterSpec:
-    kind: str                              # "model", "ngram" or "truncated"
-    model: str = ""                        # the folder or hub id ("model" only)
+    kind: str  # "model", "ngram" or "truncated"
+    model: str = ""  # the folder or hub id ("model" only)
     params: dict = field(default_factory=dict)
 
     @property
@@ -40,8 +41,10 @@ def parse_drafter(text: str) -> DrafterSpec:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         name, eq, value = item.partition("=")
         if name not in params or not eq:
-            raise DrafterSpecError(f"models.drafter {text!r}: unknown parameter {item!r} for a {kind} drafter "
-                                   f"(known: {', '.join(params)}; write {kind}:{next(iter(params))}=...)")
+            raise DrafterSpecError(
+                f"models.drafter {text!r}: unknown parameter {item!r} for a {kind} drafter "
+                f"(known: {', '.join(params)}; write {kind}:{next(iter(params))}=...)"
+            )
         try:
             params[name] = int(value)
         except ValueError:

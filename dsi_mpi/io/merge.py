@@ -7,6 +7,7 @@ prompt indices are global, so merging is a copy of every complete prompt group i
 same layout. Everything is checked before anything is written, and the output appears only when it
 is whole (written to a temporary name, then renamed), so a refused or failed merge leaves nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ class MergeError(ValueError):
 @dataclass
 class MergeSummary:
     out_path: str
-    prompts: int = 0                                  # complete prompt groups copied
+    prompts: int = 0  # complete prompt groups copied
     skipped: dict[str, int] = field(default_factory=dict)  # input path -> incomplete prompts left out
 
     @property
@@ -58,16 +59,17 @@ def _plan(in_paths: list[str], files: list[h5py.File]) -> tuple[list[tuple[h5py.
     copies, skipped = [], {}
     for path, f in zip(in_paths, files):
         if f.attrs.get("config_digest") != digest:
-            raise MergeError(f"{path}: config_digest {f.attrs.get('config_digest')} differs from "
-                             f"{digest} of {in_paths[0]} (a different experiment)")
+            raise MergeError(
+                f"{path}: config_digest {f.attrs.get('config_digest')} differs from "
+                f"{digest} of {in_paths[0]} (a different experiment)"
+            )
         skipped[path] = 0
         for name, group in f["prompts"].items():
             if not group.attrs.get("complete", False):
                 skipped[path] += 1
                 continue
             if name in owner:
-                raise MergeError(f"{path}: prompt {int(name)} is also complete in {owner[name]} "
-                                 "(overlapping shards)")
+                raise MergeError(f"{path}: prompt {int(name)} is also complete in {owner[name]} (overlapping shards)")
             owner[name] = path
             copies.append((f, name))
     return copies, skipped

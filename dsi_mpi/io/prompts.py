@@ -2,6 +2,7 @@
 
 Blank lines are skipped; anything else malformed is an error naming the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from dsi_mpi.io.config import ConfigError
 
 @dataclass(frozen=True)
 class Prompt:
-    index: int          # position in the file: the key results are stored under
+    index: int  # position in the file: the key results are stored under
     id: str
     text: str
 

@@ -17,6 +17,7 @@ keeps the two in sync):
             cancellations  compound[n_cancels]    stale tasks after a rejection (records.CANCEL_DTYPE)
             events         compound[n_events]     per-rank timeline on rank 0's clock (records.EVENT_DTYPE)
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
 # Root attributes known only once every rank has started (add_metadata refuses any other name).
-METADATA = ("versions", "git_commit", "ranks", "algorithms", "argv", "slurm_job_id", "clock_offsets_us", "planner",
-            "drafter")
+METADATA = (
+    "versions",
+    "git_commit",
+    "ranks",
+    "algorithms",
+    "argv",
+    "slurm_job_id",
+    "clock_offsets_us",
+    "planner",
+    "drafter",
+)
 
 
 class ResultsWriter:
@@ -43,8 +53,10 @@ class ResultsWriter:
             self._reopen(config)
             return
         if self.path.exists() and not overwrite:
-            raise ConfigError(f"output file {path} exists: set output.overwrite = true, or output.resume = true to "
-                              "finish it, or choose another output.path")
+            raise ConfigError(
+                f"output file {path} exists: set output.overwrite = true, or output.resume = true to "
+                "finish it, or choose another output.path"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = h5py.File(self.path, "w")
@@ -69,8 +81,10 @@ class ResultsWriter:
             raise ConfigError(f"cannot resume {self.path}: not a dsi-mpi results file")
         if self.file.attrs.get("config_digest") != config.digest():
             self.file.close()
-            raise ConfigError(f"cannot resume {self.path}: it was written with a different config "
-                              "(set output.overwrite = true to replace it)")
+            raise ConfigError(
+                f"cannot resume {self.path}: it was written with a different config "
+                "(set output.overwrite = true to replace it)"
+            )
         for name, group in list(self.file["prompts"].items()):
             if group.attrs["complete"]:
                 self.completed.add(int(name))
@@ -129,8 +143,12 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
             for algorithm, run in group.items():
                 if not isinstance(run, h5py.Group):
                     continue
-                rec = {"prompt_index": int(name), "prompt_id": str(group.attrs["id"]), "algorithm": algorithm,
-                       "complete": bool(group.attrs["complete"])}
+                rec = {
+                    "prompt_index": int(name),
+                    "prompt_id": str(group.attrs["id"]),
+                    "algorithm": algorithm,
+                    "complete": bool(group.attrs["complete"]),
+                }
                 rec.update({k: v.item() if hasattr(v, "item") else v for k, v in run.attrs.items()})
                 rec["tokens"] = run["tokens"][()].tolist()
                 rec["commit_times"] = run["commit_times"][()].tolist()

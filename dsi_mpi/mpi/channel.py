@@ -4,6 +4,7 @@ One pattern everywhere: `Isend` a protocol buffer (kept alive until the request 
 `Iprobe` + `Recv` of exactly the probed size to receive. Waiting is `BackoffPoller.wait_for` over
 `poll`, so no rank ever sits in a spinning MPI wait and every wait has a deadline.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,10 @@ class Channel:
         """Receive one waiting message as (source, Message), or return None at once. MPICH's first Iprobe
         after a message lands often only makes progress and misses it (measured: a CANCEL was seen one
         poll late, 4-8 ms instead of 0-4 ms); a second Iprobe sees it."""
-        if not (self.comm.Iprobe(source=source, tag=tag, status=self._status)
-                or self.comm.Iprobe(source=source, tag=tag, status=self._status)):
+        if not (
+            self.comm.Iprobe(source=source, tag=tag, status=self._status)
+            or self.comm.Iprobe(source=source, tag=tag, status=self._status)
+        ):
             return None
         count = self._status.Get_count(MPI.INT64_T)
         src, msg_tag = self._status.Get_source(), self._status.Get_tag()
@@ -49,7 +52,9 @@ class Channel:
 
     def flush(self) -> None:
         """Wait until every send has left this rank (before reusing nothing, before exiting)."""
+
         def all_sent():
             self._reap()
             return True if not self._sends else None
+
         self.poller.wait_for(all_sent, "sends to complete")

@@ -5,6 +5,7 @@ ping-pongs with every rank and keeps, per rank, the offset seen in the exchange 
 trip (error at most half that round trip, a few microseconds on one node). Verifiers stamp their work
 in microseconds of their own clock; rank 0 subtracts the offset to place it on its own axis.
 """
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ Rank R fails at its N-th tick: a verifier ticks once per task it receives, rank 
 prompt. Kinds: raise (a Python error), oom (MemoryError, as a failed allocation raises), kill (SIGKILL
 to itself: no cleanup at all), hang (stops answering: only the watchdog can end the job).
 """
+
 from __future__ import annotations
 
 import os

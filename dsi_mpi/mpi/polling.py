@@ -5,10 +5,12 @@ steals the core a working rank needs (shared/notes/PLATFORM.md: 8-16 ms per mess
 So every wait in dsi-mpi is a poll: test, spin briefly, then sleep with a doubling back-off, and give
 up with `WatchdogTimeout` once the deadline passes.
 """
+
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from dsi_mpi.io.config import RuntimeConfig
@@ -23,8 +25,9 @@ class WatchdogTimeout(RuntimeError):
 class BackoffPoller:
     """Poll a condition: spin for `spin_s`, then sleep from `min_sleep_s` doubling up to `max_sleep_s`."""
 
-    def __init__(self, spin_s: float = 5e-5, min_sleep_s: float = 5e-5, max_sleep_s: float = 5e-4,
-                 timeout_s: float = 300.0):
+    def __init__(
+        self, spin_s: float = 5e-5, min_sleep_s: float = 5e-5, max_sleep_s: float = 5e-4, timeout_s: float = 300.0
+    ):
         self.spin_s = spin_s
         self.min_sleep_s = min_sleep_s
         self.max_sleep_s = max_sleep_s

@@ -27,6 +27,7 @@ An epoch rises at every rejection: anything of an older epoch is stale and is dr
 Decoding checks the magic, the kind against the tag, the counts against the received size and the
 field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ HEADER = 4
 
 class Kind(IntEnum):
     """Message kinds (also the MPI tag); the table above says what each carries."""
+
     TASK = 1
     RESULT = 2
     ABORTED = 3
@@ -89,8 +91,8 @@ def encode(kind: Kind, payload=(), **fields) -> np.ndarray:
     payload = np.asarray(payload, dtype=np.int64).ravel()
     buf = np.empty(HEADER + len(names) + len(payload), dtype=np.int64)
     buf[:HEADER] = (MAGIC, kind, len(names), len(payload))
-    buf[HEADER:HEADER + len(names)] = [int(fields[n]) for n in names]
-    buf[HEADER + len(names):] = payload
+    buf[HEADER : HEADER + len(names)] = [int(fields[n]) for n in names]
+    buf[HEADER + len(names) :] = payload
     return buf
 
 
@@ -108,16 +110,20 @@ def decode(buf: np.ndarray, tag: int, source: int) -> Message:
         raise ProtocolError(f"{where}: kind {KIND_NAMES[kind]} does not match the tag")
     names = FIELDS[kind]
     if n_fields != len(names) or n_payload < 0 or HEADER + n_fields + n_payload != len(buf):
-        raise ProtocolError(f"{where}: {KIND_NAMES[kind]} header says {n_fields} fields + {n_payload} "
-                            f"payload but {len(buf)} integers arrived")
-    fields = {n: int(v) for n, v in zip(names, buf[HEADER:HEADER + n_fields])}
+        raise ProtocolError(
+            f"{where}: {KIND_NAMES[kind]} header says {n_fields} fields + {n_payload} "
+            f"payload but {len(buf)} integers arrived"
+        )
+    fields = {n: int(v) for n, v in zip(names, buf[HEADER : HEADER + n_fields])}
     for name, value in fields.items():
         if value < 0:
             raise ProtocolError(f"{where}: {KIND_NAMES[kind]} field {name} is negative ({value})")
-    payload = buf[HEADER + n_fields:]
+    payload = buf[HEADER + n_fields :]
     if kind == TASK and (fields["n_out"] < 1 or fields["n_out"] + fields["n_extras"] > n_payload):
-        raise ProtocolError(f"{where}: TASK asks for {fields['n_out']} outputs and {fields['n_extras']} extras "
-                            f"from a payload of {n_payload}")
+        raise ProtocolError(
+            f"{where}: TASK asks for {fields['n_out']} outputs and {fields['n_extras']} extras "
+            f"from a payload of {n_payload}"
+        )
     if kind == RESULT and n_payload < 1:
         raise ProtocolError(f"{where}: RESULT carries no tokens")
     return Message(Kind(kind), fields, payload)

@@ -4,6 +4,7 @@ Rank 0 checks everything that depends on user input before any rank loads weight
 rank to go on or to exit; later every rank reports its host and device so the results can say where
 each role ran.
 """
+
 from __future__ import annotations
 
 import socket
@@ -38,8 +39,12 @@ def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: s
     infos = [mine]
     for source in range(1, comm.Get_size()):
         request = comm.irecv(source=source, tag=INFO_TAG)
-        infos.append(poller.wait_for(lambda: (lambda done, value: value if done else None)(*request.test()),
-                                     f"start-up report of rank {source}"))
+        infos.append(
+            poller.wait_for(
+                lambda request=request: (lambda done, value: value if done else None)(*request.test()),
+                f"start-up report of rank {source}",
+            )
+        )
     return infos
 
 

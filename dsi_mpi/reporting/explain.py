@@ -3,6 +3,7 @@
 Every sentence is computed from the data (and from the paper's time model, dsi_mpi.simulator, fed with
 the measured latencies): a sentence whose inputs are missing is left out rather than guessed.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ import numpy as np
 from dsi_mpi.reporting import metrics as mt
 
 NAN = math.nan
-SAME = 0.1          # ratios within 10% of 1 are called "the same"
+SAME = 0.1  # ratios within 10% of 1 are called "the same"
 
 
 # ---------------------------------------------------------------- sentences
@@ -27,10 +28,19 @@ def explain(records: list[dict], meta: dict) -> list[str]:
     by, figures = mt.by_algorithm(records), mt.compare(records, V)
     m = mt.time_model_inputs(by)
     model = _model(m, k, V, N, thread) if m else None
-    sentences = [_inputs(m, k, V, figures), _si(m, model, figures, k), _dsi(m, model, figures, V),
-                 _dsi_slower(m, model, figures, k, V, N, shape["nonsi_thread"]), _utilisation(m, figures, k, V),
-                 _stale(by, figures),
-                 _ttft(figures), _verify_cost(m), _per_prompt(by), _lookahead(m, model, k, V, N, thread), _other(figures)]
+    sentences = [
+        _inputs(m, k, V, figures),
+        _si(m, model, figures, k),
+        _dsi(m, model, figures, V),
+        _dsi_slower(m, model, figures, k, V, N, shape["nonsi_thread"]),
+        _utilisation(m, figures, k, V),
+        _stale(by, figures),
+        _ttft(figures),
+        _verify_cost(m),
+        _per_prompt(by),
+        _lookahead(m, model, k, V, N, thread),
+        _other(figures),
+    ]
     return [s for s in sentences if s]
 
 
@@ -38,7 +48,8 @@ def _model(m: dict, k: int, V: int, N: int, nonsi_thread: bool) -> dict:
     """Predicted latencies at the measured inputs (metrics.predicted_latencies), plus what they came from."""
     spec, _ = mt.model_latencies(m)
     return {"lat": spec, "a": min(max(m["acceptance"], 0.0), 1.0)} | mt.predicted_latencies(
-        m, {"si": k, "dsi": k}, V, N, nonsi_thread)
+        m, {"si": k, "dsi": k}, V, N, nonsi_thread
+    )
 
 
 def _x(v: float) -> str:
@@ -50,10 +61,12 @@ def _inputs(m, k, V, figures) -> str | None:
         return None
     runs = [a for a in ("si", "dsi") if a in figures and not math.isnan(figures[a]["accepted_per_verification"])]
     runs = ", ".join(f"{a} {figures[a]['accepted_per_verification']:.2f}" for a in runs)
-    return (f"measured: target {1e3 * m['target_tpot_s']:.2f} ms per token (prefill {1e3 * m['target_ttft_s']:.1f} ms), "
-            f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms per token, so c = {m['c']:.2f}; acceptance "
-            f"{m['acceptance']:.2f}; k = {k}, {V} verifier rank(s)"
-            + (f"; drafts accepted per applied verification: {runs}" if runs else ""))
+    return (
+        f"measured: target {1e3 * m['target_tpot_s']:.2f} ms per token (prefill {1e3 * m['target_ttft_s']:.1f} ms), "
+        f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms per token, so c = {m['c']:.2f}; acceptance "
+        f"{m['acceptance']:.2f}; k = {k}, {V} verifier rank(s)"
+        + (f"; drafts accepted per applied verification: {runs}" if runs else "")
+    )
 
 
 def _si(m, model, figures, k) -> str | None:
@@ -65,18 +78,24 @@ def _si(m, model, figures, k) -> str | None:
     cost = k * c + 1
     predicted = model["nonsi"] / model["si"]
     measured = figures["si"]["speedup_vs_nonsi"]
-    head = (f"drafter latency is {c:.2f} of the target's and acceptance {a:.2f}: with k = {k} an si iteration "
-            f"costs {cost:.2f} target forwards and commits {tokens:.2f} tokens on average, so the time model "
-            f"predicts si at {_x(predicted)} nonsi's speed")
+    head = (
+        f"drafter latency is {c:.2f} of the target's and acceptance {a:.2f}: with k = {k} an si iteration "
+        f"costs {cost:.2f} target forwards and commits {tokens:.2f} tokens on average, so the time model "
+        f"predicts si at {_x(predicted)} nonsi's speed"
+    )
     if math.isnan(measured):
         return head
     head += f"; measured {_x(measured)}"
     if measured < 1:
         if tokens < cost:
-            return head + (f". si was slower than nonsi because each iteration commits fewer tokens ({tokens:.2f}) "
-                           f"than it costs target forwards ({cost:.2f})")
-        return head + (f". si was slower than nonsi although the time model predicts a gain: the loss "
-                       f"({_x(measured / predicted)} of the prediction) comes from costs outside the model")
+            return head + (
+                f". si was slower than nonsi because each iteration commits fewer tokens ({tokens:.2f}) "
+                f"than it costs target forwards ({cost:.2f})"
+            )
+        return head + (
+            f". si was slower than nonsi although the time model predicts a gain: the loss "
+            f"({_x(measured / predicted)} of the prediction) comes from costs outside the model"
+        )
     return head
 
 
@@ -101,20 +120,27 @@ def _dsi_slower(m, model, figures, k, V, N, nonsi_thread) -> str | None:
     d = figures.get("dsi")
     if not model or not d or not d["speedup_vs_nonsi"] < 1:
         return None
-    head = (f"dsi was slower than nonsi ({_x(d['speedup_vs_nonsi'])}) with {d['rejections']} rejections "
-            f"({d['rejections'] / max(1, d['tokens']):.0%} of its tokens)")
+    head = (
+        f"dsi was slower than nonsi ({_x(d['speedup_vs_nonsi'])}) with {d['rejections']} rejections "
+        f"({d['rejections'] / max(1, d['tokens']):.0%} of its tokens)"
+    )
     if nonsi_thread and V > 1:
-        return head + (f": after each one the target went on at once with a block of no drafts (the paper's non-SI "
-                       f"thread), and the time model predicts dsi at {_x(model['nonsi'] / model['dsi'])} nonsi's "
-                       f"speed, so the loss comes from costs outside the model (messages, wake-ups, shared cores)")
+        return head + (
+            f": after each one the target went on at once with a block of no drafts (the paper's non-SI "
+            f"thread), and the time model predicts dsi at {_x(model['nonsi'] / model['dsi'])} nonsi's "
+            f"speed, so the loss comes from costs outside the model (messages, wake-ups, shared cores)"
+        )
     why = "runtime.nonsi_thread is off" if not nonsi_thread else "with one verifier there is no spare one for it"
     from dsi_mpi.simulator import simulate
+
     thread = simulate("dsi", model["lat"], model["a"], k, max(V, 2), N, seed=0, trials=100, nonsi_thread=True)
-    return head + (f": the paper's non-SI thread was not used ({why}), so after a rejection no block is verified "
-                   f"until k = {k} new drafts exist ({1e3 * k * m['drafter_tpot_s']:.1f} ms, {k * m['c']:.2f} "
-                   f"target forwards); with it (a block of no drafts sent at each rejection, {max(V, 2)} verifiers) "
-                   f"the time model predicts dsi at {_x(model['nonsi'] / thread.mean_latency)} nonsi's speed "
-                   f"instead of {_x(model['nonsi'] / model['dsi'])}")
+    return head + (
+        f": the paper's non-SI thread was not used ({why}), so after a rejection no block is verified "
+        f"until k = {k} new drafts exist ({1e3 * k * m['drafter_tpot_s']:.1f} ms, {k * m['c']:.2f} "
+        f"target forwards); with it (a block of no drafts sent at each rejection, {max(V, 2)} verifiers) "
+        f"the time model predicts dsi at {_x(model['nonsi'] / thread.mean_latency)} nonsi's speed "
+        f"instead of {_x(model['nonsi'] / model['dsi'])}"
+    )
 
 
 def _utilisation(m, figures, k, V) -> str | None:
@@ -125,11 +151,19 @@ def _utilisation(m, figures, k, V) -> str | None:
     text = f"dsi kept {u * V:.1f} of {V} verifier(s) busy on average (utilisation {u:.0%})"
     if m:
         from dsi_mpi.simulator import min_verifiers_without_queueing
+
         need = min_verifiers_without_queueing(m["c"], k)
-        text += (f"; the drafter forms a block every k c = {k * m['c']:.2f} target forwards, so "
-                 f"ceil(1 / (k c)) = {need} verifier(s) keep up with it")
-        text += (f" and the other {V - need} cannot be kept busy by drafting alone" if V > need else
-                 f" but the job had only {V}: blocks wait for a free verifier" if V < need else "")
+        text += (
+            f"; the drafter forms a block every k c = {k * m['c']:.2f} target forwards, so "
+            f"ceil(1 / (k c)) = {need} verifier(s) keep up with it"
+        )
+        text += (
+            f" and the other {V - need} cannot be kept busy by drafting alone"
+            if V > need
+            else f" but the job had only {V}: blocks wait for a free verifier"
+            if V < need
+            else ""
+        )
     return text
 
 
@@ -137,13 +171,17 @@ def _stale(by, figures) -> str | None:
     d = figures.get("dsi")
     if not d or math.isnan(d["stale_fraction"]):
         return None
-    text = (f"{d['stale_fraction']:.0%} of dsi's verifier busy time went to stale work ({d['tasks_stale']} of "
-            f"{d['tasks_sent']} tasks ended stale or aborted after a rejection; {d['blocks_unsent']} block(s) "
-            f"were dropped before any verifier started them)")
+    text = (
+        f"{d['stale_fraction']:.0%} of dsi's verifier busy time went to stale work ({d['tasks_stale']} of "
+        f"{d['tasks_sent']} tasks ended stale or aborted after a rejection; {d['blocks_unsent']} block(s) "
+        f"were dropped before any verifier started them)"
+    )
     c = mt.stale_work(by["dsi"])
     if c["cancellations"]:
-        text += (f"; a cancelled forward kept its verifier busy a median {1e3 * c['median_busy_after_reject_s']:.2f} "
-                 f"ms after the rejection, {c['aborted']} of {c['cancellations']} were stopped mid-forward")
+        text += (
+            f"; a cancelled forward kept its verifier busy a median {1e3 * c['median_busy_after_reject_s']:.2f} "
+            f"ms after the rejection, {c['aborted']} of {c['cancellations']} were stopped mid-forward"
+        )
     return text
 
 
@@ -157,9 +195,11 @@ def _ttft(figures) -> str | None:
             continue
         mine, ratio = figures[a]["ttft_ms"], figures[a]["ttft_ms"] / base["ttft_ms"]
         cap = base["wall_s"] / (figures[a]["prompts"] * mine / 1e3) if base["prompts"] == figures[a]["prompts"] else NAN
-        how = ("as long as nonsi's" if abs(ratio - 1) <= SAME else f"{_x(ratio)} nonsi's")
-        part = (f"{a}'s first token took {how} ({mine:.1f} vs {base['ttft_ms']:.1f} ms, the target's prefill), "
-                f"{mine * figures[a]['prompts'] / 1e3 / figures[a]['wall_s']:.0%} of its wall time")
+        how = "as long as nonsi's" if abs(ratio - 1) <= SAME else f"{_x(ratio)} nonsi's"
+        part = (
+            f"{a}'s first token took {how} ({mine:.1f} vs {base['ttft_ms']:.1f} ms, the target's prefill), "
+            f"{mine * figures[a]['prompts'] / 1e3 / figures[a]['wall_s']:.0%} of its wall time"
+        )
         if not math.isnan(cap) and mine * figures[a]["prompts"] / 1e3 >= 0.1 * figures[a]["wall_s"]:
             part += f", which alone caps its speedup over nonsi at {_x(cap)}"
         parts.append(part)
@@ -167,12 +207,14 @@ def _ttft(figures) -> str | None:
 
 
 def _verify_cost(m) -> str | None:
-    if not m or m["verify_forward_s"] == m["target_tpot_s"]:   # equal: no nonsi to compare
+    if not m or m["verify_forward_s"] == m["target_tpot_s"]:  # equal: no nonsi to compare
         return None
     ratio = m["verify_forward_s"] / m["target_tpot_s"]
     how = "about as long as" if abs(ratio - 1) <= SAME else f"{_x(ratio)}"
-    return (f"a verification forward took a median {1e3 * m['verify_forward_s']:.2f} ms, {how} a plain decoding "
-            f"step ({1e3 * m['target_tpot_s']:.2f} ms); the time model charges si and dsi the one, nonsi the other")
+    return (
+        f"a verification forward took a median {1e3 * m['verify_forward_s']:.2f} ms, {how} a plain decoding "
+        f"step ({1e3 * m['target_tpot_s']:.2f} ms); the time model charges si and dsi the one, nonsi the other"
+    )
 
 
 def _per_prompt(by) -> str | None:
@@ -180,8 +222,10 @@ def _per_prompt(by) -> str | None:
     for a, b in (("dsi", "nonsi"), ("dsi", "si"), ("si", "nonsi")):
         s = mt.per_prompt_speedups(by, a, b)
         if s:
-            parts.append(f"{a} beat {b} on {sum(v > 1 for v in s)} of {len(s)} prompts "
-                         f"(per-prompt speedup {min(s):.2f}x to {max(s):.2f}x)")
+            parts.append(
+                f"{a} beat {b} on {sum(v > 1 for v in s)} of {len(s)} prompts "
+                f"(per-prompt speedup {min(s):.2f}x to {max(s):.2f}x)"
+            )
     return "; ".join(parts) or None
 
 
@@ -190,19 +234,30 @@ def _lookahead(m, model, k, V, N, nonsi_thread) -> str | None:
     if not model:
         return None
     from dsi_mpi.simulator import best_lookahead
+
     parts = []
     for a, n in (("si", 1), ("dsi", V)):
         extra = {"nonsi_thread": nonsi_thread} if a == "dsi" else {}
-        best, t = best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20,
-                                 **extra)
-        now = model[a] if a == "si" else best_lookahead(a, model["lat"], model["a"], N, verifiers=n,
-                                                        lookaheads=[k], trials=20, **extra)[1]
-        parts.append(f"k = {k} for {a} (the k used here)" if best == k else
-                     f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {k} used here)")
+        best, t = best_lookahead(
+            a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20, **extra
+        )
+        now = (
+            model[a]
+            if a == "si"
+            else best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=[k], trials=20, **extra)[1]
+        )
+        parts.append(
+            f"k = {k} for {a} (the k used here)"
+            if best == k
+            else f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {k} used here)"
+        )
     return "at these latencies and acceptance the time model's best lookahead is " + " and ".join(parts)
 
 
 def _other(figures) -> str | None:
-    parts = [f"{a} ran at {_x(f['speedup_vs_nonsi'])} nonsi's speed" for a, f in figures.items()
-             if a not in ("nonsi", "si", "dsi") and not math.isnan(f["speedup_vs_nonsi"])]
+    parts = [
+        f"{a} ran at {_x(f['speedup_vs_nonsi'])} nonsi's speed"
+        for a, f in figures.items()
+        if a not in ("nonsi", "si", "dsi") and not math.isnan(f["speedup_vs_nonsi"])
+    ]
     return "; ".join(parts) or None

@@ -41,19 +41,20 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
 (`model_latencies`).
 """
+
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 
 import numpy as np
+import tomllib
 
 from dsi_mpi.io.records import Event, Outcome
 
 NAN = math.nan
-BASELINES = ("nonsi", "si")                      # speedups are reported against these
-ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")    # display order
+BASELINES = ("nonsi", "si")  # speedups are reported against these
+ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")  # display order
 BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
 STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
 
@@ -156,19 +157,29 @@ def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
     tasks = _tasks(recs)
     applied = len(_verifications(tasks))
     itl = inter_token_ms(recs)
-    m = {"prompts": len(recs), "tokens": tokens, "wall_s": wall,
-         "tokens_per_s": _ratio(tokens, wall), "ms_per_token": _ratio(1e3 * wall, tokens),
-         "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])) if recs else NAN,
-         "acceptance": acceptance(recs),
-         "accepted_tokens": accepted, "recovered_tokens": rejections,
-         "bonus_tokens": tokens - accepted - rejections if _total(recs, "compared") else 0,
-         "accepted_per_verification": _ratio(accepted, applied),
-         "mean_acceptance_length": 1 + _ratio(accepted, applied),
-         "acceptance_histogram": acceptance_histogram(recs),
-         "verifier_utilisation": NAN, "stale_fraction": NAN,
-         "tasks_sent": _total(recs, "tasks_sent"), "tasks_used": _total(recs, "tasks_used"),
-         "tasks_stale": _total(recs, "tasks_stale"), "blocks_unsent": _total(recs, "blocks_unsent"),
-         "rejections": rejections, "prompt_indices": sorted(r["prompt_index"] for r in recs)}
+    m = {
+        "prompts": len(recs),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": _ratio(tokens, wall),
+        "ms_per_token": _ratio(1e3 * wall, tokens),
+        "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])) if recs else NAN,
+        "acceptance": acceptance(recs),
+        "accepted_tokens": accepted,
+        "recovered_tokens": rejections,
+        "bonus_tokens": tokens - accepted - rejections if _total(recs, "compared") else 0,
+        "accepted_per_verification": _ratio(accepted, applied),
+        "mean_acceptance_length": 1 + _ratio(accepted, applied),
+        "acceptance_histogram": acceptance_histogram(recs),
+        "verifier_utilisation": NAN,
+        "stale_fraction": NAN,
+        "tasks_sent": _total(recs, "tasks_sent"),
+        "tasks_used": _total(recs, "tasks_used"),
+        "tasks_stale": _total(recs, "tasks_stale"),
+        "blocks_unsent": _total(recs, "blocks_unsent"),
+        "rejections": rejections,
+        "prompt_indices": sorted(r["prompt_index"] for r in recs),
+    }
     for q in (50, 90, 99):
         m[f"itl_p{q}_ms"] = float(np.percentile(itl, q)) if len(itl) else NAN
     if tasks is not None:
@@ -224,10 +235,12 @@ def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
     verify = _verifications(_tasks(spec))
     verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
     drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
-    m = {"verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
-         "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
-         "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
-         "acceptance": acceptance(clean)}
+    m = {
+        "verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
+        "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
+        "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
+        "acceptance": acceptance(clean),
+    }
     if plain:
         m["target_ttft_s"] = _median([r["ttft_s"] for r in plain])
         m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in plain])
@@ -244,24 +257,54 @@ def model_latencies(m: dict):
     """(speculative, plain) simulator Latencies: si/dsi pay verify_forward_s per target forward, nonsi
     target_tpot_s per step."""
     from dsi_mpi.simulator import Latencies
-    spec = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
-                     target_ttft=m["target_ttft_s"], target_tpot=m["verify_forward_s"])
-    plain = Latencies(drafter_ttft=m["drafter_ttft_s"], drafter_tpot=m["drafter_tpot_s"],
-                      target_ttft=m["target_ttft_s"], target_tpot=m["target_tpot_s"])
+
+    spec = Latencies(
+        drafter_ttft=m["drafter_ttft_s"],
+        drafter_tpot=m["drafter_tpot_s"],
+        target_ttft=m["target_ttft_s"],
+        target_tpot=m["verify_forward_s"],
+    )
+    plain = Latencies(
+        drafter_ttft=m["drafter_ttft_s"],
+        drafter_tpot=m["drafter_tpot_s"],
+        target_ttft=m["target_ttft_s"],
+        target_tpot=m["target_tpot_s"],
+    )
     return spec, plain
 
 
-def predicted_latencies(m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool,
-                        drafter_layers: int = 1, trials: int = 100) -> dict:
+def predicted_latencies(
+    m: dict,
+    lookahead: dict,
+    verifiers: int,
+    new_tokens: int,
+    nonsi_thread: bool,
+    drafter_layers: int = 1,
+    trials: int = 100,
+) -> dict:
     """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
     with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
     from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
+
     spec, plain = model_latencies(m)
     a = min(max(m["acceptance"], 0.0), 1.0)
-    dsi = simulate("dsi", spec, a, lookahead["dsi"], verifiers, new_tokens, seed=0, trials=trials,
-                   nonsi_thread=nonsi_thread and verifiers > 1, drafter_layers=drafter_layers)
-    return {"nonsi": nonsi_latency(plain, new_tokens), "si": si_expected_latency(spec, a, lookahead["si"], new_tokens),
-            "dsi": dsi.mean_latency}
+    dsi = simulate(
+        "dsi",
+        spec,
+        a,
+        lookahead["dsi"],
+        verifiers,
+        new_tokens,
+        seed=0,
+        trials=trials,
+        nonsi_thread=nonsi_thread and verifiers > 1,
+        drafter_layers=drafter_layers,
+    )
+    return {
+        "nonsi": nonsi_latency(plain, new_tokens),
+        "si": si_expected_latency(spec, a, lookahead["si"], new_tokens),
+        "dsi": dsi.mean_latency,
+    }
 
 
 def stale_work(recs: list[dict]) -> dict:
@@ -269,10 +312,12 @@ def stale_work(recs: list[dict]) -> dict:
     stayed busy after the rejection."""
     tables = [r["cancellations"] for r in recs if len(r["cancellations"])]
     c = np.concatenate(tables) if tables else None
-    return {"cancellations": 0 if c is None else len(c),
-            "aborted": 0 if c is None else int(c["aborted"].sum()),
-            "aborted_fraction": NAN if c is None else float(c["aborted"].mean()),
-            "median_busy_after_reject_s": NAN if c is None else float(np.median(c["busy_after_s"]))}
+    return {
+        "cancellations": 0 if c is None else len(c),
+        "aborted": 0 if c is None else int(c["aborted"].sum()),
+        "aborted_fraction": NAN if c is None else float(c["aborted"].mean()),
+        "median_busy_after_reject_s": NAN if c is None else float(np.median(c["busy_after_s"])),
+    }
 
 
 def cache_reuse(recs: list[dict]) -> dict:
@@ -281,6 +326,9 @@ def cache_reuse(recs: list[dict]) -> dict:
     if tasks is None:
         return {"cache_reuse": NAN, "computed_per_task": NAN, "tokens_computed": 0, "tokens_reused": 0}
     blocks = tasks[tasks["n_drafts"] > 0]
-    return {"cache_reuse": float(blocks["base"].sum() / blocks["start"].sum()) if len(blocks) else NAN,
-            "computed_per_task": float(blocks["computed"].mean()) if len(blocks) else NAN,
-            "tokens_computed": int(tasks["computed"].sum()), "tokens_reused": int(tasks["reused"].sum())}
+    return {
+        "cache_reuse": float(blocks["base"].sum() / blocks["start"].sum()) if len(blocks) else NAN,
+        "computed_per_task": float(blocks["computed"].mean()) if len(blocks) else NAN,
+        "tokens_computed": int(tasks["computed"].sum()),
+        "tokens_reused": int(tasks["reused"].sum()),
+    }

@@ -11,6 +11,7 @@ waits, rejections, cancellations) above the committed-token curve. table: per fi
 speed, the speedups on the same prompts, acceptance, verifier utilisation and stale work. distributions:
 per-prompt latency and speedups across prompts. Each function returns the data it drew, for tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,20 +27,31 @@ from dsi_mpi.reporting import explain as ex
 from dsi_mpi.reporting import metrics as mt
 
 USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
-BAR_KINDS = {Event.DRAFTER_PREFILL: ("drafter prefill", "#08519c"), Event.DRAFT: ("draft", "#1f77b4"),
-             Event.DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
-             Event.VERIFY: ("verify (result used)", "#2ca02c"), Event.VERIFY_ABORTED: ("verify aborted", "#d62728"),
-             Event.WAIT: ("wait (rank 0 idle)", "#bdbdbd")}
+BAR_KINDS = {
+    Event.DRAFTER_PREFILL: ("drafter prefill", "#08519c"),
+    Event.DRAFT: ("draft", "#1f77b4"),
+    Event.DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
+    Event.VERIFY: ("verify (result used)", "#2ca02c"),
+    Event.VERIFY_ABORTED: ("verify aborted", "#d62728"),
+    Event.WAIT: ("wait (rank 0 idle)", "#bdbdbd"),
+}
 STALE_VERIFY = ("verify (result stale)", "#c7e9c0")
-CURVE_COLORS = {"nonsi": "#7f7f7f", "si": "#ff7f0e", "hf_assisted": "#9467bd", "hf_prompt_lookup": "#8c564b",
-                "dsi": "#000000"}
+CURVE_COLORS = {
+    "nonsi": "#7f7f7f",
+    "si": "#ff7f0e",
+    "hf_assisted": "#9467bd",
+    "hf_prompt_lookup": "#8c564b",
+    "dsi": "#000000",
+}
 
 
 def _pyplot():
     """matplotlib with the Agg backend, imported only when a picture is drawn."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -64,8 +76,10 @@ def gantt_data(rec: dict, verifiers: int) -> dict:
         arrivals = np.unique(np.asarray(rec["commit_times"], dtype=float))
         starts = np.concatenate(([0.0], arrivals[:-1]))
         bars[0]["wait"] = [(float(s), float(t - s)) for s, t in zip(starts, arrivals)]
-    markers = {"reject": [float(e["t0"]) for e in ev if e["kind"] == Event.REJECT],
-               "cancel_sent": [(float(e["t0"]), int(e["value"])) for e in ev if e["kind"] == Event.CANCEL_SENT]}
+    markers = {
+        "reject": [float(e["t0"]) for e in ev if e["kind"] == Event.REJECT],
+        "cancel_sent": [(float(e["t0"]), int(e["value"])) for e in ev if e["kind"] == Event.CANCEL_SENT],
+    }
     return {"lanes": sorted(bars), "bars": bars, "markers": markers, "derived_waits": derived}
 
 
@@ -75,8 +89,13 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     verifiers = mt.job_shape(meta, [rec])["verifiers"]
     data = gantt_data(rec, verifiers)
     lanes, ms = data["lanes"], 1e3
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(13, 2.2 + 0.75 * len(lanes) + 2.6),
-                                      gridspec_kw={"height_ratios": [0.75 * len(lanes) + 0.6, 2.6]})
+    fig, (top, bottom) = plt.subplots(
+        2,
+        1,
+        sharex=True,
+        figsize=(13, 2.2 + 0.75 * len(lanes) + 2.6),
+        gridspec_kw={"height_ratios": [0.75 * len(lanes) + 0.6, 2.6]},
+    )
     colors = {k.label: c for k, (_, c) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[1]}
     labels = {k.label: n for k, (n, _) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[0]}
     if data["derived_waits"]:
@@ -85,8 +104,14 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     for rank, kinds in data["bars"].items():
         for name, spans in kinds.items():
             spans_ms = [(t * ms, max(d * ms, 0.05)) for t, d in spans]
-            top.broken_barh(spans_ms, (-rank - 0.35, 0.7), facecolors=colors[name], edgecolor="white",
-                            linewidth=0.3, label=None if name in seen else labels[name])
+            top.broken_barh(
+                spans_ms,
+                (-rank - 0.35, 0.7),
+                facecolors=colors[name],
+                edgecolor="white",
+                linewidth=0.3,
+                label=None if name in seen else labels[name],
+            )
             seen.add(name)
     for t in data["markers"]["reject"]:
         for ax in (top, bottom):
@@ -95,27 +120,55 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
         top.plot([], [], color="#d62728", linestyle="--", label="rejection")
     cancels = data["markers"]["cancel_sent"]
     if cancels:
-        top.scatter([t * ms for t, _ in cancels], [-v for _, v in cancels], marker="x", color="black", s=40,
-                    zorder=5, label="cancel sent to this verifier")
+        top.scatter(
+            [t * ms for t, _ in cancels],
+            [-v for _, v in cancels],
+            marker="x",
+            color="black",
+            s=40,
+            zorder=5,
+            label="cancel sent to this verifier",
+        )
     busy = mt.verifier_busy(rec, verifiers)
     names = ["rank 0\ndrafter + coordinator"] + [
-        f"rank {r} verifier\nbusy {busy[r - 1] / rec['wall_s']:.0%}" if rec["wall_s"] and not data["derived_waits"]
-        else f"rank {r} verifier" for r in lanes[1:]]
+        f"rank {r} verifier\nbusy {busy[r - 1] / rec['wall_s']:.0%}"
+        if rec["wall_s"] and not data["derived_waits"]
+        else f"rank {r} verifier"
+        for r in lanes[1:]
+    ]
     top.set_yticks([-r for r in lanes], names)
     top.set_ylim(-lanes[-1] - 0.7, 0.7)
     if data["derived_waits"]:
-        top.text(0.5, -0.5 - lanes[-1] / 2, f"{rec['algorithm']} records no per-rank events: verifier work not shown",
-                 ha="center", va="center", transform=top.get_yaxis_transform(), color="#555555", fontsize=9)
+        top.text(
+            0.5,
+            -0.5 - lanes[-1] / 2,
+            f"{rec['algorithm']} records no per-rank events: verifier work not shown",
+            ha="center",
+            va="center",
+            transform=top.get_yaxis_transform(),
+            color="#555555",
+            fontsize=9,
+        )
     top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    top.set_title(f"{rec['algorithm']}: prompt {rec['prompt_index']} ({rec['prompt_id']}), {len(rec['tokens'])} "
-                  f"tokens in {rec['wall_s'] * ms:.1f} ms ({rec['wall_s'] * ms / max(1, len(rec['tokens'])):.2f} "
-                  f"ms/token), first token {rec['ttft_s'] * ms:.1f} ms", fontsize=10)
+    top.set_title(
+        f"{rec['algorithm']}: prompt {rec['prompt_index']} ({rec['prompt_id']}), {len(rec['tokens'])} "
+        f"tokens in {rec['wall_s'] * ms:.1f} ms ({rec['wall_s'] * ms / max(1, len(rec['tokens'])):.2f} "
+        f"ms/token), first token {rec['ttft_s'] * ms:.1f} ms",
+        fontsize=10,
+    )
     for run in [*others, rec]:
         t, mine = np.asarray(run["commit_times"]) * ms, run is rec
         label = f"{run['algorithm']}{' (this run)' if mine else ''}: {run['wall_s'] * ms:.0f} ms"
-        bottom.step(np.concatenate(([0], t)), np.arange(len(t) + 1), where="post", linewidth=2.4 if mine else 1.2,
-                    color=CURVE_COLORS.get(run["algorithm"], "#17becf"), alpha=1 if mine else 0.75,
-                    zorder=3 if mine else 2, label=label)
+        bottom.step(
+            np.concatenate(([0], t)),
+            np.arange(len(t) + 1),
+            where="post",
+            linewidth=2.4 if mine else 1.2,
+            color=CURVE_COLORS.get(run["algorithm"], "#17becf"),
+            alpha=1 if mine else 0.75,
+            zorder=3 if mine else 2,
+            label=label,
+        )
     bottom.set_ylabel("tokens committed")
     bottom.set_xlabel("time since the run's start (ms, rank 0's clock)")
     bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
@@ -125,17 +178,27 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     fig.savefig(path, dpi=110)
     plt.close(fig)
     counts = {rank: {name: len(spans) for name, spans in kinds.items()} for rank, kinds in data["bars"].items()}
-    return {"path": str(path), "lanes": lanes, "bars_per_lane": counts, "derived_waits": data["derived_waits"],
-            "markers": len(data["markers"]["reject"]) + len(cancels),
-            "markers_by_kind": {k: len(v) for k, v in data["markers"].items()}, "commits": len(rec["commit_times"])}
+    return {
+        "path": str(path),
+        "lanes": lanes,
+        "bars_per_lane": counts,
+        "derived_waits": data["derived_waits"],
+        "markers": len(data["markers"]["reject"]) + len(cancels),
+        "markers_by_kind": {k: len(v) for k, v in data["markers"].items()},
+        "commits": len(rec["commit_times"]),
+    }
 
 
 def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None = None) -> list[dict]:
     """Draw a Gantt PNG per (prompt, algorithm) of a results file into directory `out`."""
     from dsi_mpi.io.results import read_results
+
     meta, records = read_results(path)
-    chosen = [r for r in records if (prompt is None or r["prompt_index"] == prompt)
-              and (algorithm is None or r["algorithm"] == algorithm)]
+    chosen = [
+        r
+        for r in records
+        if (prompt is None or r["prompt_index"] == prompt) and (algorithm is None or r["algorithm"] == algorithm)
+    ]
     if not chosen:
         wanted = " and ".join(w for w in (prompt is not None and f"prompt {prompt}", algorithm) if w) or "any prompt"
         raise ValueError(f"{path} has no complete record for {wanted}")
@@ -144,21 +207,35 @@ def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None 
     for rec in sorted(chosen, key=lambda r: (r["prompt_index"], mt.ordered([r["algorithm"]]))):
         others = [r for r in records if r["prompt_index"] == rec["prompt_index"] and r is not rec]
         name = f"gantt_p{rec['prompt_index']:05d}_{rec['algorithm']}.png"
-        drawn.append(draw_gantt(rec, meta, Path(out) / name, others) | {"prompt_index": rec["prompt_index"],
-                                                                        "algorithm": rec["algorithm"]})
+        drawn.append(
+            draw_gantt(rec, meta, Path(out) / name, others)
+            | {"prompt_index": rec["prompt_index"], "algorithm": rec["algorithm"]}
+        )
     return drawn
 
 
 # ---------------------------------------------------------------- table
-COLUMNS = [("file", "file", None), ("algorithm", "algorithm", None), ("prompts", "prompts", "d"),
-           ("tokens", "tokens", "d"), ("tokens_per_s", "tok/s", ".1f"), ("ttft_ms", "TTFT ms", ".1f"),
-           ("ms_per_token", "ms/token", ".2f"), ("speedup_vs_nonsi", "vs nonsi", ".3f"),
-           ("speedup_vs_si", "vs si", ".3f"), ("acceptance", "acceptance", ".3f"),
-           ("accepted_per_verification", "accepted/verification", ".2f"),
-           ("mean_acceptance_length", "mean acceptance length", ".2f"), ("itl_p50_ms", "ITL p50 ms", ".2f"),
-           ("itl_p90_ms", "ITL p90 ms", ".2f"), ("itl_p99_ms", "ITL p99 ms", ".2f"),
-           ("verifier_utilisation", "verifier util.", ".1%"), ("stale_fraction", "stale work", ".1%"),
-           ("tasks_stale", "stale tasks", "d"), ("blocks_unsent", "blocks never sent", "d")]
+COLUMNS = [
+    ("file", "file", None),
+    ("algorithm", "algorithm", None),
+    ("prompts", "prompts", "d"),
+    ("tokens", "tokens", "d"),
+    ("tokens_per_s", "tok/s", ".1f"),
+    ("ttft_ms", "TTFT ms", ".1f"),
+    ("ms_per_token", "ms/token", ".2f"),
+    ("speedup_vs_nonsi", "vs nonsi", ".3f"),
+    ("speedup_vs_si", "vs si", ".3f"),
+    ("acceptance", "acceptance", ".3f"),
+    ("accepted_per_verification", "accepted/verification", ".2f"),
+    ("mean_acceptance_length", "mean acceptance length", ".2f"),
+    ("itl_p50_ms", "ITL p50 ms", ".2f"),
+    ("itl_p90_ms", "ITL p90 ms", ".2f"),
+    ("itl_p99_ms", "ITL p99 ms", ".2f"),
+    ("verifier_utilisation", "verifier util.", ".1%"),
+    ("stale_fraction", "stale work", ".1%"),
+    ("tasks_stale", "stale tasks", "d"),
+    ("blocks_unsent", "blocks never sent", "d"),
+]
 
 
 def _labels(paths: list[str]) -> list[str]:
@@ -170,6 +247,7 @@ def _labels(paths: list[str]) -> list[str]:
 def table_rows(paths: list[str]) -> list[dict]:
     """One row per (file, algorithm): metrics.compare's figures, speedups on each file's own matched prompts."""
     from dsi_mpi.io.results import read_results
+
     rows = []
     for label, path in zip(_labels(paths), paths):
         meta, records = read_results(path)
@@ -190,15 +268,19 @@ def _cell(value, fmt) -> str:
 def table(paths: list[str], out: str) -> list[dict]:
     """Write OUT.md (readable, with explain()'s sentences per file) and OUT.csv (one row per file, algorithm)."""
     from dsi_mpi.io.results import read_results
+
     rows = table_rows(paths)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
-    lines += ["", "Speedups: wall time of the baseline / wall time of the algorithm on the prompts both completed "
-              "(above 1: faster). ITL: inter-token latency (differences of consecutive commit times). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
-              "every verifier rank. Stale work: share of verifier busy time spent on tasks whose result was stale "
-              "or whose forward was aborted."]
+    lines += [
+        "",
+        "Speedups: wall time of the baseline / wall time of the algorithm on the prompts both completed "
+        "(above 1: faster). ITL: inter-token latency (differences of consecutive commit times). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
+        "every verifier rank. Stale work: share of verifier busy time spent on tasks whose result was stale "
+        "or whose forward was aborted.",
+    ]
     for label, path in zip(_labels(paths), paths):
         meta, records = read_results(path)
         lines += ["", f"## Why: {label}", ""] + [f"- {s}" for s in ex.explain(records, meta)]
@@ -215,14 +297,18 @@ def table(paths: list[str], out: str) -> list[dict]:
 def distribution_data(paths: list[str]) -> dict:
     """Per-prompt ms/token per (file, algorithm) and per-prompt speedups (baseline wall / algorithm wall)."""
     from dsi_mpi.io.results import read_results
+
     latency, speedups = {}, {}
     several = len(paths) > 1
     for label, path in zip(_labels(paths), paths):
         by = mt.by_algorithm(read_results(path)[1])
         prefix = f"{label}: " if several else ""
         for algorithm in mt.ordered(by):
-            latency[prefix + algorithm] = [1e3 * r["wall_s"] / len(r["tokens"]) for r in
-                                           sorted(by[algorithm], key=lambda r: r["prompt_index"]) if r["tokens"]]
+            latency[prefix + algorithm] = [
+                1e3 * r["wall_s"] / len(r["tokens"])
+                for r in sorted(by[algorithm], key=lambda r: r["prompt_index"])
+                if r["tokens"]
+            ]
         for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("hf_assisted", "nonsi"), ("dsi", "si")):
             values = mt.per_prompt_speedups(by, a, b)
             if values:
@@ -237,8 +323,14 @@ def _box_strip(ax, groups: dict[str, list[float]]) -> None:
     jitter = np.random.default_rng(0)
     for i, n in enumerate(names, start=1):
         algorithm = n.split(": ")[-1].split(" / ")[0]
-        ax.scatter(i + jitter.uniform(-0.12, 0.12, len(groups[n])), groups[n], s=16, alpha=0.75, zorder=3,
-                   color=CURVE_COLORS.get(algorithm, "#17becf"))
+        ax.scatter(
+            i + jitter.uniform(-0.12, 0.12, len(groups[n])),
+            groups[n],
+            s=16,
+            alpha=0.75,
+            zorder=3,
+            color=CURVE_COLORS.get(algorithm, "#17becf"),
+        )
     tilt = len(names) > 4
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20 if tilt else 0, ha="right" if tilt else "center")
     ax.grid(axis="y", alpha=0.3)
@@ -251,10 +343,19 @@ def distributions(paths: list[str], out: str) -> dict:
     Path(out).mkdir(parents=True, exist_ok=True)
     data["paths"] = []
     for key, name, ylabel, title in (
-            ("per_token_ms", "latency_per_token.png", "ms per token (wall time / tokens)",
-             "per-token latency across prompts"),
-            ("speedups", "speedups.png", "speedup (baseline time / algorithm time)",
-             "per-prompt speedup (above 1: faster than the baseline)")):
+        (
+            "per_token_ms",
+            "latency_per_token.png",
+            "ms per token (wall time / tokens)",
+            "per-token latency across prompts",
+        ),
+        (
+            "speedups",
+            "speedups.png",
+            "speedup (baseline time / algorithm time)",
+            "per-prompt speedup (above 1: faster than the baseline)",
+        ),
+    ):
         groups = data[key]
         if not groups:
             continue
@@ -279,6 +380,7 @@ COMMANDS = ("gantt", "table", "distributions")
 def default_set(path: str, out: str) -> list[str]:
     """Gantt charts of the first prompt, DIR/table.md + .csv, and the distributions, all into `out`."""
     from dsi_mpi.io.results import read_results
+
     records = read_results(path)[1]
     if not records:
         raise ValueError(f"{path} has no complete prompt")

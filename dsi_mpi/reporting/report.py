@@ -4,24 +4,39 @@ Every figure comes from dsi_mpi.reporting.metrics (its docstring defines each on
 total wall time over the matched prompts (those both algorithms completed); above 1 means the algorithm is
 faster than the baseline named.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 
-from dsi_mpi.reporting.metrics import (acceptance, acceptance_histogram, by_algorithm, cache_reuse, compare, ordered,
-                                       stale_work)
+from dsi_mpi.reporting.metrics import (
+    acceptance,
+    acceptance_histogram,
+    by_algorithm,
+    cache_reuse,
+    compare,
+    ordered,
+    stale_work,
+)
 
 USAGE = "python -m dsi_mpi report RESULTS.h5 [--json]"
 
 
 COLUMNS = (  # (figure of metrics.compare, header, width, format); see metrics' docstring for each figure
-    ("prompts", "prompts", 8, "d"), ("tokens", "tokens", 8, "d"), ("tokens_per_s", "tok/s", 9, ".1f"),
-    ("ms_per_token", "ms/tok", 9, ".2f"), ("ttft_ms", "TTFT ms", 9, ".1f"), ("speedup_vs_nonsi", "vs nonsi", 10, "x"),
-    ("speedup_vs_si", "vs si", 8, "x"), ("acceptance", "accept", 8, ".3f"),
-    ("mean_acceptance_length", "acc.len", 8, ".2f"), ("itl_p50_ms", "p50 ms", 8, ".2f"),
-    ("itl_p90_ms", "p90 ms", 8, ".2f"), ("itl_p99_ms", "p99 ms", 8, ".2f"),
+    ("prompts", "prompts", 8, "d"),
+    ("tokens", "tokens", 8, "d"),
+    ("tokens_per_s", "tok/s", 9, ".1f"),
+    ("ms_per_token", "ms/tok", 9, ".2f"),
+    ("ttft_ms", "TTFT ms", 9, ".1f"),
+    ("speedup_vs_nonsi", "vs nonsi", 10, "x"),
+    ("speedup_vs_si", "vs si", 8, "x"),
+    ("acceptance", "accept", 8, ".3f"),
+    ("mean_acceptance_length", "acc.len", 8, ".2f"),
+    ("itl_p50_ms", "p50 ms", 8, ".2f"),
+    ("itl_p90_ms", "p90 ms", 8, ".2f"),
+    ("itl_p99_ms", "p99 ms", 8, ".2f"),
 )
 
 
@@ -73,6 +88,7 @@ def json_records(records: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from dsi_mpi.io.results import read_results
+
     parser = argparse.ArgumentParser(prog="dsi-mpi report", usage=USAGE, description=__doc__)
     parser.add_argument("results")
     parser.add_argument("--json", action="store_true", help="one JSON record per (algorithm, prompt)")
@@ -86,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(json_records(records), indent=1))
     else:
         from dsi_mpi.reporting.explain import explain
+
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
         print(summary_table(records))
         for line in histogram_lines(records):

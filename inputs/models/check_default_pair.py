@@ -48,8 +48,10 @@ def main():
         t, g = toks[n], m.generation_config
         assert t.eos_token_id == t.bos_token_id == t.pad_token_id == g.eos_token_id == g.pad_token_id
         params = sum(p.numel() for p in m.parameters())
-        print(f"{n}: {type(m).__name__} {params:,} params, {m.dtype}, vocab {len(t)}, "
-              f"eos/bos/pad id {t.eos_token_id} ({t.eos_token})")
+        print(
+            f"{n}: {type(m).__name__} {params:,} params, {m.dtype}, vocab {len(t)}, "
+            f"eos/bos/pad id {t.eos_token_id} ({t.eos_token})"
+        )
 
     for name in ("default.jsonl", "smoke.jsonl"):
         rows = [json.loads(line) for line in (PROMPTS / name).read_text().splitlines()]
@@ -62,9 +64,11 @@ def main():
     prompt = json.loads((PROMPTS / "default.jsonl").read_text().splitlines()[0])["prompt"]
     ids = toks["target"](prompt, return_tensors="pt").input_ids
     ms = {n: min(ms_per_token(m, ids) for _ in range(REPEATS)) for n, m in models.items()}
-    print(f"1 thread, prefill {ids.shape[1]} tokens, median of {STEPS} decode steps: "
-          f"target {ms['target']:.2f} ms/token, drafter {ms['drafter']:.2f} ms/token, "
-          f"c = {ms['drafter'] / ms['target']:.3f}")
+    print(
+        f"1 thread, prefill {ids.shape[1]} tokens, median of {STEPS} decode steps: "
+        f"target {ms['target']:.2f} ms/token, drafter {ms['drafter']:.2f} ms/token, "
+        f"c = {ms['drafter'] / ms['target']:.3f}"
+    )
 
 
 if __name__ == "__main__":

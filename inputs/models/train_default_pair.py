@@ -35,21 +35,27 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+import tokenizers  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,  # noqa: E402
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 # ----------------------------------------------------------------------------- config
 SEED = 1234
-HOLDOUT_FRACTION = 0.05          # share of stdlib files kept out of training
+HOLDOUT_FRACTION = 0.05  # share of stdlib files kept out of training
 EXCLUDED_DIRS = {"site-packages", "test", "tests", "idlelib"}
 VOCAB_SIZE = 2048
 MAX_POSITIONS = 1024
-EOS = "<|endoftext|>"            # also bos and pad
+EOS = "<|endoftext|>"  # also bos and pad
 
 # seq 256 (not 128) so that a ~130-token prompt plus 64+ generated tokens stays
 # inside the context the models were trained on (RoPE does not extrapolate well);
@@ -57,33 +63,33 @@ EOS = "<|endoftext|>"            # also bos and pad
 SEQ_LEN = 256
 BATCH_SIZE = 4
 WARMUP_STEPS = 50
-MIN_LR_RATIO = 0.1               # cosine decays to lr * MIN_LR_RATIO
+MIN_LR_RATIO = 0.1  # cosine decays to lr * MIN_LR_RATIO
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 NUM_THREADS = 2
 OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"  # kept when rewriting TRAINING.md
-BF16_AUTOCAST = True             # bf16 matmuls in training: half the CPU per step (measured, AVX512-BF16)
+BF16_AUTOCAST = True  # bf16 matmuls in training: half the CPU per step (measured, AVX512-BF16)
 
 TARGET = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=704)
 TARGET_LR = 2e-3
-TARGET_CPU_SECONDS = 1000       # ~11 min wall on 2 idle cores
+TARGET_CPU_SECONDS = 1000  # ~11 min wall on 2 idle cores
 
 DRAFTER = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
 DRAFTER_LR = 4e-3
-DRAFTER_CPU_SECONDS = 500       # ~6 min wall on 2 idle cores
-WALL_LIMIT_FACTOR = 2.0         # hard stop after this many wall seconds per budgeted CPU second
-DISTILL_TEMPERATURE = 1.0        # softening of both distributions in the KL
-DISTILL_CE_WEIGHT = 0.0          # optional mix-in of plain cross entropy on the text
+DRAFTER_CPU_SECONDS = 500  # ~6 min wall on 2 idle cores
+WALL_LIMIT_FACTOR = 2.0  # hard stop after this many wall seconds per budgeted CPU second
+DISTILL_TEMPERATURE = 1.0  # softening of both distributions in the KL
+DISTILL_CE_WEIGHT = 0.0  # optional mix-in of plain cross entropy on the text
 
-EVAL_WINDOWS = 64                # held-out windows of SEQ_LEN tokens for the loss
-N_ACCEPT_PROMPTS = 16            # held-out prompts for the acceptance measurement
-N_DEFAULT_PROMPTS = 8            # the first 8 of them become inputs/prompts/default.jsonl
+EVAL_WINDOWS = 64  # held-out windows of SEQ_LEN tokens for the loss
+N_ACCEPT_PROMPTS = 16  # held-out prompts for the acceptance measurement
+N_DEFAULT_PROMPTS = 8  # the first 8 of them become inputs/prompts/default.jsonl
 N_SMOKE_PROMPTS = 2
 PROMPT_CHARS = (300, 500)
 GEN_TOKENS = 64
-SPEC_K = 5                       # draft length for tokens-per-call figures
-TIMING_STEPS = 64                # decode steps timed per model (1 thread)
+SPEC_K = 5  # draft length for tokens-per-call figures
+TIMING_STEPS = 64  # decode steps timed per model (1 thread)
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_DIR = HERE.parent / "prompts"
@@ -93,8 +99,7 @@ PROMPTS_DIR = HERE.parent / "prompts"
 def stdlib_files():
     """Sorted .py files of the running interpreter's stdlib, minus tests and site-packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1]))
+    files = sorted(p for p in root.rglob("*.py") if not EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1]))
     return root, files
 
 
@@ -115,12 +120,16 @@ def train_tokenizer(texts):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS,
-                                   pad_token=EOS, model_max_length=MAX_POSITIONS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, model_max_length=MAX_POSITIONS
+    )
 
 
 def token_stream(tokenizer, texts):
@@ -132,20 +141,26 @@ def token_stream(tokenizer, texts):
 
 def get_batch(data, gen):
     starts = torch.randint(0, len(data) - SEQ_LEN - 1, (BATCH_SIZE,), generator=gen)
-    x = torch.stack([data[s:s + SEQ_LEN] for s in starts])
-    y = torch.stack([data[s + 1:s + SEQ_LEN + 1] for s in starts])
+    x = torch.stack([data[s : s + SEQ_LEN] for s in starts])
+    y = torch.stack([data[s + 1 : s + SEQ_LEN + 1] for s in starts])
     return x, y
 
 
 # ----------------------------------------------------------------------------- models
 def make_model(dims, tokenizer):
     eos = tokenizer.eos_token_id
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
-                         num_key_value_heads=dims["num_attention_heads"], tie_word_embeddings=True,
-                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, **dims)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        num_key_value_heads=dims["num_attention_heads"],
+        tie_word_embeddings=True,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        **dims,
+    )
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos,
-                                               pad_token_id=eos, do_sample=False)
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=False)
     return model
 
 
@@ -168,8 +183,10 @@ def train(name, model, loss_fn, data, peak_lr, cpu_seconds, fixed_steps):
     WALL_LIMIT_FACTOR x the budget still bounds the run.
     """
     gen = torch.Generator().manual_seed(SEED)
-    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
     opt = torch.optim.AdamW(groups, lr=peak_lr, betas=BETAS)
     step, t0, c0 = 0, time.perf_counter(), time.process_time()
     progress = lambda: step / fixed_steps if fixed_steps else (time.process_time() - c0) / cpu_seconds  # noqa: E731
@@ -186,11 +203,18 @@ def train(name, model, loss_fn, data, peak_lr, cpu_seconds, fixed_steps):
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"[{name}] step {step} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"{time.perf_counter() - t0:.0f}s wall {time.process_time() - c0:.0f}s cpu", flush=True)
+            print(
+                f"[{name}] step {step} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{time.perf_counter() - t0:.0f}s wall {time.process_time() - c0:.0f}s cpu",
+                flush=True,
+            )
     model.eval()
-    return {"steps": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-            "stopped_by_wall_limit": progress() < 1}
+    return {
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "stopped_by_wall_limit": progress() < 1,
+    }
 
 
 def logits_of(model, x):
@@ -206,16 +230,25 @@ def lm_loss(model, x, y):
 
 def distill_loss_fn(target):
     """KL(target || drafter) on the next-token distributions, optionally plus CE."""
+
     def loss_fn(drafter, x, y):
         with torch.no_grad():
             t_logits = logits_of(target, x).flatten(0, 1)
         s_logits = logits_of(drafter, x).flatten(0, 1)
         temp = DISTILL_TEMPERATURE
-        kl = F.kl_div(F.log_softmax(s_logits / temp, -1), F.log_softmax(t_logits / temp, -1),
-                      log_target=True, reduction="batchmean") * temp ** 2
+        kl = (
+            F.kl_div(
+                F.log_softmax(s_logits / temp, -1),
+                F.log_softmax(t_logits / temp, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temp**2
+        )
         if DISTILL_CE_WEIGHT:
             return kl + DISTILL_CE_WEIGHT * F.cross_entropy(s_logits, y.flatten())
         return kl
+
     return loss_fn
 
 
@@ -226,8 +259,8 @@ def heldout_loss(model, data):
     starts = np.linspace(0, len(data) - SEQ_LEN - 2, EVAL_WINDOWS).astype(int)
     losses = []
     for i in range(0, EVAL_WINDOWS, 8):
-        x = torch.stack([data[s:s + SEQ_LEN] for s in starts[i:i + 8]])
-        y = torch.stack([data[s + 1:s + SEQ_LEN + 1] for s in starts[i:i + 8]])
+        x = torch.stack([data[s : s + SEQ_LEN] for s in starts[i : i + 8]])
+        y = torch.stack([data[s + 1 : s + SEQ_LEN + 1] for s in starts[i : i + 8]])
         logits = model(input_ids=x).logits
         losses.append(F.cross_entropy(logits.transpose(1, 2), y, reduction="none"))
     loss = torch.cat(losses)
@@ -256,11 +289,12 @@ def find_prompts(root, files):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.body:
                 continue
             doc = node.body[0]
-            if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
-                    and isinstance(doc.value.value, str)):
+            if not (
+                isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)
+            ):
                 continue
-            end_line = lines[doc.end_lineno - 1].encode()[:doc.end_col_offset].decode()
-            body = lines[node.lineno - 1:doc.end_lineno - 1] + [end_line]
+            end_line = lines[doc.end_lineno - 1].encode()[: doc.end_col_offset].decode()
+            body = lines[node.lineno - 1 : doc.end_lineno - 1] + [end_line]
             start = node.lineno - 1
             while len("\n".join(body)) < PROMPT_CHARS[0] and start > 0:
                 start -= 1
@@ -268,8 +302,12 @@ def find_prompts(root, files):
             while body and not body[0].strip():
                 body = body[1:]
             snippet = "\n".join(body)
-            if (PROMPT_CHARS[0] <= len(snippet) <= PROMPT_CHARS[1] and snippet.isascii()
-                    and "\t" not in snippet and snippet.endswith(('"""', "'''"))):
+            if (
+                PROMPT_CHARS[0] <= len(snippet) <= PROMPT_CHARS[1]
+                and snippet.isascii()
+                and "\t" not in snippet
+                and snippet.endswith(('"""', "'''"))
+            ):
                 found.append({"id": f"{module}:{node.lineno}", "prompt": snippet})
         if found:
             per_module.append(sorted(found, key=lambda p: int(p["id"].rsplit(":", 1)[1])))
@@ -293,10 +331,9 @@ def acceptance(target, drafter, tokenizer, prompts):
         out = target.generate(**enc, max_new_tokens=GEN_TOKENS, do_sample=False)
         n_prompt = enc.input_ids.shape[1]
         gen = out[0, n_prompt:]
-        d_pred = drafter(input_ids=out).logits[0, n_prompt - 1:-1].argmax(-1)
+        d_pred = drafter(input_ids=out).logits[0, n_prompt - 1 : -1].argmax(-1)
         matches.append((d_pred == gen).tolist())
-        samples.append({"id": p["id"], "prompt_tokens": n_prompt,
-                        "continuation": tokenizer.decode(gen)})
+        samples.append({"id": p["id"], "prompt_tokens": n_prompt, "continuation": tokenizer.decode(gen)})
     flat = [m for seq in matches for m in seq]
     a = sum(flat) / len(flat)
     runs = [len(r) for seq in matches for r in "".join("1" if m else "0" for m in seq).split("0") if r]
@@ -311,9 +348,14 @@ def acceptance(target, drafter, tokenizer, prompts):
             calls += 1
             produced += min(n_acc + 1, len(seq) - i)
             i += n_acc + 1
-    return {"acceptance": a, "tokens": len(flat), "mean_run": sum(runs) / max(1, len(runs)),
-            "iid_tokens_per_call": (1 - a ** (SPEC_K + 1)) / (1 - a) if a < 1 else SPEC_K + 1,
-            "replayed_tokens_per_call": produced / calls, "samples": samples}
+    return {
+        "acceptance": a,
+        "tokens": len(flat),
+        "mean_run": sum(runs) / max(1, len(runs)),
+        "iid_tokens_per_call": (1 - a ** (SPEC_K + 1)) / (1 - a) if a < 1 else SPEC_K + 1,
+        "replayed_tokens_per_call": produced / calls,
+        "samples": samples,
+    }
 
 
 @torch.inference_mode()
@@ -352,17 +394,30 @@ def main():
     tokenizer = train_tokenizer(train_texts)
     r["tokenizer_seconds"] = time.perf_counter() - t0
     train_data, held_data = token_stream(tokenizer, train_texts), token_stream(tokenizer, held_texts)
-    r.update(n_files=len(files), n_held=len(held_files), train_tokens=len(train_data),
-             held_tokens=len(held_data), chars_per_token=sum(map(len, train_texts)) / len(train_data))
+    r.update(
+        n_files=len(files),
+        n_held=len(held_files),
+        train_tokens=len(train_data),
+        held_tokens=len(held_data),
+        chars_per_token=sum(map(len, train_texts)) / len(train_data),
+    )
     print({k: v for k, v in r.items() if k != "args"}, flush=True)
 
     target = make_model(TARGET, tokenizer)
-    r["target_run"] = train("target", target, lm_loss, train_data, TARGET_LR,
-                            args.target_cpu_seconds, args.target_steps)
+    r["target_run"] = train(
+        "target", target, lm_loss, train_data, TARGET_LR, args.target_cpu_seconds, args.target_steps
+    )
     target.requires_grad_(False)
     drafter = make_model(DRAFTER, tokenizer)
-    r["drafter_run"] = train("drafter", drafter, distill_loss_fn(target), train_data, DRAFTER_LR,
-                             args.drafter_cpu_seconds, args.drafter_steps)
+    r["drafter_run"] = train(
+        "drafter",
+        drafter,
+        distill_loss_fn(target),
+        train_data,
+        DRAFTER_LR,
+        args.drafter_cpu_seconds,
+        args.drafter_steps,
+    )
 
     folders = {"target": HERE / "target", "drafter": HERE / "drafter"}
     for name, model in (("target", target), ("drafter", drafter)):
@@ -378,8 +433,12 @@ def main():
     assert tok.get_vocab() == AutoTokenizer.from_pretrained(folders["drafter"]).get_vocab()
     target = AutoModelForCausalLM.from_pretrained(folders["target"]).eval()
     drafter = AutoModelForCausalLM.from_pretrained(folders["drafter"]).eval()
-    r.update(target_params=n_params(target), drafter_params=n_params(drafter),
-             target_loss=heldout_loss(target, held_data), drafter_loss=heldout_loss(drafter, held_data))
+    r.update(
+        target_params=n_params(target),
+        drafter_params=n_params(drafter),
+        target_loss=heldout_loss(target, held_data),
+        drafter_loss=heldout_loss(drafter, held_data),
+    )
 
     prompts = find_prompts(root, held_files)
     assert len(prompts) >= N_DEFAULT_PROMPTS, f"only {len(prompts)} prompt candidates"
@@ -398,7 +457,7 @@ def main():
     for x in r["samples"][:2]:
         print(f"--- target greedy continuation of {x['id']} ---\n{x['continuation']}\n")
     old = (HERE / "TRAINING.md").read_text() if (HERE / "TRAINING.md").exists() else ""
-    kept = old[old.index(OTHER_SECTIONS):] if OTHER_SECTIONS in old else ""   # e.g. the SmolLM2 drafter's
+    kept = old[old.index(OTHER_SECTIONS) :] if OTHER_SECTIONS in old else ""  # e.g. the SmolLM2 drafter's
     (HERE / "TRAINING.md").write_text(report(r, prompts) + ("\n" + kept if kept else ""))
     print(f"inputs/models/ total: {folder_mb(HERE):.2f} MB")
 
@@ -406,53 +465,58 @@ def main():
 def report(r, prompts):
     """TRAINING.md: the recipe and only numbers measured by this run."""
     t, d, a = r["target_run"], r["drafter_run"], r["acceptance"]
-    budget = lambda m: (f"{r['args'][m + '_steps']} steps" if r["args"][m + "_steps"]  # noqa: E731
-                        else f"{r['args'][m + '_cpu_seconds']:.0f} cpu")
+    budget = lambda m: (
+        f"{r['args'][m + '_steps']} steps"
+        if r["args"][m + "_steps"]  # noqa: E731
+        else f"{r['args'][m + '_cpu_seconds']:.0f} cpu"
+    )
     dims = lambda c: ", ".join(f"{k} {v}" for k, v in c.items())  # noqa: E731
     losses = {m: " / ".join(f"{v:.3f}" for v in r[f"{m}_loss"]) for m in ("target", "drafter")}
     samples = "\n".join(
         f"Prompt `{x['id']}` ({x['prompt_tokens']} tokens), last lines:\n\n```python\n"
         f"{p['prompt'][-200:]}\n```\n\nTarget's greedy continuation:\n\n```python\n"
-        f"{x['continuation']}\n```\n" for x, p in zip(r["samples"][:2], prompts))
+        f"{x['continuation']}\n```\n"
+        for x, p in zip(r["samples"][:2], prompts)
+    )
     return f"""# Default target/drafter pair
 
 Written by `inputs/models/train_default_pair.py` from its own measurements; do not edit by hand.
 
-- Command: `.venv/bin/python {' '.join(sys.argv)}`. Replay with the same step counts:
-  `.venv/bin/python {sys.argv[0]} --target-steps {t['steps']} --drafter-steps {d['steps']}`.
+- Command: `.venv/bin/python {" ".join(sys.argv)}`. Replay with the same step counts:
+  `.venv/bin/python {sys.argv[0]} --target-steps {t["steps"]} --drafter-steps {d["steps"]}`.
 - Python {platform.python_version()} (its stdlib is the corpus), torch {torch.__version__},
   transformers {transformers.__version__}, tokenizers {tokenizers.__version__}.
-- Corpus: stdlib `.py` files ({r['n_files']}; no site-packages, test, tests or idlelib folders),
-  {r['n_held']} held out by a seeded shuffle (seed {SEED}); {r['train_tokens']:,} training tokens
-  ({r['chars_per_token']:.2f} characters/token), {r['held_tokens']:,} held-out tokens.
+- Corpus: stdlib `.py` files ({r["n_files"]}; no site-packages, test, tests or idlelib folders),
+  {r["n_held"]} held out by a seeded shuffle (seed {SEED}); {r["train_tokens"]:,} training tokens
+  ({r["chars_per_token"]:.2f} characters/token), {r["held_tokens"]:,} held-out tokens.
 - Tokenizer: byte-level BPE, vocab {VOCAB_SIZE}, `{EOS}` = bos/eos/pad, precedes every file
-  ({r['tokenizer_seconds']:.1f} s to train); identical files in both model folders.
+  ({r["tokenizer_seconds"]:.1f} s to train); identical files in both model folders.
 - Models: LlamaForCausalLM, tied embeddings, max_position_embeddings {MAX_POSITIONS}, fp32. AdamW
   {BETAS}, weight decay {WEIGHT_DECAY} on matrices, clip {GRAD_CLIP}, seq {SEQ_LEN}, batch {BATCH_SIZE},
   {WARMUP_STEPS} warm-up steps, cosine to {MIN_LR_RATIO} x peak lr over the CPU-time budget,
-  {NUM_THREADS} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, bf16 autocast in training: {BF16_AUTOCAST}.
+  {NUM_THREADS} threads, OMP_WAIT_POLICY={os.environ["OMP_WAIT_POLICY"]}, bf16 autocast in training: {BF16_AUTOCAST}.
   Target: {dims(TARGET)}, lr {TARGET_LR}, cross entropy.
   Drafter: {dims(DRAFTER)}, lr {DRAFTER_LR},
   KL(target || drafter) at temperature {DISTILL_TEMPERATURE} (+ {DISTILL_CE_WEIGHT} x cross entropy).
 
 | | target | drafter |
 |---|---|---|
-| parameters | {r['target_params']:,} | {r['drafter_params']:,} |
-| training budget / CPU time / wall time (s) | {budget('target')} / {t['cpu_seconds']:.0f} / {t['seconds']:.0f} | {budget('drafter')} / {d['cpu_seconds']:.0f} / {d['seconds']:.0f} |
-| stopped by the wall-clock limit ({WALL_LIMIT_FACTOR} x budget) | {t['stopped_by_wall_limit']} | {d['stopped_by_wall_limit']} |
-| steps reached | {t['steps']:,} | {d['steps']:,} |
-| held-out loss/token: all / positions < {SEQ_LEN // 2} / >= {SEQ_LEN // 2} | {losses['target']} | {losses['drafter']} |
-| greedy decode step, KV cache, 1 thread (median ms/token) | {r['ms_target']:.2f} | {r['ms_drafter']:.2f} |
-| folder size (MB) | {r['mb']['target']:.2f} | {r['mb']['drafter']:.2f} |
+| parameters | {r["target_params"]:,} | {r["drafter_params"]:,} |
+| training budget / CPU time / wall time (s) | {budget("target")} / {t["cpu_seconds"]:.0f} / {t["seconds"]:.0f} | {budget("drafter")} / {d["cpu_seconds"]:.0f} / {d["seconds"]:.0f} |
+| stopped by the wall-clock limit ({WALL_LIMIT_FACTOR} x budget) | {t["stopped_by_wall_limit"]} | {d["stopped_by_wall_limit"]} |
+| steps reached | {t["steps"]:,} | {d["steps"]:,} |
+| held-out loss/token: all / positions < {SEQ_LEN // 2} / >= {SEQ_LEN // 2} | {losses["target"]} | {losses["drafter"]} |
+| greedy decode step, KV cache, 1 thread (median ms/token) | {r["ms_target"]:.2f} | {r["ms_drafter"]:.2f} |
+| folder size (MB) | {r["mb"]["target"]:.2f} | {r["mb"]["drafter"]:.2f} |
 
-Greedy acceptance: on {r['n_prompts']} held-out prompts (`def` line + docstring, {PROMPT_CHARS[0]}-{PROMPT_CHARS[1]} characters;
+Greedy acceptance: on {r["n_prompts"]} held-out prompts (`def` line + docstring, {PROMPT_CHARS[0]}-{PROMPT_CHARS[1]} characters;
 the first {N_DEFAULT_PROMPTS} are `inputs/prompts/default.jsonl`) the target generates {GEN_TOKENS} greedy tokens
-({r['tokens']} positions in all); the drafter's argmax on the target's own prefix is compared.
+({r["tokens"]} positions in all); the drafter's argmax on the target's own prefix is compared.
 
-- per-token acceptance a = {a:.3f}; mean length of runs of matching tokens = {r['mean_run']:.2f}
-- tokens per target call at k={SPEC_K}: i.i.d. (1 - a^{SPEC_K + 1}) / (1 - a) = {r['iid_tokens_per_call']:.2f};
-  replaying greedy speculative decoding on the match sequences = {r['replayed_tokens_per_call']:.2f}
-- cost ratio c = drafter ms / target ms = {r['c']:.3f}; whole script {r['total_seconds']:.0f} s
+- per-token acceptance a = {a:.3f}; mean length of runs of matching tokens = {r["mean_run"]:.2f}
+- tokens per target call at k={SPEC_K}: i.i.d. (1 - a^{SPEC_K + 1}) / (1 - a) = {r["iid_tokens_per_call"]:.2f};
+  replaying greedy speculative decoding on the match sequences = {r["replayed_tokens_per_call"]:.2f}
+- cost ratio c = drafter ms / target ms = {r["c"]:.3f}; whole script {r["total_seconds"]:.0f} s
 
 ## Sample target text (greedy)
 

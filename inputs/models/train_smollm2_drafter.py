@@ -16,6 +16,7 @@ LAYERS decoder layers, distilled on SmolLM2's own greedy answers to chat-templat
 The folder (about 120 MB fp32 with 2 layers: not committed) goes to the cache next to the target, with DRAFTER.json
 holding every measured number; a second run finds DRAFTER.json and does nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # threads that wait must not spin: the cores are shared
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # threads that wait must not spin: the cores are shared
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fetch_smollm2 import cache_root, default_dest  # noqa: E402
@@ -59,7 +60,7 @@ def stdlib_requests(n: int, seed: int) -> list[str]:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
                 doc = ast.get_docstring(node)
                 if doc and 20 < len(doc.splitlines()[0]) < 160:
-                    body = "\n".join(src.splitlines()[node.lineno - 1:node.lineno + 5])
+                    body = "\n".join(src.splitlines()[node.lineno - 1 : node.lineno + 5])
                     items.append((mod, node, doc.splitlines()[0].strip(), body))
     rng = random.Random(seed)
     rng.shuffle(items)
@@ -75,13 +76,17 @@ def stdlib_requests(n: int, seed: int) -> list[str]:
 
 
 def chat_ids(tok, request: str) -> list[int]:
-    return list(tok.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=True)["input_ids"])
+    return list(
+        tok.apply_chat_template(
+            [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+    )
 
 
 def generate_batch(model, tok, prompts: list[list[int]], new: int) -> list[list[int]]:
     """Greedy answers for a batch of prompt ids (left padded); each cut after the first eos."""
     import torch
+
     width = max(map(len, prompts))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -91,7 +96,7 @@ def generate_batch(model, tok, prompts: list[list[int]], new: int) -> list[list[
     answers = []
     for row in out[:, width:].tolist():
         if tok.eos_token_id in row:
-            row = row[:row.index(tok.eos_token_id) + 1]
+            row = row[: row.index(tok.eos_token_id) + 1]
         answers.append(row)
     return answers
 
@@ -102,7 +107,7 @@ def distill_data(target, tok, requests, budget_s, batch, new):
     for i in range(0, len(requests), batch):
         if time.time() - t0 > budget_s:
             break
-        prompts = [chat_ids(tok, r) for r in requests[i:i + batch]]
+        prompts = [chat_ids(tok, r) for r in requests[i : i + batch]]
         for p, a in zip(prompts, generate_batch(target, tok, prompts, new)):
             if a:
                 data.append((p, a))
@@ -116,13 +121,17 @@ def make_drafter(target, layers: int):
     import copy
 
     from transformers import LlamaForCausalLM
+
     cfg = copy.deepcopy(target.config)
     cfg.num_hidden_layers = layers
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = cfg.layer_types[:layers]
     drafter = LlamaForCausalLM(cfg)
-    state = {k: v for k, v in target.state_dict().items()
-             if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    state = {
+        k: v
+        for k, v in target.state_dict().items()
+        if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers
+    }
     drafter.load_state_dict(state, strict=False)
     drafter.tie_weights()
     drafter.generation_config = copy.deepcopy(target.generation_config)
@@ -132,6 +141,7 @@ def make_drafter(target, layers: int):
 def train(drafter, data, budget_s, lr, batch, max_len, log_every=10):
     import torch
     import torch.nn.functional as F
+
     drafter.train()
     emb = drafter.get_input_embeddings().weight
     emb.requires_grad_(False)
@@ -152,9 +162,9 @@ def train(drafter, data, budget_s, lr, batch, max_len, log_every=10):
         target_mask = torch.zeros(len(idx), width, dtype=torch.bool)
         for r, i in enumerate(idx):
             s = seqs[i]
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
-            target_mask[r, starts[i] - 1:len(s) - 1] = True   # positions that predict an answer token
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+            target_mask[r, starts[i] - 1 : len(s) - 1] = True  # positions that predict an answer token
         elapsed = time.time() - t0
         frac = min(1.0, elapsed / budget_s)
         scale = min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -171,16 +181,24 @@ def train(drafter, data, budget_s, lr, batch, max_len, log_every=10):
         losses.append(loss.item())
         step += 1
         if step % log_every == 0:
-            print(f"  step {step}: loss {statistics.mean(losses[-log_every:]):.3f}, "
-                  f"{(time.time() - t0) / step:.2f} s/step, lr {lr * scale:.2e}", flush=True)
+            print(
+                f"  step {step}: loss {statistics.mean(losses[-log_every:]):.3f}, "
+                f"{(time.time() - t0) / step:.2f} s/step, lr {lr * scale:.2e}",
+                flush=True,
+            )
     drafter.eval()
-    return {"steps": step, "train_s": round(time.time() - t0, 1), "train_cpu_s": round(time.process_time() - c0, 1),
-            "final_loss": round(statistics.mean(losses[-20:]), 4) if losses else None}
+    return {
+        "steps": step,
+        "train_s": round(time.time() - t0, 1),
+        "train_cpu_s": round(time.process_time() - c0, 1),
+        "final_loss": round(statistics.mean(losses[-20:]), 4) if losses else None,
+    }
 
 
 def acceptance(target, drafter, tok, requests, new):
     """Per-token greedy acceptance: the drafter's argmax on the target's own greedy continuation."""
     import torch
+
     prompts = [chat_ids(tok, r) for r in requests]
     answers = generate_batch(target, tok, prompts, new)
     match = total = 0
@@ -188,25 +206,30 @@ def acceptance(target, drafter, tok, requests, new):
     for p, a in zip(prompts, answers):
         seq = torch.tensor([p + a])
         with torch.no_grad():
-            pred = drafter(seq).logits[0, len(p) - 1:len(p) + len(a) - 1].argmax(-1).tolist()
+            pred = drafter(seq).logits[0, len(p) - 1 : len(p) + len(a) - 1].argmax(-1).tolist()
         hits = [int(x == y) for x, y in zip(pred, a)]
         match += sum(hits)
         total += len(hits)
         per_prompt.append(round(sum(hits) / max(1, len(hits)), 3))
         run = 0
-        for h in hits:                      # lengths of runs of matching tokens ending at a miss
+        for h in hits:  # lengths of runs of matching tokens ending at a miss
             if h:
                 run += 1
             else:
                 runs.append(run)
                 run = 0
-    return {"a": round(match / total, 4), "positions": total, "per_prompt": per_prompt,
-            "mean_run": round(statistics.mean(runs), 3) if runs else None,
-            "sample": tok.decode(answers[0])}
+    return {
+        "a": round(match / total, 4),
+        "positions": total,
+        "per_prompt": per_prompt,
+        "mean_run": round(statistics.mean(runs), 3) if runs else None,
+        "sample": tok.decode(answers[0]),
+    }
 
 
 def decode_ms(model, n=32):
     import torch
+
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 40000, (1, 64), generator=g)
     ts = []
@@ -224,6 +247,7 @@ def decode_ms(model, n=32):
 def latency_ratio(target, drafter, rounds=5):
     """Median ms/token of each, 1 thread, in alternating rounds (the cores are shared: noise hits both)."""
     import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t_ms, d_ms = [], []
@@ -232,11 +256,15 @@ def latency_ratio(target, drafter, rounds=5):
         d_ms.append(decode_ms(drafter))
     torch.set_num_threads(threads)
     tm, dm = statistics.median(t_ms), statistics.median(d_ms)
-    return {"target_ms": round(tm, 2), "drafter_ms": round(dm, 2), "c": round(dm / tm, 4),
-            "rounds_c": [round(d / t, 3) for d, t in zip(d_ms, t_ms)]}
+    return {
+        "target_ms": round(tm, 2),
+        "drafter_ms": round(dm, 2),
+        "c": round(dm / tm, 4),
+        "rounds_c": [round(d / t, 3) for d, t in zip(d_ms, t_ms)],
+    }
 
 
-OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"   # train_default_pair.py keeps them
+OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"  # train_default_pair.py keeps them
 BEGIN, END = "<!-- smollm2-drafter: written by train_smollm2_drafter.py --report -->", "<!-- /smollm2-drafter -->"
 
 
@@ -247,42 +275,42 @@ def report(info: dict) -> str:
 # SmolLM2-135M-Instruct drafter
 
 Written by `inputs/models/train_smollm2_drafter.py --report` from DRAFTER.json of one build; the folder
-({g['folder_mb']} MB fp32) is built into the cache by `make smollm2`, not committed.
+({g["folder_mb"]} MB fp32) is built into the cache by `make smollm2`, not committed.
 
-- Command: `python inputs/models/{info['command']}`; Python {info['versions']['python']},
-  torch {info['versions']['torch']}, transformers {info['versions']['transformers']}; 2 torch threads,
+- Command: `python inputs/models/{info["command"]}`; Python {info["versions"]["python"]},
+  torch {info["versions"]["torch"]}, transformers {info["versions"]["transformers"]}; 2 torch threads,
   OMP_WAIT_POLICY=PASSIVE, on a 2-core machine shared with other jobs (budgets are wall seconds).
 - Target: SmolLM2-135M-Instruct converted by `fetch_smollm2.py` (30 layers, d=576, vocab 49152).
-- Distillation data: the target's greedy answers (batched generate, {info['args']['new_tokens']} new tokens at
+- Distillation data: the target's greedy answers (batched generate, {info["args"]["new_tokens"]} new tokens at
   most) to chat-templated requests built from the stdlib's documented functions (write it / explain it /
-  what does this code do); {d['answers']} answers, {d['answer_tokens']:,} answer tokens in {d['gen_s']} s
-  ({d['gen_cpu_s']} CPU s).
-- Drafter: LlamaForCausalLM = the target's config with {g['layers']} layers, initialised from the target's
-  embedding, first {g['layers']} layers and final norm; embedding and tied head frozen; {g['parameters']:,}
-  parameters ({g['trained_parameters']:,} trained). Cross entropy on the answer tokens (the target's greedy
-  choices), AdamW (0.9, 0.95), lr {info['args']['lr']}, 20 warm-up steps, cosine to 0.1 x, clip 1.0,
-  batch {info['args']['batch']}.
-- Training: {tr['steps']} steps in {tr['train_s']} s ({tr['train_cpu_s']} CPU s); final loss {tr['final_loss']}.
+  what does this code do); {d["answers"]} answers, {d["answer_tokens"]:,} answer tokens in {d["gen_s"]} s
+  ({d["gen_cpu_s"]} CPU s).
+- Drafter: LlamaForCausalLM = the target's config with {g["layers"]} layers, initialised from the target's
+  embedding, first {g["layers"]} layers and final norm; embedding and tied head frozen; {g["parameters"]:,}
+  parameters ({g["trained_parameters"]:,} trained). Cross entropy on the answer tokens (the target's greedy
+  choices), AdamW (0.9, 0.95), lr {info["args"]["lr"]}, 20 warm-up steps, cosine to 0.1 x, clip 1.0,
+  batch {info["args"]["batch"]}.
+- Training: {tr["steps"]} steps in {tr["train_s"]} s ({tr["train_cpu_s"]} CPU s); final loss {tr["final_loss"]}.
 
 Held-out greedy acceptance: the 12 requests of `inputs/prompts/smollm2_chat.jsonl` (not in the training
-requests); the target generates {info['args']['eval_tokens']} greedy tokens each ({acc['positions']} positions);
+requests); the target generates {info["args"]["eval_tokens"]} greedy tokens each ({acc["positions"]} positions);
 the drafter's argmax on the target's own prefix is compared.
 
 | | value |
 |---|---|
-| acceptance a (before training: {info['acceptance_before_training']}) | {a} |
-| mean run of matching tokens | {acc['mean_run']} |
+| acceptance a (before training: {info["acceptance_before_training"]}) | {a} |
+| mean run of matching tokens | {acc["mean_run"]} |
 | tokens per target call at k={k}, i.i.d. (1 - a^{k + 1}) / (1 - a) | {(1 - a ** (k + 1)) / (1 - a):.2f} |
-| decode ms/token, KV cache, 1 thread (median of 5 interleaved rounds): target / drafter | {lat['target_ms']} / {lat['drafter_ms']} |
-| c = drafter / target | {lat['c']} |
-| whole build (s) | {info['total_s']} |
+| decode ms/token, KV cache, 1 thread (median of 5 interleaved rounds): target / drafter | {lat["target_ms"]} / {lat["drafter_ms"]} |
+| c = drafter / target | {lat["c"]} |
+| whole build (s) | {info["total_s"]} |
 
-Aim (a >= 0.5 at c <= 0.3): {"met" if a >= 0.5 and lat['c'] <= 0.3 else "NOT met"} by this build. Decode times are
+Aim (a >= 0.5 at c <= 0.3): {"met" if a >= 0.5 and lat["c"] <= 0.3 else "NOT met"} by this build. Decode times are
 under contention (other jobs on the cores); c is from interleaved rounds, so both models saw the same load.
 More data and CPU time are the levers: the training loss was still falling, and the training got
-{tr['train_cpu_s']} CPU s in {tr['train_s']} s of wall time (`--gen-s`, `--train-s`, `--layers` scale the recipe).
+{tr["train_cpu_s"]} CPU s in {tr["train_s"]} s of wall time (`--gen-s`, `--train-s`, `--layers` scale the recipe).
 
-Target's greedy answer to the first held-out request: {json.dumps(acc['sample'])}
+Target's greedy answer to the first held-out request: {json.dumps(acc["sample"])}
 {END}
 """
 
@@ -292,7 +320,7 @@ def write_report(dest: Path) -> None:
     path = HERE / "TRAINING.md"
     text = path.read_text()
     if BEGIN in text:
-        text = text[:text.index(BEGIN)] + text[text.index(END) + len(END) + 1:]
+        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END) + 1 :]
     if OTHER_SECTIONS not in text:
         text = text.rstrip("\n") + "\n\n" + OTHER_SECTIONS + "\n"
     path.write_text(text.rstrip("\n") + "\n\n" + report(info))
@@ -328,6 +356,7 @@ def main(argv=None) -> int:
         build(args, dest)
     if args.link:
         from fetch_smollm2 import link
+
         link(dest, args.link)
     return 0
 
@@ -335,6 +364,7 @@ def main(argv=None) -> int:
 def build(args, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     torch.manual_seed(SEED)
     torch.set_num_threads(args.threads)
     t_all = time.time()
@@ -349,8 +379,10 @@ def build(args, dest: Path) -> None:
     drafter = make_drafter(target, args.layers)
     n_params = sum(p.numel() for p in drafter.parameters())
     n_train = sum(p.numel() for n, p in drafter.named_parameters() if "embed_tokens" not in n)
-    print(f"drafter: {args.layers} layers, {n_params:,} parameters ({n_train:,} trained); training "
-          f"{args.train_s:.0f} s", flush=True)
+    print(
+        f"drafter: {args.layers} layers, {n_params:,} parameters ({n_train:,} trained); training {args.train_s:.0f} s",
+        flush=True,
+    )
     before = acceptance(target, drafter, tok, held_requests, args.eval_tokens)["a"]
     tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len)
     acc = acceptance(target, drafter, tok, held_requests, args.eval_tokens)
@@ -363,14 +395,29 @@ def build(args, dest: Path) -> None:
     size = sum(p.stat().st_size for p in tmp.iterdir()) / 1e6
     info = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__},
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+        },
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "distill": {"requests_used": min(used, len(requests)), "answers": len(data),
-                    "answer_tokens": sum(len(a) for _, a in data), "gen_s": round(gen_s, 1), "gen_cpu_s": round(gen_cpu_s, 1)},
-        "drafter": {"layers": args.layers, "parameters": n_params, "trained_parameters": n_train,
-                    "folder_mb": round(size, 1)},
-        "training": tr, "acceptance_before_training": before, "heldout": acc, "latency": lat,
+        "distill": {
+            "requests_used": min(used, len(requests)),
+            "answers": len(data),
+            "answer_tokens": sum(len(a) for _, a in data),
+            "gen_s": round(gen_s, 1),
+            "gen_cpu_s": round(gen_cpu_s, 1),
+        },
+        "drafter": {
+            "layers": args.layers,
+            "parameters": n_params,
+            "trained_parameters": n_train,
+            "folder_mb": round(size, 1),
+        },
+        "training": tr,
+        "acceptance_before_training": before,
+        "heldout": acc,
+        "latency": lat,
         "total_s": round(time.time() - t_all, 1),
     }
     (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")

@@ -7,6 +7,7 @@ what `apply_chat_template(..., add_generation_prompt=True)` gives, with no confi
 The stored text tokenizes to the same ids as apply_chat_template(tokenize=True) (checked here). These
 requests are held out from the drafter's distillation data (inputs/models/train_smollm2_drafter.py).
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -30,12 +31,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def templated(tokenizer, request: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def main() -> None:
     from transformers import AutoTokenizer
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(HERE.parent / "models" / "smollm2-135m-instruct"))
     ap.add_argument("--out", type=Path, default=HERE / "smollm2_chat.jsonl")
@@ -44,8 +47,9 @@ def main() -> None:
     lines = []
     for pid, request in REQUESTS:
         text = templated(tok, request)
-        ids = tok.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         assert tok(text)["input_ids"] == list(ids), pid
         lines.append(json.dumps({"id": pid, "prompt": text}) + "\n")
     args.out.write_text("".join(lines))

@@ -9,6 +9,7 @@ with `generate(do_sample=False)` and runs (drafter, lookahead, policy, prompt) t
 and verifiers, with two drafters: the family's perturbed copy and the next family's target (another
 architecture). One JSON row per run, or one {"family", "error"} row per refused family.
 """
+
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ def reference(model, prompt, new_tokens):
     with torch.inference_mode():
         ids = torch.tensor([prompt])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
@@ -48,7 +49,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
         target, error = runner("target", folders["target"]), None
     except ConfigError as err:
         target, error = None, str(err)
-    errors = comm.allgather(error)                      # every rank skips a family that any rank refused
+    errors = comm.allgather(error)  # every rank skips a family that any rank refused
     if any(errors):
         return [{"family": family, "error": next(e for e in errors if e)}]
     eos = target.eos_token_ids
@@ -65,12 +66,24 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
                         rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))
-                        rows.append({"family": family, "drafter": drafter_name, "k": k, "policy": policy,
-                                     "prompt": i, "tokens": rec.tokens, "ref": refs[i], "ok": rec.tokens == refs[i],
-                                     "rejections": rec.rejections, "stale": rec.tasks_stale,
-                                     "aborted": int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum()),
-                                     "accepted": rec.accepted, "compared": rec.compared,
-                                     "restarts": rec.restarts})
+                        rows.append(
+                            {
+                                "family": family,
+                                "drafter": drafter_name,
+                                "k": k,
+                                "policy": policy,
+                                "prompt": i,
+                                "tokens": rec.tokens,
+                                "ref": refs[i],
+                                "ok": rec.tokens == refs[i],
+                                "rejections": rec.rejections,
+                                "stale": rec.tasks_stale,
+                                "aborted": int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum()),
+                                "accepted": rec.accepted,
+                                "compared": rec.compared,
+                                "restarts": rec.restarts,
+                            }
+                        )
     finally:
         stop_verifiers(channel)
     return rows

@@ -7,6 +7,7 @@ own ("ngram:n=N", "truncated:layers=L", as models.drafter takes them). Rank 0 co
 `generate(do_sample=False)`, then runs every (drafter, lookahead, policy, prompt) through the real
 coordinator and verifier code and writes one JSON row per run.
 """
+
 import json
 import sys
 
@@ -17,13 +18,13 @@ from transformers import AutoModelForCausalLM
 from dsi_mpi.backends.hf import HFRunner
 from dsi_mpi.backends.loading import truncate_layers
 from dsi_mpi.backends.ngram import NGramDrafter
-from dsi_mpi.io.drafter_spec import parse_drafter
-from dsi_mpi.mpi.channel import Channel
-from dsi_mpi.mpi.polling import BackoffPoller
-from dsi_mpi.io.records import Outcome, RunRecord
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
+from dsi_mpi.io.drafter_spec import parse_drafter
+from dsi_mpi.io.records import Outcome, RunRecord
+from dsi_mpi.mpi.channel import Channel
+from dsi_mpi.mpi.polling import BackoffPoller
 
 PROMPTS = [[10, 20, 30, 40, 50], [200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [42]]
 
@@ -55,8 +56,15 @@ def main():
         Verifier(channel, HFRunner(target, (eos,))).serve()
         return
     with torch.inference_mode():
-        refs = [target.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                do_sample=False, max_new_tokens=new_tokens)[0, len(p):].tolist() for p in PROMPTS]
+        refs = [
+            target.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+            )[0, len(p) :].tolist()
+            for p in PROMPTS
+        ]
     rows = []
     try:
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (eos,))
@@ -67,11 +75,24 @@ def main():
                     for i, prompt in enumerate(PROMPTS):
                         rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))
                         aborted = int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum())
-                        rows.append({"drafter": name, "k": k, "policy": policy, "prompt": i, "tokens": rec.tokens,
-                                     "ref": refs[i], "ok": rec.tokens == refs[i], "rejections": rec.rejections,
-                                     "stale": rec.tasks_stale, "aborted": aborted, "accepted": rec.accepted,
-                                     "compared": rec.compared, "unsent": rec.blocks_unsent,
-                                     "misses": rec.draft_misses})
+                        rows.append(
+                            {
+                                "drafter": name,
+                                "k": k,
+                                "policy": policy,
+                                "prompt": i,
+                                "tokens": rec.tokens,
+                                "ref": refs[i],
+                                "ok": rec.tokens == refs[i],
+                                "rejections": rec.rejections,
+                                "stale": rec.tasks_stale,
+                                "aborted": aborted,
+                                "accepted": rec.accepted,
+                                "compared": rec.compared,
+                                "unsent": rec.blocks_unsent,
+                                "misses": rec.draft_misses,
+                            }
+                        )
     finally:
         stop_verifiers(channel)
         json.dump(rows, open(out_path, "w"))

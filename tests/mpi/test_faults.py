@@ -1,23 +1,35 @@
 """Reliability under failing ranks (FAULT INJECTION via DSI_MPI_FAULT): the job ends within the watchdog
 bound with an error, prompts finished before the fault stay intact and complete, the prompt in flight is
 marked incomplete, and a resumed run finishes the rest with the same results."""
+
 import re
 import time
 
 import h5py
 import pytest
-
-from dsi_mpi.io.results import read_results
 from test_run import write_job
 
-EMULATION = {"target_tpot_s": 0.002, "target_ttft_s": 0.003, "drafter_tpot_s": 0.0005, "drafter_ttft_s": 0.001,
-             "acceptance": 0.6, "prompt_tokens": 8}
+from dsi_mpi.io.results import read_results
+
+EMULATION = {
+    "target_tpot_s": 0.002,
+    "target_ttft_s": 0.003,
+    "drafter_tpot_s": 0.0005,
+    "drafter_ttft_s": 0.001,
+    "acceptance": 0.6,
+    "prompt_tokens": 8,
+}
 
 
 def emulated_job(tmp_path, prompts: int = 6, timeout_s: float = 30.0) -> str:
-    config = write_job(tmp_path, {"target": "unused", "noisy": "unused"}, models={"kind": "emulated"},
-                       decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 24, "warmup_prompts": 0},
-                       emulation=EMULATION, runtime={"timeout_s": timeout_s})
+    config = write_job(
+        tmp_path,
+        {"target": "unused", "noisy": "unused"},
+        models={"kind": "emulated"},
+        decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 24, "warmup_prompts": 0},
+        emulation=EMULATION,
+        runtime={"timeout_s": timeout_s},
+    )
     (tmp_path / "prompts.jsonl").write_text("".join(f'{{"id": "q{i}", "prompt": "x"}}\n' for i in range(prompts)))
     return config
 
@@ -39,8 +51,10 @@ def complete_prompts(path) -> dict[int, list]:
     return {(r["prompt_index"], r["algorithm"]): r["tokens"] for r in records}
 
 
-@pytest.mark.parametrize("fault", ["rank=1,after=60,kind=raise", "rank=2,after=25,kind=oom",
-                                   "rank=1,after=60,kind=kill", "rank=0,after=2,kind=kill"])
+@pytest.mark.parametrize(
+    "fault",
+    ["rank=1,after=60,kind=raise", "rank=2,after=25,kind=oom", "rank=1,after=60,kind=kill", "rank=0,after=2,kind=kill"],
+)
 def test_fault_keeps_finished_prompts_and_resume_finishes(run_mpi, tmp_path, fault):
     config = emulated_job(tmp_path)
     start = time.monotonic()
@@ -50,7 +64,7 @@ def test_fault_keeps_finished_prompts_and_resume_finishes(run_mpi, tmp_path, fau
     if "raise" in fault or "oom" in fault:
         rank = fault.split(",")[0].split("=")[1]
         assert f"error on rank {rank}" in proc.stderr and "injected" in proc.stderr, proc.stderr[-2000:]
-    with open_when_unlocked(tmp_path / "out.h5") as f:       # readable after the crash
+    with open_when_unlocked(tmp_path / "out.h5") as f:  # readable after the crash
         flags = {name: bool(g.attrs["complete"]) for name, g in f["prompts"].items()}
     done_before = complete_prompts(tmp_path / "out.h5")
     assert 1 <= sum(flags.values()) < 6, flags
@@ -65,8 +79,9 @@ def test_fault_keeps_finished_prompts_and_resume_finishes(run_mpi, tmp_path, fau
 def test_silent_rank_trips_the_watchdog(run_mpi, tmp_path):
     config = emulated_job(tmp_path, timeout_s=4.0)
     start = time.monotonic()
-    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3, timeout=90,
-                   env={"DSI_MPI_FAULT": "rank=2,after=10,kind=hang"})
+    proc = run_mpi(
+        ["-m", "dsi_mpi", "run", config], ranks=3, timeout=90, env={"DSI_MPI_FAULT": "rank=2,after=10,kind=hang"}
+    )
     assert proc.returncode != 0
     assert time.monotonic() - start < 40
     assert "WatchdogTimeout" in proc.stderr, proc.stderr[-2000:]

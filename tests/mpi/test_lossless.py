@@ -1,10 +1,10 @@
 """Greedy SI and DSI equal Hugging Face's own greedy generate, token for token: drafters that are always
 right, sometimes right and nearly always wrong (a GPT-2 drafting for a Llama target), lookahead 1..8,
 2..5 ranks. The sweep also proves it exercised rejections, stale results and aborted forwards."""
+
 import json
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -12,8 +12,17 @@ def sweep(run_mpi, tmp_path, models: dict, ranks: int, max_k: int, new_tokens: i
     """Run lossless_sweep.py; every row must equal generate()'s tokens."""
     (tmp_path / "models.json").write_text(json.dumps(models))
     out = tmp_path / "sweep.json"
-    proc = run_mpi([str(ROOT / "tests/mpi/lossless_sweep.py"), str(tmp_path / "models.json"), str(out), str(max_k),
-                    str(new_tokens)], ranks=ranks, timeout=300)
+    proc = run_mpi(
+        [
+            str(ROOT / "tests/mpi/lossless_sweep.py"),
+            str(tmp_path / "models.json"),
+            str(out),
+            str(max_k),
+            str(new_tokens),
+        ],
+        ranks=ranks,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert len(rows) == (len(models) - 1) * max_k * 2 * 3
@@ -41,8 +50,12 @@ def test_si_and_dsi_equal_hf_generate(tiny_models, run_mpi, tmp_path, ranks):
 def test_drafters_that_need_no_training_are_lossless(tiny_models, run_mpi, tmp_path, ranks):
     """Prompt lookup (no model; often nothing to propose, then blocks of fewer or no drafts) and the
     target's own first layer as a self-drafter, against generate(), lookahead 1..4."""
-    models = {"target": tiny_models["target"], "ngram1": "ngram:n=1", "ngram3": "ngram:n=3",
-              "truncated": "truncated:layers=1"}
+    models = {
+        "target": tiny_models["target"],
+        "ngram1": "ngram:n=1",
+        "ngram3": "ngram:n=3",
+        "truncated": "truncated:layers=1",
+    }
     rows = sweep(run_mpi, tmp_path, models, ranks, max_k=4, new_tokens=32)
     ngram = [r for r in rows if r["drafter"].startswith("ngram")]
     assert sum(r["misses"] for r in ngram) > 50, "the n-gram drafter always had a proposal: empty blocks untested"

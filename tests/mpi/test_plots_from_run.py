@@ -1,4 +1,5 @@
 """A real emulated MPI job (3 ranks, 2 prompts), then gantt, table and distributions checked against its file."""
+
 import csv
 import json
 from collections import Counter
@@ -8,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from dsi_mpi.reporting import explain as ex
-from dsi_mpi.reporting import plots
 from dsi_mpi.io.records import Event
 from dsi_mpi.io.results import read_results
+from dsi_mpi.reporting import explain as ex
+from dsi_mpi.reporting import plots
 from dsi_mpi.reporting.report import summary_table
 
 PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
@@ -21,6 +22,7 @@ ALGORITHMS = ["nonsi", "si", "dsi"]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     from conftest import launch
+
     folder = tmp_path_factory.mktemp("plots_run")
     (folder / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
     (folder / "job.toml").write_text(f"""
@@ -32,9 +34,9 @@ lookahead = 3
 max_new_tokens = 30
 seed = 5
 [prompts]
-path = "{folder / 'prompts.jsonl'}"
+path = "{folder / "prompts.jsonl"}"
 [output]
-path = "{folder / 'out.h5'}"
+path = "{folder / "out.h5"}"
 [runtime]
 timeout_s = 60.0
 [emulation]
@@ -47,7 +49,9 @@ prompt_tokens = 16
 """)
     proc = launch(["-m", "dsi_mpi", "run", str(folder / "job.toml")], ranks=3, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (folder / "stdout.txt").write_text(proc.stdout)   # the summary table the job printed (test_every_summary_figure_by_hand)
+    (folder / "stdout.txt").write_text(
+        proc.stdout
+    )  # the summary table the job printed (test_every_summary_figure_by_hand)
     return str(folder / "out.h5")
 
 
@@ -58,8 +62,12 @@ def stored(path):
         for name, group in f["prompts"].items():
             for algorithm in ALGORITHMS:
                 run = group[algorithm]
-                out[int(name), algorithm] = {"events": run["events"][()], "tasks": run["tasks"][()],
-                                             "commit_times": run["commit_times"][()], **dict(run.attrs)}
+                out[int(name), algorithm] = {
+                    "events": run["events"][()],
+                    "tasks": run["tasks"][()],
+                    "commit_times": run["commit_times"][()],
+                    **dict(run.attrs),
+                }
     return out
 
 
@@ -77,7 +85,7 @@ def test_gantt_lanes_and_bars_match_the_file(results, tmp_path):
             continue
         bars = ("drafter_prefill", "draft", "draft_interrupted", "verify", "verify_aborted", "wait")
         want = Counter((int(e["rank"]), Event(int(e["kind"])).label) for e in ev if Event(int(e["kind"])).label in bars)
-        got = Counter()                           # stale results are verify events drawn in a lighter shade
+        got = Counter()  # stale results are verify events drawn in a lighter shade
         for rank, kinds in d["bars_per_lane"].items():
             for kind, n in kinds.items():
                 got[rank, "verify" if kind == "verify_stale" else kind] += n
@@ -116,8 +124,9 @@ def test_distributions_and_explain_match_the_file(results, tmp_path):
     for a in ALGORITHMS:
         want = [1e3 * data[p, a]["wall_s"] / 30 for p in (0, 1)]
         assert dist["per_token_ms"][a] == pytest.approx(want)
-    assert dist["speedups"]["dsi / si"] == pytest.approx([data[p, "si"]["wall_s"] / data[p, "dsi"]["wall_s"]
-                                                          for p in (0, 1)])
+    assert dist["speedups"]["dsi / si"] == pytest.approx(
+        [data[p, "si"]["wall_s"] / data[p, "dsi"]["wall_s"] for p in (0, 1)]
+    )
     assert len(dist["paths"]) == 2
     meta, records = read_results(results)
     sentences = ex.explain(records, meta)
@@ -126,8 +135,21 @@ def test_distributions_and_explain_match_the_file(results, tmp_path):
 
 
 # ---------------------------------------------------------------- the summary table, by hand
-SUMMARY_COLUMNS = ["prompts", "tokens", "tok/s", "ms/tok", "TTFT ms", "vs nonsi", "vs si", "accept", "acc.len",
-           "p50 ms", "p90 ms", "p99 ms", "tasks sent/used/stale"]
+SUMMARY_COLUMNS = [
+    "prompts",
+    "tokens",
+    "tok/s",
+    "ms/tok",
+    "TTFT ms",
+    "vs nonsi",
+    "vs si",
+    "accept",
+    "acc.len",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "tasks sent/used/stale",
+]
 
 
 def summary_by_hand(path) -> dict[str, dict]:
@@ -137,29 +159,44 @@ def summary_by_hand(path) -> dict[str, dict]:
         for name, group in f["prompts"].items():
             for algorithm in ALGORITHMS:
                 runs.setdefault(algorithm, {})[int(name)] = {
-                    "attrs": dict(group[algorithm].attrs), "tokens": group[algorithm]["tokens"][()],
-                    "commit_times": group[algorithm]["commit_times"][()], "tasks": group[algorithm]["tasks"][()]}
+                    "attrs": dict(group[algorithm].attrs),
+                    "tokens": group[algorithm]["tokens"][()],
+                    "commit_times": group[algorithm]["commit_times"][()],
+                    "tasks": group[algorithm]["tasks"][()],
+                }
     for a, prompts in runs.items():
         wall = sum(r["attrs"]["wall_s"] for r in prompts.values())
         tokens = sum(len(r["tokens"]) for r in prompts.values())
-        total = {key: sum(r["attrs"][key] for r in prompts.values())
-                 for key in ("accepted", "compared", "tasks_sent", "tasks_used", "tasks_stale")}
-        verifications = sum(int(((r["tasks"]["outcome"] == 1) & (r["tasks"]["n_drafts"] > 0)).sum())
-                            for r in prompts.values())
+        total = {
+            key: sum(r["attrs"][key] for r in prompts.values())
+            for key in ("accepted", "compared", "tasks_sent", "tasks_used", "tasks_stale")
+        }
+        verifications = sum(
+            int(((r["tasks"]["outcome"] == 1) & (r["tasks"]["n_drafts"] > 0)).sum()) for r in prompts.values()
+        )
         gaps = np.concatenate([np.diff(r["commit_times"]) for r in prompts.values()]) * 1e3
-        row = {"prompts": len(prompts), "tokens": tokens, "tok/s": tokens / wall, "ms/tok": 1e3 * wall / tokens,
-               "TTFT ms": 1e3 * np.mean([r["attrs"]["ttft_s"] for r in prompts.values()]),
-               "accept": total["accepted"] / total["compared"] if total["compared"] else None,
-               "acc.len": 1 + total["accepted"] / verifications if verifications else None,
-               "p50 ms": np.percentile(gaps, 50), "p90 ms": np.percentile(gaps, 90), "p99 ms": np.percentile(gaps, 99),
-               "tasks sent/used/stale": (f"{total['tasks_sent']}/{total['tasks_used']}/{total['tasks_stale']}"
-                                         if total["tasks_sent"] else "-")}
+        row = {
+            "prompts": len(prompts),
+            "tokens": tokens,
+            "tok/s": tokens / wall,
+            "ms/tok": 1e3 * wall / tokens,
+            "TTFT ms": 1e3 * np.mean([r["attrs"]["ttft_s"] for r in prompts.values()]),
+            "accept": total["accepted"] / total["compared"] if total["compared"] else None,
+            "acc.len": 1 + total["accepted"] / verifications if verifications else None,
+            "p50 ms": np.percentile(gaps, 50),
+            "p90 ms": np.percentile(gaps, 90),
+            "p99 ms": np.percentile(gaps, 99),
+            "tasks sent/used/stale": (
+                f"{total['tasks_sent']}/{total['tasks_used']}/{total['tasks_stale']}" if total["tasks_sent"] else "-"
+            ),
+        }
         out[a] = row
     for a, prompts in runs.items():
         for base in ("nonsi", "si"):
-            common = set(prompts) & set(runs[base])   # matched prompts
-            out[a][f"vs {base}"] = (sum(runs[base][i]["attrs"]["wall_s"] for i in common)
-                                    / sum(prompts[i]["attrs"]["wall_s"] for i in common))
+            common = set(prompts) & set(runs[base])  # matched prompts
+            out[a][f"vs {base}"] = sum(runs[base][i]["attrs"]["wall_s"] for i in common) / sum(
+                prompts[i]["attrs"]["wall_s"] for i in common
+            )
     return out
 
 
@@ -180,7 +217,7 @@ def same(printed: str, want) -> bool:
         return printed == ("-" if want is None else str(want))
     text = printed.rstrip("x")
     digits = len(text.split(".")[1]) if "." in text else 0
-    return abs(float(text) - want) <= 0.5 * 10 ** -digits + 1e-9
+    return abs(float(text) - want) <= 0.5 * 10**-digits + 1e-9
 
 
 @pytest.mark.parametrize("source", ["job stdout", "report"])
@@ -189,21 +226,25 @@ def test_every_summary_figure_by_hand(results, source):
     by hand from the HDF5 file with h5py alone."""
     if source == "job stdout":
         text = (Path(results).parent / "stdout.txt").read_text()
-        table = text[text.index("algorithm"):text.index("results:")]
+        table = text[text.index("algorithm") : text.index("results:")]
     else:
         table = summary_table(read_results(results)[1])
     printed, want = parse(table), summary_by_hand(results)
     assert list(printed) == ALGORITHMS
     for algorithm in ALGORITHMS:
         for column in SUMMARY_COLUMNS:
-            assert same(printed[algorithm][column], want[algorithm][column]), (algorithm, column,
-                                                                              printed[algorithm][column],
-                                                                              want[algorithm][column])
+            assert same(printed[algorithm][column], want[algorithm][column]), (
+                algorithm,
+                column,
+                printed[algorithm][column],
+                want[algorithm][column],
+            )
     assert want["nonsi"]["accept"] is None and printed["nonsi"]["accept"] == "-"
 
 
 def test_acceptance_histogram_counts_every_applied_verification(results):
     from dsi_mpi.reporting import metrics as mt
+
     data = stored(results)
     for algorithm in ("si", "dsi"):
         counts = mt.acceptance_histogram([r for r in read_results(results)[1] if r["algorithm"] == algorithm])
@@ -211,4 +252,4 @@ def test_acceptance_histogram_counts_every_applied_verification(results):
         applied = tasks[(tasks["outcome"] == 1) & (tasks["n_drafts"] > 0)]
         assert sum(counts) == len(applied) and (applied["accepted"] >= 0).all()
         accepted = sum(v["accepted"] for (p, a), v in data.items() if a == algorithm)
-        assert sum(j * n for j, n in enumerate(counts)) <= accepted     # zero-draft tasks judge drafts too
+        assert sum(j * n for j, n in enumerate(counts)) <= accepted  # zero-draft tasks judge drafts too

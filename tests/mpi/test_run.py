@@ -1,12 +1,11 @@
 """End to end through the real CLI under mpiexec: results, report, and the reference outputs."""
+
 import json
 import time
 
 import h5py
 import pytest
 import torch
-
-from conftest import ROOT
 
 PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
 
@@ -33,10 +32,12 @@ def write_job(tmp_path, model_paths: dict, **sections) -> str:
 
 def reference(target_folder: str, prompt_tokens, n: int) -> list[int]:
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(target_folder).eval()
     ids = torch.tensor([prompt_tokens])
-    return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                          max_new_tokens=n)[0, len(prompt_tokens):].tolist()
+    return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n)[
+        0, len(prompt_tokens) :
+    ].tolist()
 
 
 def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_path):
@@ -66,8 +67,20 @@ def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_pa
     assert report.returncode == 0, report.stderr
     records = json.loads(report.stdout)
     assert len(records) == 2 * 4
-    needed = {"prompt_index", "tokens", "wall_s", "ttft_s", "drafted", "accepted", "tasks_sent", "tasks_used",
-              "tasks_stale", "commit_times", "tokens_computed", "tokens_reused"}
+    needed = {
+        "prompt_index",
+        "tokens",
+        "wall_s",
+        "ttft_s",
+        "drafted",
+        "accepted",
+        "tasks_sent",
+        "tasks_used",
+        "tasks_stale",
+        "commit_times",
+        "tokens_computed",
+        "tokens_reused",
+    }
     assert needed <= set(records[0])
     table = run_mpi(["-m", "dsi_mpi", "report", str(tmp_path / "out.h5")])
     assert "vs nonsi" in table.stdout and "dsi" in table.stdout
@@ -91,11 +104,21 @@ def test_drafters_without_training_through_the_cli(tiny_models, run_mpi, tmp_pat
 
 def test_emulated_run_is_named_and_exact(run_mpi, tmp_path):
     from dsi_mpi.backends.emulated import emulated_target_token
-    config = write_job(tmp_path, {"target": "unused", "noisy": "unused"},
-                       models={"kind": "emulated"},
-                       decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 30, "seed": 3},
-                       emulation={"target_tpot_s": 0.004, "target_ttft_s": 0.006, "drafter_tpot_s": 0.001,
-                                  "drafter_ttft_s": 0.002, "acceptance": 0.7, "prompt_tokens": 16})
+
+    config = write_job(
+        tmp_path,
+        {"target": "unused", "noisy": "unused"},
+        models={"kind": "emulated"},
+        decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 30, "seed": 3},
+        emulation={
+            "target_tpot_s": 0.004,
+            "target_ttft_s": 0.006,
+            "drafter_tpot_s": 0.001,
+            "drafter_ttft_s": 0.002,
+            "acceptance": 0.7,
+            "prompt_tokens": 16,
+        },
+    )
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with h5py.File(tmp_path / "out.h5") as f:
@@ -145,12 +168,15 @@ def test_existing_output_is_not_overwritten_unless_asked(tiny_models, run_mpi, t
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("prompts, words", [
-    ("", "holds no prompts"),
-    ('{"prompt": "ok"}\nnot json\n', "prompts.jsonl:2: not valid JSON"),
-    ('{"text": "x"}\n', 'expected an object with a string "prompt"'),
-    ('{"prompt": "' + "x" * 600 + '"}\n', "exceeds the target's context of 512 positions"),
-])
+@pytest.mark.parametrize(
+    "prompts, words",
+    [
+        ("", "holds no prompts"),
+        ('{"prompt": "ok"}\nnot json\n', "prompts.jsonl:2: not valid JSON"),
+        ('{"text": "x"}\n', 'expected an object with a string "prompt"'),
+        ('{"prompt": "' + "x" * 600 + '"}\n', "exceeds the target's context of 512 positions"),
+    ],
+)
 def test_bad_prompt_sets(tiny_models, run_mpi, tmp_path, prompts, words):
     config = write_job(tmp_path, tiny_models)
     (tmp_path / "prompts.jsonl").write_text(prompts)
@@ -170,15 +196,26 @@ def test_unwritable_output_and_unloadable_model(tiny_models, run_mpi, tmp_path):
 
 
 def test_sampling_is_reproducible_across_runs_and_rank_counts(tiny_models, run_mpi, tmp_path):
-    sampled = {"algorithms": ["nonsi", "si", "dsi"], "do_sample": True, "temperature": 0.9, "top_k": 20,
-               "seed": 11, "max_new_tokens": 16}
+    sampled = {
+        "algorithms": ["nonsi", "si", "dsi"],
+        "do_sample": True,
+        "temperature": 0.9,
+        "top_k": 20,
+        "seed": 11,
+        "max_new_tokens": 16,
+    }
     tokens = []
     for ranks in (2, 4, 4):
         config = write_job(tmp_path, tiny_models, decoding=sampled, output={"overwrite": True})
         proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=ranks)
         assert proc.returncode == 0, proc.stderr[-2000:]
         with h5py.File(tmp_path / "out.h5") as f:
-            tokens.append({(name, a): g[a]["tokens"][()].tolist() for name, g in f["prompts"].items()
-                           for a in ("nonsi", "si", "dsi")})
+            tokens.append(
+                {
+                    (name, a): g[a]["tokens"][()].tolist()
+                    for name, g in f["prompts"].items()
+                    for a in ("nonsi", "si", "dsi")
+                }
+            )
     assert tokens[0] == tokens[1] == tokens[2]
-    assert len({tuple(v) for v in tokens[0].values()}) > 1   # really sampled: not one fixed text
+    assert len({tuple(v) for v in tokens[0].values()}) > 1  # really sampled: not one fixed text

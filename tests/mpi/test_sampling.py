@@ -3,15 +3,15 @@ and a badly wrong drafter; plain and warped settings) match the target's exact d
 two tokens (and with the n-gram drafter, whose q is a point mass), computed here from the target's logits with Hugging Face's own warpers. Chi-square tests at
 a 1e-3 level per comparison; the p-values of a correct implementation are uniform, so a failure here
 means a real bias (or one in a thousand bad luck, fixed by the seeds: the test is deterministic)."""
+
 import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
-
 from conftest import ROOT
+from scipy.stats import chisquare
 
 SAMPLES = 1000
 SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(temperature=0.7, top_k=4, top_p=0.9)}
@@ -20,8 +20,8 @@ SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(t
 def exact_distribution(target_folder, prompt, setting, vocab):
     """P(x1, x2 | prompt) from the target's logits, warped by transformers' own logits warpers."""
     from transformers import AutoModelForCausalLM
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
     model = AutoModelForCausalLM.from_pretrained(target_folder, dtype=torch.float64).eval()
     warpers = [TemperatureLogitsWarper(setting["temperature"])]
     if setting["top_k"]:
@@ -36,6 +36,7 @@ def exact_distribution(target_folder, prompt, setting, vocab):
         for warp in warpers:
             scores = warp(ids, scores)
         return scores.softmax(-1)[0].numpy()
+
     first = next_probs(prompt)
     return {(a, b): first[a] * next_probs(prompt + [a])[b] for a, b in itertools.product(range(vocab), repeat=2)}
 
@@ -43,6 +44,7 @@ def exact_distribution(target_folder, prompt, setting, vocab):
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory):
     from tiny_models import build_small_vocab_models
+
     return build_small_vocab_models(tmp_path_factory.mktemp("small_vocab"))
 
 
@@ -51,13 +53,16 @@ def test_sampled_outputs_follow_the_target_distribution(small_models, run_mpi, t
     models = dict(small_models, setting=setting)
     (tmp_path / "models.json").write_text(json.dumps(models))
     out = tmp_path / "counts.json"
-    proc = run_mpi([str(ROOT / "tests/mpi/sampling_sweep.py"), str(tmp_path / "models.json"), str(out),
-                    str(SAMPLES), "2"], ranks=3, timeout=900)
+    proc = run_mpi(
+        [str(ROOT / "tests/mpi/sampling_sweep.py"), str(tmp_path / "models.json"), str(out), str(SAMPLES), "2"],
+        ranks=3,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     exact = exact_distribution(small_models["target"], [1, 2, 3], SETTINGS[setting], 6)
     outcomes = sorted(exact)
     expected = np.array([exact[o] for o in outcomes]) * SAMPLES
-    big = expected >= 5                                   # pool rare outcomes into one cell
+    big = expected >= 5  # pool rare outcomes into one cell
     counts = json.loads(out.read_text())
     assert len(counts) == 7
     for name, counter in counts.items():

@@ -13,6 +13,7 @@ also counted from 1 would be reused and hang MPI_Init (seen here). stop() remove
 The node declares CPUs=4 whatever the machine has (SlurmdParameters=config_overrides, task/none: no
 binding), so a 3-rank job fits on a 2-core machine; ranks idle by backing off, so that is cheap.
 """
+
 from __future__ import annotations
 
 import os
@@ -114,9 +115,17 @@ class LocalSlurm:
         (self.dir / "state").mkdir()
         (self.dir / "spool").mkdir()
         ctld_port, slurmd_port = _free_ports(2)
-        self.conf.write_text(SLURM_CONF.format(host=host, dir=self.dir, cpus=self.cpus, munge_socket=munge_socket,
-                                               ctld_port=ctld_port, slurmd_port=slurmd_port,
-                                               first_job_id=self.first_job_id))
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=host,
+                dir=self.dir,
+                cpus=self.cpus,
+                munge_socket=munge_socket,
+                ctld_port=ctld_port,
+                slurmd_port=slurmd_port,
+                first_job_id=self.first_job_id,
+            )
+        )
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
         self._wait_idle(timeout)
@@ -136,10 +145,20 @@ class LocalSlurm:
         for path in (mdir, key):
             os.chown(path, munge.pw_uid, munge.pw_gid)
         sock = mdir / "munge.socket"
-        self._spawn("munged", ["munged", "-F", f"--socket={sock}", f"--key-file={key}",
-                               f"--pid-file={mdir / 'munged.pid'}", f"--log-file={mdir / 'munged.log'}",
-                               f"--seed-file={mdir / 'munged.seed'}"],
-                    user=munge.pw_uid, group=munge.pw_gid)
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                f"--socket={sock}",
+                f"--key-file={key}",
+                f"--pid-file={mdir / 'munged.pid'}",
+                f"--log-file={mdir / 'munged.log'}",
+                f"--seed-file={mdir / 'munged.seed'}",
+            ],
+            user=munge.pw_uid,
+            group=munge.pw_gid,
+        )
         deadline = time.monotonic() + 10
         while not sock.exists():
             self._check_alive()
@@ -150,8 +169,15 @@ class LocalSlurm:
 
     def _spawn(self, name: str, argv: list[str], **kwargs) -> None:
         log = open(self.dir / f"{name}.stderr", "wb")
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )
         log.close()
 
     def _check_alive(self) -> None:
@@ -171,17 +197,25 @@ class LocalSlurm:
         raise SlurmUnavailable(f"node not idle after {timeout:.0f} s (sinfo: {state!r}):\n{self.logs()}")
 
     # --- use -------------------------------------------------------------------------------------
-    def client(self, argv: list[str], timeout: float = 30, cwd=None, env: dict | None = None,
-               check: bool = False) -> subprocess.CompletedProcess:
+    def client(
+        self, argv: list[str], timeout: float = 30, cwd=None, env: dict | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess:
         """Run a client command against this cluster in its own process group; kill the group on timeout."""
-        proc = subprocess.Popen(argv, cwd=cwd, env=dict(self.env, **(env or {})), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(self.env, **(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise TimeoutError(f"timed out after {timeout} s: {' '.join(argv)}\n{out[-2000:]}\n{err[-2000:]}")
+            raise TimeoutError(f"timed out after {timeout} s: {' '.join(argv)}\n{out[-2000:]}\n{err[-2000:]}") from None
         except BaseException:  # e.g. pytest-timeout or Ctrl-C: never leave a client (sbatch --wait) behind
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -257,8 +291,9 @@ def _remove_mpich_segments(first_job_id: int, jobs: int = 500, steps: int = 4) -
     """Unlink /dev/shm segments that MPICH leaked for this cluster's job steps (named mpich_{shm,vci}_
     <FNV-1a of "<job>.<step>">_<node>), unless some process still maps them."""
     shm = Path("/dev/shm")
-    names = {f"{_fnv1a(f'{job}.{step}'):x}" for job in range(first_job_id, first_job_id + jobs)
-             for step in range(steps)}
+    names = {
+        f"{_fnv1a(f'{job}.{step}'):x}" for job in range(first_job_id, first_job_id + jobs) for step in range(steps)
+    }
     ours = [p for p in shm.glob("mpich_*_*_*") if p.name.split("_")[2] in names]
     if not ours:
         return

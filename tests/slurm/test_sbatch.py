@@ -3,6 +3,7 @@
 Skipped when SLURM cannot run here (tests/slurm/install_slurm.sh installs it), except under CI=true,
 where that is a failure. Every client command runs with a timeout that kills its process group.
 """
+
 import json
 import os
 import re
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from conftest import launch
-from dsi_mpi.io.results import read_results
 from local_slurm import LocalSlurm
+
+from dsi_mpi.io.results import read_results
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "slurm"
@@ -59,8 +60,13 @@ def write_config(tmp_path: Path, n_prompts: int, **sections) -> Path:
     values = {
         "models": {"kind": "emulated"},
         "decoding": {"algorithms": ALGORITHMS, "max_new_tokens": 20, "warmup_prompts": 0},
-        "emulation": {"target_ttft_s": 0.004, "target_tpot_s": 0.002, "drafter_ttft_s": 0.001,
-                      "drafter_tpot_s": 0.0005, "prompt_tokens": 8},
+        "emulation": {
+            "target_ttft_s": 0.004,
+            "target_tpot_s": 0.002,
+            "drafter_ttft_s": 0.001,
+            "drafter_tpot_s": 0.0005,
+            "prompt_tokens": 8,
+        },
         "prompts": {"path": str(prompts)},
         "output": {"path": str(tmp_path / "out.h5")},
         "runtime": {"timeout_s": 30.0},
@@ -73,21 +79,34 @@ def write_config(tmp_path: Path, n_prompts: int, **sections) -> Path:
     return path
 
 
-def sbatch_wait(cluster: LocalSlurm, tmp_path: Path, options: list[str], script: str, args: list,
-                env: dict | None = None, timeout: float = 100):
+def sbatch_wait(
+    cluster: LocalSlurm,
+    tmp_path: Path,
+    options: list[str],
+    script: str,
+    args: list,
+    env: dict | None = None,
+    timeout: float = 100,
+):
     """`sbatch --wait OPTIONS slurm/SCRIPT ARGS` from the repo root; returns (result, job id, job logs)."""
-    result = cluster.client(["sbatch", "--wait", f"--output={tmp_path}/job-%A_%a.out", *options,
-                             str(SCRIPTS / script), *map(str, args)],
-                            timeout=timeout, cwd=ROOT, env={"DSI_MPI_PYTHON": sys.executable, **(env or {})})
+    result = cluster.client(
+        ["sbatch", "--wait", f"--output={tmp_path}/job-%A_%a.out", *options, str(SCRIPTS / script), *map(str, args)],
+        timeout=timeout,
+        cwd=ROOT,
+        env={"DSI_MPI_PYTHON": sys.executable, **(env or {})},
+    )
     found = re.search(r"Submitted batch job (\d+)", result.stdout)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("job-*.out")))
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("job-*.out"))
+    )
     return result, (found.group(1) if found else None), f"sbatch: {result.stderr.strip()}\n{logs}"
 
 
 def test_single_node_job_writes_results(slurm_cluster, tmp_path):
     config = write_config(tmp_path, n_prompts=2)
-    result, job_id, logs = sbatch_wait(slurm_cluster, tmp_path, ["--ntasks=3"], "single_node.sbatch",
-                                       [config, "--set", "decoding.lookahead=3"])
+    result, job_id, logs = sbatch_wait(
+        slurm_cluster, tmp_path, ["--ntasks=3"], "single_node.sbatch", [config, "--set", "decoding.lookahead=3"]
+    )
     assert result.returncode == 0, logs
     assert f"python {sys.executable}" in logs and "srun --mpi=pmi2" in logs
     with h5py.File(tmp_path / "out.h5") as f:
@@ -108,35 +127,45 @@ def test_array_shards_merge_and_resume(slurm_cluster, tmp_path):
     config = write_config(tmp_path, n_prompts=3)
     prefix = tmp_path / "shard"
     options = ["--array=0-1", "--ntasks=2"]  # two 2-rank tasks fit the 4-CPU node side by side
-    result, _, logs = sbatch_wait(slurm_cluster, tmp_path, options, "array.sbatch", [config],
-                                  env={"OUT_PREFIX": str(prefix)})
+    result, _, logs = sbatch_wait(
+        slurm_cluster, tmp_path, options, "array.sbatch", [config], env={"OUT_PREFIX": str(prefix)}
+    )
     assert result.returncode == 0, logs
     shards = [f"{prefix}_0.h5", f"{prefix}_1.h5"]
-    assert [sorted(r["prompt_index"] for r in read_results(s)[1] if r["algorithm"] == "dsi") for s in shards] \
-        == [[0, 2], [1]]
+    assert [sorted(r["prompt_index"] for r in read_results(s)[1] if r["algorithm"] == "dsi") for s in shards] == [
+        [0, 2],
+        [1],
+    ]
     merged = tmp_path / "merged.h5"
     merge = launch(["-m", "dsi_mpi", "merge", str(merged), *shards], timeout=60)
     assert merge.returncode == 0, merge.stdout + merge.stderr
     meta, records = read_results(str(merged))
-    assert sorted((r["prompt_index"], r["algorithm"]) for r in records) == \
-        sorted((i, a) for i in range(3) for a in ALGORITHMS)
+    assert sorted((r["prompt_index"], r["algorithm"]) for r in records) == sorted(
+        (i, a) for i in range(3) for a in ALGORITHMS
+    )
     assert json.loads(meta["merged_from"]) == shards
     report = launch(["-m", "dsi_mpi", "report", str(merged)], timeout=60)
     assert report.returncode == 0 and "9 records" in report.stdout, report.stdout + report.stderr
 
     for log in tmp_path.glob("job-*.out"):
         log.unlink()
-    again, _, logs = sbatch_wait(slurm_cluster, tmp_path, options, "array.sbatch", [config],
-                                 env={"OUT_PREFIX": str(prefix)})
+    again, _, logs = sbatch_wait(
+        slurm_cluster, tmp_path, options, "array.sbatch", [config], env={"OUT_PREFIX": str(prefix)}
+    )
     assert again.returncode == 0, logs
     assert logs.count("already complete") == 2, logs  # a resubmitted array resumes, redoes nothing
 
 
 def test_array_sweeps_lookahead_and_verifiers(slurm_cluster, tmp_path):
     config = write_config(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"], "max_new_tokens": 10})
-    result, _, logs = sbatch_wait(slurm_cluster, tmp_path, ["--array=0-1", "--ntasks=3"], "array.sbatch", [config],
-                                  env={"OUT_PREFIX": str(tmp_path / "sweep"), "SWEEP_LOOKAHEADS": "2 4",
-                                       "SWEEP_VERIFIERS": "1"})
+    result, _, logs = sbatch_wait(
+        slurm_cluster,
+        tmp_path,
+        ["--array=0-1", "--ntasks=3"],
+        "array.sbatch",
+        [config],
+        env={"OUT_PREFIX": str(tmp_path / "sweep"), "SWEEP_LOOKAHEADS": "2 4", "SWEEP_VERIFIERS": "1"},
+    )
     assert result.returncode == 0, logs
     for k in (2, 4):
         meta, records = read_results(str(tmp_path / f"sweep_k{k}_v1.h5"))
@@ -146,17 +175,26 @@ def test_array_sweeps_lookahead_and_verifiers(slurm_cluster, tmp_path):
 
 def test_multi_node_script_runs_on_one_node(slurm_cluster, tmp_path):
     config = write_config(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"]})
-    result, _, logs = sbatch_wait(slurm_cluster, tmp_path, ["--nodes=1", "--ntasks-per-node=2"],
-                                  "multi_node.sbatch", [config])
+    result, _, logs = sbatch_wait(
+        slurm_cluster, tmp_path, ["--nodes=1", "--ntasks-per-node=2"], "multi_node.sbatch", [config]
+    )
     assert result.returncode == 0, logs
     meta, records = read_results(str(tmp_path / "out.h5"))
     assert len(json.loads(meta["ranks"])) == 2 and len(records) == 1
 
 
-@pytest.mark.parametrize("script, options, args, words", [
-    ("single_node.sbatch", ["--ntasks=2"], ["--set", "decoding.lookahed=3"], "unknown config key decoding.lookahed"),
-    ("array.sbatch", ["--ntasks=2"], [], "not an array task"),
-])
+@pytest.mark.parametrize(
+    "script, options, args, words",
+    [
+        (
+            "single_node.sbatch",
+            ["--ntasks=2"],
+            ["--set", "decoding.lookahed=3"],
+            "unknown config key decoding.lookahed",
+        ),
+        ("array.sbatch", ["--ntasks=2"], [], "not an array task"),
+    ],
+)
 def test_failing_job_fails_sbatch_wait(slurm_cluster, tmp_path, script, options, args, words):
     config = write_config(tmp_path, n_prompts=1)
     result, _, logs = sbatch_wait(slurm_cluster, tmp_path, options, script, [config, *args], timeout=60)

@@ -1,12 +1,21 @@
 """The acceptance rules as pure functions: warping means what it means in Hugging Face, draws follow
 their law, residuals are normalised, and every random number is a function of its key alone."""
+
 import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from dsi_mpi.decoding.acceptance import (Stream, Greedy, Sampling, draw, floats_to_payload, payload_to_floats, residual,
-                                uniform)
+from dsi_mpi.decoding.acceptance import (
+    Greedy,
+    Sampling,
+    Stream,
+    draw,
+    floats_to_payload,
+    payload_to_floats,
+    residual,
+    uniform,
+)
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.5, 3, 0.6)])
@@ -41,10 +50,14 @@ def test_random_streams_are_keyed_not_ordered():
     a = [uniform(1, 2, pos, Stream.ACCEPTANCE) for pos in range(5)]
     b = [uniform(1, 2, pos, Stream.ACCEPTANCE) for pos in reversed(range(5))][::-1]
     assert a == b and len(set(a)) == 5
-    assert uniform(1, 2, 3, Stream.ACCEPTANCE) != uniform(1, 3, 3, Stream.ACCEPTANCE) != uniform(2, 2, 3, Stream.ACCEPTANCE)
+    assert (
+        uniform(1, 2, 3, Stream.ACCEPTANCE)
+        != uniform(1, 3, 3, Stream.ACCEPTANCE)
+        != uniform(2, 2, 3, Stream.ACCEPTANCE)
+    )
 
 
 def test_greedy_stop_skips_committed_positions():
     rule = Greedy()
     assert rule.stop(np.array([5, 6, 7, 8]), [5, 6, 9], 0) == 2
-    assert rule.stop(np.array([4, 6, 7, 8]), [5, 6, 7], 1) == 3   # position 0 already committed
+    assert rule.stop(np.array([4, 6, 7, 8]), [5, 6, 7], 1) == 3  # position 0 already committed

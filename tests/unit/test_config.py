@@ -16,24 +16,29 @@ def test_defaults_are_valid_and_complete():
 
 
 def test_overrides_parse_toml_values(tmp_path):
-    cfg = load_config(write(tmp_path, "[decoding]\nlookahead = 3\n"),
-                      ["decoding.lookahead=7", 'decoding.algorithms=["dsi"]', "models.target=some/folder/x"])
+    cfg = load_config(
+        write(tmp_path, "[decoding]\nlookahead = 3\n"),
+        ["decoding.lookahead=7", 'decoding.algorithms=["dsi"]', "models.target=some/folder/x"],
+    )
     assert cfg["decoding"]["lookahead"] == 7
     assert cfg["decoding"]["algorithms"] == ["dsi"]
     assert cfg["models"]["target"] == "some/folder/x"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[decoding]\nlookahed = 3\n", "unknown config key decoding.lookahed"),
-    ("[decodng]\nlookahead = 3\n", "unknown config section [decodng]"),
-    ("[decoding]\nlookahead = 3.5\n", "decoding.lookahead must be int or str"),
-    ("[decoding]\nlookahead = 0\n", "decoding.lookahead must be an integer >= 1"),
-    ('[decoding]\nlookahead = "fast"\n', 'decoding.lookahead must be an integer >= 1 or "auto"'),
-    ("[decoding]\nlookahead = true\n", "decoding.lookahead must be int or str"),
-    ('[decoding]\nalgorithms = ["dsi", "fast"]\n', "unknown algorithm 'fast'"),
-    ("[decoding\n", "not valid TOML"),
-    ('[models]\nkind = "emulated"\n[decoding]\nalgorithms = ["hf_assisted"]\n', "hf_assisted needs real models"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[decoding]\nlookahed = 3\n", "unknown config key decoding.lookahed"),
+        ("[decodng]\nlookahead = 3\n", "unknown config section [decodng]"),
+        ("[decoding]\nlookahead = 3.5\n", "decoding.lookahead must be int or str"),
+        ("[decoding]\nlookahead = 0\n", "decoding.lookahead must be an integer >= 1"),
+        ('[decoding]\nlookahead = "fast"\n', 'decoding.lookahead must be an integer >= 1 or "auto"'),
+        ("[decoding]\nlookahead = true\n", "decoding.lookahead must be int or str"),
+        ('[decoding]\nalgorithms = ["dsi", "fast"]\n', "unknown algorithm 'fast'"),
+        ("[decoding\n", "not valid TOML"),
+        ('[models]\nkind = "emulated"\n[decoding]\nalgorithms = ["hf_assisted"]\n', "hf_assisted needs real models"),
+    ],
+)
 def test_bad_configs_name_the_problem(tmp_path, text, words):
     with pytest.raises(ConfigError, match=None) as err:
         load_config(write(tmp_path, text))

@@ -1,5 +1,6 @@
 """Drafters that need no training: the spec syntax of models.drafter, prompt lookup, and the point-mass q
 that keeps sampling exact with a drafter that has no distribution."""
+
 import numpy as np
 import pytest
 
@@ -17,13 +18,16 @@ def test_spec_syntax():
     assert not parse_drafter("ngram").needs_weights and parse_drafter("truncated:layers=1").needs_weights
 
 
-@pytest.mark.parametrize("text, message", [
-    ("ngram:n=0", "n-gram size n must be >= 1"),
-    ("ngram:size=3", "unknown parameter 'size=3'"),
-    ("ngram:n=x", "n must be an integer"),
-    ("truncated", "needs layers=L"),
-    ("truncated:layers=0", "needs layers=L"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ngram:n=0", "n-gram size n must be >= 1"),
+        ("ngram:size=3", "unknown parameter 'size=3'"),
+        ("ngram:n=x", "n must be an integer"),
+        ("truncated", "needs layers=L"),
+        ("truncated:layers=0", "needs layers=L"),
+    ],
+)
 def test_bad_drafter_parameters_are_one_line_errors(text, message):
     with pytest.raises(DrafterSpecError, match=message):
         parse_drafter(text)
@@ -38,8 +42,8 @@ def test_hf_assisted_needs_a_drafter_model():
 
 
 def test_lookup_takes_the_latest_longest_match():
-    assert lookup(np.array([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3]), 3) == 7      # latest occurrence of 1 2 3
-    assert lookup(np.array([5, 1, 2, 8, 4, 2]), 3) == 8                    # falls back to a 1-gram
+    assert lookup(np.array([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3]), 3) == 7  # latest occurrence of 1 2 3
+    assert lookup(np.array([5, 1, 2, 8, 4, 2]), 3) == 8  # falls back to a 1-gram
     assert lookup(np.array([1, 2, 3]), 3) is None
     assert lookup(np.array([4]), 3) is None
 
@@ -58,4 +62,4 @@ def test_ngram_drafter_proposes_through_the_rules():
 def test_point_mass_residual_is_p_without_the_draft():
     p = np.array([0.5, 0.3, 0.2])
     assert np.allclose(residual(p, PointMass(0)), [0, 0.6, 0.4])
-    assert np.allclose(residual(np.array([0.0, 1.0, 0.0]), PointMass(1)), [0, 1, 0])   # nothing left: p itself
+    assert np.allclose(residual(np.array([0.0, 1.0, 0.0]), PointMass(1)), [0, 1, 0])  # nothing left: p itself

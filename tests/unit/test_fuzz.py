@@ -1,14 +1,15 @@
 """Fuzzing the two parsers that face the outside: the message decoder and the config loader. Whatever
 arrives, the answer is a decoded message / a validated config, or ProtocolError / ConfigError: never
 another exception, never a silently wrong value."""
+
 import string
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsi_mpi.mpi import protocol
 from dsi_mpi.io.config import KEYS, ConfigError, load_config, validate
+from dsi_mpi.mpi import protocol
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -45,9 +46,13 @@ def test_valid_messages_survive_corruption_detection(kind, payload, data):
         pass
 
 
-toml_scalars = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
-                         st.text(string.ascii_letters + "/._-", max_size=12),
-                         st.lists(st.sampled_from(["nonsi", "si", "dsi", "hf_assisted", "x"]), max_size=4))
+toml_scalars = st.one_of(
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(string.ascii_letters + "/._-", max_size=12),
+    st.lists(st.sampled_from(["nonsi", "si", "dsi", "hf_assisted", "x"]), max_size=4),
+)
 sections = st.sampled_from(sorted({k.section for k in KEYS}) + ["bogus"])
 names = st.sampled_from(sorted({k.name for k in KEYS}) + ["bogus"])
 

@@ -1,5 +1,6 @@
 """The layout's import rules: reading results (dsi_mpi.reporting, `report`, `plot`) never loads torch,
 transformers or mpi4py, so those commands work where only numpy, h5py and matplotlib are installed."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,14 @@ def probe(extra: str = "") -> subprocess.CompletedProcess:
 
 def test_reporting_and_the_report_and_plot_commands_never_import_torch_or_mpi4py(tmp_path):
     results = tmp_path / "r.h5"
-    write = (f"from dsi_mpi.io.config import validate\n"
-             f"from dsi_mpi.io.results import ResultsWriter\n"
-             f"w = ResultsWriter({str(results)!r}, validate({{}}))\n"
-             f"w.close()\n"
-             f"assert cli.main(['report', {str(results)!r}]) == 0\n"
-             f"cli.main(['plot', 'table', {str(results)!r}, '--out', {str(tmp_path / 't')!r}])\n")
+    write = (
+        f"from dsi_mpi.io.config import validate\n"
+        f"from dsi_mpi.io.results import ResultsWriter\n"
+        f"w = ResultsWriter({str(results)!r}, validate({{}}))\n"
+        f"w.close()\n"
+        f"assert cli.main(['report', {str(results)!r}]) == 0\n"
+        f"cli.main(['plot', 'table', {str(results)!r}, '--out', {str(tmp_path / 't')!r}])\n"
+    )
     proc = probe(write)
     assert proc.returncode == 0 and "clean" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 

@@ -1,4 +1,5 @@
 """Rank-aware logging: the rank from mpiexec's or srun's variables, rank 0 at INFO, others at WARNING, -v/-q."""
+
 import logging
 
 import pytest
@@ -32,6 +33,7 @@ def test_levels_and_line_format(capsys):
 
 def test_cli_flags(capsys):
     from dsi_mpi import cli
+
     try:
         assert cli.main(["-q", "config-keys"]) == 0 and log.get().level == logging.WARNING
         assert cli.main(["nonsense"]) == 2

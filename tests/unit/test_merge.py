@@ -1,4 +1,5 @@
 """`dsi-mpi merge`: shard files built with the real ResultsWriter (no MPI), merged, read back, refused."""
+
 import json
 import os
 import signal
@@ -13,21 +14,36 @@ from dsi_mpi.io.config import validate
 from dsi_mpi.io.merge import MergeError, main, merge_results
 from dsi_mpi.io.prompts import Prompt
 from dsi_mpi.io.records import TASK_DTYPE, RunRecord
-from dsi_mpi.io.results import read_results, ResultsWriter
+from dsi_mpi.io.results import ResultsWriter, read_results
 
 ALGORITHMS = ["nonsi", "si", "dsi"]
 
 
 def config(shard_count=1, shard_index=0, **decoding):
-    return validate({"models": {"kind": "emulated"},
-                     "decoding": {"algorithms": ALGORITHMS, **decoding},
-                     "prompts": {"shard_count": shard_count, "shard_index": shard_index},
-                     "output": {"path": f"results/shard_{shard_index}.h5"}})
+    return validate(
+        {
+            "models": {"kind": "emulated"},
+            "decoding": {"algorithms": ALGORITHMS, **decoding},
+            "prompts": {"shard_count": shard_count, "shard_index": shard_index},
+            "output": {"path": f"results/shard_{shard_index}.h5"},
+        }
+    )
 
 
 def record(algorithm: str, index: int) -> RunRecord:
-    rec = RunRecord(algorithm, index, f"p{index}", tokens=[index, 7, 8], commit_times=[0.1, 0.2, 0.3],
-                    wall_s=0.3, ttft_s=0.1, compared=4, accepted=2, tasks_sent=1, tasks_used=1)
+    rec = RunRecord(
+        algorithm,
+        index,
+        f"p{index}",
+        tokens=[index, 7, 8],
+        commit_times=[0.1, 0.2, 0.3],
+        wall_s=0.3,
+        ttft_s=0.1,
+        compared=4,
+        accepted=2,
+        tasks_sent=1,
+        tasks_used=1,
+    )
     row = np.zeros((), dtype=TASK_DTYPE)  # built by field name: robust to new columns
     row["verifier"], row["n_drafts"], row["computed"], row["reply_s"], row["outcome"] = 1, 3, 3, 0.1, 1
     rec.tasks.append(row.item())
@@ -37,8 +53,12 @@ def record(algorithm: str, index: int) -> RunRecord:
 def write_shard(path, indices, cfg=None, incomplete=()) -> str:
     """A results file holding complete prompts `indices` and half-written prompts `incomplete`."""
     writer = ResultsWriter(str(path), cfg or config())
-    writer.add_metadata({"ranks": [{"rank": 0, "host": "h", "role": "drafter+coordinator", "device": "emulated"}],
-                         "algorithms": ALGORITHMS})
+    writer.add_metadata(
+        {
+            "ranks": [{"rank": 0, "host": "h", "role": "drafter+coordinator", "device": "emulated"}],
+            "algorithms": ALGORITHMS,
+        }
+    )
     for index in indices:
         prompt = Prompt(index, f"p{index}", f"prompt {index}")
         for algorithm in ALGORITHMS:
@@ -51,8 +71,13 @@ def write_shard(path, indices, cfg=None, incomplete=()) -> str:
 
 
 def run_cli(*args, timeout=60) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "dsi_mpi", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsi_mpi", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -93,8 +118,9 @@ def test_report_reads_the_merged_file(tmp_path):
     assert report.returncode == 0, report.stdout + report.stderr
     assert "6 records" in report.stdout and "dsi" in report.stdout
     records = json.loads(run_cli("report", out, "--json").stdout)
-    assert sorted((r["prompt_index"], r["algorithm"]) for r in records) == \
-        sorted((i, a) for i in (0, 1) for a in ALGORITHMS)
+    assert sorted((r["prompt_index"], r["algorithm"]) for r in records) == sorted(
+        (i, a) for i in (0, 1) for a in ALGORITHMS
+    )
 
 
 def refused(capsys, argv, out) -> str:

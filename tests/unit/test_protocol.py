@@ -6,13 +6,15 @@ from dsi_mpi.mpi.protocol import ProtocolError, decode, encode
 
 
 def test_round_trip_every_kind():
-    fields = {protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0),
-              protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
-              protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
-              protocol.CANCEL: dict(epoch=4),
-              protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0, ngram=3),
-              protocol.TOKENS: dict(first_index=0, done=1),
-              protocol.STOP: {}}
+    fields = {
+        protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0),
+        protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
+        protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
+        protocol.CANCEL: dict(epoch=4),
+        protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0, ngram=3),
+        protocol.TOKENS: dict(first_index=0, done=1),
+        protocol.STOP: {},
+    }
     for kind, f in fields.items():
         payload = [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT) else []
         msg = decode(encode(kind, payload, **f), kind, 1)
@@ -24,12 +26,15 @@ def test_missing_field_refused_at_encode():
         encode(protocol.CANCEL)
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda b: b.__setitem__(0, 1), "bad magic"),
-    (lambda b: b.__setitem__(1, 99), "unknown kind"),
-    (lambda b: b.__setitem__(3, 9), "header says"),
-    (lambda b: b.__setitem__(5, -1), "negative"),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda b: b.__setitem__(0, 1), "bad magic"),
+        (lambda b: b.__setitem__(1, 99), "unknown kind"),
+        (lambda b: b.__setitem__(3, 9), "header says"),
+        (lambda b: b.__setitem__(5, -1), "negative"),
+    ],
+)
 def test_malformed_messages_are_refused(mutate, words):
     buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0)
     mutate(buf)

@@ -1,4 +1,5 @@
 """The README's config table is the config module's own: code and documentation cannot drift."""
+
 from pathlib import Path
 
 from dsi_mpi.io.config import keys_markdown
@@ -21,7 +22,7 @@ def test_readme_names_both_commands():
 def _results_section() -> str:
     text = README.read_text()
     start = text.index("## Results file (HDF5)")
-    return text[start:text.index("\n## ", start + 3)]
+    return text[start : text.index("\n## ", start + 3)]
 
 
 def test_readme_documents_every_name_written_to_the_results_file(tmp_path):
@@ -40,7 +41,7 @@ def test_readme_documents_every_name_written_to_the_results_file(tmp_path):
     writer.write_record(Prompt(0, "p0", "text"), [1, 2], rec)
     writer.mark_complete(Prompt(0, "p0", "text"))
     writer.close()
-    names = {"merged_from"}   # written by merge
+    names = {"merged_from"}  # written by merge
     with h5py.File(tmp_path / "r.h5") as f:
         names |= set(f.attrs)
 
@@ -49,8 +50,9 @@ def test_readme_documents_every_name_written_to_the_results_file(tmp_path):
             names.add(name.rsplit("/", 1)[-1])
             if isinstance(obj, h5py.Dataset) and obj.dtype.names:
                 names.update(obj.dtype.names)
+
         f.visititems(visit)
-    names -= {"prompts", "00000", "dsi"}   # group names the section describes as /prompts/<index>/<algorithm>
+    names -= {"prompts", "00000", "dsi"}  # group names the section describes as /prompts/<index>/<algorithm>
     section = _results_section()
     missing = sorted(n for n in names if f"`{n}`" not in section)
     assert not missing, f"README's results section does not name {missing}"

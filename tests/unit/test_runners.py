@@ -1,5 +1,6 @@
 """The model-execution layer: cached chunked forwards equal one full forward; rollback and aborted
 forwards leave a cache that still gives the right answers; emulation is reproducible by position."""
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +32,7 @@ def test_chunks_crop_and_abort(target):
     runner = HFRunner(target)
     assert runner.greedy(seq[:5], 5).tolist() == expected[:5].tolist()
     assert runner.greedy(seq[5:9], 2).tolist() == expected[7:9].tolist()
-    runner.crop(3)                                   # roll back into the prefix
+    runner.crop(3)  # roll back into the prefix
     assert runner.cache_len() == 3 and runner.tokens == seq[:3]
     calls = {"n": 0}
 
@@ -39,9 +40,10 @@ def test_chunks_crop_and_abort(target):
         calls["n"] += 1
         if calls["n"] == 2:
             raise Stop
+
     runner.set_layer_callback(stop_at_second_layer)
     with pytest.raises(Stop):
-        runner.greedy(seq[3:10], 7)                  # aborted mid-forward: layers now disagree in length
+        runner.greedy(seq[3:10], 7)  # aborted mid-forward: layers now disagree in length
     assert runner.cache_len() == 3
     runner.set_layer_callback(None)
     assert runner.greedy(seq[3:], 9).tolist() == expected[3:].tolist()
@@ -54,8 +56,14 @@ def test_common_prefix_len():
 
 
 def test_emulated_tokens_depend_on_position_only():
-    emu = {"vocab_size": 50, "acceptance": 0.5, "target_ttft_s": 0, "target_tpot_s": 0, "drafter_ttft_s": 0,
-           "drafter_tpot_s": 0}
+    emu = {
+        "vocab_size": 50,
+        "acceptance": 0.5,
+        "target_ttft_s": 0,
+        "target_tpot_s": 0,
+        "drafter_ttft_s": 0,
+        "drafter_tpot_s": 0,
+    }
     target, drafter = EmulatedRunner("target", emu, 7), EmulatedRunner("drafter", emu, 7)
     out = target.greedy(list(range(10)), 4)
     assert out.tolist() == [emulated_target_token(7, p, 50) for p in range(7, 11)]
@@ -80,6 +88,7 @@ def test_cached_logits_equal_a_full_forward(target):
 def test_unsupported_transformers_release_is_refused():
     from dsi_mpi.backends.loading import check_transformers_version
     from dsi_mpi.io.config import ConfigError
+
     check_transformers_version("5.17.0")
     check_transformers_version("5.24.0")
     for version in ("4.56.2", "5.16.1", "6.0.0"):
@@ -91,8 +100,17 @@ def test_cache_layers_that_cannot_roll_back_are_refused():
     from transformers import DynamicCache, Gemma2Config
 
     from dsi_mpi.backends.hf import UnsupportedModel, check_cache_layers
-    config = Gemma2Config(num_hidden_layers=2, sliding_window=8, vocab_size=32, hidden_size=16, head_dim=8,
-                          intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
+
+    config = Gemma2Config(
+        num_hidden_layers=2,
+        sliding_window=8,
+        vocab_size=32,
+        hidden_size=16,
+        head_dim=8,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     with pytest.raises(UnsupportedModel, match="cannot roll back"):
         check_cache_layers(DynamicCache(config=config), "Gemma2ForCausalLM")
     check_cache_layers(DynamicCache(), "Gemma2ForCausalLM")
@@ -106,10 +124,12 @@ def test_architecture_that_cannot_crop_its_cache_is_a_one_line_config_error(tmp_
 
     from dsi_mpi.backends.loading import build_runner
     from dsi_mpi.io.config import ConfigError
+
     sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2)
     if arch == "Lfm2":
-        sizes.update(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                     layer_types=["conv", "full_attention"])
+        sizes.update(
+            intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"]
+        )
     else:
         sizes.update(state_size=4)
     model_cls = "MambaForCausalLM" if arch == "Mamba" else f"{arch}ForCausalLM"

@@ -5,6 +5,7 @@ integer latencies so every time is exact; the simulator's macro-steps and closed
 trial by trial (same draws). Properties then check the closed forms and what "DSI is never slower" means
 under these rules; see test_never_slower_* for what holds and what does not.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsi_mpi import simulator as S
 
@@ -100,14 +102,14 @@ def reference_trial(policy, lat, match, k, V, N, cancel=0, ahead=None, probe=Fal
             handled = True
         return handled
 
-    def draft_one():                       # replies are read before each of the drafter's layers
+    def draft_one():  # replies are read before each of the drafter's layers
         drafting, begin = (st_["epoch"], st_["seq"]), st_["now"]
         for i in range(layers):
             st_["now"] = begin + i * (lat.drafter_tpot // layers)
             if handle_waiting():
                 dispatch()
             if st_["done"] or (st_["epoch"], st_["seq"]) != drafting:
-                return                     # interrupted: the text under the draft changed
+                return  # interrupted: the text under the draft changed
         st_["now"] = begin + lat.drafter_tpot
         st_["seq"] += 1
 
@@ -134,20 +136,45 @@ def reference_trial(policy, lat, match, k, V, N, cancel=0, ahead=None, probe=Fal
 
 
 @settings(max_examples=150, deadline=None)
-@given(dc=st.integers(1, 12), tv=st.integers(1, 12), dt=st.integers(0, 15), tt=st.integers(0, 25),
-       layers=st.sampled_from([1, 1, 2, 4]), a=st.sampled_from([0.0, 0.2, 0.5, 0.8, 0.95, 1.0]),
-       k=st.integers(1, 6), V=st.integers(1, 5), N=st.integers(1, 60), cancel=st.sampled_from([0, 0, 3, 20]),
-       ahead=st.sampled_from([None, None, 1, 2, 4]), probe=st.booleans(), seed=st.integers(0, 10 ** 6))
-def test_event_loop_and_fast_paths_match_the_coordinator_replay(dc, tv, dt, tt, layers, a, k, V, N, cancel,
-                                                                 ahead, probe, seed):
+@given(
+    dc=st.integers(1, 12),
+    tv=st.integers(1, 12),
+    dt=st.integers(0, 15),
+    tt=st.integers(0, 25),
+    layers=st.sampled_from([1, 1, 2, 4]),
+    a=st.sampled_from([0.0, 0.2, 0.5, 0.8, 0.95, 1.0]),
+    k=st.integers(1, 6),
+    V=st.integers(1, 5),
+    N=st.integers(1, 60),
+    cancel=st.sampled_from([0, 0, 3, 20]),
+    ahead=st.sampled_from([None, None, 1, 2, 4]),
+    probe=st.booleans(),
+    seed=st.integers(0, 10**6),
+)
+def test_event_loop_and_fast_paths_match_the_coordinator_replay(
+    dc, tv, dt, tt, layers, a, k, V, N, cancel, ahead, probe, seed
+):
     """Integer ticks (drafter TPOT = dc * layers) keep every time exact in the replay."""
     lat = S.Latencies(dt, dc * layers, tt, tv)
     match = S._draws(a, N, seed, 3)
     for alg in ("si", "dsi"):
         ref = [reference_trial(alg, lat, m, k, V, N, cancel, ahead, probe, layers) for m in match]
         for fast in (False, True) if alg == "dsi" else (False,):
-            r = S.simulate(alg, lat, a, k, V, N, seed, 3, cancel_latency=cancel, max_blocks_ahead=ahead,
-                           nonsi_thread=probe, drafter_layers=layers, fast=fast)
+            r = S.simulate(
+                alg,
+                lat,
+                a,
+                k,
+                V,
+                N,
+                seed,
+                3,
+                cancel_latency=cancel,
+                max_blocks_ahead=ahead,
+                nonsi_thread=probe,
+                drafter_layers=layers,
+                fast=fast,
+            )
             assert r.latencies.tolist() == pytest.approx([x[0] for x in ref], rel=1e-12, abs=1e-9)
             assert r.verifications_used == pytest.approx(np.mean([x[1] for x in ref]))
             assert r.verifications_discarded == pytest.approx(np.mean([x[2] - x[1] for x in ref]))
@@ -156,15 +183,24 @@ def test_event_loop_and_fast_paths_match_the_coordinator_replay(dc, tv, dt, tt, 
 
 
 @settings(max_examples=60, deadline=None)
-@given(c=st.floats(0.01, 1.3), a=st.floats(0.0, 1.0), k=st.integers(1, 12), V=st.integers(1, 8),
-       N=st.integers(1, 400), layers=st.sampled_from([1, 1, 8]), seed=st.integers(0, 10 ** 6))
+@given(
+    c=st.floats(0.01, 1.3),
+    a=st.floats(0.0, 1.0),
+    k=st.integers(1, 12),
+    V=st.integers(1, 8),
+    N=st.integers(1, 400),
+    layers=st.sampled_from([1, 1, 8]),
+    seed=st.integers(0, 10**6),
+)
 def test_closed_form_skips_equal_the_event_loop(c, a, k, V, N, layers, seed):
     lat = S.latencies_from_c(c, 0.03, 0.05)
     fast = S.simulate("dsi", lat, a, k, V, N, seed, 4, drafter_layers=layers)
     slow = S.simulate("dsi", lat, a, k, V, N, seed, 4, drafter_layers=layers, fast=False)
     assert fast.latencies == pytest.approx(slow.latencies, rel=1e-9)
-    assert (fast.verifications_used, fast.verifications_discarded) == (slow.verifications_used,
-                                                                      slow.verifications_discarded)
+    assert (fast.verifications_used, fast.verifications_discarded) == (
+        slow.verifications_used,
+        slow.verifications_discarded,
+    )
 
 
 def test_nonsi_is_the_closed_form():
@@ -182,8 +218,7 @@ def test_si_expectation_is_exact_over_every_draw(k, a):
     lat = S.Latencies(0.4, 0.3, 1.5, 1.0)
     match = np.array(list(itertools.product([False, True], repeat=N)))
     nm = S._next_mismatch(match)
-    lat_each = np.array([S._trial(True, lat, nm[i].tolist(), m, k, 1, N, 2, 0, False)[0]
-                         for i, m in enumerate(match)])
+    lat_each = np.array([S._trial(True, lat, nm[i].tolist(), m, k, 1, N, 2, 0, False)[0] for i, m in enumerate(match)])
     weights = np.prod(np.where(match, a, 1 - a), axis=1)
     assert S.si_expected_latency(lat, a, k, N) == pytest.approx(float(weights @ lat_each), rel=1e-12)
 
@@ -206,7 +241,7 @@ def test_si_edge_cases_a0_and_a1():
         want = 1.5 + sum(min(k, n) * 0.3 + 1.0 for n in range(1, N))  # one token per round
         assert np.allclose(a0.latencies, want) and a0.accepted_per_verification == 0
         assert S.si_expected_latency(lat, 0.0, k, N) == pytest.approx(want)
-        s, t = (2, 1.5 + 1.0) if k == 1 else (1, 1.5)                # a = 1: k + 1 tokens per round
+        s, t = (2, 1.5 + 1.0) if k == 1 else (1, 1.5)  # a = 1: k + 1 tokens per round
         while s < N:
             t, s = t + min(k, N - s) * 0.3 + 1.0, s + min(k, N - s) + 1
         assert np.allclose(S.simulate("si", lat, 1.0, k, 1, N, trials=2).latencies, t)
@@ -235,11 +270,10 @@ def test_rejection_cost_per_token_at_a0():
         lat_n = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1).mean_latency for n in (300, 301)]
         want = k * c + 1.0 if V * k < nsteps else (k + nsteps) * c
         assert lat_n[1] - lat_n[0] == pytest.approx(want)
-    lat = S.latencies_from_c(0.3, 1.0, 1.0)   # replies read between 8 layers: Tv rounded to c / 8
-    lat_n = [S.simulate("dsi", lat, 0.0, 1, 4, n, trials=1, drafter_layers=8).mean_latency
-             for n in (300, 301)]
+    lat = S.latencies_from_c(0.3, 1.0, 1.0)  # replies read between 8 layers: Tv rounded to c / 8
+    lat_n = [S.simulate("dsi", lat, 0.0, 1, 4, n, trials=1, drafter_layers=8).mean_latency for n in (300, 301)]
     assert lat_n[1] - lat_n[0] == pytest.approx(0.3 + math.ceil(8 / 0.3) * 0.3 / 8)
-    assert (1 + 4) * 0.3 > 1 * 0.3 + 1.0   # c = 0.3, V = 4: 1.5 Tv per token against si's 1.3 Tv
+    assert (1 + 4) * 0.3 > 1 * 0.3 + 1.0  # c = 0.3, V = 4: 1.5 Tv per token against si's 1.3 Tv
 
 
 def test_determinism_and_common_random_numbers():
@@ -252,8 +286,11 @@ def test_determinism_and_common_random_numbers():
 
 
 def _best_dsi(lat, a, N, ks, trials, seed=0):
-    runs = [S.simulate("dsi", lat, a, k, V, N, seed, trials) for k in ks
-            for V in range(1, min(7, S.min_verifiers_without_queueing(lat.c, k)) + 1)]
+    runs = [
+        S.simulate("dsi", lat, a, k, V, N, seed, trials)
+        for k in ks
+        for V in range(1, min(7, S.min_verifiers_without_queueing(lat.c, k)) + 1)
+    ]
     return min(runs, key=lambda r: r.mean_latency)
 
 
@@ -289,11 +326,9 @@ def test_nonsi_thread_closes_the_gap_to_nonsi():
     """The fix (the coordinator's nonsi_thread): a zero-draft block sent at each rejection is the paper's
     non-SI thread. At a = 0 a token then costs Tv, as nonsi, when the drafter idles at the reply, and
     Tv rounded up to the drafter's next step end when it is busy (c = 0.6, k = 2: 1.2 Tv). si has none."""
-    for c, k, V, want in [(0.3, 1, 1, 1.0), (0.3, 2, 1, 1.0), (0.6, 2, 1, 1.2), (0.3, 2, 2, 1.2),
-                          (1.0, 2, 3, 1.0)]:
+    for c, k, V, want in [(0.3, 1, 1, 1.0), (0.3, 2, 1, 1.0), (0.6, 2, 1, 1.2), (0.3, 2, 2, 1.2), (1.0, 2, 3, 1.0)]:
         lat = S.latencies_from_c(c, 1.0, 1.0)
-        run = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1, nonsi_thread=True).mean_latency
-               for n in (300, 301)]
+        run = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1, nonsi_thread=True).mean_latency for n in (300, 301)]
         assert run[1] - run[0] == pytest.approx(want)
     lat = S.latencies_from_c(0.6, 1.0, 1.0)
     probe = S.simulate("dsi", lat, 0.05, 1, 1, 300, trials=10, nonsi_thread=True)
@@ -325,13 +360,30 @@ def test_best_setting_and_best_lookahead():
 
 
 def test_cli(capsys):
-    args = ["--target-tpot", "0.03", "--target-ttft", "0.05", "--drafter-tpot", "0.006", "--acceptance",
-            "0.6", "--lookahead", "5", "--verifiers", "3", "--tokens", "100", "--trials", "20"]
+    args = [
+        "--target-tpot",
+        "0.03",
+        "--target-ttft",
+        "0.05",
+        "--drafter-tpot",
+        "0.006",
+        "--acceptance",
+        "0.6",
+        "--lookahead",
+        "5",
+        "--verifiers",
+        "3",
+        "--tokens",
+        "100",
+        "--trials",
+        "20",
+    ]
     assert S.main(args + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["runs"]) == {"nonsi", "si", "dsi"} and out["min_verifiers_without_queueing"] == 1
-    assert out["speedup_dsi_over_si"] == pytest.approx(out["runs"]["si"]["mean_latency"]
-                                                       / out["runs"]["dsi"]["mean_latency"])
+    assert out["speedup_dsi_over_si"] == pytest.approx(
+        out["runs"]["si"]["mean_latency"] / out["runs"]["dsi"]["mean_latency"]
+    )
     assert S.main(args[:4] + ["--c", "0.2"] + args[6:]) == 0
     assert "speedup dsi over nonsi" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -339,17 +391,25 @@ def test_cli(capsys):
 
 
 def test_heatmap_script_quick(tmp_path):
-    cmd = [sys.executable, str(ROOT / "analysis" / "heatmaps.py"), "--out", str(tmp_path), "--quick",
-           "--verifiers", "best"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "analysis" / "heatmaps.py"),
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--verifiers",
+        "best",
+    ]
     env = {"PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path)}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=120)
     png = tmp_path / "heatmaps.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = np.genfromtxt(tmp_path / "heatmaps.csv", delimiter=",", names=True)
     assert len(rows) == 3 * 3 and sorted(set(rows["c"])) == [0.05, 0.45, 1.0]
-    assert np.all(rows["dsi_over_si"] >= 0.98)          # dsi at its best (k, V <= 7) against si's best
+    assert np.all(rows["dsi_over_si"] >= 0.98)  # dsi at its best (k, V <= 7) against si's best
     assert np.allclose(rows["si_over_nonsi"], rows["nonsi"] / rows["si"])
     assert np.allclose(rows["dsi_over_best"], np.minimum(rows["si"], rows["nonsi"]) / rows["dsi"])
     assert np.all((1 <= rows["dsi_v"]) & (rows["dsi_v"] <= 7) & (1 <= rows["dsi_k"]) & (rows["dsi_k"] <= 8))
     import matplotlib.image
+
     assert matplotlib.image.imread(png).shape[:2] > (1000, 1000)
