@@ -1,6 +1,8 @@
 """`dsi-mpi run`: one MPI job, every algorithm on the same prompts, results to HDF5.
 
-Rank 0 is the drafter and coordinator, ranks 1..N-1 hold the target and verify. Algorithms are
+Rank 0 is the drafter and coordinator, ranks 1..N-1 hold the target and verify. With runtime.instances =
+G >= 2, rank 0 is the scheduler and writer instead, and ranks 1..N-1 form G such instances, each on its
+own communicator (dsi_mpi/mpi/instances.py, dsi_mpi/batch.py). Algorithms are
 interleaved per prompt (in an order rotated per prompt, so none always runs first) after untimed
 warm-up runs of each, and every record is flushed to the results file as soon as its prompt is done.
 Any error on any rank prints one line naming the rank and aborts the whole job (MPI Abort), so that
@@ -82,31 +84,52 @@ def run_job(cfg) -> int:
                 "launch with mpiexec -n N python -m dsi_mpi run CONFIG (N >= 2)"
             )
         return EXIT_BAD_INPUT
+    if cfg.runtime.instances > 1:
+        from dsi_mpi.mpi.instances import check_size
+
+        try:
+            check_size(size, cfg.runtime.instances)
+        except ConfigError as err:
+            if rank == 0:
+                logger.error("%s", err)
+            return EXIT_BAD_INPUT
+    state: dict = {}  # the placement and poller once known, so that a failure can reach the scheduler
     try:
-        return _run_ranks(cfg, comm)
+        return _run_ranks(cfg, comm, state)
     except ConfigError as err:
-        logger.error("%s", err)
-        comm.Abort(EXIT_BAD_INPUT)
+        _fail(comm, state, str(err), EXIT_BAD_INPUT)
     except BaseException as err:  # noqa: BLE001 - any failure must take the whole job down, not hang it
         if os.environ.get("DSI_MPI_TRACEBACK"):
             traceback.print_exc()
-        logger.error("%s: %s", type(err).__name__, err)
-        comm.Abort(EXIT_FAILURE)
+        _fail(comm, state, f"{type(err).__name__}: {err}", EXIT_FAILURE)
     return EXIT_FAILURE
 
 
-def _run_ranks(cfg, comm) -> int:
+def _fail(comm, state: dict, text: str, code: int) -> None:
+    """One error line naming the rank (and its instance), the scheduler told when there is one, then Abort."""
+    placement = state.get("placement")
+    if placement is not None and placement.instance >= 0:
+        text = f"{text} [{placement.describe(comm.Get_rank())}]"
+    logger.error("%s", text)
+    if placement is not None and placement.instance >= 0:
+        from dsi_mpi.batch import tell_scheduler
+
+        tell_scheduler(placement, state["poller"], comm.Get_rank(), text, code)
+    comm.Abort(code)
+
+
+def _run_ranks(cfg, world, state: dict) -> int:
     from dsi_mpi.backends.loading import build_runner
     from dsi_mpi.mpi import startup
     from dsi_mpi.mpi.channel import Channel
     from dsi_mpi.mpi.polling import poller_from_config
 
-    rank = comm.Get_rank()
+    rank = world.Get_rank()
     _set_threads(cfg["models"]["threads"])
     import torch
 
     torch.manual_seed(cfg["decoding"]["seed"])
-    poller = poller_from_config(cfg.runtime)
+    poller = state["poller"] = poller_from_config(cfg.runtime)
 
     session, error = None, None
     if rank == 0:
@@ -117,32 +140,66 @@ def _run_ranks(cfg, comm) -> int:
         except ConfigError as err:
             error = str(err)
             logger.error("%s", err)
-    if startup.share_verdict(comm, poller, error is not None):
+    if startup.share_verdict(world, poller, error is not None):
         return EXIT_BAD_INPUT
 
-    role = "drafter+coordinator" if rank == 0 else "target verifier"
-    local_rank = startup.local_rank(comm)  # a collective: every rank, once
-    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank)
-    device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
-    infos = startup.gather_rank_info(comm, poller, role, device)
-    startup.barrier(comm, poller, "every rank to load its model")
+    placement = None
+    if cfg.runtime.instances > 1:
+        from dsi_mpi.mpi.instances import split
+
+        placement = state["placement"] = split(world, poller, cfg.runtime.instances)
+        log.setup(rank=rank, instance=placement.instance)
+    comm = world if placement is None else placement.comm  # None on the scheduler
+    local = comm.Get_rank() if comm is not None else -1
+    role = "scheduler+writer" if comm is None else "drafter+coordinator" if local == 0 else "target verifier"
+    local_rank = startup.local_rank(world)  # a collective: every rank, once
+    runner = None if comm is None else build_runner("drafter" if local == 0 else "target", cfg, local_rank)
+    kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
+    device = "none" if runner is None else str(getattr(runner, "device", kind))
+    extra = {} if placement is None else {"instance": placement.instance}
+    infos = startup.gather_rank_info(world, poller, role, device, **extra)
+    startup.barrier(world, poller, "every rank to load its model")
+    metadata = _metadata(cfg, infos) if rank == 0 else {}
+    if comm is None:
+        from dsi_mpi.batch import Scheduler
+
+        Scheduler(session, placement, poller, infos, metadata).run()
+        return 0
     from dsi_mpi.mpi.clock import measure_offsets
 
     offsets = measure_offsets(comm, poller)
     channel = Channel(comm, poller)
-    if rank != 0:
+    if local != 0:
         from dsi_mpi.decoding.acceptance import rule_from_config
         from dsi_mpi.decoding.verifier import Verifier
 
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
-        Verifier(channel, runner, assistant, rule_from_config(cfg.decoding)).serve()
+        Verifier(channel, runner, assistant, rule_from_config(cfg.decoding), fault_rank=rank).serve()
         return 0
+    feed = _feed(cfg, session, placement, poller, infos, metadata, offsets)
+    if placement is not None:
+        from dsi_mpi.session import Session
+
+        setup = feed.setup()
+        prompts = [p for p, _ in setup["prompts"]]
+        session = Session(cfg, prompts, {p.index: t for p, t in setup["prompts"]}, setup["eos_ids"], None)
+    try:
+        session.run(channel, runner, feed, offsets, fault_rank=rank)
+    finally:
+        from dsi_mpi.decoding.verifier import stop_verifiers
+
+        stop_verifiers(channel)
+    return 0
+
+
+def _metadata(cfg, infos: list[dict]) -> dict:
+    """Root attributes known once every rank has started (written by rank 0)."""
     from dsi_mpi.io.drafter_spec import parse_drafter
 
     spec = parse_drafter(cfg["models"]["drafter"])
-    metadata = {
+    return {
         "versions": _versions(),
         "git_commit": _git_commit(),
         "ranks": infos,
@@ -150,15 +207,23 @@ def _run_ranks(cfg, comm) -> int:
         "algorithms": cfg["decoding"]["algorithms"],
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-        "clock_offsets_us": offsets,
     }
-    try:
-        session.run(channel, runner, metadata, offsets)
-    finally:
-        from dsi_mpi.decoding.verifier import stop_verifiers
 
-        stop_verifiers(channel)
-    return 0
+
+def _feed(cfg, session, placement, poller, infos, metadata, offsets):
+    """Where the coordinator's prompts come from and its records go (dsi_mpi/batch.py)."""
+    from dsi_mpi import batch
+
+    if placement is not None:
+        feed = batch.RemoteFeed(placement.queue, poller, cfg.runtime.timeout_s)
+        feed.add_metadata({"clock_offsets_us": offsets})
+        return feed
+    ranks, hosts = [i["rank"] for i in infos], [i["host"] for i in infos]
+    feed = batch.LocalFeed(session, ranks, hosts)
+    layout = [{"instance": 0, "ranks": ranks, "hosts": hosts}]
+    scheduler = {"policy": batch.LOCAL_POLICY, "instances": 1, "writer_rank": 0, "layout": layout}
+    feed.add_metadata(metadata | {"clock_offsets_us": offsets, "scheduler": scheduler})
+    return feed
 
 
 def _lazy_assistant(cfg, local_rank: int):

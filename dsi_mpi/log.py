@@ -33,12 +33,13 @@ def launcher_rank() -> int:
 
 
 class _RankFormatter(logging.Formatter):
-    def __init__(self, rank: int, host: str):
+    def __init__(self, rank: int, host: str, instance: int | None = None):
         super().__init__()
         self.rank, self.host = rank, host
+        self.place = "" if instance is None else ", scheduler" if instance < 0 else f", instance {instance}"
 
     def format(self, record: logging.LogRecord) -> str:
-        where = f"rank {self.rank} ({self.host})"
+        where = f"rank {self.rank} ({self.host}{self.place})"
         if record.levelno >= logging.ERROR:
             head = f"error on {where}"
         elif record.levelno >= logging.WARNING:
@@ -51,8 +52,9 @@ class _RankFormatter(logging.Formatter):
         return text
 
 
-def setup(verbosity: int | None = None, rank: int | None = None) -> logging.Logger:
-    """(Re)configure the package's logger; `verbosity` is the count of -v minus the count of -q."""
+def setup(verbosity: int | None = None, rank: int | None = None, instance: int | None = None) -> logging.Logger:
+    """(Re)configure the package's logger; `verbosity` is the count of -v minus the count of -q; `instance`
+    (runtime.instances >= 2): this rank's instance, -1 for the scheduler, named on every line."""
     if verbosity is not None:
         _state["verbosity"] = verbosity
     rank = launcher_rank() if rank is None else rank
@@ -62,7 +64,7 @@ def setup(verbosity: int | None = None, rank: int | None = None) -> logging.Logg
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RankFormatter(rank, socket.gethostname().split(".")[0]))
+    handler.setFormatter(_RankFormatter(rank, socket.gethostname().split(".")[0], instance))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False

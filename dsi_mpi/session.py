@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import time
+import dataclasses
+
+import numpy as np
 
 from dsi_mpi import log
 from dsi_mpi.decoding.acceptance import rule_from_config
@@ -45,12 +46,12 @@ class Session:
         writer = ResultsWriter(out.path, cfg, out.overwrite, out.resume)
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
-    def run(self, channel, drafter, metadata: dict, clock_offsets_us: dict[int, int]) -> None:
+    def run(self, channel, drafter, feed, clock_offsets_us: dict[int, int], fault_rank: int = 0) -> None:
+        """Every algorithm on every prompt the feed hands out (dsi_mpi/batch.py: this rank's own list with
+        one instance, the scheduler's queue with several), each prompt's records back to the feed."""
         from dsi_mpi.decoding.coordinator import SpeculativeDecoder
-        from dsi_mpi.reporting.report import summary_table
 
         comm_size = channel.comm.Get_size()
-        self.writer.add_metadata(metadata)
         decoding = self.cfg.decoding
         self.decoder = SpeculativeDecoder(
             channel,
@@ -61,8 +62,8 @@ class Session:
             clock_offsets_us,
             rule_from_config(decoding),
         )
-        self.channel = channel
-        self.faults = FaultPlan(0)
+        self.channel, self.feed = channel, feed
+        self.faults = FaultPlan(fault_rank)
         self.settings = self._settings(comm_size - 1)
         algorithms = list(decoding.algorithms)
         if comm_size > 2 and "dsi" not in algorithms:
@@ -71,25 +72,20 @@ class Session:
             prompt = self.prompts[i % len(self.prompts)]
             for algorithm in algorithms:
                 self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
-        records = []
-        started = time.perf_counter()
-        todo = [p for p in self.prompts if p.index not in self.writer.completed]
-        if len(todo) < len(self.prompts):
-            logger.info(f"resuming: {len(self.prompts) - len(todo)} prompts already complete")
+        completed = False
         try:
-            for n, prompt in enumerate(todo):
+            while (item := feed.next_prompt()) is not None:
+                prompt, tokens = item
                 shift = prompt.index % len(algorithms)
+                records = []
                 for algorithm in algorithms[shift:] + algorithms[:shift]:
-                    record = self._run_one(algorithm, prompt, self.prompt_tokens[prompt.index])
-                    self.writer.write_record(prompt, self.prompt_tokens[prompt.index], record)
-                    records.append(record)
-                self.writer.mark_complete(prompt)
+                    records.append(self._run_one(algorithm, prompt, tokens))
+                    feed.record(prompt, tokens, records[-1])
+                feed.finish(prompt, records)
                 self.faults.tick()
-                _progress(n + 1, len(todo), records, time.perf_counter() - started)
+            completed = True
         finally:
-            self.writer.close()
-        print(summary_table([r.as_dict() for r in records]), flush=True)
-        print(f"results: {self.cfg.output.path}", flush=True)
+            feed.close(completed)
 
     def _settings(self, verifier_budget: int) -> dict:
         """Lookahead per algorithm and dsi's verifier count: as configured, or planned ("auto")."""
@@ -108,7 +104,7 @@ class Session:
         first = self.prompts[0]
         measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding.stop_at_eos)
         choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread)
-        self.writer.add_metadata({"planner": choice})
+        self.feed.add_metadata({"planner": choice})
         logger.info(
             f"planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
             f"{choice['verifiers']} (measured c = {measured['c']:.2f}, "
@@ -129,9 +125,19 @@ class Session:
             key=prompt.index,
             ngram=drafter.params["n"] if drafter.kind == "ngram" else 0,
         )
+        emu = self.cfg.emulation
+        if self.cfg.models.kind == "emulated" and emu.min_new_tokens:
+            length = emulated_length(self.cfg.decoding.seed, prompt.index, emu.min_new_tokens, run.max_new_tokens)
+            run = dataclasses.replace(run, max_new_tokens=length)
         if algorithm in ("nonsi", "hf_assisted", "hf_prompt_lookup"):
             return run_baseline(self.channel, 1, algorithm, tokens, record, run)
         return self.decoder.generate(algorithm, tokens, record, run)
+
+
+def emulated_length(seed: int, prompt_index: int, low: int, high: int) -> int:
+    """LATENCY EMULATION (emulation.min_new_tokens): the prompt's generation length, as if its text ended
+    there; keyed by (seed, prompt index), so every algorithm and every instance stops at the same token."""
+    return int(np.random.default_rng([seed, 11, prompt_index]).integers(low, high + 1))
 
 
 def _tokenize_for_target(cfg, prompts):
@@ -161,17 +167,3 @@ def _tokenize_for_target(cfg, prompts):
         eos = AutoConfig.from_pretrained(target_path).eos_token_id
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
     return tokens, eos_ids
-
-
-def _progress(done: int, total: int, records, elapsed: float) -> None:
-    """One line per prompt on rank 0: prompts done, generated tokens/s so far, ETA. Quiet when not a TTY."""
-    if not sys.stderr.isatty():
-        return
-    tokens = sum(len(r.tokens) for r in records)
-    eta = elapsed / done * (total - done)
-    print(
-        f"\rdsi-mpi: prompt {done}/{total}  {tokens / max(elapsed, 1e-9):.1f} tok/s  ETA {eta:.0f} s",
-        end="\n" if done == total else "",
-        file=sys.stderr,
-        flush=True,
-    )

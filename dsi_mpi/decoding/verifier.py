@@ -30,7 +30,7 @@ class TaskCancelled(Exception):
 
 
 class Verifier:
-    def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None, rule=None):
+    def __init__(self, channel: Channel, target: ModelRunner, assistant_factory=None, rule=None, fault_rank=None):
         from dsi_mpi.decoding.acceptance import Greedy
 
         self.channel = channel
@@ -39,7 +39,7 @@ class Verifier:
         self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
         self.min_epoch = 0
         self.running_epoch = 1 << 62  # no task running: nothing to cancel
-        self.faults = FaultPlan(channel.rank)
+        self.faults = FaultPlan(channel.rank if fault_rank is None else fault_rank)  # the world rank
         target.set_layer_callback(self._check_cancel)
 
     def _take_cancel(self, msg) -> None:

@@ -148,6 +148,14 @@ KEYS: tuple[Key, ...] = (
         0,
         "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)",
     ),
+    Key(
+        "runtime",
+        "instances",
+        int,
+        1,
+        "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, ranks "
+        "1..N-1 form G instances of (N-1)/G ranks each, node-local where they fit (README: Many instances)",
+    ),
     Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
     Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
     Key("emulation", "drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
@@ -163,9 +171,18 @@ KEYS: tuple[Key, ...] = (
     Key(
         "emulation", "prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"
     ),
+    Key(
+        "emulation",
+        "min_new_tokens",
+        int,
+        0,
+        "LATENCY EMULATION: > 0: each prompt generates a length drawn uniformly from [min_new_tokens, "
+        "decoding.max_new_tokens], keyed by (seed, prompt index), as if its text ended there (0: always the maximum)",
+    ),
 )
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
+DIGEST_WHEN_SET = {"emulation.min_new_tokens": 0}  # keys added after results files existed: hashed only when set
 
 
 def _section_view(section: str) -> type:
@@ -247,10 +264,16 @@ class Config:
             "prompts.limit",
             "prompts.shard_count",
             "prompts.shard_index",
+            "runtime.instances",
         ),
     ) -> str:
-        """Hash of what determines results, so files from different configs are never mixed."""
+        """Hash of what determines results, so files from different configs are never mixed. (How many instances
+        ran does not change a prompt's tokens, so a job resumes with any number; a key added later counts only
+        when set, so files written before it still resume.)"""
         flat = {f"{s}.{n}": v for s, d in self.values.items() for n, v in d.items() if f"{s}.{n}" not in ignore}
+        for name, default in DIGEST_WHEN_SET.items():
+            if flat.get(name) == default:
+                del flat[name]
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -378,6 +401,11 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
     need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
+    need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
+    need(
+        0 <= e["min_new_tokens"] <= d["max_new_tokens"],
+        f"emulation.min_new_tokens must be in [0, decoding.max_new_tokens], got {e['min_new_tokens']}",
+    )
     need(0.0 <= e["acceptance"] <= 1.0, f"emulation.acceptance must be in [0, 1], got {e['acceptance']}")
     need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
     for name in ("target_ttft_s", "target_tpot_s", "drafter_ttft_s", "drafter_tpot_s"):

@@ -1,12 +1,16 @@
 """HDF5 results: one file per job, written by rank 0 only, flushed after every prompt.
 
+With several instances (runtime.instances) rank 0 is the scheduler and writes every instance's records, sent
+to it as each prompt completes (dsi_mpi/batch.py); the same layout, plus where each prompt ran.
+
 Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents every name, and a test
 keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
-                                  model, params); merged_from (merge)
-    /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written)
+                                  model, params), scheduler (JSON: policy, instances, layout); merged_from (merge)
+    /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written), and
+                                  PLACEMENT: instance, instance_ranks, instance_hosts, job_start, started_s, finished_s
         prompt_tokens      int64[n]
         <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_misses, draft_s,
                                   drafter_prefill_s, compared, accepted, rejections, restarts, tasks_sent,
@@ -42,7 +46,13 @@ METADATA = (
     "clock_offsets_us",
     "planner",
     "drafter",
+    "scheduler",
 )
+# Prompt attributes saying where and when a prompt ran (absent in files written before them):
+# instance (its index), instance_ranks / instance_hosts (world rank and host of each of its ranks, coordinator
+# first), job_start (unix time the job started: tells resumed jobs apart), started_s / finished_s (seconds
+# from job_start, on the writer's clock, when the prompt was handed out and when its last record arrived).
+PLACEMENT = ("instance", "instance_ranks", "instance_hosts", "job_start", "started_s", "finished_s")
 
 
 class ResultsWriter:
@@ -122,8 +132,14 @@ class ResultsWriter:
         run.create_dataset("events", data=record.event_table())
         self.file.flush()
 
-    def mark_complete(self, prompt) -> None:
-        self.file[f"prompts/{prompt.index:05d}"].attrs["complete"] = True
+    def mark_complete(self, prompt, placement: dict | None = None) -> None:
+        """The prompt's records are all written: record where it ran (PLACEMENT), then mark it complete."""
+        attrs = self.file[f"prompts/{prompt.index:05d}"].attrs
+        for key, value in (placement or {}).items():
+            if key not in PLACEMENT:
+                raise ValueError(f"prompt attribute {key!r} not in results.PLACEMENT (document it in the README)")
+            attrs[key] = value
+        attrs["complete"] = True
         self.file.flush()
 
     def close(self) -> None:
@@ -150,6 +166,7 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
                     "complete": bool(group.attrs["complete"]),
                 }
                 rec.update({k: v.item() if hasattr(v, "item") else v for k, v in run.attrs.items()})
+                rec.update(_placement(group.attrs))
                 rec["tokens"] = run["tokens"][()].tolist()
                 rec["commit_times"] = run["commit_times"][()].tolist()
                 rec["tasks"] = run["tasks"][()]
@@ -157,3 +174,19 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
                 rec["events"] = run["events"][()] if "events" in run else np.zeros(0, dtype=EVENT_DTYPE)
                 records.append(rec)
     return meta, records
+
+
+def _placement(attrs) -> dict:
+    """The PLACEMENT attributes of a prompt group as plain Python values (lists for the per-rank ones)."""
+    out = {}
+    for key in PLACEMENT:
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        if key == "instance_hosts":
+            out[key] = [x.decode() if isinstance(x, bytes) else str(x) for x in value]
+        elif key == "instance_ranks":
+            out[key] = [int(x) for x in value]
+        else:
+            out[key] = value.item() if hasattr(value, "item") else value
+    return out

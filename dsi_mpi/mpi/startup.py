@@ -7,6 +7,7 @@ each role ran.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -30,9 +31,16 @@ def barrier(comm: MPI.Comm, poller: BackoffPoller, what: str) -> None:
     poller.wait_for(lambda: True if request.Test() else None, what)
 
 
-def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: str) -> list[dict] | None:
-    """Rank 0 gets [{rank, host, role, device}] for every rank; others get None."""
-    mine = {"rank": comm.Get_rank(), "host": socket.gethostname(), "role": role, "device": device}
+def host_name() -> str:
+    """The node's name: SLURM's inside a job (SLURMD_NODENAME; several slurmd on one machine emulate
+    several nodes), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: str, **extra) -> list[dict] | None:
+    """Rank 0 gets [{rank, host, role, device, pid, **extra}] for every rank; others get None."""
+    mine = {"rank": comm.Get_rank(), "host": host_name(), "role": role, "device": device, "pid": os.getpid()}
+    mine.update(extra)
     if comm.Get_rank() != 0:
         comm.isend(mine, dest=0, tag=INFO_TAG).wait()
         return None

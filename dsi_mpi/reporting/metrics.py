@@ -40,6 +40,15 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
 The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
 (`model_latencies`).
+
+Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
+- a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
+  a job's wall_s = last finished_s - first started_s over its prompts (jobs told apart by job_start, so a
+  resumed file counts each job's own time);
+- tokens_per_s = every generated token (all algorithms) / the sum of the jobs' wall_s;
+- per instance index: tokens, prompts, busy_s (sum of its spans), tokens_per_s = its tokens / the wall_s of
+  the jobs it ran in (so the instances' figures add up to the job's), utilisation = busy_s / that wall_s.
+- `ideal_wall_s(records, G)`: total work / G + the longest prompt, where work = the prompts' spans.
 """
 
 from __future__ import annotations
@@ -83,8 +92,10 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
         pass
     try:
-        shape["verifiers"] = len(json.loads(meta["ranks"])) - 1
-    except (KeyError, TypeError, ValueError):
+        ranks = json.loads(meta["ranks"])
+        first = [r for r in ranks if r.get("instance", 0) == ranks[-1].get("instance", 0)]  # one instance's
+        shape["verifiers"] = len(first) - 1
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         pass
     tasks = [r["tasks"] for r in records if len(r["tasks"])]
     events = [r["events"] for r in records if len(r["events"])]
@@ -332,3 +343,56 @@ def cache_reuse(recs: list[dict]) -> dict:
         "tokens_computed": int(tasks["computed"].sum()),
         "tokens_reused": int(tasks["reused"].sum()),
     }
+
+
+def _spans(records: list[dict]) -> dict:
+    """job_start -> {prompt index: (instance, started_s, finished_s)} over the records that have placement."""
+    jobs: dict = {}
+    for r in records:
+        if "finished_s" in r and "instance" in r:
+            jobs.setdefault(r.get("job_start", 0.0), {})[r["prompt_index"]] = (
+                int(r["instance"]),
+                r["started_s"],
+                r["finished_s"],
+            )
+    return jobs
+
+
+def throughput(records: list[dict]) -> dict | None:
+    """Generated tokens per second of job time, overall and per instance (module docstring); None if no
+    record says where it ran."""
+    jobs = _spans(records)
+    if not jobs:
+        return None
+    walls = {job: max(f for _, _, f in p.values()) - min(s for _, s, _ in p.values()) for job, p in jobs.items()}
+    per: dict[int, dict] = {}
+    for job, prompts in jobs.items():
+        for instance, start, end in prompts.values():
+            g = per.setdefault(instance, {"prompts": 0, "tokens": 0, "busy_s": 0.0, "jobs": set()})
+            g["prompts"] += 1
+            g["busy_s"] += end - start
+            g["jobs"].add(job)
+    placed = {(r.get("job_start", 0.0), r["prompt_index"]) for r in records if "finished_s" in r}
+    total = 0
+    for r in records:
+        if (r.get("job_start", 0.0), r["prompt_index"]) in placed:
+            total += len(r["tokens"])
+            per[int(r["instance"])]["tokens"] += len(r["tokens"])
+    for g in per.values():
+        wall = sum(walls[job] for job in g.pop("jobs"))
+        g["wall_s"] = wall
+        g["tokens_per_s"] = _ratio(g["tokens"], wall)
+        g["utilisation"] = _ratio(g["busy_s"], wall)
+    wall = sum(walls.values())
+    return {
+        "tokens": total,
+        "wall_s": wall,
+        "tokens_per_s": _ratio(total, wall),
+        "instances": dict(sorted(per.items())),
+    }
+
+
+def ideal_wall_s(records: list[dict], instances: int) -> float:
+    """The job time of a perfect balance of these records' prompts over `instances`: work / G + longest."""
+    spans = [end - start for prompts in _spans(records).values() for _, start, end in prompts.values()]
+    return sum(spans) / instances + max(spans) if spans else NAN

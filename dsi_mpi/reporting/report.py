@@ -19,6 +19,7 @@ from dsi_mpi.reporting.metrics import (
     compare,
     ordered,
     stale_work,
+    throughput,
 )
 
 USAGE = "python -m dsi_mpi report RESULTS.h5 [--json]"
@@ -57,6 +58,22 @@ def summary_table(records: list[dict]) -> str:
         tasks = f"{s['tasks_sent']}/{s['tasks_used']}/{s['tasks_stale']}" if s["tasks_sent"] else "-"
         lines.append(f"{algorithm:<12}" + "".join(f"{_cell(s[k], f):>{w}}" for k, _, w, f in COLUMNS) + f"{tasks:>23}")
     return "\n".join(lines)
+
+
+def throughput_lines(records: list[dict]) -> list[str]:
+    """The job's generated tokens/s, overall and per instance (metrics.throughput); none for files written
+    before prompts recorded where they ran."""
+    t = throughput(records)
+    if t is None:
+        return []
+    lines = [f"throughput: {t['tokens_per_s']:.1f} generated tok/s ({t['tokens']} tokens in {t['wall_s']:.2f} s)"]
+    if len(t["instances"]) > 1:
+        for g, m in t["instances"].items():
+            lines.append(
+                f"  instance {g}: {m['tokens_per_s']:.1f} tok/s, {m['prompts']} prompts, "
+                f"{m['tokens']} tokens, busy {100 * m['utilisation']:.0f}%"
+            )
+    return lines
 
 
 def histogram_lines(records: list[dict]) -> list[str]:
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
         print(summary_table(records))
-        for line in histogram_lines(records):
+        for line in throughput_lines(records) + histogram_lines(records):
             print(line)
         for sentence in explain(records, meta):
             print(f"- {sentence}")
