@@ -1,4 +1,4 @@
-"""A real one-node SLURM cluster on localhost, started by hand, so the sbatch scripts run as on a cluster.
+"""A real SLURM cluster on localhost (one node, or several emulated by one slurmd each), started by hand, so the sbatch scripts run as on a cluster.
 
 Why by hand: CI containers have no systemd and may already run (or lack) a system munge, so this starts
 its own munged (own key and socket), slurmctld and slurmd, with every config, state, spool, log and
@@ -65,11 +65,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
+SlurmdSpoolDir={dir}/spool{node_suffix}
 SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
+SlurmdPidFile={dir}/slurmd{node_suffix}.pid
 SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
+SlurmdLogFile={dir}/slurmd{node_suffix}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -86,14 +86,17 @@ KillWait=5
 # sbatch --wait polls every 2 s only while MinJobAge < 6 (else 2, 8, 32 s); 5 s still outlives a poll
 MinJobAge=5
 FirstJobId={first_job_id}
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=16000 State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=test Nodes={node_names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class LocalSlurm:
-    def __init__(self, cpus: int = 4):
+    def __init__(self, cpus: int = 4, nodes: int = 1):
+        """`nodes` > 1: that many SLURM nodes n1..nN on this one machine, one slurmd each (own port,
+        spool, pid and log via %n), each with `cpus` CPUs, so multi-node scripts run for real."""
         self.cpus = cpus
+        self.nodes = nodes
         self.dir = Path(tempfile.mkdtemp(prefix="dsi-slurm-", dir="/tmp"))
         self.dir.chmod(0o755)  # munged (user munge) must reach its socket dir inside
         self.conf = self.dir / "slurm.conf"
@@ -114,7 +117,21 @@ class LocalSlurm:
         host = socket.gethostname().split(".")[0]
         (self.dir / "state").mkdir()
         (self.dir / "spool").mkdir()
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port, *node_ports = _free_ports(2 + (self.nodes if self.nodes > 1 else 0))
+        if self.nodes > 1:
+            names = [f"n{i + 1}" for i in range(self.nodes)]
+            node_lines = "\n".join(
+                f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
+                "RealMemory=16000 State=UNKNOWN"
+                for n, port in zip(names, node_ports)
+            )
+            node_names, node_suffix = ",".join(names), "-%n"
+            for n in names:
+                (self.dir / f"spool-{n}").mkdir()
+        else:
+            names = [host]
+            node_lines = f"NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=16000 State=UNKNOWN"
+            node_names, node_suffix = host, ""
         self.conf.write_text(
             SLURM_CONF.format(
                 host=host,
@@ -124,10 +141,17 @@ class LocalSlurm:
                 ctld_port=ctld_port,
                 slurmd_port=slurmd_port,
                 first_job_id=self.first_job_id,
+                node_lines=node_lines,
+                node_names=node_names,
+                node_suffix=node_suffix,
             )
         )
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
+        if self.nodes > 1:
+            for n in names:
+                self._spawn(f"slurmd-{n}", ["slurmd", "-D", "-N", n, "-f", str(self.conf)])
+        else:
+            self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
         self._wait_idle(timeout)
 
     def _start_munged(self) -> str:
@@ -190,8 +214,8 @@ class LocalSlurm:
         state = ""
         while time.monotonic() < deadline:
             self._check_alive()
-            state = self.client(["sinfo", "-h", "-o", "%T"], timeout=10).stdout.strip()
-            if state == "idle":
+            state = self.client(["sinfo", "-h", "-o", "%T %D"], timeout=10).stdout.strip()
+            if state == f"idle {self.nodes}":
                 return
             time.sleep(0.2)
         raise SlurmUnavailable(f"node not idle after {timeout:.0f} s (sinfo: {state!r}):\n{self.logs()}")
@@ -246,7 +270,8 @@ class LocalSlurm:
                     time.sleep(0.2)
             except (TimeoutError, OSError):
                 pass
-        for name in ("slurmd", "slurmctld", "munged"):
+        daemons = [n for n in self.procs if n.startswith("slurmd")] + ["slurmctld", "munged"]
+        for name in daemons:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 proc.terminate()

@@ -39,7 +39,8 @@ def test_readme_documents_every_name_written_to_the_results_file(tmp_path):
     writer.add_metadata({key: "x" for key in METADATA})
     rec = records.RunRecord("dsi", 0, "p0", tokens=[1], commit_times=[0.1])
     writer.write_record(Prompt(0, "p0", "text"), [1, 2], rec)
-    writer.mark_complete(Prompt(0, "p0", "text"))
+    where = {"instance": 0, "instance_ranks": [1, 2], "instance_hosts": ["h", "h"], "job_start": 1.0}
+    writer.mark_complete(Prompt(0, "p0", "text"), where | {"started_s": 0.0, "finished_s": 0.5})
     writer.close()
     names = {"merged_from"}  # written by merge
     with h5py.File(tmp_path / "r.h5") as f:
