@@ -205,6 +205,7 @@ class Scheduler:
         placement = {"instance": g, "instance_ranks": ranks, "instance_hosts": [self.hosts[r] for r in ranks]}
         placement |= clock.span(started)
         self.writer.mark_complete(prompt, placement)
+        logger.debug(f"prompt {index} from instance {g} written")
         return [r.as_dict() | placement for r in run_records]
 
     def _failed(self, source: int, where: str, text: str, code: int) -> None:

@@ -48,6 +48,9 @@ Job throughput (`throughput`), from the prompts' placement attributes (results.P
 - tokens_per_s = every generated token (all algorithms) / the sum of the jobs' wall_s;
 - per instance index: tokens, prompts, busy_s (sum of its spans), tokens_per_s = its tokens / the wall_s of
   the jobs it ran in (so the instances' figures add up to the job's), utilisation = busy_s / that wall_s.
+- busy_s = the sum of every span (the work); busy_tokens_per_s = the sum over instances of tokens / busy_s,
+  the rate G instances deliver while each has a prompt (tokens_per_s falls below it only by the idle
+  time at the job's start and end: the balance, which `ideal_wall_s` bounds).
 - `ideal_wall_s(records, G)`: total work / G + the longest prompt, where work = the prompts' spans.
 """
 
@@ -388,6 +391,8 @@ def throughput(records: list[dict]) -> dict | None:
         "tokens": total,
         "wall_s": wall,
         "tokens_per_s": _ratio(total, wall),
+        "busy_s": sum(g["busy_s"] for g in per.values()),
+        "busy_tokens_per_s": sum(_ratio(g["tokens"], g["busy_s"]) for g in per.values()),
         "instances": dict(sorted(per.items())),
     }
 

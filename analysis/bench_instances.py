@@ -1,0 +1,128 @@
+"""Throughput of G DSI instances in one job (runtime.instances), LATENCY EMULATION (sleeps), side by side.
+
+usage: python analysis/bench_instances.py [--instances 1 2 4 8] [--prompts 64] [--out FILE.json]
+
+Each G runs the same emulated job (2-rank instances: drafter + 1 verifier, target 30 ms per forward,
+drafter 6 ms per token, acceptance 0.6, prompts of 8..64 generated tokens drawn per prompt by
+emulation.min_new_tokens) under the venv's mpiexec with 1 + 2G ranks (G = 1: the one-instance job, 2
+ranks, no scheduler). Sleeps do not need cores, so this measures the machinery (queue, messages,
+writer), not the CPU. Figures, all by dsi_mpi/reporting/metrics.py from each results file:
+- tokens/s = generated tokens / job wall time (`throughput`); efficiency(G) = tokens/s(G) / (G x tokens/s(1));
+- ideal wall time(G) = the G = 1 run's work / G + its longest prompt (`ideal_wall_s` over the G = 1 records),
+  and wall(G) / ideal(G);
+- every G's tokens are checked equal to G = 1's, prompt for prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dsi_mpi.io.results import read_results  # noqa: E402
+from dsi_mpi.reporting.metrics import ideal_wall_s, throughput  # noqa: E402
+
+CONFIG = """\
+[models]
+kind = "emulated"
+[decoding]
+algorithms = ["dsi"]
+lookahead = 4
+max_new_tokens = 64
+warmup_prompts = 0
+[emulation]
+target_ttft_s = 0.05
+target_tpot_s = 0.03
+drafter_ttft_s = 0.01
+drafter_tpot_s = 0.006
+acceptance = 0.6
+prompt_tokens = 32
+min_new_tokens = 8
+[prompts]
+path = "{prompts}"
+[output]
+path = "{out}"
+overwrite = true
+[runtime]
+timeout_s = 60.0
+"""
+
+
+def run(g: int, workdir: Path, prompts: Path) -> list[dict]:
+    out = workdir / f"g{g}.h5"
+    config = workdir / f"g{g}.toml"
+    config.write_text(CONFIG.format(prompts=prompts, out=out))
+    ranks = 2 if g == 1 else 1 + 2 * g
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "dsi_mpi", "-q", "run", str(config)]
+    command += ["--set", f"runtime.instances={g}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"G = {g} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return read_results(str(out))[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    if args.instances[0] != 1:
+        raise SystemExit("the first --instances must be 1 (the reference)")
+    with tempfile.TemporaryDirectory(prefix="bench-instances-") as tmp:
+        workdir = Path(tmp)
+        prompts = workdir / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "x"}) + "\n" for i in range(args.prompts)))
+        results = {g: run(g, workdir, prompts) for g in args.instances}
+    reference = results[1]
+    tokens = {r["prompt_index"]: r["tokens"] for r in reference}
+    base, base_busy, work = (throughput(reference)[k] for k in ("tokens_per_s", "busy_tokens_per_s", "busy_s"))
+    rows = []
+    for g, records in results.items():
+        assert {r["prompt_index"]: r["tokens"] for r in records} == tokens, f"G = {g}: tokens differ from G = 1"
+        t = throughput(records)
+        ideal = ideal_wall_s(reference, g)
+        rows.append(
+            {
+                "instances": g,
+                "prompts": len(records),
+                "tokens": t["tokens"],
+                "wall_s": t["wall_s"],
+                "tokens_per_s": t["tokens_per_s"],
+                "efficiency": t["tokens_per_s"] / (g * base),
+                "busy_tokens_per_s": t["busy_tokens_per_s"],
+                "busy_efficiency": t["busy_tokens_per_s"] / (g * base_busy),
+                "work_over_g1": t["busy_s"] / work,
+                "ideal_wall_s": ideal,
+                "wall_over_ideal": t["wall_s"] / ideal,
+                "per_instance_tokens_per_s": [m["tokens_per_s"] for m in t["instances"].values()],
+            }
+        )
+    print(
+        "| G | prompts | tokens | wall s | tok/s | efficiency | busy tok/s | busy efficiency | work / G=1's "
+        "| ideal wall s | wall / ideal |"
+    )
+    print("| --- " * 11 + "|")
+    for r in rows:
+        print(
+            f"| {r['instances']} | {r['prompts']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tokens_per_s']:.1f} | "
+            f"{r['efficiency']:.3f} | {r['busy_tokens_per_s']:.1f} | {r['busy_efficiency']:.3f} | "
+            f"{r['work_over_g1']:.3f} | {r['ideal_wall_s']:.2f} | {r['wall_over_ideal']:.3f} |"
+        )
+    print("tokens equal to G = 1's for every prompt at every G")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

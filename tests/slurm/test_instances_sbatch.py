@@ -1,0 +1,62 @@
+"""slurm/instances.sbatch on a real two-node SLURM (two slurmd on localhost, local_slurm.py): G instances
+placed one per node, one results file; a killed rank fails the job, and a resubmitted job resumes it."""
+
+import json
+
+import h5py
+import pytest
+from local_slurm import LocalSlurm
+from test_sbatch import _interrupt, sbatch_wait, write_config  # noqa: F401 - _interrupt: same SIGTERM rule
+
+from dsi_mpi.io.results import read_results
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import os
+    import signal
+
+    cluster = LocalSlurm(cpus=2, nodes=2)
+    try:
+        cluster.start()
+    except BaseException as err:  # noqa: BLE001 - as in test_sbatch: clean up, say why
+        cluster.stop()
+        if not isinstance(err, Exception):
+            raise
+        reason = f"local SLURM cluster unavailable: {type(err).__name__}: {err}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield cluster
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cluster.stop()
+
+
+def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tmp_path):
+    config = write_config(tmp_path, n_prompts=8, decoding={"algorithms": ["dsi"]}, emulation={"min_new_tokens": 4})
+    options = ["--nodes=2", "--ntasks-per-node=2"]  # 2 instances of 2 ranks, one per node, + the scheduler
+    kill = {"DSI_MPI_FAULT": "rank=4,after=8,kind=kill"}  # instance 1's verifier, on the second node
+    result, _, logs = sbatch_wait(two_nodes, tmp_path, options, "instances.sbatch", [config], env=kill)
+    assert result.returncode != 0, logs
+    assert "2 instances x 2 ranks + 1 scheduler on 2 nodes" in logs
+    with h5py.File(tmp_path / "out.h5") as f:
+        layout = json.loads(f.attrs["scheduler"])["layout"]
+        done_before = sum(bool(g.attrs["complete"]) for g in f["prompts"].values())
+    assert [(e["ranks"], e["hosts"]) for e in layout] == [([1, 2], ["n1", "n1"]), ([3, 4], ["n2", "n2"])], layout
+    assert "spans nodes" not in logs and 1 <= done_before < 8, logs
+
+    for log in tmp_path.glob("job-*.out"):
+        log.unlink()
+    again, _, logs = sbatch_wait(
+        two_nodes, tmp_path, options, "instances.sbatch", [config, "--set", "output.resume=true"]
+    )
+    assert again.returncode == 0, logs
+    assert f"resuming: {done_before} prompts already complete" in logs
+    _, records = read_results(str(tmp_path / "out.h5"))
+    assert sorted(r["prompt_index"] for r in records) == list(range(8))
+    assert {h for r in records for h in r["instance_hosts"]} == {"n1", "n2"}

@@ -1,0 +1,91 @@
+"""Many instances without MPI: the placement rule, the throughput figures, and placement in the results file."""
+
+import json
+
+import pytest
+
+from dsi_mpi.io.config import ConfigError, validate
+from dsi_mpi.io.merge import merge_results
+from dsi_mpi.io.prompts import Prompt
+from dsi_mpi.io.records import RunRecord
+from dsi_mpi.io.results import ResultsWriter, read_results
+from dsi_mpi.mpi.instances import assign, check_size
+from dsi_mpi.reporting.metrics import ideal_wall_s, throughput
+from dsi_mpi.reporting.report import throughput_lines
+
+
+def test_instances_stay_within_their_node():
+    # rank 0 (scheduler) and ranks 1-4 on node 0, ranks 5-8 on node 5: two instances of 2 per node
+    nodes = [0] * 5 + [5] * 4
+    groups, spanning = assign(nodes, 4)
+    assert groups == [[1, 2], [3, 4], [5, 6], [7, 8]] and spanning == []
+
+
+def test_leftover_ranks_pool_into_a_spanning_instance():
+    nodes = [0, 0, 0, 3, 3, 3, 3]  # node 0: ranks 1, 2; node 3: ranks 3-6; instances of 3
+    groups, spanning = assign(nodes, 2)
+    assert groups == [[1, 2, 6], [3, 4, 5]] and spanning == [0]  # node 3 keeps a whole instance
+
+
+@pytest.mark.parametrize("size, instances", [(4, 2), (5, 4), (8, 3)])
+def test_rank_count_must_make_whole_instances(size, instances):
+    with pytest.raises(ConfigError, match="needs 1 \\+"):
+        check_size(size, instances)
+
+
+def _rec(index, instance, start, end, n_tokens, job=1.0, algorithm="dsi"):
+    return {
+        "prompt_index": index,
+        "algorithm": algorithm,
+        "tokens": [1] * n_tokens,
+        "instance": instance,
+        "job_start": job,
+        "started_s": start,
+        "finished_s": end,
+    }
+
+
+def test_throughput_overall_and_per_instance():
+    records = [_rec(0, 0, 0.0, 2.0, 20), _rec(0, 0, 0.0, 2.0, 20, algorithm="si"), _rec(1, 1, 0.5, 1.5, 10)]
+    t = throughput(records)
+    assert t["wall_s"] == 2.0 and t["tokens"] == 50 and t["tokens_per_s"] == 25.0
+    assert t["instances"][0]["tokens_per_s"] == 20.0 and t["instances"][1]["tokens_per_s"] == 5.0
+    assert t["instances"][1]["utilisation"] == 0.5 and t["instances"][0]["prompts"] == 1
+    resumed = records + [_rec(2, 0, 10.0, 14.0, 8, job=2.0)]  # a second job: its own wall time counts
+    assert throughput(resumed)["wall_s"] == 6.0
+    assert ideal_wall_s(records, 2) == pytest.approx(3.0 / 2 + 2.0)
+    assert throughput([{"prompt_index": 0, "tokens": [1]}]) is None  # older files: no placement, no figure
+
+
+def test_placement_is_written_read_merged_and_reported(tmp_path):
+    cfg = validate({})
+    writer = ResultsWriter(str(tmp_path / "a.h5"), cfg)
+    for index, instance in ((0, 0), (1, 1)):
+        prompt = Prompt(index, f"p{index}", "text")
+        writer.write_record(
+            prompt, [5, 6], RunRecord("dsi", index, prompt.id, tokens=[1, 2, 3], commit_times=[0.1] * 3)
+        )
+        where = {
+            "instance": instance,
+            "instance_ranks": [1 + 2 * instance, 2 + 2 * instance],
+            "instance_hosts": ["n1", "n2"],
+        }
+        writer.mark_complete(prompt, where | {"job_start": 7.0, "started_s": 0.0, "finished_s": 1.0 + index})
+    writer.close()
+    merged = tmp_path / "m.h5"
+    merge_results(str(merged), [str(tmp_path / "a.h5")])
+    _, records = read_results(str(merged))
+    assert [(r["instance"], r["instance_ranks"], r["instance_hosts"]) for r in records] == [
+        (0, [1, 2], ["n1", "n2"]),
+        (1, [3, 4], ["n1", "n2"]),
+    ]
+    json.dumps(records[0]["instance_ranks"])  # plain values, as report --json prints them
+    lines = throughput_lines(records)
+    assert lines[0].startswith("throughput: 3.0 generated tok/s") and "instance 1: 1.5 tok/s" in lines[2]
+
+
+def test_a_job_resumes_whatever_number_of_instances_wrote_it():
+    assert validate({"runtime": {"instances": 4}}).digest() == validate({}).digest()
+    assert validate({"emulation": {"min_new_tokens": 4}}).digest() != validate({}).digest()
+    with pytest.raises(ConfigError, match="runtime.instances must be >= 1"):
+        validate({"runtime": {"instances": 0}})
