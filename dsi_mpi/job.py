@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 import traceback
@@ -133,6 +134,7 @@ def _run_ranks(cfg, world, state: dict) -> int:
 
     session, error = None, None
     if rank == 0:
+        signal.signal(signal.SIGTERM, _terminated)  # srun's kill of a failed step: close the file first
         try:
             from dsi_mpi.session import Session
 
@@ -192,6 +194,12 @@ def _run_ranks(cfg, world, state: dict) -> int:
 
         stop_verifiers(channel)
     return 0
+
+
+def _terminated(signum, frame):
+    """SIGTERM on the writing rank (srun ends a step whose rank died with SIGTERM, then SIGKILL): leave by an
+    exception, so the results file is closed whole (Python runs this between two HDF5 calls, never inside)."""
+    raise SystemExit(f"terminated by signal {signum}")
 
 
 def _metadata(cfg, infos: list[dict]) -> dict:
