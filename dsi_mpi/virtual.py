@@ -81,6 +81,13 @@ class SimulatedVerifier:
             self.min_epoch = max(self.min_epoch, item[2]["epoch"])
             self.queue.remove(item)
 
+    def _duration(self, fields) -> float:
+        """TTFT from an empty cache, else TPOT, and TPOT per further token of a plain run."""
+        return (self.ttft if fields["base"] == 0 else self.tpot) + max(fields["plain"] - 1, 0) * self.tpot
+
+    def _checks(self, fields) -> int:
+        return self.slices * max(fields["plain"], 1)
+
     def next_time(self) -> float | None:
         """The next moment at which this verifier's state can change (None: idle)."""
         if not self.queue:
@@ -89,9 +96,9 @@ class SimulatedVerifier:
         start = max(self.free_at, arrival)
         if kind == protocol.CANCEL:
             return start
-        duration = self.ttft if fields["base"] == 0 else self.tpot
+        duration = self._duration(fields)
         cancels = [m[0] for m in self.queue if m[1] == protocol.CANCEL]
-        checks = [start + i * duration / self.slices for i in range(self.slices)]
+        checks = [start + i * duration / self._checks(fields) for i in range(self._checks(fields))]
         first_check = next((c for c in checks if cancels and c >= min(cancels)), None)
         return min(start + duration, first_check) if first_check is not None else start + duration
 
@@ -112,13 +119,13 @@ class SimulatedVerifier:
                 raise protocol.ProtocolError(f"task {fields['task_id']} keeps more than verifier {self.rank} holds")
             base = fields["base"]
             reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base)
-            duration = self.ttft if base == 0 else self.tpot
+            duration, n_checks = self._duration(fields), self._checks(fields)
             stopped = None
             if fields["epoch"] < self.min_epoch:
                 stopped = start
             else:
-                for i in range(self.slices):
-                    check = start + i * duration / self.slices
+                for i in range(n_checks):
+                    check = start + i * duration / n_checks
                     if check > until:
                         break
                     self._take_cancels(check)
@@ -134,11 +141,12 @@ class SimulatedVerifier:
             if end > until:
                 break
             self.queue.popleft()
-            n_tokens = len(payload) - fields["n_extras"]
-            self.cache_len, self.free_at = base + n_tokens, end
-            first = self.cache_len - fields["n_out"] + 1
-            verdict = [target_token(p) for p in range(first, first + fields["n_out"])]
-            done = dict(cache_len=self.cache_len, computed=n_tokens, reused=base, start_us=_us(start), end_us=_us(end))
+            n_tokens, plain = len(payload) - fields["n_extras"], fields["plain"]
+            first = base + n_tokens - fields["n_out"] + 1  # position of the first token predicted
+            verdict = [target_token(p) for p in range(first, first + (plain or fields["n_out"]))]
+            computed = n_tokens + max(plain - 1, 0)  # a plain run feeds back all but its last token
+            self.cache_len, self.free_at = base + computed, end
+            done = dict(cache_len=self.cache_len, computed=computed, reused=base, start_us=_us(start), end_us=_us(end))
             replies.append((end, protocol.RESULT, reply | done, verdict))
         return replies
 

@@ -24,7 +24,8 @@ draft step and a verification have been timed, k = INITIAL_LOOKAHEAD.
 
 At k = 0 nothing is drafted, so a would never be measured again: after PROBE_MIN blocks of no drafts a block
 of one draft goes out instead (an exploration block), and the interval doubles after each one, up to
-PROBE_MAX, while k stays 0. A probe costs at most d + T(2) - T(1) every PROBE_MAX tokens.
+PROBE_MAX, while k stays 0. Meanwhile each task asks the verifier to decode the tokens up to the next
+exploration block by itself (`plain_run`): one message round trip per run instead of one per token. A probe costs at most d + T(2) - T(1) every PROBE_MAX tokens.
 
 How it differs from the anchors:
 * HF `num_assistant_tokens_schedule="heuristic"`: k + 2 after a fully accepted block, k - 1 otherwise,
@@ -87,8 +88,12 @@ class AdaptiveLookahead:
     def observe_draft(self, seconds: float) -> None:
         self.draft_s.add(seconds)
 
-    def observe_verification(self, seconds: float, tokens: int) -> None:
-        if tokens <= 1:
+    def observe_verification(self, seconds: float, tokens: int, plain: int = 0) -> None:
+        """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
+        if plain:
+            self.verify_1_s.add(seconds / plain)
+            self.plain_blocks += plain
+        elif tokens <= 1:
             self.verify_1_s.add(seconds)
             self.plain_blocks += 1
         else:
@@ -136,6 +141,11 @@ class AdaptiveLookahead:
             self.probe_interval = min(2 * self.probe_interval, PROBE_MAX)
             return 1
         return 0
+
+    def plain_run(self, tokens_left: int) -> int:
+        """At k = 0: how many tokens the verifier decodes in one task, the rest of the way to the next
+        exploration block, so that plain decoding costs one message per run, not one per token."""
+        return max(1, min(self.probe_interval - self.plain_blocks, tokens_left))
 
     def state(self) -> dict:
         return {

@@ -51,6 +51,7 @@ class Block:
     drafts: list[int]  # the drafts (empty for the prefill block)
     task_id: int | None = None  # set once sent
     result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
+    plain: int = 0  # > 0: no drafts, the verifier decodes this many tokens itself (adaptive k = 0)
 
 
 @dataclass
@@ -134,7 +135,8 @@ class SpeculativeDecoder:
             self._handle_waiting_messages()
             if self.done:
                 break
-            if self.k == 0:  # nothing will be drafted: the next block (of no drafts) forms now
+            if self.k == 0 and not self.blocks:  # nothing will be drafted: the next block forms now
+                self._choose_lookahead()
                 self._form_blocks()
             self._dispatch()
             if self._may_draft():
@@ -229,7 +231,8 @@ class SpeculativeDecoder:
                 self.blocks.append(Block(start, self.seq[start : start + n]))
                 start += n
             elif no_more and not self.blocks and self.n_committed < self.end:
-                self.blocks.append(Block(start, []))
+                plain = self.lookahead_rule.plain_run(self.end - start) if self.k == 0 and self.lookahead_rule else 0
+                self.blocks.append(Block(start, [], plain=plain))
             else:
                 return
             self._choose_lookahead()
@@ -277,6 +280,7 @@ class SpeculativeDecoder:
             n_out=n_out,
             key=self.key,
             n_extras=len(extras),
+            plain=block.plain if block else 0,
         )
         task.row = {
             "task_id": task.task_id,
@@ -362,18 +366,19 @@ class SpeculativeDecoder:
             self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
             return True
-        self.cache_view[source] = task.sequence
+        plain = task.block.plain if task.block is not None else 0
+        self.cache_view[source] = task.sequence + [int(t) for t in msg.payload[: plain - 1]] if plain else task.sequence
         task.row.update(computed=msg.computed, reused=msg.reused)
         self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
         if self.lookahead_rule is not None and task.row["base"] > 0:  # not a prefill: a verification's time
-            self.lookahead_rule.observe_verification(now - task.row["sent_s"], msg.computed)
+            self.lookahead_rule.observe_verification(now - task.row["sent_s"], msg.computed, plain)
         if task.epoch != self.epoch:
             task.row["outcome"] = Outcome.STALE_RESULT
             self.record.tasks_stale += 1
             return True
-        if not self.rule.sampled and len(msg.payload) != len(task.block.drafts) + 1:
+        if (plain or not self.rule.sampled) and len(msg.payload) != (plain or len(task.block.drafts) + 1):
             raise protocol.ProtocolError(
                 f"rank {source} returned {len(msg.payload)} tokens for a block of {len(task.block.drafts)} drafts"
             )
@@ -391,6 +396,15 @@ class SpeculativeDecoder:
         does not stand (a rejection), or, after the whole block, a check of the next draft (immediate
         pruning) or a fresh token if nothing is drafted there yet."""
         rule, result, key = self.rule, block.result, self.key
+        if block.plain:  # the target's own tokens, decoded on the verifier (nothing is drafted at k = 0)
+            assert block.start == self.n_committed, "a plain run applied out of order"
+            del self.seq[self.n_committed :]
+            for token in result:
+                self.seq.append(int(token))
+                self._commit()
+                if self.done:
+                    return
+            return
         offset = self.n_committed - block.start
         assert 0 <= offset <= len(block.drafts), "blocks applied out of order"
         j = rule.stop(result, block.drafts, offset)

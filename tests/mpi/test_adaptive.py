@@ -36,6 +36,6 @@ def test_adaptive_dsi_keeps_the_guarantee_and_the_simulator_agrees(tmp_path, c, 
     chosen = np.concatenate([r["events"][r["events"]["kind"] == Event.LOOKAHEAD]["value"] for r in dsi])
     tasks = np.concatenate([r["tasks"] for r in dsi])
     if a < 0.5:  # useless drafter: plain decoding, with a rare exploration block of one draft
-        assert set(chosen.tolist()) <= {0, 1} and (tasks["n_drafts"] == 0).mean() > 0.8
+        assert set(chosen.tolist()) <= {0, 1} and all(r["drafted"] <= 4 for r in dsi)
     else:
         assert (tasks["n_drafts"] >= 2).mean() > 0.5 and row["measured_dsi_vs_nonsi"] > 1.5
