@@ -31,7 +31,7 @@ from dsi_mpi import simulator as S  # noqa: E402
 
 C_GRID = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(19)]  # 0.01, 0.05, 0.1, ..., 1.0
 A_GRID = [0.01] + [round(0.05 * i, 2) for i in range(1, 20)] + [0.99]  # 0.01, 0.05, ..., 0.95, 0.99
-QUICK = dict(c=[0.05, 0.45, 1.0], a=[0.05, 0.5, 0.95], tokens=100, trials=4, lookaheads=range(1, 9))
+QUICK = dict(c=[0.05, 0.45, 1.0], a=[0.05, 0.5, 0.95], tokens=40, trials=2, lookaheads=(1, 2, 4, 8))
 PANELS = [
     ("si_over_nonsi", "Speedup of SI over non-SI\n(non-SI latency / SI latency)"),
     ("dsi_over_si", "Speedup of DSI over SI\n(SI latency / DSI latency)"),

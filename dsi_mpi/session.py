@@ -88,9 +88,10 @@ class Session:
             feed.close(completed)
 
     def _settings(self, verifier_budget: int) -> dict:
-        """Lookahead per algorithm and dsi's verifier count: as configured, or planned ("auto")."""
+        """Lookahead per algorithm (0: adaptive) and dsi's verifier count: as configured, or planned ("auto")."""
         decoding = self.cfg.decoding
         k, v = decoding.lookahead, decoding.verifiers
+        k = 0 if k == "adaptive" else k
         if "auto" not in (k, v):
             return {
                 "si": k,
@@ -155,7 +156,7 @@ def _tokenize_for_target(cfg, prompts):
     for p in prompts:
         ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
         k = cfg["decoding"]["lookahead"]
-        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + (20 if k == "auto" else k) + 1 > limit:
+        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + (k if isinstance(k, int) else 20) + 1 > limit:
             raise ConfigError(
                 f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
                 f"the target's context of {limit} positions"

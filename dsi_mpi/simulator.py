@@ -1,22 +1,13 @@
-"""Offline simulator of the paper's time model, following our coordinator's rules step by step.
+"""Offline simulator of the paper's time model, with the coordinator's own rules.
 
-Why: the MPI coordinator (decoding/coordinator.py) is costly to run, so its latency is predicted here first and the
-emulated MPI run is checked against these numbers. The rules are the coordinator's, not an idealised DSI:
-* rank 0 runs drafter and coordinator in one process: replies are read between drafter steps (a step in
-  progress is finished first) or at once when the drafter idles (drafter_layers > 1: also between the
-  drafter's layers, and a step whose text changed is dropped; the coordinator's interruptible drafting);
-* k drafts form a block, sent to a free verifier once formed, else queued (FIFO); a verification costs one
-  target forward (TPOT) whatever its length, as in the paper;
-* results apply in position order; a rejection commits the target's token, drops every other block
-  (preempting in-flight ones) and restarts drafting; a fully accepted block also commits the target's next
-  token (the bonus), checked at once against an existing draft for it (immediate pruning);
-* the target's prefill is the first "block": every verifier prefills (TTFT), the first reply commits
-  token 0 as plain decoding would; the drafter's own prefill yields its draft for position 0.
-Copied from the coordinator where the paper is silent: a block starts where the last pending block ends,
-else at the first uncommitted position; nothing is drafted past position N - 1 (the last block may be
-short); a block formed by a step is sent before the replies that came in during that step are read; dsi
-drafts while fewer than V + 1 blocks (the prefill counts) await replies; si only when none is pending.
-Optional, off by default: nonsi_thread, cancel_latency, max_blocks_ahead (named as the runtime.* config keys).
+Why: the MPI coordinator (decoding/coordinator.py) is costly to run, so its latency is predicted here
+first (the planner does, and `explain` sets runs against it) and emulated MPI runs are checked against
+these numbers. The rules are not re-implemented: `simulate` runs the coordinator itself, unchanged, on a
+simulated clock with simulated drafter and verifiers (dsi_mpi/virtual.py), so every rule the coordinator
+has (blocks, dispatch order, the non-SI thread only with a spare verifier, interruptible drafting,
+cancellation between verifier layers, adaptive speculation) is the simulator's too, in every corner.
+Latencies are the paper's: a target forward costs TTFT from an empty cache, else TPOT whatever its
+length; a drafter step costs the drafter's TPOT. Only si and dsi are simulated; nonsi is closed form.
 
 Acceptance is the paper's model: each draft equals the target's token with probability a, independently.
 One flag per position and trial is drawn up front: under greedy decoding a draft is only ever checked if
@@ -31,15 +22,13 @@ import argparse
 import json
 import math
 import sys
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 ALGORITHMS = ("nonsi", "si", "dsi")
-TOL = 1e-9  # in drafter steps: a reply this close to a step end is read at that step end
-INF = math.inf
-UNSENT, PREFILL = -1, -2
+TOL = 1e-9  # a hair above an integer still counts as that integer
+LOOKAHEADS = (1, 2, 3, 4, 5, 6, 8, 10, 12)  # the planner's candidates for a fixed k
 
 
 @dataclass(frozen=True)
@@ -93,169 +82,11 @@ class SimulationResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "latencies"}
 
 
-def _ceil(x: float) -> int:
-    """Whole drafter steps covering x steps; a hair above an integer still counts as that integer."""
-    return math.ceil(x - TOL)
-
-
 def _draws(acceptance: float, new_tokens: int, seed: int, trials: int) -> np.ndarray:
     """Per trial and position: does the draft match the target? The same seed gives the same draws
     whatever the algorithm, k or V (common random numbers)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     return rng.random((trials, new_tokens)) < acceptance
-
-
-def _next_mismatch(match: np.ndarray) -> np.ndarray:
-    """nm[i, p] = first position q >= p whose draft does not match in trial i (N if none; p = 0..N)."""
-    n = match.shape[1]
-    index = np.where(match, n, np.arange(n))
-    nm = np.minimum.accumulate(index[:, ::-1], axis=1)[:, ::-1]
-    return np.concatenate([nm, np.full((len(match), 1), n)], axis=1)
-
-
-def _dsi_jump(t0, s, mism, lat, k, V, N, nsteps, throttled):
-    """Skip in closed form the dsi segments after a restart (time t0, position s) that end in a rejection
-    well before the end; returns (time, position, used, discarded, accepted) at the restart after them.
-
-    A segment is the run of matches up to the next mismatch q: it ends when block b = max(0, ceil((q - s)
-    / k) - 1) is applied and restarts at q + 1. nsteps = drafter steps per target forward. Closed forms:
-    * free (V >= ceil(nsteps / k), k <= nsteps): no block waits or is throttled, drafting runs on the grid
-      t0 + i Dc, block b is formed at step (b+1) k and its reply read nsteps steps later;
-    * throttled (V k < nsteps, V + 1 blocks ahead): the drafter outruns the verifiers and idles, so replies
-      are read on arrival; block b >= V starts when block b - V's reply is read, so block b's reply
-      lands at ((b mod V) + 1) k Dc + (b // V + 1) Tv.
-    Near the end (the drafter may reach position N - 1: short last block, idle drafter) the event loop
-    takes over."""
-    Dc, Tv = lat.drafter_tpot, lat.target_tpot
-    q = mism[np.searchsorted(mism, s) :]
-    q = q[q < N - 1]
-    starts = np.concatenate(([s], q[:-1] + 1))
-    b = np.maximum(0, (q - starts - 1) // k)  # the block whose reply ends the segment
-    steps = (b + 1) * k + nsteps  # free: drafter steps until that reply is read
-    reach = (b + V + 1) * k if throttled else steps  # drafts made by then (at most)
-    unsafe = np.flatnonzero(reach >= N - starts)
-    n = len(q) if len(unsafe) == 0 else int(unsafe[0])
-    if n == 0:
-        return t0, s, 0, 0, 0
-    b, steps, s_next = b[:n], steps[:n], int(q[n - 1]) + 1
-    used = int(b.sum()) + n
-    if throttled:
-        t = t0 + float(((b % V + 1) * k).sum()) * Dc + float((b // V + 1).sum()) * Tv
-        return t, s_next, used, n * (V - 1), (s_next - s) - n
-    sent = (steps - 1) // k  # blocks formed (and sent) before that step
-    tie = (steps % k == 0) & (sent - b < V)  # a block formed at that very step, sent first
-    return t0 + float(steps.sum()) * Dc, s_next, used, int((sent + tie).sum()) - used, (s_next - s) - n
-
-
-def _trial(si, lat, nm, match, k, V, N, ahead, cancel, fast, probe=False, layers=1):
-    """One si or dsi trial, event by event in the coordinator's order, taking the drafter's steps between
-    two events in one go. Returns (latency, used, discarded, accepted). fast: skip segments with _dsi_jump
-    where exact. probe, layers: see simulate. Time runs in ticks of Dc / layers from `origin`."""
-    Dc, Tv, L, probe = lat.drafter_tpot, lat.target_tpot, layers, probe and not si
-    tol, nv, tick, nsteps = TOL * Dc, 1 if si else V, Dc / layers, _ceil(lat.target_tpot / Dc)
-    n0 = -(-nsteps // k)  # verifiers that keep up with the drafter
-    throttled = V * k < nsteps and ahead == V + 1
-    free_regime = k <= nsteps and V >= n0 and ahead > n0 and L == 1
-    fast = fast and not si and not probe and cancel == 0 and (throttled or free_regime)
-    free = [INF] * nv  # all verifiers start with their prefill
-    stale = {}  # preempted verifier -> when its reply lands
-    blocks = deque([[0, 0, PREFILL, lat.target_ttft, False]])  # start, size, verifier, finish, done
-    t, committed, drafted, start = 0.0, 0, 0, 0  # start: where the next block will begin
-    origin, ticks, busy, first = lat.drafter_ttft - Dc, 0, True, True  # drafter prefill = first step
-    used = discarded = accepted = 0
-    matches, mism = match.tolist(), None
-
-    def free_stale():
-        for v in [v for v, when in stale.items() if when <= t + tol]:
-            free[v] = t
-            del stale[v]
-
-    def dispatch():
-        for b in blocks:
-            if b[2] == UNSENT:
-                v = next((i for i in range(nv) if free[i] <= t + tol), None)
-                if v is None:
-                    return
-                b[2], b[3], free[v] = v, t + Tv, INF
-
-    while True:
-        pending = min((b[3] for b in blocks if b[2] != UNSENT and not b[4]), default=INF)
-        if stale:  # an aborted task's reply frees its verifier
-            pending = min([pending] + list(stale.values()))
-        stepped, mid = busy, False
-        if busy:  # drafter ticks up to the next event
-            goal = (ticks // L + (1 if first else min(k - (drafted - start), N - drafted))) * L
-            if pending < INF:  # its own prefill is read only at its end
-                goal = min(goal, max(ticks + 1, _ceil((pending - origin) / tick)) if not first else L)
-            drafted += goal // L - ticks // L
-            ticks, mid, first = goal, goal % L != 0, False
-            t = origin + ticks * tick
-            if not mid:
-                busy = False
-                if drafted - start >= k or (drafted >= N and drafted > start):
-                    size = min(k, drafted - start)
-                    blocks.append([start, size, UNSENT, INF, False])
-                    start += size
-                dispatch()
-        elif pending == INF:
-            raise RuntimeError("simulated coordinator stalled")
-        else:
-            t = max(t, pending)
-        for b in blocks:  # read every reply that has come in
-            if b[2] != UNSENT and not b[4] and b[3] <= t + tol:
-                b[4] = True
-                if b[2] == PREFILL:
-                    free[:] = [t] * nv
-                else:
-                    free[b[2]] = t
-        free_stale()
-        rejected, moved = None, False
-        while blocks and blocks[0][4] and rejected is None:  # apply in position order
-            p, size, v = blocks.popleft()[:3]
-            used += v != PREFILL
-            j = min(nm[committed] - p, size)  # first mismatch (committed ones matched)
-            accepted += max(0, min(p + j, N) - committed)
-            if j < size:
-                rejected, committed = p + j, p + j + 1
-            else:
-                committed = p + size + 1  # the bonus at p + size
-                if p + size < drafted:  # immediate pruning of its draft
-                    if matches[p + size]:
-                        accepted += 1
-                    else:
-                        rejected = p + size
-                else:  # the bonus takes the position being drafted
-                    drafted, moved = committed, True
-            if committed >= N:
-                discarded += sum(1 for b in blocks if b[2] >= 0)
-                return t, used, discarded, accepted
-        if rejected is not None:
-            for b in blocks:
-                if b[2] >= 0:
-                    discarded += 1
-                    if not b[4]:
-                        stale[b[2]] = min(b[3], t + cancel)  # busy until its (aborted) reply is read
-            blocks.clear()
-            free_stale()
-            drafted = committed
-            if probe:  # the target's next token, with no drafts
-                blocks.append([committed, 0, UNSENT, INF, False])
-            if fast:
-                mism = np.flatnonzero(~match) if mism is None else mism
-                t, committed, u, d, a = _dsi_jump(t, committed, mism, lat, k, V, N, nsteps, throttled)
-                drafted, used, discarded, accepted = committed, used + u, discarded + d, accepted + a
-        restart = rejected is not None or moved  # a step under way is abandoned (interrupted)
-        if not blocks or rejected is not None:
-            start = committed
-        dispatch()
-        if mid and not restart:
-            continue  # the step goes on
-        busy = False
-        awaiting = sum(1 for b in blocks if not b[4])
-        if drafted < N and (not blocks if si else awaiting < ahead):
-            if not stepped or restart:
-                origin, ticks = t, 0
-            busy = True
 
 
 def simulate(
@@ -267,50 +98,38 @@ def simulate(
     new_tokens: int = 100,
     seed: int = 0,
     trials: int = 100,
-    cancel_latency: float = 0.0,
     max_blocks_ahead: int | None = None,
     nonsi_thread: bool = False,
     drafter_layers: int = 1,
-    fast: bool = True,
+    message_s: float = 0.0,
 ) -> SimulationResult:
-    """Monte Carlo latency of one algorithm ("nonsi", "si", "dsi") over `trials` seeded trials.
+    """Monte Carlo latency of one algorithm ("nonsi", "si", "dsi") over `trials` seeded trials, each one
+    prompt run by the coordinator itself on the simulated clock (dsi_mpi/virtual.py).
 
-    si ignores `verifiers` (it uses one). cancel_latency: a preempted verifier is free only that long
-    after the rejection (or when its forward ends, if sooner). max_blocks_ahead: dsi drafts while fewer blocks
-    than this await replies (default V + 1, as the coordinator). nonsi_thread: on every rejection dsi also
-    sends a block of zero drafts at once (the paper's non-SI thread; runtime.nonsi_thread), so
-    the target's next token never waits for k drafts. drafter_layers = L > 1: replies are also read at
-    L - 1 evenly spaced points inside each drafter step (the coordinator's interruptible drafting; the
-    emulated backend has 8 slices), and a step whose position is rejected or taken by a bonus is dropped
-    there; 1 = only between steps. fast=False: event by event (for tests)."""
+    lookahead 0: adaptive speculation (the coordinator's default), which first learns on one more untimed
+    draw, as a job does on its warm-up prompt. si ignores `verifiers` (it uses one). max_blocks_ahead: dsi
+    drafts while fewer blocks than this await replies (default V + 1, as the coordinator). nonsi_thread:
+    runtime.nonsi_thread (the coordinator uses it only with 2+ verifiers). drafter_layers = L: replies are
+    also read at L - 1 evenly spaced points inside each drafter step (the coordinator reads them between
+    the drafter's layers; the emulated backend has 8 slices). message_s: seconds per message."""
+    from dsi_mpi.virtual import run_simulated
+
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
-    if not 0.0 <= acceptance <= 1.0 or min(lookahead, verifiers, new_tokens, trials, drafter_layers) < 1:
-        raise ValueError("need 0 <= acceptance <= 1 and lookahead, verifiers, tokens, trials >= 1")
+    if not 0.0 <= acceptance <= 1.0 or min(verifiers, new_tokens, trials, drafter_layers) < 1 or lookahead < 0:
+        raise ValueError("need 0 <= acceptance <= 1, lookahead >= 0 (0: adaptive) and verifiers, tokens, trials >= 1")
     k, V, N = int(lookahead), int(verifiers), int(new_tokens)
     if algorithm == "nonsi":
         lat = np.full(trials, nonsi_latency(latencies, N))
         return SimulationResult("nonsi", k, V, N, float(lat[0]), 0.0, lat, 0.0, 0.0, 0.0)
-    match = _draws(acceptance, N, seed, trials)
-    nm, ahead = _next_mismatch(match), V + 1 if max_blocks_ahead is None else int(max_blocks_ahead)
-    rows = [
-        _trial(
-            algorithm == "si",
-            latencies,
-            nm[i].tolist(),
-            match[i],
-            k,
-            V,
-            N,
-            ahead,
-            cancel_latency,
-            fast,
-            nonsi_thread,
-            int(drafter_layers),
-        )
-        for i in range(trials)
-    ]
-    lat, used, disc, acc = (np.array(x, dtype=float) for x in zip(*rows))
+    draws = _draws(acceptance, N, seed, trials)
+    warmup = _draws(acceptance, N, seed + 1_000_003, 1)[0] if k == 0 else None
+    extra = dict(max_blocks_ahead=max_blocks_ahead or 0, nonsi_thread=nonsi_thread, drafter_layers=drafter_layers)
+    records = run_simulated(algorithm, latencies, draws, k, V, message_s=message_s, warmup=warmup, **extra)
+    lat = np.array([r.wall_s for r in records])
+    used = np.array([r.tasks_used - 1 for r in records], dtype=float)  # the prefill's block is not a verification
+    sent = np.array([r.tasks_sent for r in records], dtype=float)
+    prefills = 1 if algorithm == "si" else V
     se = float(lat.std(ddof=1) / math.sqrt(trials)) if trials > 1 else 0.0
     return SimulationResult(
         algorithm,
@@ -320,9 +139,9 @@ def simulate(
         float(lat.mean()),
         se,
         lat,
-        float(acc.sum() / max(used.sum(), 1)),
+        float(sum(r.accepted for r in records) / max(used.sum(), 1)),
         float(used.mean()),
-        float(disc.mean()),
+        float((sent - used - prefills).mean()),
     )
 
 
@@ -335,27 +154,15 @@ def latency_of_draw(
     nonsi_thread: bool = False,
     drafter_layers: int = 1,
 ) -> float:
-    """The latency of ONE given draw (match[p]: does the draft at position p match?), e.g. the exact
+    """The latency of ONE given draw (match[p]: does the draft of generated token p match?), e.g. the exact
     draws of an emulated run, so that model and machine are compared on the same luck."""
-    match = np.asarray(match, dtype=bool)[None, :]
-    N = match.shape[1]
+    from dsi_mpi.virtual import run_simulated
+
+    match = np.asarray(match, dtype=bool)
     if algorithm == "nonsi":
-        return nonsi_latency(latencies, N)
-    nm = _next_mismatch(match)
-    return _trial(
-        algorithm == "si",
-        latencies,
-        nm[0].tolist(),
-        match[0],
-        int(lookahead),
-        int(verifiers),
-        N,
-        int(verifiers) + 1,
-        0.0,
-        False,
-        nonsi_thread,
-        int(drafter_layers),
-    )[0]
+        return nonsi_latency(latencies, len(match))
+    extra = dict(nonsi_thread=nonsi_thread, drafter_layers=drafter_layers)
+    return run_simulated(algorithm, latencies, [match], int(lookahead), int(verifiers), **extra)[0].wall_s
 
 
 def nonsi_latency(latencies: Latencies, new_tokens: int) -> float:
@@ -418,7 +225,7 @@ def best_setting(
     acceptance: float,
     new_tokens: int,
     verifier_budget: int,
-    lookaheads=range(1, 21),
+    lookaheads=LOOKAHEADS,
     seed: int = 0,
     trials: int = 20,
     **kwargs,
@@ -443,7 +250,7 @@ def best_lookahead(
     acceptance: float,
     new_tokens: int,
     verifiers: int = 1,
-    lookaheads=range(1, 21),
+    lookaheads=LOOKAHEADS,
     seed: int = 0,
     trials: int = 20,
     **kwargs,
@@ -465,20 +272,19 @@ def best_lookahead(
 USAGE = (
     "python -m dsi_mpi simulate --target-tpot S [--target-ttft S] (--drafter-tpot S | --c C) "
     "[--drafter-ttft S] --acceptance A --lookahead K --verifiers V --tokens N [--seed 0] "
-    "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--cancel-latency S] [--json]"
+    "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--json]"
 )
 OPTIONS = [
     ("--target-tpot", float, True, "target seconds per token"),
     ("--target-ttft", float, False, "target prefill seconds (default: target TPOT)"),
     ("--drafter-ttft", float, False, "drafter prefill seconds (default: c * target TTFT)"),
     ("--acceptance", float, True, "per-token acceptance rate a"),
-    ("--lookahead", int, True, "drafts per verification, k"),
+    ("--lookahead", int, True, "drafts per verification, k (0: adaptive speculation)"),
     ("--verifiers", int, True, "target servers for dsi, V (si uses one)"),
     ("--tokens", int, True, "new tokens per generation, N"),
     ("--seed", int, False, "seed of the draws (default 0)"),
     ("--trials", int, False, "Monte Carlo trials (default 200)"),
     ("--drafter-layers", int, False, "also read replies between L drafter layers (default 1)"),
-    ("--cancel-latency", float, False, "seconds until a preempted verifier is free (default 0)"),
 ]
 
 
@@ -492,15 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     drafter.add_argument("--c", type=float, help="drafter TPOT as a fraction of the target's")
     ap.add_argument("--nonsi-thread", action="store_true", help="dsi sends a zero-draft block per rejection")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.set_defaults(seed=0, trials=200, drafter_layers=1, cancel_latency=0.0)
+    ap.set_defaults(seed=0, trials=200, drafter_layers=1)
     args = ap.parse_args(argv)
     c = args.c if args.c is not None else args.drafter_tpot / args.target_tpot
     a, k, V, N = args.acceptance, args.lookahead, args.verifiers, args.tokens
     try:
         lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft)
-        extra = dict(
-            nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers, cancel_latency=args.cancel_latency
-        )
+        extra = dict(nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers)
         runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials, **extra) for alg in ALGORITHMS}
     except ValueError as err:
         ap.error(str(err))

@@ -24,6 +24,11 @@ def resolve_model_path(name: str, what: str) -> str:
     """A local folder must exist; anything else is passed to the hub machinery as an id."""
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            raise ConfigError(
+                f"{what} model path {name} is a GGUF file: convert it into a Hugging Face model folder first "
+                "(inputs/models/fetch_smollm2.py does this for SmolLM2)"
+            )
         if not path.is_dir():
             raise ConfigError(f"{what} model path {name} is a file, expected a model folder")
         if not os.access(path, os.R_OK | os.X_OK):
@@ -42,6 +47,17 @@ def _load_or_explain(loader, name: str, what: str, **kwargs):
         raise ConfigError(f"cannot load {what} model {name!r}: {first}") from None
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def check_weights(name: str, what: str) -> None:
+    """A local model folder must hold weights (a folder with only config and tokenizer would fail on
+    every rank at load time, after the ranks have started)."""
+    path = Path(resolve_model_path(name, what))
+    if path.is_dir() and not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"{what} model folder {name} has no weights (no *.safetensors or *.bin file)")
+
+
 def load_tokenizer(name: str, what: str = "target"):
     from transformers import AutoTokenizer
 
@@ -54,6 +70,7 @@ def check_pair(models: dict) -> None:
     from transformers import AutoConfig
 
     target_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["target"], "target"), "target")
+    check_weights(models["target"], "target")
     spec = parse_drafter(models["drafter"])
     if spec.kind == "truncated" and spec.params["layers"] > _layer_count(target_cfg):
         raise ConfigError(
@@ -62,6 +79,7 @@ def check_pair(models: dict) -> None:
     if spec.kind != "model":
         return
     drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
+    check_weights(spec.model, "drafter")
     if target_cfg.vocab_size != drafter_cfg.vocab_size:
         raise ConfigError(
             f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "

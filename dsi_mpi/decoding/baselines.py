@@ -4,8 +4,10 @@
   with the position-keyed random streams of dsi_mpi/decoding/acceptance.py).
 - hf_assisted: Hugging Face's own assisted generation (`generate(assistant_model=...)`) on the same pair,
   with the same fixed lookahead (constant schedule, no confidence early stop), what users would
-  otherwise pick. The drafter is loaded on that verifier only when this algorithm runs.
+  otherwise pick; when dsi-mpi's lookahead is adaptive, HF's own adaptive one: the "heuristic" schedule
+  (from k = 4) and its default confidence threshold. The drafter is loaded on that verifier only when this algorithm runs.
 - hf_prompt_lookup: Hugging Face's own prompt-lookup decoding (`generate(prompt_lookup_num_tokens=k)`,
+  k = PROMPT_LOOKUP_TOKENS when dsi-mpi's lookahead is adaptive,
   with `max_matching_ngram_size` = the n-gram drafter's n when that is the drafter, else HF's default):
   the baseline for the n-gram drafter.
 The verifier streams every token to rank 0 the moment it exists; rank 0 timestamps arrivals with the
@@ -22,12 +24,15 @@ from dsi_mpi.io.records import RunRecord
 from dsi_mpi.mpi import protocol
 from dsi_mpi.mpi.channel import Channel
 
+PROMPT_LOOKUP_TOKENS = 10  # HF's documented example value for prompt_lookup_num_tokens
+HEURISTIC_START = 4  # the heuristic schedule's first k
+
 
 def run_baseline(
     channel: Channel, verifier: int, algorithm: str, prompt: list[int], record: RunRecord, run: RunSettings
 ) -> RunRecord:
     """Rank 0: ask `verifier` to run a baseline and time the tokens as they arrive (hf_assisted drafts
-    max(run.lookahead, 1) tokens per step; nonsi ignores the lookahead)."""
+    run.lookahead tokens per step, 0: adaptively; nonsi ignores the lookahead)."""
     t0 = time.perf_counter()
     channel.send(
         verifier,
@@ -36,7 +41,7 @@ def run_baseline(
         algorithm=protocol.BASELINE_ALGORITHMS[algorithm],
         max_new_tokens=run.max_new_tokens,
         stop_at_eos=int(run.stop_at_eos),
-        lookahead=max(run.lookahead, 1),
+        lookahead=run.lookahead,
         key=run.key,
         ngram=run.ngram,
     )
@@ -63,11 +68,9 @@ def serve_baseline(channel: Channel, target, msg, assistant_factory, rule) -> No
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
         if assistant_factory is None:
             raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
-        _hf_generate(
-            channel, target, prompt, msg, rule, assistant=_constant_schedule(assistant_factory(), msg.lookahead)
-        )
+        _hf_generate(channel, target, prompt, msg, rule, assistant=_schedule(assistant_factory(), msg.lookahead))
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_prompt_lookup"]:
-        lookup = {"prompt_lookup_num_tokens": msg.lookahead}
+        lookup = {"prompt_lookup_num_tokens": msg.lookahead or PROMPT_LOOKUP_TOKENS}
         if msg.ngram:
             lookup["max_matching_ngram_size"] = msg.ngram
         _hf_generate(channel, target, prompt, msg, rule, **lookup)
@@ -107,12 +110,15 @@ class _TokenStreamer:
         self.channel.send(0, protocol.TOKENS, [], first_index=self.sent, done=1)
 
 
-def _constant_schedule(assistant, lookahead: int):
-    """The assistant drafts exactly `lookahead` tokens per round, as si does (no heuristic, no early stop)."""
+def _schedule(assistant, lookahead: int):
+    """lookahead k >= 1: the assistant drafts exactly k tokens per round, as si does (no heuristic, no early
+    stop). 0: HF's adaptive choice, the heuristic schedule from HEURISTIC_START with its default threshold."""
     assistant.generation_config = copy.deepcopy(assistant.generation_config)
-    assistant.generation_config.num_assistant_tokens = lookahead
-    assistant.generation_config.num_assistant_tokens_schedule = "constant"
-    assistant.generation_config.assistant_confidence_threshold = 0.0
+    config = assistant.generation_config
+    config.num_assistant_tokens = lookahead or HEURISTIC_START
+    config.num_assistant_tokens_schedule = "constant" if lookahead else "heuristic"
+    if lookahead:
+        config.assistant_confidence_threshold = 0.0
     return assistant
 
 

@@ -15,6 +15,10 @@ producing its own next token while the drafter catches up (the paper's non-SI th
 for drafts that plain decoding would not need). Policies: `si` keeps one block in flight and does not draft while it is (classic
 speculative decoding, blocking); `dsi` keeps drafting while fewer than `max_blocks_ahead` blocks await
 results and sends blocks to every free verifier (speculation parallelism).
+With `lookahead = 0` in the run settings k is adaptive (dsi_mpi/decoding/adaptive.py): before each block
+the time model's best k at the measured acceptance and latencies, down to 0, where blocks carry no drafts
+and the verifiers just decode (plain decoding through the same loop). Each change of k is an event.
+The clock is injectable, so that dsi_mpi/virtual.py can run this very loop on simulated time.
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.decoding.acceptance import Greedy
+from dsi_mpi.decoding.adaptive import AdaptiveLookahead
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
 from dsi_mpi.mpi import protocol
-from dsi_mpi.mpi.channel import Channel
+
+if TYPE_CHECKING:  # the simulator runs this loop without MPI (dsi_mpi/virtual.py)
+    from dsi_mpi.mpi.channel import Channel
 
 
 class DraftInterrupted(Exception):
@@ -43,6 +51,7 @@ class Block:
     drafts: list[int]  # the drafts (empty for the prefill block)
     task_id: int | None = None  # set once sent
     result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
+    plain: int = 0  # > 0: no drafts, the verifier decodes this many tokens itself (adaptive k = 0)
 
 
 @dataclass
@@ -67,8 +76,11 @@ class SpeculativeDecoder:
         stop_at_eos: bool = True,
         clock_offsets_us: dict[int, int] | None = None,
         rule=None,
+        clock=time.perf_counter,
     ):
         self.channel = channel
+        self.clock = clock  # seconds; time.perf_counter, or a simulated clock (dsi_mpi/virtual.py)
+        self.adaptive_rules: dict[str, AdaptiveLookahead] = {}  # per policy, kept from prompt to prompt
         self.drafter = drafter
         self.verifiers = list(verifiers)
         self.all_eos_ids = frozenset(int(t) for t in eos_ids)  # each run's RunSettings.stop_at_eos decides
@@ -83,11 +95,14 @@ class SpeculativeDecoder:
     # ---------------------------------------------------------------- public
     def generate(self, policy: str, prompt: list[int], record: RunRecord, run: RunSettings) -> RunRecord:
         """Run `policy` on one prompt with `run`'s settings (dsi uses the first `run.verifiers` verifier
-        ranks, 0: all; `run.key` keys the random streams of sampling)."""
+        ranks, 0: all; `run.key` keys the random streams of sampling; `run.lookahead` 0: adaptive k)."""
         if policy not in ("si", "dsi"):
             raise ValueError(policy)
         self.policy = policy
         self.k = run.lookahead
+        self.lookahead_rule = (
+            None if run.lookahead else self.adaptive_rules.setdefault(policy, AdaptiveLookahead(policy))
+        )
         self.key = key = run.key
         self.nonsi_thread = run.nonsi_thread
         self.eos_ids = self.all_eos_ids if run.stop_at_eos else frozenset()
@@ -102,12 +117,13 @@ class SpeculativeDecoder:
         self.pending_cancels: dict[int, list] = {}
         self.rows: dict[int, dict] = {}
         self.done = False
-        self.t0 = time.perf_counter()
+        self.t0 = self.clock()
         self._drafting = None
         self.deferred = None  # (verdict, j, position) waiting for the draft at position (sampling, dsi)
         self.drafter.set_layer_callback(self._between_drafter_layers)
 
         self.no_proposal = None  # (epoch, position) where the drafter had nothing to propose
+        self._choose_lookahead()
         self._start_prefills()
         self.drafter.reset()
         start = self._now()
@@ -119,6 +135,9 @@ class SpeculativeDecoder:
             self._handle_waiting_messages()
             if self.done:
                 break
+            if self.k == 0 and not self.blocks:  # nothing will be drafted: the next block forms now
+                self._choose_lookahead()
+                self._form_blocks()
             self._dispatch()
             if self._may_draft():
                 self._draft_one()
@@ -133,7 +152,7 @@ class SpeculativeDecoder:
 
     # ---------------------------------------------------------------- drafting
     def _now(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def _event(self, kind: int, t0: float, t1: float, task_id: int = -1, value: int = 0, rank: int = 0) -> None:
         self.record.events.append((rank, kind, t0, t1, task_id, value))
@@ -143,7 +162,7 @@ class SpeculativeDecoder:
         return (us - self.offsets_us.get(rank, 0)) * 1e-6 - self.t0
 
     def _may_draft(self) -> bool:
-        if len(self.seq) >= self.end or self._drafter_has_nothing():
+        if len(self.seq) >= self.end or self._drafter_has_nothing() or self.k == 0:
             return False
         awaiting = sum(1 for b in self.blocks if b.result is None)
         return awaiting < self.max_ahead if self.policy == "dsi" else not self.blocks
@@ -166,9 +185,11 @@ class SpeculativeDecoder:
             self._drafting = None
             self.record.draft_s += self._now() - start
         self._event(Event.DRAFT, start, self._now(), value=position)
+        if self.lookahead_rule is not None:
+            self.lookahead_rule.observe_draft(self._now() - start)
         self._append_draft(token)
         if self.deferred is not None and self.deferred[2] == position:
-            self._settle()
+            self._observed(self._settle)
 
     def _append_draft(self, token: int | None) -> None:
         """Extend the text by a draft; a drafter with nothing to propose (no n-gram match) instead marks this
@@ -196,23 +217,44 @@ class SpeculativeDecoder:
 
     def _form_blocks(self) -> None:
         """Cut the drafts into blocks of k; a shorter last block when no more drafts will come (the end of
-        the generation, or a drafter with nothing to propose), and when nothing is drafted and nothing is
-        awaited, a block of no drafts: the target just produces its next token, as in plain decoding."""
+        the generation, a drafter with nothing to propose, or k = 0 with drafts left from before), and when
+        nothing is drafted and nothing is awaited, a block of no drafts: the target just produces its next
+        token, as in plain decoding. Adaptive k is chosen afresh for the block after each one formed."""
         last = self.blocks[-1] if self.blocks else None
         start = last.start + len(last.drafts) if last else self.n_committed
         start = max(start, self.n_committed)
-        no_more = len(self.seq) >= self.end or self._drafter_has_nothing()
         while True:
+            no_more = len(self.seq) >= self.end or self._drafter_has_nothing() or self.k == 0
             available = len(self.seq) - start
-            if available >= self.k or (available > 0 and no_more):
-                n = min(self.k, available)
+            if (self.k and available >= self.k) or (available > 0 and no_more):
+                n = min(self.k or available, available)
                 self.blocks.append(Block(start, self.seq[start : start + n]))
                 start += n
             elif no_more and not self.blocks and self.n_committed < self.end:
-                self.blocks.append(Block(start, []))
-                return
+                plain = self.lookahead_rule.plain_run(self.end - start) if self.k == 0 and self.lookahead_rule else 0
+                self.blocks.append(Block(start, [], plain=plain))
             else:
                 return
+            self._choose_lookahead()
+
+    def _choose_lookahead(self) -> None:
+        """Adaptive speculation: the k of the next block (recorded when it changes). At k = 0 nothing is
+        drafted, so a position that waits for its draft (sampling, dsi) takes the target's draw instead."""
+        if self.lookahead_rule is None:
+            return
+        k = self.lookahead_rule.next_lookahead()
+        if k != self.k:
+            self.k = k
+            self._event(Event.LOOKAHEAD, self._now(), self._now(), value=k)
+            if k == 0 and self.deferred is not None:
+                self._settle()
+
+    def _observed(self, apply) -> None:
+        """Run `apply` (which judges drafts) and tell adaptive speculation how many it compared and accepted."""
+        accepted, compared = self.record.accepted, self.record.compared
+        apply()
+        if self.lookahead_rule is not None:
+            self.lookahead_rule.observe_acceptance(self.record.accepted - accepted, self.record.compared - compared)
 
     # ---------------------------------------------------------------- tasks
     def _start_prefills(self) -> None:
@@ -238,6 +280,7 @@ class SpeculativeDecoder:
             n_out=n_out,
             key=self.key,
             n_extras=len(extras),
+            plain=block.plain if block else 0,
         )
         task.row = {
             "task_id": task.task_id,
@@ -323,16 +366,19 @@ class SpeculativeDecoder:
             self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
             return True
-        self.cache_view[source] = task.sequence
+        plain = task.block.plain if task.block is not None else 0
+        self.cache_view[source] = task.sequence + [int(t) for t in msg.payload[: plain - 1]] if plain else task.sequence
         task.row.update(computed=msg.computed, reused=msg.reused)
         self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
+        if self.lookahead_rule is not None and task.row["base"] > 0:  # not a prefill: a verification's time
+            self.lookahead_rule.observe_verification(now - task.row["sent_s"], msg.computed, plain)
         if task.epoch != self.epoch:
             task.row["outcome"] = Outcome.STALE_RESULT
             self.record.tasks_stale += 1
             return True
-        if not self.rule.sampled and len(msg.payload) != len(task.block.drafts) + 1:
+        if (plain or not self.rule.sampled) and len(msg.payload) != (plain or len(task.block.drafts) + 1):
             raise protocol.ProtocolError(
                 f"rank {source} returned {len(msg.payload)} tokens for a block of {len(task.block.drafts)} drafts"
             )
@@ -341,7 +387,7 @@ class SpeculativeDecoder:
         self.record.tasks_used += 1
         while self.blocks and self.blocks[0].result is not None and not self.done:
             block, accepted = self.blocks.popleft(), self.record.accepted
-            self._apply(block)
+            self._observed(lambda b=block: self._apply(b))
             self.rows[block.task_id]["accepted"] = self.record.accepted - accepted
         return True
 
@@ -350,6 +396,15 @@ class SpeculativeDecoder:
         does not stand (a rejection), or, after the whole block, a check of the next draft (immediate
         pruning) or a fresh token if nothing is drafted there yet."""
         rule, result, key = self.rule, block.result, self.key
+        if block.plain:  # the target's own tokens, decoded on the verifier (nothing is drafted at k = 0)
+            assert block.start == self.n_committed, "a plain run applied out of order"
+            del self.seq[self.n_committed :]
+            for token in result:
+                self.seq.append(int(token))
+                self._commit()
+                if self.done:
+                    return
+            return
         offset = self.n_committed - block.start
         assert 0 <= offset <= len(block.drafts), "blocks applied out of order"
         j = rule.stop(result, block.drafts, offset)
@@ -371,7 +426,7 @@ class SpeculativeDecoder:
             if not rule.check(result, j, position, self.seq[position], key):
                 return self._reject(position, rule.replacement(result, j, position, key))
             self.record.accepted += 1
-        elif rule.sampled and self.policy == "dsi" and not self._drafter_has_nothing():
+        elif rule.sampled and self.policy == "dsi" and self.k > 0 and not self._drafter_has_nothing():
             # Whether the drafter got here first depends on timing; so that tokens do not, the position
             # waits for its draft and is judged like any other (see _settle).
             self.deferred = (result, j, position)
@@ -415,6 +470,7 @@ class SpeculativeDecoder:
             # The target goes on at once (the paper's non-SI thread). With one verifier it would hold up the
             # next real block instead, so it needs a spare verifier.
             self.blocks.append(Block(self.n_committed, []))
+        self._choose_lookahead()
 
     def _restart(self) -> None:
         """Drop all speculation and go on from the committed text (a safe fallback, never a shortcut)."""
@@ -422,6 +478,7 @@ class SpeculativeDecoder:
         self.deferred = None
         self.epoch += 1
         self._cancel_all()
+        self._choose_lookahead()
 
     def _cancel_all(self, after_rejection: bool = True) -> None:
         """Drop every block; queued ones are never sent, in-flight ones are told to stop."""

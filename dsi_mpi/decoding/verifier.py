@@ -72,6 +72,17 @@ class Verifier:
             else:
                 raise protocol.ProtocolError(f"rank 0 sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
 
+    def _plain_run(self, tokens, n: int, key: int) -> list[int]:
+        """Plain decoding of n tokens from here (adaptive speculation at k = 0): one message per n tokens
+        instead of one per token; each token is the rule's own choice at its position (greedy: argmax;
+        sampling: the same position-keyed draw that nonsi and the coordinator make), so nothing changes."""
+        out = []
+        for _ in range(n):
+            position = self.target.cache_len() + len(tokens)
+            out.append(self.rule.next_token(self.target, tokens, position, key))
+            tokens = [out[-1]]
+        return out
+
     def _run_task(self, msg) -> None:
         if msg.base > self.target.cache_len():
             raise protocol.ProtocolError(
@@ -90,7 +101,12 @@ class Verifier:
         self.running_epoch = msg.epoch
         try:
             n_tokens = len(msg.payload) - msg.n_extras
-            verdict = self.rule.verify(self.target, msg.payload[:n_tokens], msg.n_out, msg.payload[n_tokens:], msg.key)
+            if msg.plain:
+                verdict = self._plain_run(msg.payload[:n_tokens], msg.plain, msg.key)
+            else:
+                verdict = self.rule.verify(
+                    self.target, msg.payload[:n_tokens], msg.n_out, msg.payload[n_tokens:], msg.key
+                )
         except TaskCancelled:
             self.channel.send(
                 0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=now_us(), **reply
@@ -103,7 +119,7 @@ class Verifier:
             protocol.RESULT,
             verdict,
             cache_len=self.target.cache_len(),
-            computed=n_tokens,
+            computed=n_tokens + max(msg.plain - 1, 0),
             reused=msg.base,
             start_us=start,
             end_us=now_us(),

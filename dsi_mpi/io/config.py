@@ -67,9 +67,10 @@ KEYS: tuple[Key, ...] = (
         "decoding",
         "lookahead",
         (int, str),
-        5,
-        'draft tokens per verification task (k >= 1), or "auto": '
-        "the planner picks each algorithm's best k from a short calibration and the time model",
+        "adaptive",
+        'draft tokens per verification task: "adaptive" (k chosen before each block from the measured '
+        'acceptance and latencies, down to 0 = plain decoding; README "Adaptive speculation"), a fixed k >= 1 '
+        '(for experiments), or "auto": the planner fixes each algorithm\'s best k from a short calibration',
     ),
     Key(
         "decoding",
@@ -377,12 +378,14 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     for name in d["algorithms"]:
         need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
     need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
-    for name, low in (("lookahead", 1), ("verifiers", 0)):
-        value = d[name]
-        need(
-            value == "auto" or isinstance(value, int) and value >= low,
-            f'decoding.{name} must be an integer >= {low} or "auto", got {value!r}',
-        )
+    need(
+        d["lookahead"] in ("adaptive", "auto") or isinstance(d["lookahead"], int) and d["lookahead"] >= 1,
+        f'decoding.lookahead must be "adaptive", "auto" or an integer >= 1, got {d["lookahead"]!r}',
+    )
+    need(
+        d["verifiers"] == "auto" or isinstance(d["verifiers"], int) and d["verifiers"] >= 0,
+        f'decoding.verifiers must be an integer >= 0 or "auto", got {d["verifiers"]!r}',
+    )
     need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
     need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
     need(d["temperature"] > 0, f"decoding.temperature must be > 0, got {d['temperature']}")

@@ -75,6 +75,7 @@ class Event(IntEnum):
     TASK_SENT = 8  # rank 0: a task sent (value: the verifier)
     RESULT_RECEIVED = 9  # rank 0: a reply read (value: the verifier)
     DRAFTER_PREFILL = 10  # rank 0: the drafter's prefill of the prompt (value: prompt length)
+    LOOKAHEAD = 11  # rank 0: adaptive speculation changed k, the drafts per block (value: the new k; 0: none)
 
     @property
     def label(self) -> str:

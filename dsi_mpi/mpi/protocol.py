@@ -7,7 +7,7 @@ MPI tag equal to its kind:
 
 | kind      | direction | fields                                                | payload                  |
 | --------- | --------- | ----------------------------------------------------- | ------------------------ |
-| TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras            | tokens after `base`, extras |
+| TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras, plain     | tokens after `base`, extras |
 | RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | the rule's verdict |
 | ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us           | (none)                   |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
@@ -20,7 +20,9 @@ tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule 
 greedy verdicts are the target's token at each of the last `n_out` positions; sampling verdicts are the
 number of drafts that stand and the target's distribution where they stop. `key` keys the random
 streams (the prompt); `n_extras` trailing payload integers are the rule's extras (sampling: q(x) of each
-draft, as float64 bits). Each task gets exactly one reply,
+draft, as float64 bits). `plain` > 0 (a block of no drafts, adaptive speculation at k = 0): the verifier
+decodes `plain` tokens itself, as plain decoding would, and the verdict is those tokens. Each task gets
+exactly one reply,
 RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
 bracket the verifier's forward on its own clock (dsi_mpi.mpi.clock; start_us = end_us: never started).
 An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
@@ -55,7 +57,7 @@ class Kind(IntEnum):
 TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = Kind
 KIND_NAMES = {kind: kind.name for kind in Kind}
 FIELDS = {
-    TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras"),
+    TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras", "plain"),
     RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
     ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us"),
     CANCEL: ("epoch",),

@@ -37,6 +37,9 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 - drafter_ttft_s: median drafter prefill time (si + dsi).
 - acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
   shaped by dsi's timing.
+- message_s: median over the applied verification tasks of (reply_s - sent_s - busy_s) / 2, one
+  message's cost each way including the waiting rank's wake-up (the paper's model has none; the
+  simulator can charge it, `simulate(message_s=...)`).
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
 The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
 (`model_latencies`).
@@ -247,6 +250,7 @@ def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
     clean = by.get("si") or by["dsi"]
     plain = [r for r in by.get("nonsi", []) if len(r["tokens"]) > 1]
     verify = _verifications(_tasks(spec))
+    trips = (verify["reply_s"] - verify["sent_s"] - verify["busy_s"]) / 2 if len(verify) else np.zeros(0)
     verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
     drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
     m = {
@@ -254,6 +258,7 @@ def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
         "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
         "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
         "acceptance": acceptance(clean),
+        "message_s": _median(np.maximum(trips, 0.0).tolist()) if len(trips) else 0.0,
     }
     if plain:
         m["target_ttft_s"] = _median([r["ttft_s"] for r in plain])
@@ -313,6 +318,7 @@ def predicted_latencies(
         trials=trials,
         nonsi_thread=nonsi_thread and verifiers > 1,
         drafter_layers=drafter_layers,
+        message_s=m.get("message_s", 0.0),
     )
     return {
         "nonsi": nonsi_latency(plain, new_tokens),

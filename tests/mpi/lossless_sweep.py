@@ -70,7 +70,7 @@ def main():
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (eos,))
         for name in [n for n in models if n != "target"]:
             decoder.drafter = make_drafter(models[name], models["target"], target.config.vocab_size)
-            for k in range(1, max_k + 1):
+            for k in range(max_k + 1):  # 0: adaptive speculation
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
                         rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))

@@ -61,7 +61,7 @@ def main():
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (), False, rule=rule)
         for drafter in ("noisy", "bad", "ngram"):  # ngram: a point-mass q, and often no proposal at all
             decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
-            for policy, k in (("si", 2), ("dsi", 3)):
+            for policy, k in (("si", 2), ("dsi", 3), ("dsi", 0)):  # k 0: adaptive speculation
                 c = counts.setdefault(
                     f"{policy}-k{k}/{drafter}/{models.get('setting', 'plain')}", collections.Counter()
                 )

@@ -1,6 +1,6 @@
 """Greedy SI and DSI equal Hugging Face's own greedy generate, token for token: drafters that are always
-right, sometimes right and nearly always wrong (a GPT-2 drafting for a Llama target), lookahead 1..8,
-2..5 ranks. The sweep also proves it exercised rejections, stale results and aborted forwards."""
+right, sometimes right and nearly always wrong (a GPT-2 drafting for a Llama target), lookahead 1..8 and
+adaptive, 2..5 ranks. The sweep also proves it exercised rejections, stale results and aborted forwards."""
 
 import json
 
@@ -25,7 +25,7 @@ def sweep(run_mpi, tmp_path, models: dict, ranks: int, max_k: int, new_tokens: i
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert len(rows) == (len(models) - 1) * max_k * 2 * 3
+    assert len(rows) == (len(models) - 1) * (max_k + 1) * 2 * 3  # k = 0 is adaptive
     wrong = [(r["drafter"], r["k"], r["policy"], r["prompt"]) for r in rows if not r["ok"]]
     assert not wrong, f"outputs differ from generate(): {wrong[:10]}"
     return rows

@@ -7,7 +7,7 @@ from dsi_mpi.mpi.protocol import ProtocolError, decode, encode
 
 def test_round_trip_every_kind():
     fields = {
-        protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0),
+        protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0, plain=0),
         protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
         protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
         protocol.CANCEL: dict(epoch=4),
@@ -36,7 +36,7 @@ def test_missing_field_refused_at_encode():
     ],
 )
 def test_malformed_messages_are_refused(mutate, words):
-    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0)
+    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0, plain=0)
     mutate(buf)
     with pytest.raises(ProtocolError, match=words):
         decode(buf, protocol.TASK, 2)
@@ -49,7 +49,7 @@ def test_tag_must_match_kind_and_sender_is_named():
 
 
 def test_task_cannot_ask_more_outputs_than_tokens():
-    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3, key=0, n_extras=0)
+    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3, key=0, n_extras=0, plain=0)
     with pytest.raises(ProtocolError, match="outputs"):
         decode(buf, protocol.TASK, 1)
 

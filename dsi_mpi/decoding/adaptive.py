@@ -1,0 +1,157 @@
+"""Adaptive speculation: how many drafts the next block gets, from what the run has measured so far.
+
+Why: a fixed lookahead k is right for one drafter on one machine only. A useless drafter (acceptance near 0)
+or a slow one (c near 1) makes every draft a loss, and then the right k is 0: the verifiers just decode
+with the target, and the job runs as fast as plain decoding, even with one verifier.
+
+The rule, from the paper's time model (Leviathan et al. 2023, eq. 1; Timor et al. 2025, section 3):
+a block of k drafts verified from the true prefix commits E(k) = 1 + a + ... + a^k tokens on average
+(accepted drafts, then the target's recovered or bonus token), where a is the acceptance rate. It costs
+    si:  k d + T(k + 1)                  (drafting, then one verification of k + 1 tokens)
+    dsi: T(k + 1) + (1 - a^k) k d        (the next block is drafted during this one's verification; only
+                                          after a rejection must k drafts be made again before sending)
+where d is the drafter's seconds per draft and T(n) the seconds from sending an n-token verification
+to reading its result (measured, messages included). k = 0 costs T(1) for one token: plain decoding. The
+coordinator takes the k in 0..MAX_LOOKAHEAD with the most tokens per second, E(k) / cost(k), and keeps
+its current k unless another is better by more than HYSTERESIS (so that noise does not flap it).
+
+Measured as the run goes, per policy, carried from prompt to prompt and updated within each: a from every
+draft compared with the target (accepted / compared), d from every finished draft step, T(n) from every
+verification result (T(1) from blocks of no drafts, the growth per token from longer blocks; on a GPU it
+is close to 0, on a CPU it is not). Each estimate is an exponential moving average with a half-life of
+HALF_LIFE observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons. Until a
+draft step and a verification have been timed, k = INITIAL_LOOKAHEAD.
+
+At k = 0 nothing is drafted, so a would never be measured again: after PROBE_MIN blocks of no drafts a block
+of one draft goes out instead (an exploration block), and the interval doubles after each one, up to
+PROBE_MAX, while k stays 0. Meanwhile each task asks the verifier to decode the tokens up to the next
+exploration block by itself (`plain_run`): one message round trip per run instead of one per token. A probe costs at most d + T(2) - T(1) every PROBE_MAX tokens.
+
+How it differs from the anchors:
+* HF `num_assistant_tokens_schedule="heuristic"`: k + 2 after a fully accepted block, k - 1 otherwise,
+  never below 1. It reacts to acceptance only, never to latencies, and cannot reach 0: a useless drafter
+  still costs a draft and a longer verification per token.
+* HF `assistant_confidence_threshold` (DISCO): stops a block early when the drafter's top probability falls
+  below a threshold. That is a per-token signal this rule does not use yet (dsi-mpi's greedy drafters
+  return tokens, not probabilities); it could end a block early on top of the k chosen here.
+* SGLang's adaptive speculative decoding picks the draft length from recent acceptance lengths against
+  thresholds tuned offline; here the choice is the time model's optimum at the measured latencies.
+* PEARL (pre-verify / post-verify): verifies the first draft while drafting the rest, and drafts during
+  verification. dsi's pipeline already overlaps drafting and verification; the dsi cost above prices it.
+"""
+
+from __future__ import annotations
+
+MAX_LOOKAHEAD = 12
+INITIAL_LOOKAHEAD = 1
+HALF_LIFE = 32.0
+PRIOR_ACCEPTANCE, PRIOR_WEIGHT = 0.5, 2.0
+HYSTERESIS = 0.02
+PROBE_MIN, PROBE_MAX = 4, 64
+
+
+class Ema:
+    """Exponential moving average with a half-life counted in observations (None until the first)."""
+
+    def __init__(self, half_life: float = HALF_LIFE):
+        self.keep = 0.5 ** (1.0 / half_life)
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.keep * self.value + (1 - self.keep) * x
+
+
+class AdaptiveLookahead:
+    """The estimates and the choice of k for one policy ("si" or "dsi"); see the module docstring."""
+
+    def __init__(self, policy: str, max_lookahead: int = MAX_LOOKAHEAD):
+        if policy not in ("si", "dsi"):
+            raise ValueError(policy)
+        self.policy = policy
+        self.max_lookahead = max_lookahead
+        self.keep = 0.5 ** (1.0 / HALF_LIFE)
+        self.accepted, self.compared = PRIOR_ACCEPTANCE * PRIOR_WEIGHT, PRIOR_WEIGHT
+        self.draft_s = Ema()
+        self.verify_1_s = Ema()  # T(1)
+        self.verify_n_s = Ema()  # T(n) of longer blocks, and their mean length, for T's growth per token
+        self.verify_n_tokens = Ema()
+        self.k = INITIAL_LOOKAHEAD
+        self.probe_interval = PROBE_MIN
+        self.plain_blocks = 0  # verifications of no drafts since the last exploration block
+
+    # ------------------------------------------------------------------ observations
+    def observe_acceptance(self, accepted: int, compared: int) -> None:
+        for i in range(compared):
+            self.accepted = self.keep * self.accepted + (1 if i < accepted else 0)
+            self.compared = self.keep * self.compared + 1
+
+    def observe_draft(self, seconds: float) -> None:
+        self.draft_s.add(seconds)
+
+    def observe_verification(self, seconds: float, tokens: int, plain: int = 0) -> None:
+        """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
+        if plain:
+            self.verify_1_s.add(seconds / plain)
+            self.plain_blocks += plain
+        elif tokens <= 1:
+            self.verify_1_s.add(seconds)
+            self.plain_blocks += 1
+        else:
+            self.verify_n_s.add(seconds)
+            self.verify_n_tokens.add(tokens)
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.compared
+
+    def verification_s(self, tokens: int) -> float | None:
+        """T(n): linear through T(1) and the mean longer block; flat where only one of them is known."""
+        t1, tn, n = self.verify_1_s.value, self.verify_n_s.value, self.verify_n_tokens.value
+        if t1 is None or tn is None:
+            return t1 if tn is None else tn
+        return t1 + max(tn - t1, 0.0) / max(n - 1, 1e-9) * (tokens - 1)
+
+    def rate(self, k: int) -> float | None:
+        """Expected committed tokens per second with k drafts per block (None until latencies are known)."""
+        d, t = self.draft_s.value, self.verification_s(k + 1)
+        if t is None or (k > 0 and d is None):
+            return None
+        a = min(max(self.acceptance, 0.0), 1.0)
+        tokens = k + 1 if a >= 1.0 else (1 - a ** (k + 1)) / (1 - a)
+        drafting = k * d if self.policy == "si" else (1 - a**k) * k * d if k else 0.0
+        return tokens / max(t + drafting, 1e-12)
+
+    def best(self) -> int:
+        """The k of the highest rate, the current one kept unless another beats it by HYSTERESIS."""
+        rates = [self.rate(k) for k in range(self.max_lookahead + 1)]
+        if any(r is None for r in rates):  # not measured yet
+            return self.k
+        best = max(range(len(rates)), key=lambda k: (rates[k], -k))
+        return best if rates[best] > rates[self.k] * (1 + HYSTERESIS) else self.k
+
+    def next_lookahead(self) -> int:
+        """k for the next block; at k = 0, now and then one exploration block of a single draft."""
+        self.k = self.best()
+        if self.k > 0:
+            self.probe_interval, self.plain_blocks = PROBE_MIN, 0
+            return self.k
+        if self.plain_blocks >= self.probe_interval:
+            self.plain_blocks = 0
+            self.probe_interval = min(2 * self.probe_interval, PROBE_MAX)
+            return 1
+        return 0
+
+    def plain_run(self, tokens_left: int) -> int:
+        """At k = 0: how many tokens the verifier decodes in one task, the rest of the way to the next
+        exploration block, so that plain decoding costs one message per run, not one per token."""
+        return max(1, min(self.probe_interval - self.plain_blocks, tokens_left))
+
+    def state(self) -> dict:
+        return {
+            "acceptance": self.acceptance,
+            "draft_s": self.draft_s.value,
+            "verify_1_s": self.verify_1_s.value,
+            "verify_n_s": self.verification_s(self.k + 1),
+            "k": self.k,
+        }

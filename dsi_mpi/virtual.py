@@ -1,0 +1,262 @@
+"""The coordinator on a simulated clock: the engine of the time-model simulator (dsi_mpi/simulator.py).
+
+Why: a simulator that re-implements the coordinator's rules drifts from them (it did: it gave one verifier
+the non-SI thread that the coordinator keeps for two or more, and it knew nothing of adaptive speculation).
+Here the real `SpeculativeDecoder` runs unchanged and only its surroundings are simulated:
+* the clock is a number that moves only when something takes time;
+* the drafter is a ModelRunner whose forward advances the clock by its latency, in `layers` slices with the
+  coordinator's layer callback before each (as the emulated backend does with sleeps);
+* the channel hands tasks to simulated verifiers that follow dsi_mpi/decoding/verifier.py: messages in
+  arrival order, one task at a time, a forward of TTFT on an empty cache and TPOT otherwise whatever its
+  length (the paper's model, and the emulated backend's), a CANCEL seen at the next of `slices` checks
+  inside a forward (then ABORTED, the cache rolled back), a task made stale before it starts never run;
+* waiting (the poller) jumps the clock to the next moment something can happen.
+Acceptance is the paper's i.i.d. model, as in the emulated backend: the target's token at each position
+is fixed and the drafter proposes it where `match(position)` holds, another token elsewhere.
+A message takes `message_s` (default 0) to arrive. Nothing here sleeps or needs MPI.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from dsi_mpi.backends.base import ModelRunner
+from dsi_mpi.mpi import protocol
+
+VERIFIER_SLICES = 8  # cancel checks per target forward, as dsi_mpi/backends/emulated.py's SLICES
+
+
+def target_token(position: int) -> int:
+    return 2 * position + 2
+
+
+class SimulatedClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class SimulatedDrafter(ModelRunner):
+    """Proposes the target's token where match(position) holds; each forward advances the clock."""
+
+    def __init__(self, clock: SimulatedClock, ttft: float, tpot: float, layers: int, match):
+        super().__init__()
+        self.clock, self.ttft, self.tpot, self.layers, self.match = clock, ttft, tpot, layers, match
+        self.n_layers = layers
+
+    def _forward(self, tokens, n_out):
+        seconds = (self.ttft if not self.tokens else self.tpot) / self.layers
+        for _ in range(self.layers):
+            if self._layer_callback is not None:
+                self._layer_callback()
+            self.clock.t += seconds
+        return n_out
+
+    def _crop(self, length: int) -> None:
+        pass
+
+    def _argmax(self, n_out: int, first_position: int) -> np.ndarray:
+        positions = range(first_position, first_position + n_out)
+        return np.array([target_token(p) + (0 if self.match(p) else 1) for p in positions], dtype=np.int64)
+
+
+class SimulatedVerifier:
+    """One verifier rank: a queue of (arrival, kind, fields, payload), resolved as far as the clock allows."""
+
+    def __init__(self, rank: int, ttft: float, tpot: float, slices: int):
+        self.rank, self.ttft, self.tpot, self.slices = rank, ttft, tpot, slices
+        self.queue: deque = deque()
+        self.cache_len = 0
+        self.free_at = 0.0
+        self.min_epoch = 0
+
+    def _take_cancels(self, until: float) -> None:
+        """A forward's cancel check: every CANCEL that has arrived by `until` (probed by tag, out of order)."""
+        for item in [m for m in self.queue if m[1] == protocol.CANCEL and m[0] <= until]:
+            self.min_epoch = max(self.min_epoch, item[2]["epoch"])
+            self.queue.remove(item)
+
+    def _duration(self, fields) -> float:
+        """TTFT from an empty cache, else TPOT, and TPOT per further token of a plain run."""
+        return (self.ttft if fields["base"] == 0 else self.tpot) + max(fields["plain"] - 1, 0) * self.tpot
+
+    def _checks(self, fields) -> int:
+        return self.slices * max(fields["plain"], 1)
+
+    def next_time(self) -> float | None:
+        """The next moment at which this verifier's state can change (None: idle)."""
+        if not self.queue:
+            return None
+        arrival, kind, fields, _ = self.queue[0]
+        start = max(self.free_at, arrival)
+        if kind == protocol.CANCEL:
+            return start
+        duration = self._duration(fields)
+        cancels = [m[0] for m in self.queue if m[1] == protocol.CANCEL]
+        checks = [start + i * duration / self._checks(fields) for i in range(self._checks(fields))]
+        first_check = next((c for c in checks if cancels and c >= min(cancels)), None)
+        return min(start + duration, first_check) if first_check is not None else start + duration
+
+    def advance(self, until: float) -> list:
+        """Resolve every message whose outcome is already decided at time `until`; return the replies as
+        (time, kind, fields, payload)."""
+        replies = []
+        while self.queue:
+            arrival, kind, fields, payload = self.queue[0]
+            start = max(self.free_at, arrival)
+            if start > until:
+                break
+            if kind == protocol.CANCEL:
+                self.queue.popleft()
+                self.min_epoch = max(self.min_epoch, fields["epoch"])
+                continue
+            if fields["base"] > self.cache_len:
+                raise protocol.ProtocolError(f"task {fields['task_id']} keeps more than verifier {self.rank} holds")
+            base = fields["base"]
+            reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base)
+            duration, n_checks = self._duration(fields), self._checks(fields)
+            stopped = None
+            if fields["epoch"] < self.min_epoch:
+                stopped = start
+            else:
+                for i in range(n_checks):
+                    check = start + i * duration / n_checks
+                    if check > until:
+                        break
+                    self._take_cancels(check)
+                    if fields["epoch"] < self.min_epoch:
+                        stopped = check
+                        break
+            if stopped is not None:
+                self.queue.popleft()
+                self.cache_len, self.free_at = base, stopped
+                replies.append((stopped, protocol.ABORTED, reply | dict(start_us=_us(start), end_us=_us(stopped)), ()))
+                continue
+            end = start + duration
+            if end > until:
+                break
+            self.queue.popleft()
+            n_tokens, plain = len(payload) - fields["n_extras"], fields["plain"]
+            first = base + n_tokens - fields["n_out"] + 1  # position of the first token predicted
+            verdict = [target_token(p) for p in range(first, first + (plain or fields["n_out"]))]
+            computed = n_tokens + max(plain - 1, 0)  # a plain run feeds back all but its last token
+            self.cache_len, self.free_at = base + computed, end
+            done = dict(cache_len=self.cache_len, computed=computed, reused=base, start_us=_us(start), end_us=_us(end))
+            replies.append((end, protocol.RESULT, reply | done, verdict))
+        return replies
+
+
+def _us(seconds: float) -> int:
+    return int(round(seconds * 1e6))
+
+
+class SimulatedPoller:
+    """`BackoffPoller.wait_for` on the simulated clock: jump to the next event instead of sleeping."""
+
+    timeout_s = float("inf")
+
+    def __init__(self, world: SimulatedWorld):
+        self.world = world
+
+    def wait_for(self, poll, what: str, timeout_s=None):
+        while True:
+            result = poll()
+            if result is not None:
+                return result
+            t = self.world.next_time()
+            if t is None:
+                raise RuntimeError(f"simulated run stalled while waiting for {what}")
+            self.world.clock.t = max(self.world.clock.t, t)
+
+
+class SimulatedWorld:
+    """Rank 0's channel (send / poll / poller) to `n_verifiers` simulated verifier ranks."""
+
+    rank = 0
+
+    def __init__(self, target_ttft: float, target_tpot: float, n_verifiers: int, slices=VERIFIER_SLICES, message_s=0.0):
+        self.clock = SimulatedClock()
+        self.verifiers = {r: SimulatedVerifier(r, target_ttft, target_tpot, slices) for r in range(1, n_verifiers + 1)}
+        self.message_s = message_s
+        self.inbox: list = []  # heap of (arrival, sequence number, source, kind, fields, payload)
+        self.sent = 0
+        self.poller = SimulatedPoller(self)
+
+    def send(self, dest: int, kind, payload=(), **fields) -> None:
+        self.verifiers[dest].queue.append((self.clock.t + self.message_s, kind, fields, list(payload)))
+
+    def _advance(self) -> None:
+        for rank, v in self.verifiers.items():
+            for t, kind, fields, payload in v.advance(self.clock.t):
+                self.sent += 1
+                heapq.heappush(self.inbox, (t + self.message_s, self.sent, rank, kind, fields, payload))
+
+    def poll(self, source=None, tag=None):
+        self._advance()
+        if not self.inbox or self.inbox[0][0] > self.clock.t:
+            return None
+        _, _, rank, kind, fields, payload = heapq.heappop(self.inbox)
+        return rank, protocol.Message(protocol.Kind(kind), fields, np.asarray(payload, dtype=np.int64))
+
+    def next_time(self) -> float | None:
+        times = [self.inbox[0][0]] if self.inbox else []
+        times += [t for t in (v.next_time() for v in self.verifiers.values()) if t is not None]
+        later = [t for t in times if t > self.clock.t]  # poll() has resolved everything up to now
+        return min(later) if later else None
+
+    def flush(self) -> None:
+        pass
+
+
+def run_simulated(
+    policy: str,
+    latencies,
+    draws,
+    lookahead: int,
+    verifiers: int = 1,
+    nonsi_thread: bool = False,
+    max_blocks_ahead: int = 0,
+    drafter_layers: int = 1,
+    message_s: float = 0.0,
+    warmup=None,
+    prompt_tokens: int = 8,
+):
+    """Run the coordinator's `policy` once per draw (draw[i]: does the draft of generated token i match?),
+    one prompt after another on one set of ranks, as a job does; `warmup`: one more draw run first and not
+    returned (adaptive speculation learns from it, as from a job's untimed warm-up prompt). Returns the
+    RunRecords."""
+    from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+    from dsi_mpi.decoding.settings import RunSettings
+    from dsi_mpi.io.records import RunRecord
+
+    lat = latencies
+    n_verifiers = 1 if policy == "si" else int(verifiers)
+    world = SimulatedWorld(lat.target_ttft, lat.target_tpot, n_verifiers, message_s=message_s)
+    current = {"draw": None}
+
+    def match(position: int) -> bool:
+        i = position - prompt_tokens
+        draw = current["draw"]
+        return bool(draw[i]) if 0 <= i < len(draw) else True
+
+    drafter = SimulatedDrafter(world.clock, lat.drafter_ttft, lat.drafter_tpot, int(drafter_layers), match)
+    decoder = SpeculativeDecoder(world, drafter, list(world.verifiers), stop_at_eos=False, clock=world.clock)
+    prompt = [1] * prompt_tokens
+    records = []
+    for i, draw in enumerate(([warmup] if warmup is not None else []) + list(draws)):
+        current["draw"] = draw
+        run = RunSettings(
+            max_new_tokens=len(draw),
+            lookahead=int(lookahead),
+            verifiers=n_verifiers,
+            max_blocks_ahead=int(max_blocks_ahead or 0),
+            nonsi_thread=nonsi_thread,
+            stop_at_eos=False,
+        )
+        records.append(decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), run))
+    return records[1:] if warmup is not None else records
