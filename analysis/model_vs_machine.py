@@ -16,28 +16,25 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID = [  # (c, acceptance, lookahead, verifiers)
-    (0.1, 0.8, 5, 1),
-    (0.1, 0.8, 5, 3),
-    (0.1, 0.8, 5, 7),
-    (0.1, 0.6, 3, 7),
-    (0.2, 0.6, 3, 1),
-    (0.2, 0.6, 3, 3),
-    (0.2, 0.8, 5, 3),
-    (0.2, 0.9, 8, 7),
-    (0.05, 0.7, 5, 7),
-    (0.05, 0.9, 10, 7),
-    (0.4, 0.5, 2, 3),
-    (0.3, 0.7, 3, 5),
-]
-QUICK = [(0.1, 0.8, 5, 3), (0.2, 0.6, 3, 1)]
+from jobs import ROOT, emulated_prompts, job_command, job_env
+
+from dsi_mpi.reporting import metrics as mt
+
+GRID_FILE = Path(__file__).with_name("model_vs_machine_grid.csv")  # c, acceptance, lookahead, verifiers, quick
+
+
+def grid(quick: bool) -> list[tuple]:
+    """The grid points (c, acceptance, lookahead, verifiers); --quick: those marked quick."""
+    with open(GRID_FILE, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["quick"] or not quick]
+    return [(float(r["c"]), float(r["acceptance"]), int(r["lookahead"]), int(r["verifiers"])) for r in rows]
+
+
 SEED, PROMPT_TOKENS = 0, 16
 
 
@@ -45,8 +42,7 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     from dsi_mpi.io.results import read_results
 
     out = workdir / f"c{c}_a{a}_k{k}_v{v}.h5"
-    prompts = workdir / "prompts.jsonl"
-    prompts.write_text("".join(f'{{"id": "e{i}", "prompt": "emulated"}}\n' for i in range(args.prompts)))
+    prompts = emulated_prompts(workdir / "prompts.jsonl", args.prompts, "e")
     tpot, ttft = args.target_tpot, args.target_tpot * 5 / 3
     settings = {
         "models.kind": '"emulated"',
@@ -66,33 +62,24 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
         "decoding.seed": SEED,
         "runtime.timeout_s": 120.0,
     }
-    command = [
-        str(Path(sys.executable).parent / "mpiexec"),
-        "-n",
-        str(v + 1),
-        sys.executable,
-        "-m",
-        "dsi_mpi",
-        "run",
-        str(ROOT / "inputs/configs/default.toml"),
-    ]
-    for key, value in settings.items():
-        command += ["--set", f"{key}={value}"]
-    subprocess.run(
-        command, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, timeout=900
-    )
-    _, records = read_results(str(out))
+    command = job_command(v + 1, ROOT / "inputs/configs/default.toml", settings)
+    subprocess.run(command, check=True, cwd=ROOT, env=job_env(), stdout=subprocess.DEVNULL, timeout=900)
+    meta, records = read_results(str(out))
+    figures = mt.compare(records, mt.job_shape(meta, records)["verifiers"])
     row = {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot}
     for alg in ("nonsi", "si", "dsi"):
-        runs = [r for r in records if r["algorithm"] == alg]
-        row[f"measured_{alg}_s"] = sum(r["wall_s"] for r in runs) / len(runs)
-        row[f"predicted_{alg}_s"] = sum(predict(alg, r, c, a, k, v, tpot, ttft, args.tokens) for r in runs) / len(runs)
+        row[f"measured_{alg}_s"] = figures[alg]["wall_s"] / figures[alg]["prompts"]
+        row[f"predicted_{alg}_s"] = predict(alg, c, a, k, v, tpot, ttft, args.tokens)
+    row["measured_dsi_ms_per_token"] = figures["dsi"]["ms_per_token"]
+    row["measured_dsi_vs_si"] = figures["dsi"]["speedup_vs_si"]
+    row["measured_dsi_vs_nonsi"] = figures["dsi"]["speedup_vs_nonsi"]
     return row
 
 
-def predict(alg, record, c, a, k, v, tpot, ttft, tokens) -> float:
-    """The simulator's latency for this run's own draws: the emulated drafter matches the target at
-    position p exactly when emulated_match(seed, p) says so, so model and machine share their luck."""
+def predict(alg, c, a, k, v, tpot, ttft, tokens) -> float:
+    """The simulator's latency for the runs' own draws: the emulated drafter matches the target at
+    position p exactly when emulated_match(seed, p) says so, so model and machine share their luck (every
+    emulated prompt has PROMPT_TOKENS tokens, so every prompt has the same draws)."""
     from dsi_mpi.backends.emulated import SLICES, emulated_match
     from dsi_mpi.simulator import Latencies, latency_of_draw
 
@@ -105,8 +92,6 @@ def predict(alg, record, c, a, k, v, tpot, ttft, tokens) -> float:
 def summarise(rows: list[dict]) -> list[dict]:
     for r in rows:
         r["dsi_error"] = r["measured_dsi_s"] / r["predicted_dsi_s"] - 1
-        r["measured_dsi_vs_si"] = r["measured_si_s"] / r["measured_dsi_s"]
-        r["measured_dsi_vs_nonsi"] = r["measured_nonsi_s"] / r["measured_dsi_s"]
         r["predicted_dsi_vs_si"] = r["predicted_si_s"] / r["predicted_dsi_s"]
         r["predicted_dsi_vs_nonsi"] = r["predicted_nonsi_s"] / r["predicted_dsi_s"]
     return rows
@@ -126,7 +111,7 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
     for r in rows:
         n = r["tokens"]
         lines.append(
-            f"| {r['c']} | {r['a']} | {r['k']} | {r['verifiers']} | {1e3 * r['measured_dsi_s'] / n:.2f} | "
+            f"| {r['c']} | {r['a']} | {r['k']} | {r['verifiers']} | {r['measured_dsi_ms_per_token']:.2f} | "
             f"{1e3 * r['predicted_dsi_s'] / n:.2f} | {r['dsi_error']:+.1%} | {r['measured_dsi_vs_si']:.2f}x "
             f"({r['predicted_dsi_vs_si']:.2f}x) | {r['measured_dsi_vs_nonsi']:.2f}x "
             f"({r['predicted_dsi_vs_nonsi']:.2f}x) |"
@@ -139,7 +124,7 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     pred = [1e3 * r["predicted_dsi_s"] / r["tokens"] for r in rows]
-    meas = [1e3 * r["measured_dsi_s"] / r["tokens"] for r in rows]
+    meas = [r["measured_dsi_ms_per_token"] for r in rows]
     lo, hi = min(pred + meas) * 0.9, max(pred + meas) * 1.1
     left.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="measured = predicted")
     left.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="within 10%")
@@ -171,7 +156,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for point in QUICK if args.quick else GRID:
+        for point in grid(args.quick):
             rows.append(run_point(*point, args, Path(tmp)))
             r = summarise([rows[-1]])[0]
             print(

@@ -5,7 +5,7 @@ keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
-                                  model, params); merged_from (merge)
+                                  model, params, layers); merged_from (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written)
         prompt_tokens      int64[n]
         <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_misses, draft_s,
