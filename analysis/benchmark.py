@@ -16,59 +16,52 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from jobs import ROOT, job_command, job_env
+
 from dsi_mpi.reporting import metrics as mt
 
-ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]  # with --set models.drafter='"ngram"': hf_prompt_lookup
 BASELINES = ("si", "nonsi", "hf_assisted", "hf_prompt_lookup")
 
 
 def run_job(args) -> Path:
-    mpiexec = os.environ.get("MPIEXEC", str(Path(sys.executable).parent / "mpiexec"))
     out = Path(args.out)
-    command = [
-        mpiexec,
-        "-n",
-        str(args.np),
-        sys.executable,
-        "-m",
-        "dsi_mpi",
-        "run",
-        args.config,
-        "--set",
-        f"output.path={json.dumps(str(out))}",
-        "--set",
-        "output.overwrite=true",
-        "--set",
-        f"decoding.algorithms={json.dumps(args.algorithms)}",
-    ]
+    settings = {
+        "output.path": json.dumps(str(out)),
+        "output.overwrite": "true",
+        "decoding.algorithms": json.dumps(args.algorithms),
+    }
     if args.lookahead:
-        command += ["--set", f"decoding.lookahead={args.lookahead}"]
-    for item in args.set:
-        command += ["--set", item]
+        settings["decoding.lookahead"] = args.lookahead
+    settings.update(item.split("=", 1) for item in args.set)
+    command = job_command(args.np, args.config, settings)
     print("+", " ".join(command), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    subprocess.run(command, check=True, env=job_env(), cwd=ROOT)
     return out
 
 
-def measure(records: list[dict]) -> dict:
-    """The time model's inputs and the figures the speed issue asks for, all from dsi_mpi.reporting.metrics."""
+def measure(meta: dict, records: list[dict]) -> dict:
+    """The figures the speed issue asks for, the time model's inputs and its predictions at this file's own
+    setting, all from dsi_mpi.reporting.metrics."""
     by = mt.by_algorithm(records)
-    figures = mt.compare(records, max((r["verifiers"] for r in records), default=1))
+    figures = mt.compare(records, mt.job_shape(meta, records)["verifiers"])
     m = {"ms_per_token": {a: f["ms_per_token"] for a, f in figures.items()}, "prompts": len(by.get("dsi", []))}
     for base in BASELINES:
         if base in by and "dsi" in by:
             m[f"dsi_speedup_vs_{base}"] = mt.speedup(by, "dsi", base)
-    m.update(mt.time_model_inputs(by) or {})
     for a in ("si", "dsi"):
         if a in figures:
             m[f"acceptance_{a}"] = figures[a]["acceptance"]
+    predicted = mt.predictions(meta, records)
+    if predicted:
+        m.update(predicted["inputs"], setting=predicted["setting"])
+        if "si" in by and "dsi" in by:
+            m["predicted_dsi_speedup_vs_si"] = predicted["speedup"]["dsi_vs_si"]
+            m["predicted_dsi_speedup_vs_nonsi"] = predicted["speedup"]["dsi_vs_nonsi"]
     dsi = by.get("dsi", [])
     m.update(mt.cache_reuse(dsi))
     stale = mt.stale_work(dsi)
@@ -80,33 +73,6 @@ def measure(records: list[dict]) -> dict:
         tasks_sent=figures.get("dsi", {}).get("tasks_sent", 0),
     )
     return m
-
-
-def predict(
-    m: dict, lookahead: dict, verifiers: int, new_tokens: int, nonsi_thread: bool, drafter_layers: int = 1
-) -> dict:
-    """The paper's time model (our simulator) fed with the measured latencies and acceptance."""
-    out = mt.predicted_latencies(m, lookahead, verifiers, new_tokens, nonsi_thread, drafter_layers, trials=400)
-    return {
-        "predicted_dsi_speedup_vs_si": out["si"] / out["dsi"],
-        "predicted_dsi_speedup_vs_nonsi": out["nonsi"] / out["dsi"],
-    }
-
-
-def _drafter_layers(cfg) -> int:
-    """Replies are read between the drafter's layers: the simulator needs how many there are."""
-    if cfg["models"]["kind"] == "emulated":
-        from dsi_mpi.backends.emulated import SLICES
-
-        return SLICES
-    from dsi_mpi.io.drafter_spec import parse_drafter
-
-    spec = parse_drafter(cfg["models"]["drafter"])
-    if spec.kind != "model":  # ngram: no layers, replies are read between draft steps; truncated: L layers
-        return spec.params.get("layers", 1)
-    from transformers import AutoConfig
-
-    return int(getattr(AutoConfig.from_pretrained(spec.model), "num_hidden_layers", 1))
 
 
 def main(argv=None) -> int:
@@ -129,18 +95,15 @@ def main(argv=None) -> int:
     path = Path(args.results) if args.results else run_job(args)
     meta, records = read_results(str(path))
     cfg = validate(tomllib.loads(meta["config_toml"]))
-    new_tokens = cfg["decoding"]["max_new_tokens"]
-    k = {r["algorithm"]: r["lookahead"] for r in records}
-    verifiers = max((r["verifiers"] for r in records if r["algorithm"] == "dsi"), default=1)
-    m = measure(records)
-    if "dsi" in k and "si" in k and "c" in m:
-        m.update(predict(m, k, verifiers, new_tokens, cfg["runtime"]["nonsi_thread"], _drafter_layers(cfg)))
-    m.update(
-        lookahead=k, verifiers=verifiers, new_tokens=new_tokens, results=str(path), git_commit=meta.get("git_commit")
-    )
-    print(summary_table(records))
+    m = measure(meta, records)
+    m.update(results=str(path), git_commit=meta.get("git_commit"))
+    setting = m.get("setting") or mt.run_setting(meta, records)
+    print(summary_table(records, meta))
     print()
-    print(f"lookahead {k}, dsi verifiers {verifiers}, {m['prompts']} prompts x {new_tokens} tokens")
+    print(
+        f"lookahead {setting['lookahead']}, dsi verifiers {setting['verifiers']}, {m['prompts']} prompts x "
+        f"{cfg['decoding']['max_new_tokens']} tokens (time model at the median {setting['tokens']} generated)"
+    )
     print(
         f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
         f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms/token, c = {m['c']:.3f}, acceptance {m['acceptance']:.3f}"
@@ -156,13 +119,12 @@ def main(argv=None) -> int:
         )
         m["measured_over_predicted_vs_si"] = share
     print(f"cache reuse {m['cache_reuse']:.1%} of prefix tokens, {m['computed_per_task']:.1f} tokens computed per task")
-    from transformers import AutoConfig
+    if cfg["models"]["kind"] == "emulated":
+        from dsi_mpi.backends.emulated import SLICES as layers
+    else:
+        from transformers import AutoConfig
 
-    layers = (
-        8
-        if cfg["models"]["kind"] == "emulated"
-        else AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
-    )
+        layers = AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
     m["target_layer_s"] = m["verify_forward_s"] / layers
     print(
         f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "

@@ -3,15 +3,15 @@
 usage: python analysis/model_vs_machine.py [--out results/model_vs_machine] [--tokens 200] [--prompts 2]
                                            [--target-tpot 0.03] [--warmup 1] [--quick]
 
-Every grid point (c, a, k, verifiers) is a real MPI job in LATENCY EMULATION mode (`[models] kind =
-"emulated"`: forwards are sleeps, acceptance is drawn i.i.d.; ranks, messages, scheduling, cancellation
-and records are the real code) running nonsi, si and dsi on the same emulated prompts; lookahead 0 in the
-grid is adaptive speculation. The simulator (dsi_mpi/simulator.py: the coordinator itself on a simulated
-clock) gets the same acceptance draws, lookahead, verifiers and prompts, twice: with the nominal latencies
-("predicted"), and with the latencies and message cost the run itself measured
-(reporting.metrics.time_model_inputs: "calibrated"), which takes the machine's own overheads (sleep
-overshoot, wake-up of waiting ranks) out of the comparison of rules. Writes a CSV and Markdown table and a
-PNG, and prints the worst relative errors and dsi's speed against si and nonsi (the guarantee).
+Every grid point (c, a, k, verifiers; analysis/model_vs_machine_grid.csv, lookahead 0 = adaptive
+speculation) is a real MPI job in LATENCY EMULATION mode (`[models] kind = "emulated"`: forwards are
+sleeps, acceptance is drawn i.i.d.; ranks, messages, scheduling, cancellation and records are the real
+code) running nonsi, si and dsi on the same emulated prompts. The simulator (dsi_mpi/simulator.py: the
+coordinator itself on a simulated clock) gets the same acceptance draws, lookahead, verifiers and prompts,
+twice: with the nominal latencies ("predicted"), and with the latencies and message cost the run itself
+measured (reporting.metrics.time_model_inputs: "calibrated"), which takes the machine's own overheads
+(sleep overshoot, wake-up of waiting ranks) out of the comparison of rules. Writes a CSV and Markdown table
+and a PNG, and prints the worst relative errors and adaptive dsi's speed against si and nonsi.
 """
 
 from __future__ import annotations
@@ -20,32 +20,25 @@ import argparse
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID = [  # (c, acceptance, lookahead, verifiers); lookahead 0 = adaptive speculation (the default)
-    (0.1, 0.8, 5, 1),
-    (0.1, 0.8, 5, 7),
-    (0.2, 0.6, 3, 3),
-    (0.05, 0.9, 10, 7),
-    (0.4, 0.5, 2, 3),
-    (0.6, 0.3, 1, 3),
-    (0.9, 0.3, 1, 7),
-    (1.0, 0.0, 2, 1),
-    (0.1, 0.8, 0, 1),
-    (0.1, 0.8, 0, 7),
-    (0.2, 0.6, 0, 3),
-    (0.5, 0.3, 0, 1),
-    (0.5, 0.3, 0, 7),
-    (0.9, 0.3, 0, 7),
-    (1.0, 0.0, 0, 1),
-    (0.3, 0.0, 0, 3),
-]
-QUICK = [(0.1, 0.8, 5, 3), (0.6, 0.1, 0, 1)]
+from jobs import ROOT, emulated_prompts, job_command, job_env
+
+from dsi_mpi.reporting import metrics as mt
+
+GRID_FILE = Path(__file__).with_name("model_vs_machine_grid.csv")  # c, acceptance, lookahead, verifiers, quick
+
+
+def grid(quick: bool) -> list[tuple]:
+    """The grid points (c, acceptance, lookahead, verifiers); --quick: those marked quick."""
+    with open(GRID_FILE, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["quick"] or not quick]
+    return [(float(r["c"]), float(r["acceptance"]), int(r["lookahead"]), int(r["verifiers"])) for r in rows]
+
+
 SEED, PROMPT_TOKENS = 0, 16
 
 
@@ -53,8 +46,7 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     from dsi_mpi.io.results import read_results
 
     out = workdir / f"c{c}_a{a}_k{k}_v{v}.h5"
-    prompts = workdir / "prompts.jsonl"
-    prompts.write_text("".join(f'{{"id": "e{i}", "prompt": "emulated"}}\n' for i in range(args.prompts)))
+    prompts = emulated_prompts(workdir / "prompts.jsonl", args.prompts, "e")
     tpot, ttft = args.target_tpot, args.target_tpot * 5 / 3
     settings = {
         "models.kind": '"emulated"',
@@ -74,44 +66,34 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
         "decoding.seed": SEED,
         "runtime.timeout_s": 120.0,
     }
-    command = [
-        str(Path(sys.executable).parent / "mpiexec"),
-        "-n",
-        str(v + 1),
-        sys.executable,
-        "-m",
-        "dsi_mpi",
-        "run",
-        str(ROOT / "inputs/configs/default.toml"),
-    ]
-    for key, value in settings.items():
-        command += ["--set", f"{key}={value}"]
-    subprocess.run(
-        command, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, timeout=900
-    )
-    _, records = read_results(str(out))
+    command = job_command(v + 1, ROOT / "inputs/configs/default.toml", settings)
+    subprocess.run(command, check=True, cwd=ROOT, env=job_env(), stdout=subprocess.DEVNULL, timeout=900)
+    meta, records = read_results(str(out))
+    figures = mt.compare(records, mt.job_shape(meta, records)["verifiers"])
     row = {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot}
-    from dsi_mpi.reporting.metrics import by_algorithm, model_latencies, time_model_inputs
     from dsi_mpi.simulator import Latencies
 
     nominal = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
-    measured = time_model_inputs(by_algorithm(records))
+    measured = mt.time_model_inputs(mt.by_algorithm(records))
     for alg in ("nonsi", "si", "dsi"):
-        runs = [r for r in records if r["algorithm"] == alg]
-        row[f"measured_{alg}_s"] = sum(r["wall_s"] for r in runs) / len(runs)
-        job = (len(runs), args.warmup, a, k, v, args.tokens)
+        row[f"measured_{alg}_s"] = figures[alg]["wall_s"] / figures[alg]["prompts"]
+        job = (figures[alg]["prompts"], args.warmup, a, k, v, args.tokens)
         row[f"predicted_{alg}_s"] = predict(alg, nominal, 0.0, *job)
         if measured is not None:
-            lat = model_latencies(measured)[1 if alg == "nonsi" else 0]
+            lat = mt.model_latencies(measured)[1 if alg == "nonsi" else 0]
             row[f"calibrated_{alg}_s"] = predict(alg, lat, measured["message_s"], *job)
+    row["measured_dsi_ms_per_token"] = figures["dsi"]["ms_per_token"]
+    row["measured_dsi_vs_si"] = figures["dsi"]["speedup_vs_si"]
+    row["measured_dsi_vs_nonsi"] = figures["dsi"]["speedup_vs_nonsi"]
     return row
 
 
 def predict(alg, lat, message_s, prompts, warmup, a, k, v, tokens) -> float:
     """The simulator's mean latency over the job's prompts, run one after another on the same simulated
-    ranks (adaptive speculation learns across them as in the job) with each prompt's own draws: the
-    emulated drafter matches the target at position p exactly when emulated_match(seed, p) says so, so
-    model and machine share their luck."""
+    ranks (adaptive speculation learns across them, from the warm-up prompt on, as in the job) with the
+    runs' own draws: the emulated drafter matches the target at position p exactly when emulated_match(seed,
+    p) says so, so model and machine share their luck (every emulated prompt has PROMPT_TOKENS tokens, so
+    every prompt has the same draws)."""
     from dsi_mpi.backends.emulated import SLICES, emulated_match
     from dsi_mpi.simulator import nonsi_latency
     from dsi_mpi.virtual import run_simulated
@@ -130,8 +112,6 @@ def summarise(rows: list[dict]) -> list[dict]:
         r["si_error"] = r["measured_si_s"] / r["predicted_si_s"] - 1
         r["dsi_calibrated_error"] = r["measured_dsi_s"] / r.get("calibrated_dsi_s", math.nan) - 1
         r["si_calibrated_error"] = r["measured_si_s"] / r.get("calibrated_si_s", math.nan) - 1
-        r["measured_dsi_vs_si"] = r["measured_si_s"] / r["measured_dsi_s"]
-        r["measured_dsi_vs_nonsi"] = r["measured_nonsi_s"] / r["measured_dsi_s"]
         r["predicted_dsi_vs_si"] = r["predicted_si_s"] / r["predicted_dsi_s"]
         r["predicted_dsi_vs_nonsi"] = r["predicted_nonsi_s"] / r["predicted_dsi_s"]
     return rows
@@ -151,7 +131,7 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
     for r in rows:
         n = r["tokens"]
         lines.append(
-            f"| {r['c']} | {r['a']} | {r['k'] or 'adaptive'} | {r['verifiers']} | {1e3 * r['measured_dsi_s'] / n:.2f} | "
+            f"| {r['c']} | {r['a']} | {r['k'] or 'adaptive'} | {r['verifiers']} | {r['measured_dsi_ms_per_token']:.2f} | "
             f"{1e3 * r['predicted_dsi_s'] / n:.2f} | {r['dsi_error']:+.1%} | {r['dsi_calibrated_error']:+.1%} | "
             f"{r['si_calibrated_error']:+.1%} | {r['measured_dsi_vs_si']:.2f}x "
             f"({r['predicted_dsi_vs_si']:.2f}x) | {r['measured_dsi_vs_nonsi']:.2f}x "
@@ -165,7 +145,7 @@ def write_outputs(rows: list[dict], prefix: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     pred = [1e3 * r["predicted_dsi_s"] / r["tokens"] for r in rows]
-    meas = [1e3 * r["measured_dsi_s"] / r["tokens"] for r in rows]
+    meas = [r["measured_dsi_ms_per_token"] for r in rows]
     lo, hi = min(pred + meas) * 0.9, max(pred + meas) * 1.1
     left.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="measured = predicted")
     left.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="within 10%")
@@ -198,7 +178,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for point in QUICK if args.quick else GRID:
+        for point in grid(args.quick):
             rows.append(run_point(*point, args, Path(tmp)))
             r = summarise([rows[-1]])[0]
             print(

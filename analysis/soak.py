@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -22,8 +21,8 @@ import time
 from pathlib import Path
 
 import h5py
+from jobs import ROOT, emulated_prompts, job_command, job_env
 
-ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ("nonsi", "si", "dsi")
 TOKENS, PROMPT_TOKENS, SEED = 24, 8, 5
 
@@ -48,22 +47,8 @@ def run(args, prompts: Path, fault: str | None) -> int:
         "emulation.acceptance": 0.7,
         "emulation.prompt_tokens": PROMPT_TOKENS,
     }
-    command = [
-        str(Path(sys.executable).parent / "mpiexec"),
-        "-n",
-        str(args.ranks),
-        sys.executable,
-        "-m",
-        "dsi_mpi",
-        "run",
-        str(ROOT / "inputs/configs/default.toml"),
-    ]
-    for key, value in settings.items():
-        command += ["--set", f"{key}={value}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("DSI_MPI_FAULT", None)
-    if fault:
-        env["DSI_MPI_FAULT"] = fault
+    command = job_command(args.ranks, ROOT / "inputs/configs/default.toml", settings)
+    env = job_env(fault)
     return subprocess.run(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
     ).returncode
@@ -109,8 +94,7 @@ def main(argv=None) -> int:
     Path(args.out).unlink(missing_ok=True)
     faults, failures, start = {}, 0, time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        prompts = Path(tmp) / "prompts.jsonl"
-        prompts.write_text("".join(f'{{"id": "s{i}", "prompt": "x"}}\n' for i in range(args.prompts)))
+        prompts = emulated_prompts(Path(tmp) / "prompts.jsonl", args.prompts, "s")
         before: dict = {}
         for round_ in range(args.rounds):
             kind = rng.choice(["raise", "oom", "kill", "hang"])

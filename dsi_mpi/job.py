@@ -211,7 +211,7 @@ def _metadata(cfg, infos: list[dict]) -> dict:
         "versions": _versions(),
         "git_commit": _git_commit(),
         "ranks": infos,
-        "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params},
+        "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params, "layers": runner.n_layers},
         "algorithms": cfg["decoding"]["algorithms"],
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),

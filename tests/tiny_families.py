@@ -13,24 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tiny_models import _save, byte_tokenizer
+from tiny_models import SIZES, TINY, _save, byte_tokenizer, perturb
 
 WINDOW = 6
-_TINY = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=256,
-    initializer_range=0.2,
-    tie_word_embeddings=False,
-)
 
 
 def _configs(vocab: int, eos: int) -> dict:
     """family -> (model class name, config class name, config kwargs)."""
     ids = dict(vocab_size=vocab, eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
-    gqa = dict(_TINY, num_key_value_heads=2, **ids)
+    gqa = dict(TINY, num_key_value_heads=2, **ids)
     return {
         "llama": ("LlamaForCausalLM", "LlamaConfig", gqa),
         "mistral": ("MistralForCausalLM", "MistralConfig", dict(gqa, sliding_window=WINDOW)),
@@ -53,32 +44,16 @@ def _configs(vocab: int, eos: int) -> dict:
             "GPTBigCodeConfig",
             dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, multi_query=True, initializer_range=0.2, **ids),
         ),
-        "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(_TINY, **ids)),
+        "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(TINY, **ids)),
         "opt": (
             "OPTForCausalLM",
             "OPTConfig",
-            dict(
-                hidden_size=32,
-                ffn_dim=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                word_embed_proj_dim=32,
-                max_position_embeddings=256,
-                init_std=0.2,
-                **ids,
-            ),
+            dict(SIZES, ffn_dim=64, word_embed_proj_dim=32, init_std=0.2, **ids),
         ),
         "falcon": (
             "FalconForCausalLM",
             "FalconConfig",
-            dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                initializer_range=0.2,
-                max_position_embeddings=256,
-                **ids,
-            ),
+            dict(SIZES, initializer_range=0.2, **ids),
         ),
         "gpt2": (
             "GPT2LMHeadModel",
@@ -106,20 +81,21 @@ NOISE = {
 }
 
 
-def build_family(family: str, seed: int = 0, noise: float | None = None):
-    """(target, noisy drafter) of one family, built in memory."""
+def family_config(family: str, vocab: int, eos: int = 0):
+    """(model class, config) of one family's tiny model over `vocab` ids."""
     import transformers
 
+    model_cls, config_cls, kwargs = _configs(vocab, eos)[family]
+    return getattr(transformers, model_cls), getattr(transformers, config_cls)(**kwargs)
+
+
+def build_family(family: str, seed: int = 0, noise: float | None = None):
+    """(target, noisy drafter) of one family, built in memory."""
     tokenizer = byte_tokenizer()
-    model_cls, config_cls, kwargs = _configs(len(tokenizer), tokenizer.eos_token_id)[family]
-    config = getattr(transformers, config_cls)(**kwargs)
+    model_cls, config = family_config(family, len(tokenizer), tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    target = getattr(transformers, model_cls)(config).eval()
-    noisy = getattr(transformers, model_cls)(config).eval()
-    noise = NOISE[family] if noise is None else noise
-    with torch.no_grad():
-        for p, q in zip(noisy.parameters(), target.parameters()):
-            p.copy_(q + noise * q.std() * torch.randn_like(q) if p.ndim > 1 else q)
+    target = model_cls(config).eval()
+    noisy = perturb(model_cls(config).eval(), target, NOISE[family] if noise is None else noise)
     return target, noisy
 
 

@@ -23,6 +23,28 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
 
 
+# The size every tiny model starts from (tests/tiny_families.py too); each builder overrides what it needs.
+SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+TINY = dict(SIZES, intermediate_size=64, initializer_range=0.2, tie_word_embeddings=False)
+
+
+def perturb(copy, model, noise: float):
+    """`copy` (same architecture) becomes `model` with Gaussian noise of `noise` x each weight matrix's std
+    (vectors copied unchanged): a drafter that agrees with `model` on some tokens."""
+    with torch.no_grad():
+        for p, q in zip(copy.parameters(), model.parameters()):
+            p.copy_(q + noise * q.std() * torch.randn_like(q) if p.ndim > 1 else q)
+    return copy
+
+
+def _gpt2(vocab: int, tokenizer):
+    """A random one-layer GPT-2 over `vocab` ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=1, n_head=2, n_positions=512, **ids)).eval()
+
+
 def _save(model, tokenizer, folder: Path) -> str:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
@@ -35,56 +57,24 @@ def build_tiny_models(root: Path, vocab_extra: int = 0) -> dict[str, str]:
     """Folders: target (Llama), copy (the target itself: every draft right), noisy (a perturbed copy:
     some drafts right), gpt2 (random GPT-2: another architecture, drafts nearly always wrong),
     other_vocab (a drafter whose vocabulary differs)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = byte_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(1234)
     llama = LlamaConfig(
+        **dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=3, max_position_embeddings=512),
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
     )
     target = LlamaForCausalLM(llama).eval()
     paths = {"target": _save(target, tokenizer, root / "target")}
     paths["copy"] = _save(target, tokenizer, root / "copy")
-    noisy = LlamaForCausalLM(llama).eval()
-    with torch.no_grad():
-        for p, q in zip(noisy.parameters(), target.parameters()):
-            p.copy_(q + 0.08 * q.std() * torch.randn_like(q) if p.ndim > 1 else q)
-    paths["noisy"] = _save(noisy, tokenizer, root / "noisy")
-    gpt2 = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=vocab,
-            n_embd=32,
-            n_layer=1,
-            n_head=2,
-            n_positions=512,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-    )
-    paths["gpt2"] = _save(gpt2.eval(), tokenizer, root / "gpt2")
-    other = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=vocab + 7,
-            n_embd=32,
-            n_layer=1,
-            n_head=2,
-            n_positions=512,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-    )
-    paths["other_vocab"] = _save(other.eval(), tokenizer, root / "other_vocab")
+    paths["noisy"] = _save(perturb(LlamaForCausalLM(llama).eval(), target, 0.08), tokenizer, root / "noisy")
+    paths["gpt2"] = _save(_gpt2(vocab, tokenizer), tokenizer, root / "gpt2")
+    paths["other_vocab"] = _save(_gpt2(vocab + 7, tokenizer), tokenizer, root / "other_vocab")
     return paths
 
 
@@ -94,25 +84,16 @@ def build_small_vocab_models(root: Path, vocab: int = 6) -> dict[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
+        **dict(TINY, num_attention_heads=2, max_position_embeddings=64),
         vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
         eos_token_id=None,
         bos_token_id=None,
     )
     torch.manual_seed(99)
     paths = {}
     target = LlamaForCausalLM(config).eval()
-    noisy = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for p, q in zip(noisy.parameters(), target.parameters()):
-            p.copy_(q + 0.3 * q.std() * torch.randn_like(q) if p.ndim > 1 else q)
+    noisy = perturb(LlamaForCausalLM(config).eval(), target, 0.3)
     bad = LlamaForCausalLM(config).eval()
     for name, model in (("target", target), ("noisy", noisy), ("bad", bad)):
         model.generation_config.eos_token_id = None

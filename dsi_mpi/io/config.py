@@ -34,151 +34,133 @@ class Key:
     help: str
 
 
+def _section(section: str, *rows: tuple) -> tuple[Key, ...]:
+    """The keys of one section: (name, type, default, help) each."""
+    return tuple(Key(section, *row) for row in rows)
+
+
 KEYS: tuple[Key, ...] = (
-    Key(
+    *_section(
         "models",
-        "kind",
-        str,
-        "hf",
-        'model backend: "hf" (real Hugging Face models) or "emulated" '
-        "(LATENCY EMULATION: sleeps instead of forwards, see [emulation])",
+        (
+            "kind",
+            str,
+            "hf",
+            'model backend: "hf" (real Hugging Face models) or "emulated" (LATENCY EMULATION: sleeps instead '
+            "of forwards, see [emulation])",
+        ),
+        ("target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
+        (
+            "drafter",
+            str,
+            "inputs/models/drafter",
+            'drafter: a hub id or local folder of a model with the target\'s vocabulary; "ngram" or '
+            '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
+            '"truncated:layers=L" (the target\'s first L layers with its norm and head)',
+        ),
+        ("dtype", str, "float32", "float32, bfloat16 or float16"),
+        ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
+        ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
     ),
-    Key("models", "target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
-    Key(
-        "models",
-        "drafter",
-        str,
-        "inputs/models/drafter",
-        "drafter: a hub id or local folder of a model with the target's vocabulary; "
-        '"ngram" or "ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or "truncated:layers=L" '
-        "(the target's first L layers with its norm and head)",
-    ),
-    Key("models", "dtype", str, "float32", "float32, bfloat16 or float16"),
-    Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
-    Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
-    Key(
+    *_section(
         "decoding",
-        "algorithms",
-        list,
-        ["nonsi", "si", "dsi"],
-        f"algorithms to run on every prompt, any of {list(ALGORITHMS)}",
+        (
+            "algorithms",
+            list,
+            ["nonsi", "si", "dsi"],
+            f"algorithms to run on every prompt, any of {list(ALGORITHMS)}",
+        ),
+        (
+            "lookahead",
+            (int, str),
+            "adaptive",
+            'draft tokens per verification task: "adaptive" (k chosen before each block from the measured '
+            'acceptance and latencies, down to 0 = plain decoding; README "Adaptive speculation"), a fixed k >= 1 '
+            '(for experiments), or "auto": the planner fixes each algorithm\'s best k from a short calibration',
+        ),
+        (
+            "verifiers",
+            (int, str),
+            0,
+            'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks the best number within the '
+            "N-1 launched",
+        ),
+        ("max_new_tokens", int, 64, "tokens to generate per prompt"),
+        ("stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
+        ("seed", int, 0, "seed for torch and every random stream"),
+        (
+            "do_sample",
+            bool,
+            False,
+            "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)",
+        ),
+        ("temperature", float, 1.0, "sampling temperature (as in Hugging Face generate)"),
+        ("top_k", int, 0, "sample among the k most likely tokens only (0: off)"),
+        ("top_p", float, 1.0, "sample from the smallest set of tokens with probability >= top_p (1: off)"),
+        ("warmup_prompts", int, 1, "untimed runs of each algorithm before timing (warms shapes, caches)"),
     ),
-    Key(
-        "decoding",
-        "lookahead",
-        (int, str),
-        "adaptive",
-        'draft tokens per verification task: "adaptive" (k chosen before each block from the measured '
-        'acceptance and latencies, down to 0 = plain decoding; README "Adaptive speculation"), a fixed k >= 1 '
-        '(for experiments), or "auto": the planner fixes each algorithm\'s best k from a short calibration',
-    ),
-    Key(
-        "decoding",
-        "verifiers",
-        (int, str),
-        0,
-        'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks the best number within the N-1 launched',
-    ),
-    Key("decoding", "max_new_tokens", int, 64, "tokens to generate per prompt"),
-    Key("decoding", "stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
-    Key("decoding", "seed", int, 0, "seed for torch and every random stream"),
-    Key(
-        "decoding",
-        "do_sample",
-        bool,
-        False,
-        "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)",
-    ),
-    Key("decoding", "temperature", float, 1.0, "sampling temperature (as in Hugging Face generate)"),
-    Key("decoding", "top_k", int, 0, "sample among the k most likely tokens only (0: off)"),
-    Key("decoding", "top_p", float, 1.0, "sample from the smallest set of tokens with probability >= top_p (1: off)"),
-    Key(
-        "decoding",
-        "warmup_prompts",
-        int,
-        1,
-        "untimed runs of each algorithm before timing (shapes, caches, allocators)",
-    ),
-    Key(
+    *_section(
         "prompts",
-        "path",
-        str,
-        "inputs/prompts/default.jsonl",
-        'JSONL prompt set: one {"id": str, "prompt": str} per line',
+        ("path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
+        ("limit", int, 0, "use only the first N prompts of the file (0: all)"),
+        ("shard_count", int, 1, "split the prompt set into this many shards (e.g. one per SLURM array task)"),
+        ("shard_index", int, 0, "run only prompts whose index % shard_count == shard_index"),
     ),
-    Key("prompts", "limit", int, 0, "use only the first N prompts of the file (0: all)"),
-    Key("prompts", "shard_count", int, 1, "split the prompt set into this many shards (e.g. one per SLURM array task)"),
-    Key("prompts", "shard_index", int, 0, "run only prompts whose index % shard_count == shard_index"),
-    Key("output", "path", str, "results/default.h5", "HDF5 results file written by rank 0"),
-    Key("output", "overwrite", bool, False, "replace an existing results file"),
-    Key(
+    *_section(
         "output",
-        "resume",
-        bool,
-        False,
-        "continue an existing results file of the same config: skip prompts already complete",
+        ("path", str, "results/default.h5", "HDF5 results file written by rank 0"),
+        ("overwrite", bool, False, "replace an existing results file"),
+        ("resume", bool, False, "continue an existing results file of the same config: skip prompts already complete"),
     ),
-    Key(
+    *_section(
         "runtime",
-        "timeout_s",
-        float,
-        300.0,
-        "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank",
+        (
+            "timeout_s",
+            float,
+            300.0,
+            "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank",
+        ),
+        ("poll_spin_s", float, 5e-05, "a waiting rank spins on MPI tests this long before it starts to sleep"),
+        (
+            "poll_max_sleep_s",
+            float,
+            0.00025,
+            "longest sleep between MPI tests while waiting (the back-off cap; a message waits about this long"
+            " plus the sleep's own overshoot before it is seen)",
+        ),
+        (
+            "nonsi_thread",
+            bool,
+            True,
+            "dsi with 2+ verifiers: after a rejection, send the target a block of no drafts at once (the "
+            "paper's non-SI thread) instead of waiting for k new drafts",
+        ),
+        ("max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
+        (
+            "instances",
+            int,
+            1,
+            "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, "
+            "ranks 1..N-1 form G instances of (N-1)/G ranks each, node-local where they fit (README: Many instances)",
+        ),
     ),
-    Key("runtime", "poll_spin_s", float, 5e-5, "a waiting rank spins on MPI tests this long before it starts to sleep"),
-    Key(
-        "runtime",
-        "poll_max_sleep_s",
-        float,
-        2.5e-4,
-        "longest sleep between MPI tests while waiting (the back-off cap; "
-        "a message waits about this long plus the sleep's own overshoot before it is seen)",
-    ),
-    Key(
-        "runtime",
-        "nonsi_thread",
-        bool,
-        True,
-        "dsi with 2+ verifiers: after a rejection, send the target a block of no "
-        "drafts at once (the paper's non-SI thread) instead of waiting for k new drafts",
-    ),
-    Key(
-        "runtime",
-        "max_blocks_ahead",
-        int,
-        0,
-        "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)",
-    ),
-    Key(
-        "runtime",
-        "instances",
-        int,
-        1,
-        "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, ranks "
-        "1..N-1 form G instances of (N-1)/G ranks each, node-local where they fit (README: Many instances)",
-    ),
-    Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
-    Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
-    Key("emulation", "drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
-    Key("emulation", "drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
-    Key(
+    *_section(
         "emulation",
-        "acceptance",
-        float,
-        0.6,
-        "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's",
-    ),
-    Key("emulation", "vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
-    Key(
-        "emulation", "prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"
-    ),
-    Key(
-        "emulation",
-        "min_new_tokens",
-        int,
-        0,
-        "LATENCY EMULATION: > 0: each prompt generates a length drawn uniformly from [min_new_tokens, "
-        "decoding.max_new_tokens], keyed by (seed, prompt index), as if its text ended there (0: always the maximum)",
+        ("target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
+        ("target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
+        ("drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
+        ("drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
+        ("acceptance", float, 0.6, "LATENCY EMULATION: i.i.d. chance that a draft equals the target token"),
+        ("vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
+        ("prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
+        (
+            "min_new_tokens",
+            int,
+            0,
+            "LATENCY EMULATION: > 0: each prompt generates a length drawn uniformly from [min_new_tokens, "
+            "decoding.max_new_tokens], keyed by (seed, prompt index), as if its text ended there (0: always the "
+            "maximum)",
+        ),
     ),
 )
 

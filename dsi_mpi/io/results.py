@@ -8,7 +8,8 @@ keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
-                                  model, params), scheduler (JSON: policy, instances, layout); merged_from (merge)
+                                  model, params, layers), scheduler (JSON: policy, instances, layout); merged_from
+                                  (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written), and
                                   PLACEMENT: instance, instance_ranks, instance_hosts, job_start, started_s, finished_s
         prompt_tokens      int64[n]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from dsi_mpi.reporting import metrics as mt
 
 NAN = math.nan
@@ -22,38 +20,45 @@ def explain(records: list[dict], meta: dict) -> list[str]:
     records = [r if isinstance(r, dict) else r.as_dict() for r in records]
     if not records:
         return []
-    shape = mt.job_shape(meta, records)
-    k, V, thread = shape["lookahead"], shape["verifiers"], shape["nonsi_thread"] and shape["verifiers"] > 1
-    N = max(1, int(np.median([len(r["tokens"]) for r in records])))
-    by, figures = mt.by_algorithm(records), mt.compare(records, V)
-    m = mt.time_model_inputs(by)
-    model = _model(m, k, V, N, thread) if m else None
+    setting = mt.run_setting(meta, records)
+    k, V, N = setting["lookahead"], setting["verifiers"], setting["tokens"]
+    ranks = mt.job_shape(meta, records)["verifiers"]  # the job's verifier ranks (dsi may use fewer: V)
+    by, figures = mt.by_algorithm(records), mt.compare(records, ranks)
+    predicted = mt.predictions(meta, records)
+    m = predicted["inputs"] if predicted else None
+    model = _model(predicted) if predicted else None
+    thread = setting["nonsi_thread"] and V > 1
     sentences = [
         _inputs(m, k, V, figures),
-        _si(m, model, figures, k),
+        _si(m, model, figures, k["si"]),
         _dsi(m, model, figures, V),
-        _dsi_slower(m, model, figures, k, V, N, shape["nonsi_thread"]),
-        _utilisation(m, figures, k, V),
+        _dsi_slower(m, model, figures, k["dsi"], V, N, setting["nonsi_thread"], setting["drafter_layers"]),
+        _utilisation(m, figures, k["dsi"], ranks),
         _stale(by, figures),
         _ttft(figures),
         _verify_cost(m),
         _per_prompt(by),
-        _lookahead(m, model, k, V, N, thread),
+        _lookahead(m, model, k, V, N, thread, setting["drafter_layers"]),
         _other(figures),
     ]
     return [s for s in sentences if s]
 
 
-def _model(m: dict, k: int, V: int, N: int, nonsi_thread: bool) -> dict:
-    """Predicted latencies at the measured inputs (metrics.predicted_latencies), plus what they came from."""
-    spec, _ = mt.model_latencies(m)
-    return {"lat": spec, "a": min(max(m["acceptance"], 0.0), 1.0)} | mt.predicted_latencies(
-        m, {"si": k, "dsi": k}, V, N, nonsi_thread
+def _model(predicted: dict) -> dict:
+    """metrics.predictions' latencies and speedups, plus the time model's inputs they came from."""
+    m = predicted["inputs"]
+    return {"lat": mt.model_latencies(m)[0], "a": mt.model_acceptance(m), "speedup": predicted["speedup"]} | (
+        predicted["latency"]
     )
 
 
 def _x(v: float) -> str:
     return f"{v:.2f}x"
+
+
+def _k(k: dict) -> str:
+    """The lookahead: one number where si and dsi share it."""
+    return str(k["si"]) if k["si"] == k["dsi"] else f"{k['si']} (si), {k['dsi']} (dsi)"
 
 
 def _inputs(m, k, V, figures) -> str | None:
@@ -64,7 +69,7 @@ def _inputs(m, k, V, figures) -> str | None:
     return (
         f"measured: target {1e3 * m['target_tpot_s']:.2f} ms per token (prefill {1e3 * m['target_ttft_s']:.1f} ms), "
         f"drafter {1e3 * m['drafter_tpot_s']:.2f} ms per token, so c = {m['c']:.2f}; acceptance "
-        f"{m['acceptance']:.2f}; k = {k}, {V} verifier rank(s)"
+        f"{m['acceptance']:.2f}; k = {_k(k)}, {V} verifier rank(s) for dsi"
         + (f"; drafts accepted per applied verification: {runs}" if runs else "")
     )
 
@@ -76,7 +81,7 @@ def _si(m, model, figures, k) -> str | None:
     a, c = model["a"], m["c"]
     tokens = k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)
     cost = k * c + 1
-    predicted = model["nonsi"] / model["si"]
+    predicted = model["speedup"]["si_vs_nonsi"]
     measured = figures["si"]["speedup_vs_nonsi"]
     head = (
         f"drafter latency is {c:.2f} of the target's and acceptance {a:.2f}: with k = {k} an si iteration "
@@ -102,7 +107,7 @@ def _si(m, model, figures, k) -> str | None:
 def _dsi(m, model, figures, V) -> str | None:
     if not model or "dsi" not in figures:
         return None
-    pred_n, pred_s = model["nonsi"] / model["dsi"], model["si"] / model["dsi"]
+    pred_n, pred_s = model["speedup"]["dsi_vs_nonsi"], model["speedup"]["dsi_vs_si"]
     text = f"with {V} verifier(s) the time model predicts dsi at {_x(pred_n)} nonsi's speed and {_x(pred_s)} si's"
     got_n, got_s = figures["dsi"]["speedup_vs_nonsi"], figures["dsi"]["speedup_vs_si"]
     got = [f"{_x(v)} {b}'s" for v, b in ((got_n, "nonsi"), (got_s, "si")) if not math.isnan(v)]
@@ -113,7 +118,7 @@ def _dsi(m, model, figures, V) -> str | None:
     return text
 
 
-def _dsi_slower(m, model, figures, k, V, N, nonsi_thread) -> str | None:
+def _dsi_slower(m, model, figures, k, V, N, nonsi_thread, layers) -> str | None:
     """dsi behind nonsi: with the non-SI thread (runtime.nonsi_thread and a spare verifier) the target goes on
     at once after a rejection, so the loss is outside the time model; without it no block is verified after a
     rejection until k new drafts exist, and the time model says what the thread would buy."""
@@ -127,19 +132,30 @@ def _dsi_slower(m, model, figures, k, V, N, nonsi_thread) -> str | None:
     if nonsi_thread and V > 1:
         return head + (
             f": after each one the target went on at once with a block of no drafts (the paper's non-SI "
-            f"thread), and the time model predicts dsi at {_x(model['nonsi'] / model['dsi'])} nonsi's "
+            f"thread), and the time model predicts dsi at {_x(model['speedup']['dsi_vs_nonsi'])} nonsi's "
             f"speed, so the loss comes from costs outside the model (messages, wake-ups, shared cores)"
         )
     why = "runtime.nonsi_thread is off" if not nonsi_thread else "with one verifier there is no spare one for it"
     from dsi_mpi.simulator import simulate
 
-    thread = simulate("dsi", model["lat"], model["a"], k, max(V, 2), N, seed=0, trials=100, nonsi_thread=True)
+    thread = simulate(
+        "dsi",
+        model["lat"],
+        model["a"],
+        k,
+        max(V, 2),
+        N,
+        seed=0,
+        trials=mt.TRIALS,
+        nonsi_thread=True,
+        drafter_layers=layers,
+    )
     return head + (
         f": the paper's non-SI thread was not used ({why}), so after a rejection no block is verified "
         f"until k = {k} new drafts exist ({1e3 * k * m['drafter_tpot_s']:.1f} ms, {k * m['c']:.2f} "
         f"target forwards); with it (a block of no drafts sent at each rejection, {max(V, 2)} verifiers) "
         f"the time model predicts dsi at {_x(model['nonsi'] / thread.mean_latency)} nonsi's speed "
-        f"instead of {_x(model['nonsi'] / model['dsi'])}"
+        f"instead of {_x(model['speedup']['dsi_vs_nonsi'])}"
     )
 
 
@@ -229,7 +245,7 @@ def _per_prompt(by) -> str | None:
     return "; ".join(parts) or None
 
 
-def _lookahead(m, model, k, V, N, nonsi_thread) -> str | None:
+def _lookahead(m, model, k, V, N, nonsi_thread, layers) -> str | None:
     """The k the time model prefers at the measured c and acceptance, and what it would gain."""
     if not model:
         return None
@@ -237,19 +253,20 @@ def _lookahead(m, model, k, V, N, nonsi_thread) -> str | None:
 
     parts = []
     for a, n in (("si", 1), ("dsi", V)):
-        extra = {"nonsi_thread": nonsi_thread} if a == "dsi" else {}
+        extra = {"nonsi_thread": nonsi_thread, "drafter_layers": layers} if a == "dsi" else {}
         best, t = best_lookahead(
             a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20, **extra
         )
+        used = k[a]
         now = (
             model[a]
             if a == "si"
-            else best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=[k], trials=20, **extra)[1]
+            else best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=[used], trials=20, **extra)[1]
         )
         parts.append(
-            f"k = {k} for {a} (the k used here)"
-            if best == k
-            else f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {k} used here)"
+            f"k = {used} for {a} (the k used here)"
+            if best == used
+            else f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {used} used here)"
         )
     return "at these latencies and acceptance the time model's best lookahead is " + " and ".join(parts)
 

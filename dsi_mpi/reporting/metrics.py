@@ -42,7 +42,12 @@ The time model's inputs (`time_model_inputs`), one estimator each:
   simulator can charge it, `simulate(message_s=...)`).
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
 The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
-(`model_latencies`).
+(`model_latencies`), at the clamped acceptance (`model_acceptance`).
+
+The time model's predictions for a file (`predictions`) use that file's own setting (`run_setting`): each
+algorithm's lookahead and dsi's verifier count as its records say, the median number of tokens generated
+per prompt, runtime.nonsi_thread and the drafter's layers (root attribute `drafter`, field `layers`; 1 if
+absent). Predicted speedups are ratios of predicted latencies, as measured ones are of wall times.
 
 Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
 - a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
@@ -72,6 +77,7 @@ BASELINES = ("nonsi", "si")  # speedups are reported against these
 ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")  # display order
 BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
 STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
+TRIALS = 200  # Monte Carlo trials of the time model's dsi prediction
 
 
 def ordered(names) -> list[str]:
@@ -105,9 +111,9 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
         pass
     tasks = [r["tasks"] for r in records if len(r["tasks"])]
     events = [r["events"] for r in records if len(r["events"])]
-    if shape["verifiers"] < 1:
+    if shape["verifiers"] < 1:  # no rank table: the most verifiers any run used or any table names
         ranks = [int(t["verifier"].max()) for t in tasks] + [int(e["rank"].max()) for e in events]
-        shape["verifiers"] = max(ranks, default=1)
+        shape["verifiers"] = max(ranks + [int(r.get("verifiers", 1)) for r in records], default=1)
     if shape["lookahead"] < 1:
         shape["lookahead"] = max((int(t["n_drafts"].max()) for t in tasks), default=1) or 1
     if shape["max_new_tokens"] < 1:
@@ -158,6 +164,17 @@ def acceptance_histogram(recs: list[dict]) -> list[int]:
         return []
     counts = tasks["accepted"][tasks["accepted"] >= 0]
     return np.bincount(counts).tolist() if len(counts) else []
+
+
+def prompt_ms_per_token(rec: dict) -> float:
+    """One record's wall time per generated token, in ms (algorithm_metrics' ms_per_token of one prompt)."""
+    return _ratio(1e3 * rec["wall_s"], len(rec["tokens"]))
+
+
+def rank_utilisation(rec: dict, verifiers: int) -> np.ndarray:
+    """Share of one run's wall time each verifier rank 1..V spent in forwards (NaN without a wall time)."""
+    busy = verifier_busy(rec, verifiers)
+    return busy / rec["wall_s"] if rec["wall_s"] > 0 else np.full(verifiers, NAN)
 
 
 def inter_token_ms(recs: list[dict]) -> np.ndarray:
@@ -292,39 +309,72 @@ def model_latencies(m: dict):
     return spec, plain
 
 
-def predicted_latencies(
-    m: dict,
-    lookahead: dict,
-    verifiers: int,
-    new_tokens: int,
-    nonsi_thread: bool,
-    drafter_layers: int = 1,
-    trials: int = 100,
-) -> dict:
+def model_acceptance(m: dict) -> float:
+    """The measured acceptance clamped to [0, 1], as the time model takes it."""
+    return min(max(m["acceptance"], 0.0), 1.0)
+
+
+def _drafter_layers(meta: dict) -> int:
+    try:
+        return max(1, int(json.loads(meta["drafter"]).get("layers", 1)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return 1
+
+
+def run_setting(meta: dict, records: list[dict]) -> dict:
+    """What the time model is run at for this file (see the module's docstring)."""
+    shape = job_shape(meta, records)
+    by = by_algorithm(records)
+    k = {a: int(by[a][0]["lookahead"]) if by.get(a) else shape["lookahead"] for a in ("si", "dsi")}  # 0: adaptive
+    dsi_verifiers = max((int(r.get("verifiers", 0)) for r in by.get("dsi", [])), default=0)
+    return {
+        "lookahead": k,
+        "verifiers": dsi_verifiers or shape["verifiers"],
+        "tokens": max(1, int(np.median([len(r["tokens"]) for r in records]))) if records else 1,
+        "nonsi_thread": shape["nonsi_thread"],
+        "drafter_layers": _drafter_layers(meta),
+    }
+
+
+def predicted_latencies(m: dict, setting: dict, trials: int = TRIALS) -> dict:
     """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
     with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
     from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
 
     spec, plain = model_latencies(m)
-    a = min(max(m["acceptance"], 0.0), 1.0)
+    a, V, N = model_acceptance(m), setting["verifiers"], setting["tokens"]
     dsi = simulate(
         "dsi",
         spec,
         a,
-        lookahead["dsi"],
-        verifiers,
-        new_tokens,
+        setting["lookahead"]["dsi"],
+        V,
+        N,
         seed=0,
         trials=trials,
-        nonsi_thread=nonsi_thread and verifiers > 1,
-        drafter_layers=drafter_layers,
+        nonsi_thread=setting["nonsi_thread"] and V > 1,
+        drafter_layers=setting["drafter_layers"],
         message_s=m.get("message_s", 0.0),
     )
     return {
-        "nonsi": nonsi_latency(plain, new_tokens),
-        "si": si_expected_latency(spec, a, lookahead["si"], new_tokens),
+        "nonsi": nonsi_latency(plain, N),
+        "si": si_expected_latency(spec, a, setting["lookahead"]["si"], N)
+        if setting["lookahead"]["si"]
+        else simulate("si", spec, a, 0, 1, N, seed=0, trials=trials, message_s=m.get("message_s", 0.0)).mean_latency,
         "dsi": dsi.mean_latency,
     }
+
+
+def predictions(meta: dict, records: list[dict]) -> dict | None:
+    """The measured inputs, the setting, the predicted latencies and the predicted speedups (si and dsi vs
+    nonsi, dsi vs si) of one file; None where the time model's inputs are unknown."""
+    m = time_model_inputs(by_algorithm(records))
+    if m is None:
+        return None
+    setting = run_setting(meta, records)
+    latency = predicted_latencies(m, setting)
+    speedups = {f"{a}_vs_{b}": latency[b] / latency[a] for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("dsi", "si"))}
+    return {"inputs": m, "setting": setting, "latency": latency, "speedup": speedups}
 
 
 def stale_work(recs: list[dict]) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 from dsi_mpi.io.records import Event
 from dsi_mpi.reporting import explain as ex
 from dsi_mpi.reporting import metrics as mt
+from dsi_mpi.reporting import report as rp
 
 USAGE = "\n       ".join(line.strip() for line in __doc__.split("\n\n")[1].splitlines()[1:])
 BAR_KINDS = {
@@ -129,9 +130,9 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
             zorder=5,
             label="cancel sent to this verifier",
         )
-    busy = mt.verifier_busy(rec, verifiers)
+    busy = mt.rank_utilisation(rec, verifiers)
     names = ["rank 0\ndrafter + coordinator"] + [
-        f"rank {r} verifier\nbusy {busy[r - 1] / rec['wall_s']:.0%}"
+        f"rank {r} verifier\nbusy {busy[r - 1]:.0%}"
         if rec["wall_s"] and not data["derived_waits"]
         else f"rank {r} verifier"
         for r in lanes[1:]
@@ -152,8 +153,8 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     top.set_title(
         f"{rec['algorithm']}: prompt {rec['prompt_index']} ({rec['prompt_id']}), {len(rec['tokens'])} "
-        f"tokens in {rec['wall_s'] * ms:.1f} ms ({rec['wall_s'] * ms / max(1, len(rec['tokens'])):.2f} "
-        f"ms/token), first token {rec['ttft_s'] * ms:.1f} ms",
+        f"tokens in {rec['wall_s'] * ms:.1f} ms ({mt.prompt_ms_per_token(rec):.2f} ms/token), "
+        f"first token {rec['ttft_s'] * ms:.1f} ms",
         fontsize=10,
     )
     for run in [*others, rec]:
@@ -215,27 +216,8 @@ def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None 
 
 
 # ---------------------------------------------------------------- table
-COLUMNS = [
-    ("file", "file", None),
-    ("algorithm", "algorithm", None),
-    ("prompts", "prompts", "d"),
-    ("tokens", "tokens", "d"),
-    ("tokens_per_s", "tok/s", ".1f"),
-    ("ttft_ms", "TTFT ms", ".1f"),
-    ("ms_per_token", "ms/token", ".2f"),
-    ("speedup_vs_nonsi", "vs nonsi", ".3f"),
-    ("speedup_vs_si", "vs si", ".3f"),
-    ("acceptance", "acceptance", ".3f"),
-    ("accepted_per_verification", "accepted/verification", ".2f"),
-    ("mean_acceptance_length", "mean acceptance length", ".2f"),
-    ("itl_p50_ms", "ITL p50 ms", ".2f"),
-    ("itl_p90_ms", "ITL p90 ms", ".2f"),
-    ("itl_p99_ms", "ITL p99 ms", ".2f"),
-    ("verifier_utilisation", "verifier util.", ".1%"),
-    ("stale_fraction", "stale work", ".1%"),
-    ("tasks_stale", "stale tasks", "d"),
-    ("blocks_unsent", "blocks never sent", "d"),
-]
+TABLE = list(rp.FIGURES)  # every figure with a table name, under that name (report.FIGURES)
+COLUMNS = ["file", "algorithm", *TABLE]
 
 
 def _labels(paths: list[str]) -> list[str]:
@@ -257,14 +239,6 @@ def table_rows(paths: list[str]) -> list[dict]:
     return rows
 
 
-def _cell(value, fmt) -> str:
-    if fmt is None:
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return "-"
-    return format(value, fmt)
-
-
 def table(paths: list[str], out: str) -> list[dict]:
     """Write OUT.md (readable, with explain()'s sentences per file) and OUT.csv (one row per file, algorithm)."""
     from dsi_mpi.io.results import read_results
@@ -272,14 +246,17 @@ def table(paths: list[str], out: str) -> list[dict]:
     rows = table_rows(paths)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
+    headers = ["file", "algorithm"] + [rp.FIGURES[f][0] for f in TABLE]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join([r["file"], r["algorithm"]] + [rp.cell(f, r[f]) for f in TABLE]) + " |" for r in rows]
     lines += [
         "",
         "Speedups: wall time of the baseline / wall time of the algorithm on the prompts both completed "
-        "(above 1: faster). ITL: inter-token latency (differences of consecutive commit times). Verifier util.: share of the wall time verifier ranks spent in forwards, averaged over "
-        "every verifier rank. Stale work: share of verifier busy time spent on tasks whose result was stale "
-        "or whose forward was aborted.",
+        "(above 1: faster). accept: accepted / compared drafts; acc/verif: drafts accepted per applied "
+        "verification, acc.len the same plus 1 (mean acceptance length); p50/p90/p99: inter-token latency "
+        "(differences of consecutive commit times). Verifier util.: share of the wall time verifier ranks spent "
+        "in forwards, averaged over every verifier rank. Stale work: share of verifier busy time spent on tasks "
+        "whose result was stale or whose forward was aborted.",
     ]
     for label, path in zip(_labels(paths), paths):
         meta, records = read_results(path)
@@ -287,9 +264,9 @@ def table(paths: list[str], out: str) -> list[dict]:
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
     with open(f"{out}.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([k for k, _, _ in COLUMNS])
+        writer.writerow(COLUMNS)
         for r in rows:
-            writer.writerow(["" if isinstance(r[k], float) and math.isnan(r[k]) else r[k] for k, _, _ in COLUMNS])
+            writer.writerow(["" if isinstance(r[k], float) and math.isnan(r[k]) else r[k] for k in COLUMNS])
     return rows
 
 
@@ -304,11 +281,8 @@ def distribution_data(paths: list[str]) -> dict:
         by = mt.by_algorithm(read_results(path)[1])
         prefix = f"{label}: " if several else ""
         for algorithm in mt.ordered(by):
-            latency[prefix + algorithm] = [
-                1e3 * r["wall_s"] / len(r["tokens"])
-                for r in sorted(by[algorithm], key=lambda r: r["prompt_index"])
-                if r["tokens"]
-            ]
+            runs = sorted(by[algorithm], key=lambda r: r["prompt_index"])
+            latency[prefix + algorithm] = [mt.prompt_ms_per_token(r) for r in runs if r["tokens"]]
         for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("hf_assisted", "nonsi"), ("dsi", "si")):
             values = mt.per_prompt_speedups(by, a, b)
             if values:

@@ -17,6 +17,7 @@ from dsi_mpi.reporting.metrics import (
     by_algorithm,
     cache_reuse,
     compare,
+    job_shape,
     ordered,
     stale_work,
     throughput,
@@ -25,38 +26,53 @@ from dsi_mpi.reporting.metrics import (
 USAGE = "python -m dsi_mpi report RESULTS.h5 [--json]"
 
 
-COLUMNS = (  # (figure of metrics.compare, header, width, format); see metrics' docstring for each figure
-    ("prompts", "prompts", 8, "d"),
-    ("tokens", "tokens", 8, "d"),
-    ("tokens_per_s", "tok/s", 9, ".1f"),
-    ("ms_per_token", "ms/tok", 9, ".2f"),
-    ("ttft_ms", "TTFT ms", 9, ".1f"),
-    ("speedup_vs_nonsi", "vs nonsi", 10, "x"),
-    ("speedup_vs_si", "vs si", 8, "x"),
-    ("acceptance", "accept", 8, ".3f"),
-    ("mean_acceptance_length", "acc.len", 8, ".2f"),
-    ("itl_p50_ms", "p50 ms", 8, ".2f"),
-    ("itl_p90_ms", "p90 ms", 8, ".2f"),
-    ("itl_p99_ms", "p99 ms", 8, ".2f"),
-)
+# Each figure of metrics.compare that a table shows, with its one header and format (the metrics docstring
+# defines the figure): the summary table below and `plot table` both print them under these names.
+FIGURES = {
+    "prompts": ("prompts", "d"),
+    "tokens": ("tokens", "d"),
+    "tokens_per_s": ("tok/s", ".1f"),
+    "ms_per_token": ("ms/tok", ".2f"),
+    "ttft_ms": ("TTFT ms", ".1f"),
+    "speedup_vs_nonsi": ("vs nonsi", "x"),
+    "speedup_vs_si": ("vs si", "x"),
+    "acceptance": ("accept", ".3f"),
+    "accepted_per_verification": ("acc/verif", ".2f"),
+    "mean_acceptance_length": ("acc.len", ".2f"),
+    "itl_p50_ms": ("p50 ms", ".2f"),
+    "itl_p90_ms": ("p90 ms", ".2f"),
+    "itl_p99_ms": ("p99 ms", ".2f"),
+    "verifier_utilisation": ("verifier util.", ".1%"),
+    "stale_fraction": ("stale work", ".1%"),
+    "tasks_stale": ("stale tasks", "d"),
+    "blocks_unsent": ("blocks never sent", "d"),
+}
+SUMMARY = (  # the columns of the summary table (`make run`, `report`), then tasks sent/used/stale
+    "prompts tokens tokens_per_s ms_per_token ttft_ms speedup_vs_nonsi speedup_vs_si acceptance "
+    "mean_acceptance_length itl_p50_ms itl_p90_ms itl_p99_ms"
+).split()
 
 
-def _cell(value, fmt: str) -> str:
+def cell(figure: str, value) -> str:
+    """A figure as a table shows it: its FIGURES format, "-" where the records cannot say (NaN)."""
+    fmt = FIGURES[figure][1]
     if isinstance(value, float) and math.isnan(value):
         return "-"
     return f"{value:.3f}x" if fmt == "x" else format(value, fmt)
 
 
-def summary_table(records: list[dict]) -> str:
+def summary_table(records: list[dict], meta: dict | None = None) -> str:
     """A fixed-width table, one line per algorithm: speed, speedups on matched prompts, acceptance, mean
     acceptance length, inter-token latency percentiles, and tasks sent/used/stale."""
-    figures = compare(records, max((r.get("verifiers", 1) for r in records), default=1))
-    header = f"{'algorithm':<12}" + "".join(f"{h:>{w}}" for _, h, w, _ in COLUMNS) + f"{'tasks sent/used/stale':>23}"
+    figures = compare(records, job_shape(meta or {}, records)["verifiers"])
+    width = {f: max(9, len(FIGURES[f][0]) + 2) for f in SUMMARY}
+    header = f"{'algorithm':<12}" + "".join(f"{FIGURES[f][0]:>{width[f]}}" for f in SUMMARY)
+    header += f"{'tasks sent/used/stale':>23}"
     lines = [header, "-" * len(header)]
     for algorithm in ordered(figures):
         s = figures[algorithm]
         tasks = f"{s['tasks_sent']}/{s['tasks_used']}/{s['tasks_stale']}" if s["tasks_sent"] else "-"
-        lines.append(f"{algorithm:<12}" + "".join(f"{_cell(s[k], f):>{w}}" for k, _, w, f in COLUMNS) + f"{tasks:>23}")
+        lines.append(f"{algorithm:<12}" + "".join(f"{cell(f, s[f]):>{width[f]}}" for f in SUMMARY) + f"{tasks:>23}")
     return "\n".join(lines)
 
 
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         from dsi_mpi.reporting.explain import explain
 
         print(f"{args.results}: {len(records)} records, git {meta.get('git_commit', '?')}")
-        print(summary_table(records))
+        print(summary_table(records, meta))
         for line in throughput_lines(records) + histogram_lines(records):
             print(line)
         for sentence in explain(records, meta):

@@ -11,13 +11,12 @@ step with KV cache on 1 thread, which gives the drafter/target cost ratio c.
 
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # must be set before transformers is imported
 
 import torch  # noqa: E402
+from decode_timing import decode_step_ms  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -25,18 +24,6 @@ PROMPTS = HERE.parent / "prompts"
 MAX_MB = 25
 STEPS = 200  # timed decode steps per model
 REPEATS = 3  # timing passes per model; the fastest median is reported
-
-
-@torch.inference_mode()
-def ms_per_token(model, ids):
-    """Median ms of one greedy single-token forward with KV cache after a prefill of `ids`."""
-    out = model(input_ids=ids, use_cache=True)
-    times = []
-    for _ in range(STEPS):
-        t0 = time.perf_counter()
-        out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main():
@@ -62,10 +49,10 @@ def main():
     assert mb <= MAX_MB
 
     prompt = json.loads((PROMPTS / "default.jsonl").read_text().splitlines()[0])["prompt"]
-    ids = toks["target"](prompt, return_tensors="pt").input_ids
-    ms = {n: min(ms_per_token(m, ids) for _ in range(REPEATS)) for n, m in models.items()}
+    ids = toks["target"](prompt)["input_ids"]
+    ms = {n: min(decode_step_ms(m, ids, STEPS) for _ in range(REPEATS)) for n, m in models.items()}
     print(
-        f"1 thread, prefill {ids.shape[1]} tokens, median of {STEPS} decode steps: "
+        f"1 thread, prefill {len(ids)} tokens, median of {STEPS} decode steps: "
         f"target {ms['target']:.2f} ms/token, drafter {ms['drafter']:.2f} ms/token, "
         f"c = {ms['drafter'] / ms['target']:.3f}"
     )

@@ -39,6 +39,7 @@ import tokenizers  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
+from decode_timing import decode_step_ms  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
@@ -358,19 +359,6 @@ def acceptance(target, drafter, tokenizer, prompts):
     }
 
 
-@torch.inference_mode()
-def ms_per_token(model, tokenizer, prompt):
-    """Median wall time of one greedy decode step with KV cache (1 thread)."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    out = model(input_ids=ids, use_cache=True)
-    times = []
-    for _ in range(TIMING_STEPS):
-        t0 = time.perf_counter()
-        out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
-
-
 def folder_mb(folder):
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
 
@@ -448,8 +436,9 @@ def main():
     r.update(acceptance(target, drafter, tok, prompts), n_prompts=len(prompts))
 
     torch.set_num_threads(1)
-    r["ms_target"] = ms_per_token(target, tok, prompts[0]["prompt"])
-    r["ms_drafter"] = ms_per_token(drafter, tok, prompts[0]["prompt"])
+    prompt_ids = tok(prompts[0]["prompt"])["input_ids"]
+    r["ms_target"] = decode_step_ms(target, prompt_ids, TIMING_STEPS)
+    r["ms_drafter"] = decode_step_ms(drafter, prompt_ids, TIMING_STEPS)
     r["c"] = r["ms_drafter"] / r["ms_target"]
     r["mb"] = {name: folder_mb(f) for name, f in folders.items()}
     r["total_seconds"] = time.perf_counter() - t_start

@@ -35,6 +35,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # threads that wait must not spin: the cores are shared
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from decode_timing import decode_step_ms  # noqa: E402
 from fetch_smollm2 import cache_root, default_dest  # noqa: E402
 
 MARKER = "DRAFTER.json"
@@ -228,20 +229,11 @@ def acceptance(target, drafter, tok, requests, new):
 
 
 def decode_ms(model, n=32):
+    """decode_step_ms after a prefill of 64 fixed pseudo-random token ids."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, 40000, (1, 64), generator=g)
-    ts = []
-    with torch.no_grad():
-        out = model(ids, use_cache=True)
-        cache, x = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(n):
-            t = time.perf_counter()
-            out = model(x, past_key_values=cache, use_cache=True)
-            cache, x = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1000
+    ids = torch.randint(100, 40000, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    return decode_step_ms(model, ids, n)
 
 
 def latency_ratio(target, drafter, rounds=5):

@@ -11,21 +11,16 @@ architecture). One JSON row per run, or one {"family", "error"} row per refused 
 """
 
 import json
-import os
 import sys
 import time
 
 import torch
-from mpi4py import MPI
+from sweep_common import channel, reference, sweep_rows
 
 from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
-from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 from dsi_mpi.io.config import ConfigError
-from dsi_mpi.io.records import Outcome, RunRecord
-from dsi_mpi.mpi.channel import Channel
-from dsi_mpi.mpi.polling import BackoffPoller
 
 PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]]
 
@@ -33,13 +28,6 @@ PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]
 def runner(role: str, folder: str):
     models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu"}
     return build_runner(role, {"models": models})
-
-
-def reference(model, prompt, new_tokens):
-    with torch.inference_mode():
-        ids = torch.tensor([prompt])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
-    return out[0, len(prompt) :].tolist()
 
 
 def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
@@ -62,28 +50,8 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), eos)
         for drafter_name, folder in (("noisy", folders["noisy"]), ("other", bad_folder)):
             decoder.drafter = runner("drafter", folder)
-            for k in lookaheads:
-                for policy in ("si", "dsi"):
-                    for i, prompt in enumerate(PROMPTS):
-                        rec = decoder.generate(policy, prompt, RunRecord(policy, i, str(i)), RunSettings(new_tokens, k))
-                        rows.append(
-                            {
-                                "family": family,
-                                "drafter": drafter_name,
-                                "k": k,
-                                "policy": policy,
-                                "prompt": i,
-                                "tokens": rec.tokens,
-                                "ref": refs[i],
-                                "ok": rec.tokens == refs[i],
-                                "rejections": rec.rejections,
-                                "stale": rec.tasks_stale,
-                                "aborted": int((rec.task_table()["outcome"] == Outcome.ABANDONED).sum()),
-                                "accepted": rec.accepted,
-                                "compared": rec.compared,
-                                "restarts": rec.restarts,
-                            }
-                        )
+            labels = {"family": family, "drafter": drafter_name}
+            rows += sweep_rows(decoder, PROMPTS, refs, lookaheads, ("si", "dsi"), new_tokens, **labels)
     finally:
         stop_verifiers(channel)
     return rows
@@ -95,15 +63,15 @@ def main():
     out_path = sys.argv[2]
     lookaheads = [int(k) for k in (sys.argv[3] if len(sys.argv) > 3 else "1,4").split(",")]
     new_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 24
-    comm = MPI.COMM_WORLD
-    channel = Channel(comm, BackoffPoller(timeout_s=float(os.environ.get("SWEEP_TIMEOUT", 120))))
+    chan = channel()
+    comm = chan.comm
     names = list(families)
     rows = []
     try:
         for i, family in enumerate(names):
             bad = families[names[(i + 1) % len(names)]]["target"]
             start = time.perf_counter()
-            rows += run_family(channel, family, families[family], bad, lookaheads, new_tokens)
+            rows += run_family(chan, family, families[family], bad, lookaheads, new_tokens)
             if comm.Get_rank() == 0:
                 print(f"{family}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     finally:

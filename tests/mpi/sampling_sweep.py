@@ -2,7 +2,9 @@
 
 usage: mpiexec -n N python tests/mpi/sampling_sweep.py MODELS.json OUT.json SAMPLES NEW_TOKENS
 
-Each generation uses another random-stream key (the "prompt index"), so the generations are independent
+MODELS.json: {"target", "noisy", "bad": folders, "settings": {name: {temperature, top_k, top_p}}}; every
+setting runs in this one launch (the verifiers serve one setting's rule until STOP, then the next). Each
+generation uses another random-stream key (the "prompt index"), so the generations are independent
 draws. Rank 0 writes {"<algorithm>/<drafter>/<setting>": {"<token ids>": count}} for the test to compare
 with the target's exact distribution.
 """
@@ -27,11 +29,33 @@ from dsi_mpi.mpi.channel import Channel
 from dsi_mpi.mpi.polling import BackoffPoller
 
 PROMPT = [1, 2, 3]
-SETTINGS = {"plain": dict(temperature=1.0, top_k=0, top_p=1.0), "warped": dict(temperature=0.7, top_k=4, top_p=0.9)}
 
 
 def load(folder):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def run_setting(channel, models, name, rule, samples, new_tokens, counts) -> None:
+    """Rank 0: every (algorithm, drafter) of one setting, `samples` generations each, counted."""
+    plain = counts.setdefault(f"nonsi/-/{name}", collections.Counter())
+    for key in range(samples):
+        rec = run_baseline(
+            channel,
+            1,
+            "nonsi",
+            PROMPT,
+            RunRecord("nonsi", key, ""),
+            RunSettings(new_tokens, stop_at_eos=False, key=key),
+        )
+        plain[json.dumps(rec.tokens)] += 1
+    decoder = SpeculativeDecoder(channel, None, list(range(1, channel.comm.Get_size())), (), False, rule=rule)
+    for drafter in ("noisy", "bad", "ngram"):  # ngram: a point-mass q, and often no proposal at all
+        decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
+        for policy, k in (("si", 2), ("dsi", 3), ("dsi", 0)):  # k 0: adaptive speculation
+            c = counts.setdefault(f"{policy}-k{k}/{drafter}/{name}", collections.Counter())
+            for key in range(samples):
+                run = RunSettings(new_tokens, k, stop_at_eos=False, key=key)
+                c[json.dumps(decoder.generate(policy, PROMPT, RunRecord(policy, key, ""), run).tokens)] += 1
 
 
 def main():
@@ -40,42 +64,21 @@ def main():
     samples, new_tokens = int(sys.argv[3]), int(sys.argv[4])
     comm = MPI.COMM_WORLD
     channel = Channel(comm, BackoffPoller(timeout_s=120))
-    setting = SETTINGS[models.get("setting", "plain")]
-    rule = Sampling(seed=7, **setting)
-    if comm.Get_rank() != 0:
-        Verifier(channel, HFRunner(load(models["target"])), rule=rule).serve()
-        return
+    target = HFRunner(load(models["target"])) if comm.Get_rank() != 0 else None
     counts = {}
     try:
-        plain = counts.setdefault(f"nonsi/-/{models.get('setting', 'plain')}", collections.Counter())
-        for key in range(samples):
-            rec = run_baseline(
-                channel,
-                1,
-                "nonsi",
-                PROMPT,
-                RunRecord("nonsi", key, ""),
-                RunSettings(new_tokens, stop_at_eos=False, key=key),
-            )
-            plain[json.dumps(rec.tokens)] += 1
-        decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), (), False, rule=rule)
-        for drafter in ("noisy", "bad", "ngram"):  # ngram: a point-mass q, and often no proposal at all
-            decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
-            for policy, k in (("si", 2), ("dsi", 3), ("dsi", 0)):  # k 0: adaptive speculation
-                c = counts.setdefault(
-                    f"{policy}-k{k}/{drafter}/{models.get('setting', 'plain')}", collections.Counter()
-                )
-                for key in range(samples):
-                    rec = decoder.generate(
-                        policy,
-                        PROMPT,
-                        RunRecord(policy, key, ""),
-                        RunSettings(new_tokens, k, stop_at_eos=False, key=key),
-                    )
-                    c[json.dumps(rec.tokens)] += 1
+        for name, setting in models["settings"].items():
+            rule = Sampling(seed=7, **setting)
+            if comm.Get_rank() != 0:
+                Verifier(channel, target, rule=rule).serve()
+                continue
+            try:
+                run_setting(channel, models, name, rule, samples, new_tokens, counts)
+            finally:
+                stop_verifiers(channel)
     finally:
-        stop_verifiers(channel)
-        json.dump(counts, open(out_path, "w"))
+        if comm.Get_rank() == 0:
+            json.dump(counts, open(out_path, "w"))
 
 
 if __name__ == "__main__":

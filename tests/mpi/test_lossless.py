@@ -1,42 +1,67 @@
 """Greedy SI and DSI equal Hugging Face's own greedy generate, token for token: drafters that are always
 right, sometimes right and nearly always wrong (a GPT-2 drafting for a Llama target), lookahead 1..8 and
-adaptive, 2..5 ranks. The sweep also proves it exercised rejections, stale results and aborted forwards."""
+adaptive at 2 and 3 ranks, and DSI at 4 and 5 ranks with lookahead 1, 2, 4, 8 and adaptive (SI uses one verifier whatever the rank
+count: more ranks would repeat its runs exactly); and the drafters that need no training (prompt lookup,
+the target's own first layer), lookahead 1..4 and adaptive, 2 and 3 ranks. One mpiexec launch per rank count runs every
+case of that rank count. The sweep also proves it exercised rejections, stale results and aborted forwards."""
 
 import json
 
 import pytest
 from conftest import ROOT
 
+MODEL_DRAFTERS = ("copy", "noisy", "gpt2")
+NO_TRAINING = {"ngram1": "ngram:n=1", "ngram3": "ngram:n=3", "truncated": "truncated:layers=1"}
+PROMPTS = 3  # lossless_sweep.PROMPTS
 
-def sweep(run_mpi, tmp_path, models: dict, ranks: int, max_k: int, new_tokens: int) -> list[dict]:
-    """Run lossless_sweep.py; every row must equal generate()'s tokens."""
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    out = tmp_path / "sweep.json"
-    proc = run_mpi(
-        [
-            str(ROOT / "tests/mpi/lossless_sweep.py"),
-            str(tmp_path / "models.json"),
-            str(out),
-            str(max_k),
-            str(new_tokens),
-        ],
-        ranks=ranks,
-        timeout=300,
+
+def groups(tiny_models, ranks: int) -> list[dict]:
+    """What one launch at `ranks` ranks runs."""
+    policies = ["si", "dsi"] if ranks <= 3 else ["dsi"]
+    out = [
+        {
+            "name": "models",
+            "drafters": {d: tiny_models[d] for d in MODEL_DRAFTERS},
+            "lookaheads": list(range(0, 9)) if ranks <= 3 else [0, 1, 2, 4, 8],  # 0: adaptive speculation
+            "policies": policies,
+            "new_tokens": 24,
+        }
+    ]
+    if ranks <= 3:
+        no_training = {"drafters": NO_TRAINING, "lookaheads": [0, 1, 2, 3, 4], "policies": policies, "new_tokens": 32}
+        out.append({"name": "no_training"} | no_training)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(request, tiny_models, tmp_path_factory):
+    """Run lossless_sweep.py once per rank count (shared by the tests of that count); every row must equal
+    generate()'s tokens. Returns {group name: rows}."""
+    from conftest import launch
+
+    ranks, tmp = request.param, tmp_path_factory.mktemp(f"lossless{request.param}")
+    job = {"target": tiny_models["target"], "groups": groups(tiny_models, ranks)}
+    (tmp / "sweep.json").write_text(json.dumps(job))
+    out = tmp / "rows.json"
+    proc = launch(
+        [str(ROOT / "tests/mpi/lossless_sweep.py"), str(tmp / "sweep.json"), str(out)], ranks=ranks, timeout=400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert len(rows) == (len(models) - 1) * (max_k + 1) * 2 * 3  # k = 0 is adaptive
+    assert len(rows) == sum(
+        len(g["drafters"]) * len(g["lookaheads"]) * len(g["policies"]) * PROMPTS for g in job["groups"]
+    )
     wrong = [(r["drafter"], r["k"], r["policy"], r["prompt"]) for r in rows if not r["ok"]]
     assert not wrong, f"outputs differ from generate(): {wrong[:10]}"
-    return rows
+    return {g["name"]: [r for r in rows if r["group"] == g["name"]] for g in job["groups"]}
 
 
-@pytest.mark.parametrize("ranks", [2, 3, 4, 5])
-def test_si_and_dsi_equal_hf_generate(tiny_models, run_mpi, tmp_path, ranks):
-    models = {name: tiny_models[name] for name in ("target", "copy", "noisy", "gpt2")}
-    rows = sweep(run_mpi, tmp_path, models, ranks, max_k=8, new_tokens=24)
+@pytest.mark.parametrize("sweep", [2, 3, 4, 5], indirect=True)
+def test_si_and_dsi_equal_hf_generate(sweep, request):
+    ranks = request.node.callspec.params["sweep"]
+    rows = sweep["models"]
     assert all(len(r["ref"]) > 0 for r in rows)
-    by = {d: [r for r in rows if r["drafter"] == d] for d in ("copy", "noisy", "gpt2")}
+    by = {d: [r for r in rows if r["drafter"] == d] for d in MODEL_DRAFTERS}
     rate = {d: sum(r["accepted"] for r in rs) / sum(r["compared"] for r in rs) for d, rs in by.items()}
     assert rate["copy"] == 1.0 and 0.05 < rate["noisy"] < 0.95 and rate["gpt2"] < 0.2, rate
     dsi = [r for r in rows if r["policy"] == "dsi"]
@@ -46,17 +71,11 @@ def test_si_and_dsi_equal_hf_generate(tiny_models, run_mpi, tmp_path, ranks):
         assert sum(r["aborted"] for r in dsi) > 0, "no forward was ever cancelled"
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_drafters_that_need_no_training_are_lossless(tiny_models, run_mpi, tmp_path, ranks):
+@pytest.mark.parametrize("sweep", [2, 3], indirect=True)
+def test_drafters_that_need_no_training_are_lossless(sweep):
     """Prompt lookup (no model; often nothing to propose, then blocks of fewer or no drafts) and the
     target's own first layer as a self-drafter, against generate(), lookahead 1..4."""
-    models = {
-        "target": tiny_models["target"],
-        "ngram1": "ngram:n=1",
-        "ngram3": "ngram:n=3",
-        "truncated": "truncated:layers=1",
-    }
-    rows = sweep(run_mpi, tmp_path, models, ranks, max_k=4, new_tokens=32)
+    rows = sweep["no_training"]
     ngram = [r for r in rows if r["drafter"].startswith("ngram")]
     assert sum(r["misses"] for r in ngram) > 50, "the n-gram drafter always had a proposal: empty blocks untested"
     assert sum(r["accepted"] for r in ngram) > 20, "the n-gram drafter never proposed a right token"

@@ -48,24 +48,32 @@ def small_models(tmp_path_factory):
     return build_small_vocab_models(tmp_path_factory.mktemp("small_vocab"))
 
 
-@pytest.mark.parametrize("setting", ["plain", "warped"])
-def test_sampled_outputs_follow_the_target_distribution(small_models, run_mpi, tmp_path, setting):
-    models = dict(small_models, setting=setting)
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    out = tmp_path / "counts.json"
-    proc = run_mpi(
-        [str(ROOT / "tests/mpi/sampling_sweep.py"), str(tmp_path / "models.json"), str(out), str(SAMPLES), "2"],
+@pytest.fixture(scope="module")
+def counts(small_models, tmp_path_factory):
+    """Both settings in one launch of sampling_sweep.py: {name: {outcome: count}}."""
+    from conftest import launch
+
+    tmp = tmp_path_factory.mktemp("sampling")
+    (tmp / "models.json").write_text(json.dumps(dict(small_models, settings=SETTINGS)))
+    out = tmp / "counts.json"
+    proc = launch(
+        [str(ROOT / "tests/mpi/sampling_sweep.py"), str(tmp / "models.json"), str(out), str(SAMPLES), "2"],
         ranks=3,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("setting", ["plain", "warped"])
+def test_sampled_outputs_follow_the_target_distribution(small_models, counts, setting):
     exact = exact_distribution(small_models["target"], [1, 2, 3], SETTINGS[setting], 6)
     outcomes = sorted(exact)
     expected = np.array([exact[o] for o in outcomes]) * SAMPLES
     big = expected >= 5  # pool rare outcomes into one cell
-    counts = json.loads(out.read_text())
-    assert len(counts) == 10  # nonsi, and si, dsi and adaptive dsi for each of 3 drafters
-    for name, counter in counts.items():
+    mine = {name: counter for name, counter in counts.items() if name.endswith(f"/{setting}")}
+    assert len(mine) == 10  # nonsi, and si, dsi and adaptive dsi for each of 3 drafters
+    for name, counter in mine.items():
         observed = np.array([counter.get(json.dumps(list(o)), 0) for o in outcomes], dtype=float)
         assert observed.sum() == SAMPLES
         assert observed[expected == 0].sum() == 0, f"{name}: an impossible outcome was sampled"

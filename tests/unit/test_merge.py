@@ -2,9 +2,7 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -71,20 +69,10 @@ def write_shard(path, indices, cfg=None, incomplete=()) -> str:
 
 
 def run_cli(*args, timeout=60) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dsi_mpi", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"dsi_mpi {' '.join(args)} timed out")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    """`python -m dsi_mpi ARGS` without MPI, bounded by conftest.launch's timeout."""
+    from conftest import launch
+
+    return launch(["-m", "dsi_mpi", *args], timeout=timeout)
 
 
 def test_merge_copies_complete_prompts_and_skips_incomplete(tmp_path, capsys):

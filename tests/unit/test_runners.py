@@ -97,20 +97,12 @@ def test_unsupported_transformers_release_is_refused():
 
 
 def test_cache_layers_that_cannot_roll_back_are_refused():
-    from transformers import DynamicCache, Gemma2Config
+    from tiny_families import family_config
+    from transformers import DynamicCache
 
     from dsi_mpi.backends.hf import UnsupportedModel, check_cache_layers
 
-    config = Gemma2Config(
-        num_hidden_layers=2,
-        sliding_window=8,
-        vocab_size=32,
-        hidden_size=16,
-        head_dim=8,
-        intermediate_size=32,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    config = family_config("gemma2", vocab=32)[1]  # sliding-window layers, which a cache made from it keeps
     with pytest.raises(UnsupportedModel, match="cannot roll back"):
         check_cache_layers(DynamicCache(config=config), "Gemma2ForCausalLM")
     check_cache_layers(DynamicCache(), "Gemma2ForCausalLM")
