@@ -161,7 +161,7 @@ def _run_ranks(cfg, world, state: dict) -> int:
     extra = {} if placement is None else {"instance": placement.instance}
     infos = startup.gather_rank_info(world, poller, role, device, **extra)
     startup.barrier(world, poller, "every rank to load its model")
-    metadata = _metadata(cfg, infos) if rank == 0 else {}
+    metadata = _metadata(cfg, infos, runner) if rank == 0 else {}
     if comm is None:
         from dsi_mpi.batch import Scheduler
 
@@ -202,8 +202,9 @@ def _terminated(signum, frame):
     raise SystemExit(f"terminated by signal {signum}")
 
 
-def _metadata(cfg, infos: list[dict]) -> dict:
-    """Root attributes known once every rank has started (written by rank 0)."""
+def _metadata(cfg, infos: list[dict], runner) -> dict:
+    """Root attributes known once every rank has started (written by rank 0; `runner` is its drafter, or
+    None on the scheduler rank of a many-instance job)."""
     from dsi_mpi.io.drafter_spec import parse_drafter
 
     spec = parse_drafter(cfg["models"]["drafter"])
@@ -211,11 +212,31 @@ def _metadata(cfg, infos: list[dict]) -> dict:
         "versions": _versions(),
         "git_commit": _git_commit(),
         "ranks": infos,
-        "drafter": {"kind": spec.kind, "model": spec.model, "params": spec.params, "layers": runner.n_layers},
+        "drafter": {
+            "kind": spec.kind,
+            "model": spec.model,
+            "params": spec.params,
+            "layers": _drafter_layers(cfg, spec, runner),
+        },
         "algorithms": cfg["decoding"]["algorithms"],
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
     }
+
+
+def _drafter_layers(cfg, spec, runner) -> int:
+    """The drafter's decoder layers (rank 0 reads replies between them; the time model needs the count)."""
+    if runner is not None:
+        return max(1, int(runner.n_layers))  # the n-gram drafter has none
+    if cfg["models"]["kind"] == "emulated":
+        from dsi_mpi.backends.emulated import SLICES
+
+        return SLICES
+    if spec.kind != "model":
+        return int(spec.params.get("layers", 1))
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(spec.model), "num_hidden_layers", 1))
 
 
 def _feed(cfg, session, placement, poller, infos, metadata, offsets):

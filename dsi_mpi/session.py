@@ -121,8 +121,8 @@ class Session:
         run = RunSettings.from_config(
             self.cfg.decoding,
             self.cfg.runtime,
-            k,
-            verifiers,
+            lookahead=k,
+            verifiers=verifiers,
             key=prompt.index,
             ngram=drafter.params["n"] if drafter.kind == "ngram" else 0,
         )

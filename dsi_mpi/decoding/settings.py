@@ -20,23 +20,13 @@ class RunSettings:
     ngram: int = 0  # hf_prompt_lookup: HF's max_matching_ngram_size (0: HF's default)
 
     @classmethod
-    def from_config(
-        cls,
-        decoding: DecodingConfig,
-        runtime: RuntimeConfig,
-        lookahead: int,
-        verifiers: int = 0,
-        key: int = 0,
-        ngram: int = 0,
-    ) -> RunSettings:
-        """The configured settings with a resolved lookahead and verifier count (the planner's, for "auto")."""
+    def from_config(cls, decoding: DecodingConfig, runtime: RuntimeConfig, **resolved) -> RunSettings:
+        """The configured settings plus what the job resolved: lookahead (0: adaptive; the planner's, for
+        "auto") and verifiers, and per prompt key and ngram."""
         return cls(
             max_new_tokens=decoding.max_new_tokens,
-            lookahead=lookahead,
-            verifiers=verifiers,
             max_blocks_ahead=runtime.max_blocks_ahead,
             nonsi_thread=runtime.nonsi_thread,
             stop_at_eos=decoding.stop_at_eos,
-            key=key,
-            ngram=ngram,
+            **resolved,
         )

@@ -5,8 +5,7 @@ import json
 
 import h5py
 import pytest
-from local_slurm import LocalSlurm
-from test_sbatch import _interrupt, sbatch_wait, write_config  # noqa: F401 - _interrupt: same SIGTERM rule
+from test_sbatch import sbatch_wait, serve_cluster, write_config
 
 from dsi_mpi.io.results import read_results
 
@@ -15,26 +14,8 @@ pytestmark = pytest.mark.timeout(150)
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    import os
-    import signal
-
-    cluster = LocalSlurm(cpus=2, nodes=2)
-    try:
-        cluster.start()
-    except BaseException as err:  # noqa: BLE001 - as in test_sbatch: clean up, say why
-        cluster.stop()
-        if not isinstance(err, Exception):
-            raise
-        reason = f"local SLURM cluster unavailable: {type(err).__name__}: {err}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield cluster
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        cluster.stop()
+    """Two emulated nodes (one slurmd each) on this machine."""
+    yield from serve_cluster(cpus=2, nodes=2)
 
 
 def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tmp_path):

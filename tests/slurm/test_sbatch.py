@@ -24,10 +24,10 @@ ALGORITHMS = ["nonsi", "si", "dsi"]
 pytestmark = pytest.mark.timeout(150)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A started cluster for the whole session; its daemons are stopped by PID even when a test fails."""
-    cluster = LocalSlurm(cpus=4)
+def serve_cluster(**options):
+    """The body of a cluster fixture: start a LocalSlurm(**options), yield it, and stop its daemons by PID
+    even when a test fails or SIGTERM comes; skip where SLURM cannot start here (fail under CI)."""
+    cluster = LocalSlurm(**options)
     try:
         cluster.start()
     except BaseException as err:  # noqa: BLE001 - whatever stops SLURM here: clean up, say why
@@ -46,6 +46,12 @@ def slurm_cluster():
         leftovers = cluster.stop()
         if leftovers:
             print(f"local SLURM: killed {len(leftovers)} leftover job processes: {leftovers}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A started cluster for the whole session."""
+    yield from serve_cluster(cpus=4)
 
 
 def _interrupt(signum, frame):
