@@ -23,8 +23,8 @@ from collections import deque
 
 import numpy as np
 
+import dsi_mpi.mpi.protocol as protocol
 from dsi_mpi.backends.base import ModelRunner
-from dsi_mpi.mpi import protocol
 
 VERIFIER_SLICES = 8  # cancel checks per target forward, as dsi_mpi/backends/emulated.py's SLICES
 

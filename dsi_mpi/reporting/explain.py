@@ -58,7 +58,8 @@ def _x(v: float) -> str:
 
 def _k(k: dict) -> str:
     """The lookahead: one number where si and dsi share it."""
-    return str(k["si"]) if k["si"] == k["dsi"] else f"{k['si']} (si), {k['dsi']} (dsi)"
+    name = {a: str(k[a]) if k[a] else "adaptive" for a in ("si", "dsi")}
+    return name["si"] if k["si"] == k["dsi"] else f"{name['si']} (si), {name['dsi']} (dsi)"
 
 
 def _inputs(m, k, V, figures) -> str | None:
@@ -75,7 +76,9 @@ def _inputs(m, k, V, figures) -> str | None:
 
 
 def _si(m, model, figures, k) -> str | None:
-    """si's gain per iteration: (1 - a^(k+1)) / (1 - a) tokens for k c + 1 target forwards."""
+    """si's gain per iteration: (1 - a^(k+1)) / (1 - a) tokens for k c + 1 target forwards (a fixed k only)."""
+    if not k:
+        return None
     if not model or "si" not in figures:
         return None
     a, c = model["a"], m["c"]
@@ -121,7 +124,9 @@ def _dsi(m, model, figures, V) -> str | None:
 def _dsi_slower(m, model, figures, k, V, N, nonsi_thread, layers) -> str | None:
     """dsi behind nonsi: with the non-SI thread (runtime.nonsi_thread and a spare verifier) the target goes on
     at once after a rejection, so the loss is outside the time model; without it no block is verified after a
-    rejection until k new drafts exist, and the time model says what the thread would buy."""
+    rejection until k new drafts exist, and the time model says what the thread would buy (a fixed k only)."""
+    if not k:
+        return None
     d = figures.get("dsi")
     if not model or not d or not d["speedup_vs_nonsi"] < 1:
         return None
@@ -165,7 +170,7 @@ def _utilisation(m, figures, k, V) -> str | None:
         return None
     u = d["verifier_utilisation"]
     text = f"dsi kept {u * V:.1f} of {V} verifier(s) busy on average (utilisation {u:.0%})"
-    if m:
+    if m and k:
         from dsi_mpi.simulator import min_verifiers_without_queueing
 
         need = min_verifiers_without_queueing(m["c"], k)
@@ -254,19 +259,18 @@ def _lookahead(m, model, k, V, N, nonsi_thread, layers) -> str | None:
     parts = []
     for a, n in (("si", 1), ("dsi", V)):
         extra = {"nonsi_thread": nonsi_thread, "drafter_layers": layers} if a == "dsi" else {}
-        best, t = best_lookahead(
-            a, model["lat"], model["a"], N, verifiers=n, lookaheads=range(1, 21), trials=20, **extra
-        )
+        best, t = best_lookahead(a, model["lat"], model["a"], N, verifiers=n, trials=20, **extra)
         used = k[a]
         now = (
             model[a]
             if a == "si"
             else best_lookahead(a, model["lat"], model["a"], N, verifiers=n, lookaheads=[used], trials=20, **extra)[1]
         )
+        label = f"k = {used}" if used else "adaptive k"
         parts.append(
             f"k = {used} for {a} (the k used here)"
             if best == used
-            else f"k = {best} for {a} (predicted {_x(now / t)} faster than k = {used} used here)"
+            else f"k = {best} for {a} (predicted {_x(now / t)} faster than the {label} used here)"
         )
     return "at these latencies and acceptance the time model's best lookahead is " + " and ".join(parts)
 

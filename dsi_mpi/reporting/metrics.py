@@ -99,7 +99,8 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
     try:
         cfg = tomllib.loads(meta.get("config_toml", ""))
         shape["nonsi_thread"] = bool(cfg.get("runtime", {}).get("nonsi_thread", True))
-        shape["lookahead"] = int(cfg["decoding"]["lookahead"])
+        k = cfg["decoding"]["lookahead"]
+        shape["lookahead"] = 0 if k == "adaptive" else int(k)  # 0: adaptive
         shape["max_new_tokens"] = int(cfg["decoding"]["max_new_tokens"])
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
         pass
@@ -325,7 +326,8 @@ def run_setting(meta: dict, records: list[dict]) -> dict:
     """What the time model is run at for this file (see the module's docstring)."""
     shape = job_shape(meta, records)
     by = by_algorithm(records)
-    k = {a: int(by[a][0]["lookahead"]) if by.get(a) else shape["lookahead"] for a in ("si", "dsi")}  # 0: adaptive
+    k = {a: int(by[a][0]["lookahead"]) if by.get(a) else 0 for a in ("si", "dsi")}
+    k = {a: v or shape["lookahead"] for a, v in k.items()}  # 0: adaptive (files without it: the config's k)
     dsi_verifiers = max((int(r.get("verifiers", 0)) for r in by.get("dsi", [])), default=0)
     return {
         "lookahead": k,

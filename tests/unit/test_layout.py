@@ -71,7 +71,8 @@ RULES = {
     "decoding": (("decoding", "mpi", "backends", "io", "simulator", "reporting.metrics"), ("numpy", "torch")),
     "io": (("io",), ("numpy", "h5py")),
     "reporting": (("reporting", "io", "simulator"), ("numpy", "h5py", "matplotlib")),
-    "simulator.py": ((), ("numpy",)),
+    "simulator.py": (("virtual",), ("numpy",)),
+    "virtual.py": (("backends.base", "mpi.protocol", "decoding", "io.records"), ("numpy",)),
 }
 
 
