@@ -122,9 +122,11 @@ def _run_ranks(cfg, comm) -> int:
 
     role = "drafter+coordinator" if rank == 0 else "target verifier"
     local_rank = startup.local_rank(comm)  # a collective: every rank, once
-    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank)
+    longest = max(map(len, session.prompt_tokens.values()), default=1) if rank == 0 else 0
+    longest = startup.share_int(comm, poller, longest, "the prompt lengths from rank 0")
+    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank, longest_prompt=longest)
     device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
-    infos = startup.gather_rank_info(comm, poller, role, device)
+    infos = startup.gather_rank_info(comm, poller, role, device, getattr(runner, "compile_info", None))
     startup.barrier(comm, poller, "every rank to load its model")
     from dsi_mpi.mpi.clock import measure_offsets
 
@@ -142,7 +144,10 @@ def _run_ranks(cfg, comm) -> int:
     from dsi_mpi.io.drafter_spec import parse_drafter
 
     spec = parse_drafter(cfg["models"]["drafter"])
+    backends = [{"rank": info["rank"], "role": info["role"], **info.pop("backend")} for info in infos]
+    _report_backends(backends)
     metadata = {
+        "backends": backends,
         "versions": _versions(),
         "git_commit": _git_commit(),
         "ranks": infos,
@@ -161,6 +166,18 @@ def _run_ranks(cfg, comm) -> int:
     return 0
 
 
+def _report_backends(backends: list[dict]) -> None:
+    """One line per rank with a compiled model: what was compiled and what it cost (never in any algorithm's time)."""
+    for b in backends:
+        if b.get("fallback"):
+            logger.warning(f"rank {b['rank']} ({b['role']}): compiled backend fell back to eager: {b['fallback']}")
+        elif b.get("backend") == "compiled":
+            logger.info(
+                f"rank {b['rank']} ({b['role']}): compiled, {b['segments']} segment(s), buckets {b['buckets']}: "
+                f"compile {b['compile_s']:.1f} s, warm-up {b['warmup_s']:.1f} s (at load, not in any algorithm's time)"
+            )
+
+
 def _lazy_assistant(cfg, local_rank: int):
     """hf_assisted needs the drafter next to the target; load it on first use only."""
     cache = {}
@@ -169,7 +186,11 @@ def _lazy_assistant(cfg, local_rank: int):
         if "model" not in cache:
             from dsi_mpi.backends.loading import build_runner
 
-            cache["model"] = build_runner("drafter", cfg, local_rank).model
+            eager = {
+                "models": dict(cfg["models"], backend="eager"),
+                "decoding": cfg["decoding"],
+            }  # HF generate is eager
+            cache["model"] = build_runner("drafter", eager, local_rank).model
         return cache["model"]
 
     return factory

@@ -57,6 +57,29 @@ KEYS: tuple[Key, ...] = (
     Key("models", "device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
     Key("models", "threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
     Key(
+        "models",
+        "backend",
+        str,
+        "eager",
+        '"eager" (Hugging Face eager, dynamic KV cache) or "compiled" (static KV cache, torch.compile; CUDA graphs '
+        "on a GPU; compiled and warmed up at load, never timed; a model it cannot compile falls back to eager, recorded)",
+    ),
+    Key(
+        "models",
+        "compile_segments",
+        int,
+        2,
+        "compiled backend: groups of layers compiled apart, with the cancel check between them (1: one per forward, "
+        "the number of layers: before every layer)",
+    ),
+    Key(
+        "models",
+        "compile_max_bucket",
+        int,
+        16,
+        "compiled backend: inputs are padded to 1, 2, 4, .. up to this many tokens; longer ones run in chunks of it",
+    ),
+    Key(
         "decoding",
         "algorithms",
         list,
@@ -158,6 +181,14 @@ KEYS: tuple[Key, ...] = (
         float,
         0.6,
         "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's",
+    ),
+    Key(
+        "emulation",
+        "forwards",
+        str,
+        "sleep",
+        '"sleep" (LATENCY EMULATION) or "model": EMULATED ACCEPTANCE, real forwards of models.target and '
+        "models.drafter built with random weights from their config.json, tokens and acceptance still emulated",
     ),
     Key("emulation", "vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
     Key(
@@ -350,6 +381,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     )
     need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
     need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
+    need(m["backend"] in ("eager", "compiled"), f'models.backend must be "eager" or "compiled", got {m["backend"]!r}')
+    need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
+    need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
+    need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
     need(len(d["algorithms"]) > 0, "decoding.algorithms must name at least one algorithm")
     for name in d["algorithms"]:
         need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")

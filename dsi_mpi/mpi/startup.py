@@ -25,14 +25,25 @@ def share_verdict(comm: MPI.Comm, poller: BackoffPoller, failed: bool) -> bool:
     return bool(flag[0])
 
 
+def share_int(comm: MPI.Comm, poller: BackoffPoller, value: int, what: str) -> int:
+    """Broadcast one integer from rank 0 (e.g. the longest prompt, which sizes static KV caches)."""
+    buf = np.array([int(value)], dtype=np.int64)
+    request = comm.Ibcast(buf, root=0)
+    poller.wait_for(lambda: True if request.Test() else None, what)
+    return int(buf[0])
+
+
 def barrier(comm: MPI.Comm, poller: BackoffPoller, what: str) -> None:
     request = comm.Ibarrier()
     poller.wait_for(lambda: True if request.Test() else None, what)
 
 
-def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: str) -> list[dict] | None:
-    """Rank 0 gets [{rank, host, role, device}] for every rank; others get None."""
+def gather_rank_info(
+    comm: MPI.Comm, poller: BackoffPoller, role: str, device: str, backend: dict | None = None
+) -> list[dict] | None:
+    """Rank 0 gets [{rank, host, role, device, backend}] for every rank; others get None."""
     mine = {"rank": comm.Get_rank(), "host": socket.gethostname(), "role": role, "device": device}
+    mine["backend"] = backend or {}
     if comm.Get_rank() != 0:
         comm.isend(mine, dest=0, tag=INFO_TAG).wait()
         return None

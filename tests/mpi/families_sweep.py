@@ -1,13 +1,15 @@
 """Every architecture family, lossless: SI and DSI against Hugging Face's own greedy `generate`, one job.
 
-usage: mpiexec -n N python tests/mpi/families_sweep.py FAMILIES.json OUT.json [LOOKAHEADS] [NEW_TOKENS]
+usage: mpiexec -n N python tests/mpi/families_sweep.py FAMILIES.json OUT.json [LOOKAHEADS] [NEW_TOKENS] [MODELS] [DRAFTERS]
 
 FAMILIES.json maps each family to {"target": folder, "noisy": folder} (tests/tiny_families.py). Every rank
 loads each family's target through the job's own loader (`build_runner`, so a refused architecture is the
 one-line ConfigError a user would see, recorded here as the family's row); rank 0 computes the reference
 with `generate(do_sample=False)` and runs (drafter, lookahead, policy, prompt) through the real coordinator
 and verifiers, with two drafters: the family's perturbed copy and the next family's target (another
-architecture). One JSON row per run, or one {"family", "error"} row per refused family.
+architecture). One JSON row per run, or one {"family", "error"} row per refused family. MODELS: JSON of
+[models] keys for every runner (e.g. '{"backend": "compiled"}'); DRAFTERS: "noisy,other" (default) or one of them.
+Each row also says which backend each role really ran ("compiled", or "eager" after a recorded fallback).
 """
 
 import json
@@ -30,9 +32,12 @@ from dsi_mpi.mpi.polling import BackoffPoller
 PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]]
 
 
+MODELS: dict = {}  # [models] keys from the command line
+
+
 def runner(role: str, folder: str):
-    models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu"}
-    return build_runner(role, {"models": models})
+    models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu", **MODELS}
+    return build_runner(role, {"models": models}, longest_prompt=max(map(len, PROMPTS)))
 
 
 def reference(model, prompt, new_tokens):
@@ -42,7 +47,7 @@ def reference(model, prompt, new_tokens):
     return out[0, len(prompt) :].tolist()
 
 
-def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
+def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens, drafters=("noisy", "other")):
     """All ranks: this family's target on every verifier; on rank 0 the rows of its runs."""
     comm = channel.comm
     try:
@@ -50,6 +55,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
     except ConfigError as err:
         target, error = None, str(err)
     errors = comm.allgather(error)  # every rank skips a family that any rank refused
+    backends = comm.allgather(getattr(target, "compile_info", {}).get("backend"))
     if any(errors):
         return [{"family": family, "error": next(e for e in errors if e)}]
     eos = target.eos_token_ids
@@ -61,7 +67,10 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
         refs = [reference(target.model, p, new_tokens) for p in PROMPTS]
         decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), eos)
         for drafter_name, folder in (("noisy", folders["noisy"]), ("other", bad_folder)):
+            if drafter_name not in drafters:
+                continue
             decoder.drafter = runner("drafter", folder)
+            drafter_backend = getattr(decoder.drafter, "compile_info", {}).get("backend")
             for k in lookaheads:
                 for policy in ("si", "dsi"):
                     for i, prompt in enumerate(PROMPTS):
@@ -82,6 +91,8 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens):
                                 "accepted": rec.accepted,
                                 "compared": rec.compared,
                                 "restarts": rec.restarts,
+                                "target_backends": backends[1:],
+                                "drafter_backend": drafter_backend,
                             }
                         )
     finally:
@@ -95,6 +106,8 @@ def main():
     out_path = sys.argv[2]
     lookaheads = [int(k) for k in (sys.argv[3] if len(sys.argv) > 3 else "1,4").split(",")]
     new_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 24
+    MODELS.update(json.loads(sys.argv[5]) if len(sys.argv) > 5 else {})
+    drafters = tuple(sys.argv[6].split(",")) if len(sys.argv) > 6 else ("noisy", "other")
     comm = MPI.COMM_WORLD
     channel = Channel(comm, BackoffPoller(timeout_s=float(os.environ.get("SWEEP_TIMEOUT", 120))))
     names = list(families)
@@ -103,7 +116,7 @@ def main():
         for i, family in enumerate(names):
             bad = families[names[(i + 1) % len(names)]]["target"]
             start = time.perf_counter()
-            rows += run_family(channel, family, families[family], bad, lookaheads, new_tokens)
+            rows += run_family(channel, family, families[family], bad, lookaheads, new_tokens, drafters)
             if comm.Get_rank() == 0:
                 print(f"{family}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     finally:
