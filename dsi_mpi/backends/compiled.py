@@ -133,6 +133,8 @@ class CompiledRunner(ModelRunner):
         ids[0, :n] = torch.tensor(tokens, dtype=torch.long)
         positions = torch.arange(start, start + b).unsqueeze(0)
         self._set_length(start)
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the previous one's outputs were copied out
         logits = self._step(ids.to(self.device), positions.to(self.device))
         self._set_length(start + n)
         return logits[0, :n]
