@@ -12,8 +12,9 @@ size), which makes a drafter as slow as its target. A static cache gives every f
   run is timed. Padded positions come after the real tokens: the causal mask hides them from every real
   token, their outputs are dropped, and the valid length never covers them.
 - Preemption: a compiled region cannot call back into Python, so the layers are split into `segments`
-  groups with the cancel check (the layer callback) before each; the check before the first group runs
-  before the compiled call. `segments` = the number of layers gives per-layer checks, 1 one check per forward.
+  groups with the cancel check (the layer callback) before each: a graph break at each group's first layer
+  (a `torch._dynamo.disable`d hook), and before the first group in Python, before each compiled call (chunk).
+  `segments` = the number of layers gives per-layer checks, 1 one check per compiled call (the drafter's).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _raise_recompile_limits(needed: int) -> None:
             setattr(cfg, name, max(getattr(cfg, name), needed))
     if hasattr(cfg, "fail_on_recompile_limit_hit"):
         cfg.fail_on_recompile_limit_hit = True
+    # Guard on module hooks: compiled code is shared by every runner of this process (one code object), and
+    # without these guards a model with other cancel hooks (another granularity) would reuse graphs without them.
+    cfg.skip_nnmodule_hook_guards = False
 
 
 class CompiledRunner(ModelRunner):
@@ -81,12 +85,14 @@ class CompiledRunner(ModelRunner):
         self.max_bucket = max_bucket
         self.capacity = int(capacity) + max_bucket  # room for the padding of the last block
         self.cache = static_cache(self.n_layers, self.capacity)
+        self._length = -1  # unknown until the first _set_length
         self.starts = segment_starts(self.n_layers, segments)
         self.segments = len(self.starts) + 1
         check = torch._dynamo.disable(self._between_segments)
         for i in self.starts:
             layers[i].register_forward_pre_hook(lambda module, args: check())
-        self._arange = torch.arange(self.capacity, device=self.device)
+        self._arange = torch.arange(self.capacity, device=self.device)  # key positions, for the mask
+        self._positions = torch.arange(self.capacity, device=self.device)  # inputs are slices of this one
         if mode is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self.mode = mode
@@ -116,9 +122,13 @@ class CompiledRunner(ModelRunner):
             self._layer_callback()
 
     def _set_length(self, length: int) -> None:
-        for layer in self.cache.layers:
-            if layer.is_initialized:
-                layer.cumulative_length.fill_(length)
+        """Where the next write goes in every layer; `_length` mirrors it so that consecutive unpadded steps
+        (plain decoding) need no tensor writes at all."""
+        if length != self._length:
+            for layer in self.cache.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.fill_(length)
+            self._length = length
 
     def _run_block(self, tokens: list[int], start: int) -> torch.Tensor:
         """Logits of `tokens` written at positions start.. (padded to a bucket; the pad is never valid)."""
@@ -129,20 +139,23 @@ class CompiledRunner(ModelRunner):
                 f"compiled backend: position {start + n} is past the static cache's {self.capacity - self.max_bucket} "
                 "positions (sized from the longest prompt, max_new_tokens and the lookahead)"
             )
-        ids = torch.zeros((1, b), dtype=torch.long)
-        ids[0, :n] = torch.tensor(tokens, dtype=torch.long)
-        positions = torch.arange(start, start + b).unsqueeze(0)
+        if self._layer_callback is not None:  # the check before the first segment, outside the compiled call
+            self._layer_callback()
+        ids = torch.tensor([tokens + [0] * (b - n)], dtype=torch.long, device=self.device)
         self._set_length(start)
         if self.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the previous one's outputs were copied out
-        logits = self._step(ids.to(self.device), positions.to(self.device))
+        try:
+            logits = self._step(ids, self._positions[start : start + b].unsqueeze(0))
+        except BaseException:  # stopped between segments: the layers now disagree, the next crop rewrites them all
+            self._length = -1
+            raise
+        self._length = start + b  # what the compiled writes left in every layer
         self._set_length(start + n)
         return logits[0, :n]
 
     @torch.inference_mode()
     def _forward(self, tokens: list[int], n_out: int) -> torch.Tensor:
-        if self._layer_callback is not None:
-            self._layer_callback()
         start = len(self.tokens)
         kept = []
         for i in range(0, len(tokens), self.max_bucket):
@@ -167,7 +180,6 @@ class CompiledRunner(ModelRunner):
         callback, self._layer_callback = self._layer_callback, None
         with torch.inference_mode():
             # allocate the cache outside any compiled region, so its tensors get fixed addresses
-            self._set_length(0)
             self.model(
                 input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device),
                 use_cache=True,

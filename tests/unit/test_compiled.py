@@ -78,3 +78,38 @@ def test_emulated_acceptance_runs_the_model_and_returns_emulated_tokens(tiny_mod
     assert calls, "the model's layer callback (cancellation) must reach the real forward"
     with torch.inference_mode():
         assert inner.cache_len() == real.cache_len() == 9
+
+
+class Stop(Exception):
+    pass
+
+
+def test_compiled_runner_checks_between_segments_and_rolls_back(tiny_models):
+    """One tiny compile (2 shapes, 3 one-layer segments): eager's greedy tokens through chunks and crops, the
+    cancel check before each segment, and a forward abandoned mid-way leaves a cache that still answers right."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    load = lambda: AutoModelForCausalLM.from_pretrained(tiny_models["target"]).eval()  # noqa: E731
+    runner = compiled.CompiledRunner(load(), capacity=32, segments=3, max_bucket=2)
+    assert runner.compile_info["segments"] == 3 and runner.compile_info["compile_s"] > 0
+    eager = HFRunner(load())
+    seq = [5, 9, 100, 3, 77, 200, 31, 8, 64, 12, 99, 1]
+    expected = eager.greedy(seq, len(seq)).tolist()
+    assert runner.greedy(seq[:5], 5).tolist() == expected[:5]  # chunks 2 + 2 + 1
+    runner.crop(3)
+    calls = []
+
+    def stop_in_second_segment():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+
+    runner.set_layer_callback(stop_in_second_segment)
+    with pytest.raises(Stop):
+        runner.greedy(seq[3:10], 7)
+    assert runner.cache_len() == 3
+    calls.clear()
+    runner.set_layer_callback(lambda: calls.append(1))
+    assert runner.greedy(seq[3:], 9).tolist() == expected[3:]
+    assert len(calls) == 3 * 5  # 9 tokens = 5 chunks of at most 2, a check before each of 3 segments

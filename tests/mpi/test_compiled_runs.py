@@ -18,7 +18,7 @@ def test_compiled_families_equal_hf_generate(run_mpi, tmp_path):
     (tmp_path / "families.json").write_text(json.dumps(families))
     out = tmp_path / "sweep.json"
     args = [str(tmp_path / "families.json"), str(out), "1,3", "20", json.dumps(COMPILED), "noisy"]
-    proc = run_mpi([str(ROOT / "tests/mpi/families_sweep.py"), *args], ranks=2, timeout=400)
+    proc = run_mpi([str(ROOT / "tests/mpi/families_sweep.py"), *args], ranks=2, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert not [r for r in rows if "error" in r], rows
