@@ -155,11 +155,14 @@ def _run_ranks(cfg, world, state: dict) -> int:
     local = comm.Get_rank() if comm is not None else -1
     role = "scheduler+writer" if comm is None else "drafter+coordinator" if local == 0 else "target verifier"
     local_rank = startup.local_rank(world)  # a collective: every rank, once
-    runner = None if comm is None else build_runner("drafter" if local == 0 else "target", cfg, local_rank)
+    longest = max(map(len, session.prompt_tokens.values()), default=1) if rank == 0 else 0
+    longest = startup.share_int(world, poller, longest, "the prompt lengths from rank 0")  # sizes static caches
+    runner = None if comm is None else build_runner("drafter" if local == 0 else "target", cfg, local_rank, longest)
     kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
     device = "none" if runner is None else str(getattr(runner, "device", kind))
     extra = {} if placement is None else {"instance": placement.instance}
-    infos = startup.gather_rank_info(world, poller, role, device, **extra)
+    backend = getattr(runner, "compile_info", None) or {}
+    infos = startup.gather_rank_info(world, poller, role, device, backend=backend, **extra)
     startup.barrier(world, poller, "every rank to load its model")
     metadata = _metadata(cfg, infos, runner) if rank == 0 else {}
     if comm is None:
@@ -208,7 +211,10 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
     from dsi_mpi.io.drafter_spec import parse_drafter
 
     spec = parse_drafter(cfg["models"]["drafter"])
+    backends = [{"rank": info["rank"], "role": info["role"], **info.pop("backend")} for info in infos]
+    _report_backends(backends)
     return {
+        "backends": backends,
         "versions": _versions(),
         "git_commit": _git_commit(),
         "ranks": infos,
@@ -222,6 +228,18 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
     }
+
+
+def _report_backends(backends: list[dict]) -> None:
+    """One line per rank with a compiled model: what was compiled and what it cost (never in any algorithm's time)."""
+    for b in backends:
+        if b.get("fallback"):
+            logger.warning(f"rank {b['rank']} ({b['role']}): compiled backend fell back to eager: {b['fallback']}")
+        elif b.get("backend") == "compiled":
+            logger.info(
+                f"rank {b['rank']} ({b['role']}): compiled, {b['segments']} segment(s), buckets {b['buckets']}: "
+                f"compile {b['compile_s']:.1f} s, warm-up {b['warmup_s']:.1f} s (at load, not in any algorithm's time)"
+            )
 
 
 def _drafter_layers(cfg, spec, runner) -> int:
@@ -263,7 +281,11 @@ def _lazy_assistant(cfg, local_rank: int):
         if "model" not in cache:
             from dsi_mpi.backends.loading import build_runner
 
-            cache["model"] = build_runner("drafter", cfg, local_rank).model
+            eager = {
+                "models": dict(cfg["models"], backend="eager"),
+                "decoding": cfg["decoding"],
+            }  # HF generate is eager
+            cache["model"] = build_runner("drafter", eager, local_rank).model
         return cache["model"]
 
     return factory

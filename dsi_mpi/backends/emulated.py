@@ -6,6 +6,10 @@ proposes the target's token with probability `acceptance`, independently per pos
 i.i.d. acceptance model), else a different token. A forward that starts on an empty cache costs the
 prefill time (TTFT), any other costs one per-token time (TPOT) whatever its length, as in the paper.
 The sleep is cut into slices with the layer callback between them, so cancellation works as on a model.
+
+EMULATED ACCEPTANCE (`emulation.forwards = "model"`, `EmulatedAcceptanceRunner`): the same tokens and the same
+i.i.d. acceptance, but each forward is a real forward of a random-weight model (eager or compiled), so the
+times are a real machine's for that model shape, and only which drafts stand is emulated.
 """
 
 from __future__ import annotations
@@ -79,3 +83,27 @@ class EmulatedRunner(ModelRunner):
                 target = (target + 1) % self.vocab_size
             out[i] = target
         return out
+
+
+class EmulatedAcceptanceRunner(EmulatedRunner):
+    """EMULATED ACCEPTANCE: every forward runs `model_runner` on the tokens (for its time, and its layer
+    callbacks, so cancellation is real); the tokens returned are EmulatedRunner's."""
+
+    def __init__(self, role: str, emulation: dict, seed: int, model_runner: ModelRunner):
+        super().__init__(role, emulation, seed)
+        self.inner = model_runner
+        self.n_layers = model_runner.n_layers
+        self.device = model_runner.device
+        self.compile_info = dict(getattr(model_runner, "compile_info", {}), acceptance="emulated")
+
+    def set_layer_callback(self, fn) -> None:
+        super().set_layer_callback(fn)
+        self.inner.set_layer_callback(fn)
+
+    def _forward(self, tokens: list[int], n_out: int) -> int:
+        self.inner.crop(len(self.tokens))
+        self.inner.forward(tokens, n_out)
+        return n_out
+
+    def _crop(self, length: int) -> None:
+        self.inner.crop(length)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dsi_mpi import log
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
 
+logger = log.get("loading")
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -147,16 +149,38 @@ def check_transformers_version(version: str | None = None) -> None:
         )
 
 
-def build_runner(role: str, cfg, local_rank: int = 0):
-    """The runner for `role` ("target" or "drafter") on this rank."""
-    if cfg["models"]["kind"] == "emulated":
-        from dsi_mpi.backends.emulated import EmulatedRunner
+def cache_capacity(cfg, longest_prompt: int) -> int:
+    """Positions a static cache needs: the longest prompt, the new tokens, one block of drafts and its bonus."""
+    try:
+        decoding = cfg["decoding"]
+    except KeyError:  # a bare {"models": ...} (tests)
+        decoding = {}
+    k = decoding.get("lookahead", 5)
+    return longest_prompt + decoding.get("max_new_tokens", 64) + (20 if k == "auto" else k) + 2
 
-        return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
+
+def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256):
+    """The runner for `role` ("target" or "drafter") on this rank; `longest_prompt` (tokens) sizes a static cache."""
+    if cfg["models"]["kind"] == "emulated":
+        from dsi_mpi.backends.emulated import EmulatedAcceptanceRunner, EmulatedRunner
+
+        emulation = cfg["emulation"]
+        if emulation.get("forwards", "sleep") == "sleep":
+            return EmulatedRunner(role, emulation, cfg["decoding"]["seed"])
+        name = cfg["models"]["target" if role == "target" else "drafter"]
+        capacity = cache_capacity(cfg, emulation["prompt_tokens"])
+        inner = _hf_runner(name, role, cfg["models"], local_rank, capacity=capacity, random_weights=True)
+        if emulation["vocab_size"] > inner.vocab_size:
+            raise ConfigError(
+                f"emulation.vocab_size {emulation['vocab_size']} exceeds the {role} model's vocabulary "
+                f"({inner.vocab_size}): emulated token ids must be valid inputs"
+            )
+        return EmulatedAcceptanceRunner(role, emulation, cfg["decoding"]["seed"], inner)
     check_transformers_version()
     models = cfg["models"]
+    capacity = cache_capacity(cfg, longest_prompt)
     if role == "target":
-        return _hf_runner(models["target"], "target", models, local_rank)
+        return _hf_runner(models["target"], "target", models, local_rank, capacity=capacity)
     spec = parse_drafter(models["drafter"])
     if spec.kind == "ngram":
         from transformers import AutoConfig
@@ -166,28 +190,59 @@ def build_runner(role: str, cfg, local_rank: int = 0):
         target_cfg = AutoConfig.from_pretrained(resolve_model_path(models["target"], "target"))
         return NGramDrafter(spec.params["n"], int(target_cfg.get_text_config().vocab_size))
     if spec.kind == "truncated":
-        return _hf_runner(models["target"], "drafter", models, local_rank, truncate=spec.params["layers"])
-    return _hf_runner(spec.model, "drafter", models, local_rank)
+        return _hf_runner(
+            models["target"], "drafter", models, local_rank, truncate=spec.params["layers"], capacity=capacity
+        )
+    return _hf_runner(spec.model, "drafter", models, local_rank, capacity=capacity)
 
 
-def _hf_runner(name: str, role: str, models: dict, local_rank: int, truncate: int = 0):
+def _load_model(name: str, role: str, models: dict, device, random_weights: bool):
+    """from_pretrained; or, for EMULATED ACCEPTANCE (weights do not matter), the config's architecture with
+    random weights, built on the device (a 7B model needs no weights file and no host copy)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = getattr(torch, DTYPES[models["dtype"]])
+    if not random_weights:
+        model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role, dtype=dtype)
+        return model
+    config = _load_or_explain(AutoConfig.from_pretrained, name, role)
+    with device:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _hf_runner(
+    name: str, role: str, models: dict, local_rank: int, truncate: int = 0, capacity: int = 512, random_weights=False
+):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
 
     name = resolve_model_path(name, role)
-    model = _load_or_explain(
-        AutoModelForCausalLM.from_pretrained, name, role, dtype=getattr(torch, DTYPES[models["dtype"]])
-    )
+    device = pick_device(models["device"], local_rank)
+    model = _load_model(name, role, models, device, random_weights)
     if truncate:
         truncate_layers(model, truncate)
-    model.to(pick_device(models["device"], local_rank))
+    model.to(device)
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    fallback = None
+    if models.get("backend", "eager") == "compiled":
+        from dsi_mpi.backends.compiled import CompiledRunner
+
+        segments = models.get("compile_segments", 2) if role == "target" else 1
+        try:
+            return CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - any compile failure: run eager, and say so in the results
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            fallback = f"{type(err).__name__}: {first}"
+            logger.warning(f"{role} model {name!r}: compiled backend unavailable ({fallback}); running eager")
     try:
-        return HFRunner(model, eos_token_ids=eos_ids)
+        runner = HFRunner(model, eos_token_ids=eos_ids)
     except UnsupportedModel as err:
         raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
+    runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
+    return runner

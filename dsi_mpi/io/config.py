@@ -61,6 +61,27 @@ KEYS: tuple[Key, ...] = (
         ("dtype", str, "float32", "float32, bfloat16 or float16"),
         ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
         ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
+        (
+            "backend",
+            str,
+            "eager",
+            '"eager" (Hugging Face eager, dynamic KV cache) or "compiled" (static KV cache, torch.compile; CUDA '
+            "graphs on a GPU; compiled and warmed up at load, never timed; a model it cannot compile falls back to "
+            "eager, recorded)",
+        ),
+        (
+            "compile_segments",
+            int,
+            2,
+            "compiled backend: groups of layers compiled apart, with the cancel check between them (1: one per "
+            "forward, the number of layers: before every layer)",
+        ),
+        (
+            "compile_max_bucket",
+            int,
+            16,
+            "compiled backend: inputs are padded to 1, 2, 4, .. up to this many tokens; longer ones run in chunks of it",
+        ),
     ),
     *_section(
         "decoding",
@@ -151,6 +172,13 @@ KEYS: tuple[Key, ...] = (
         ("drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
         ("drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
         ("acceptance", float, 0.6, "LATENCY EMULATION: i.i.d. chance that a draft equals the target token"),
+        (
+            "forwards",
+            str,
+            "sleep",
+            '"sleep" (LATENCY EMULATION) or "model": EMULATED ACCEPTANCE, real forwards of models.target and '
+            "models.drafter built with random weights from their config.json, tokens and acceptance still emulated",
+        ),
         ("vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
         ("prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
         (
@@ -386,6 +414,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
     need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
+    need(m["backend"] in ("eager", "compiled"), f'models.backend must be "eager" or "compiled", got {m["backend"]!r}')
+    need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
+    need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
+    need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
     need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
     need(
         0 <= e["min_new_tokens"] <= d["max_new_tokens"],

@@ -38,6 +38,7 @@ from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
 FORMAT = "dsi-mpi results 1"
 # Root attributes known only once every rank has started (add_metadata refuses any other name).
 METADATA = (
+    "backends",
     "versions",
     "git_commit",
     "ranks",

@@ -26,6 +26,14 @@ def share_verdict(comm: MPI.Comm, poller: BackoffPoller, failed: bool) -> bool:
     return bool(flag[0])
 
 
+def share_int(comm: MPI.Comm, poller: BackoffPoller, value: int, what: str) -> int:
+    """Broadcast one integer from rank 0 (e.g. the longest prompt, which sizes static KV caches)."""
+    buf = np.array([int(value)], dtype=np.int64)
+    request = comm.Ibcast(buf, root=0)
+    poller.wait_for(lambda: True if request.Test() else None, what)
+    return int(buf[0])
+
+
 def barrier(comm: MPI.Comm, poller: BackoffPoller, what: str) -> None:
     request = comm.Ibarrier()
     poller.wait_for(lambda: True if request.Test() else None, what)
