@@ -18,6 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 
 
+def zero_latency_emulation(**extra) -> dict:
+    """An [emulation] section with no latencies (unit tests of the emulated runners)."""
+    emu = {"vocab_size": 50, "acceptance": 0.5, "target_ttft_s": 0, "target_tpot_s": 0}
+    return emu | {"drafter_ttft_s": 0, "drafter_tpot_s": 0} | extra
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     from tiny_models import build_tiny_models

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dsi_mpi.backends.base import ModelRunner
-from dsi_mpi.backends.hf import UnsupportedModel, cache_keyword, check_config_layers, decoder_layers
+from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, check_config_layers, decoder_layers
 
 
 def buckets_up_to(max_bucket: int) -> tuple[int, ...]:
@@ -78,11 +78,7 @@ class CompiledRunner(ModelRunner):
         self, model, eos_token_ids=(), capacity: int = 512, segments: int = 2, max_bucket: int = 16, mode=None
     ):
         super().__init__()
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.vocab_size = int(model.config.vocab_size)
-        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
-        self.cache_kw = cache_keyword(model)
+        adopt_model(self, model, eos_token_ids)
         check_config_layers(model)
         layers = decoder_layers(model)
         self.n_layers = len(layers)

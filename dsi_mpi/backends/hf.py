@@ -92,16 +92,21 @@ def crop_cache(cache, length: int) -> None:
             layer.values = layer.values[..., :length, :]
 
 
+def adopt_model(runner: ModelRunner, model, eos_token_ids) -> None:
+    """The fields every Hugging Face runner (eager or compiled) keeps of its model."""
+    runner.model = model.eval()
+    runner.device = next(model.parameters()).device
+    runner.vocab_size = int(model.config.vocab_size)
+    runner.eos_token_ids = tuple(int(t) for t in eos_token_ids)
+    runner.cache_kw = cache_keyword(model)
+
+
 class HFRunner(ModelRunner):
     """Runs `model` one chunk of new tokens at a time over a persistent KV cache."""
 
     def __init__(self, model, eos_token_ids: tuple[int, ...] = ()):
         super().__init__()
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.vocab_size = int(model.config.vocab_size)
-        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
-        self.cache_kw = cache_keyword(model)
+        adopt_model(self, model, eos_token_ids)
         self.cache = DynamicCache()
         layers = decoder_layers(model)
         self.n_layers = len(layers)

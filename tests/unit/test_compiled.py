@@ -4,6 +4,7 @@ themselves are tested through a real MPI run in tests/mpi/test_compiled.py and b
 
 import pytest
 import torch
+from conftest import zero_latency_emulation
 
 from dsi_mpi.backends import compiled
 from dsi_mpi.backends.compiled import buckets_up_to, segment_starts
@@ -52,15 +53,7 @@ def test_a_model_that_cannot_compile_runs_eager_and_says_so(tiny_models, monkeyp
 
 
 def test_emulated_acceptance_runs_the_model_and_returns_emulated_tokens(tiny_models):
-    emu = {
-        "vocab_size": 50,
-        "acceptance": 0.5,
-        "target_ttft_s": 0,
-        "target_tpot_s": 0,
-        "drafter_ttft_s": 0,
-        "drafter_tpot_s": 0,
-        "prompt_tokens": 8,
-    }
+    emu = zero_latency_emulation(prompt_tokens=8)
     model = __import__("transformers").AutoModelForCausalLM.from_pretrained(tiny_models["target"]).eval()
     inner = HFRunner(model)
     real = EmulatedAcceptanceRunner("drafter", emu, 3, inner)

@@ -4,6 +4,7 @@ forwards leave a cache that still gives the right answers; emulation is reproduc
 import numpy as np
 import pytest
 import torch
+from conftest import zero_latency_emulation
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends import common_prefix_len
@@ -56,14 +57,7 @@ def test_common_prefix_len():
 
 
 def test_emulated_tokens_depend_on_position_only():
-    emu = {
-        "vocab_size": 50,
-        "acceptance": 0.5,
-        "target_ttft_s": 0,
-        "target_tpot_s": 0,
-        "drafter_ttft_s": 0,
-        "drafter_tpot_s": 0,
-    }
+    emu = zero_latency_emulation()
     target, drafter = EmulatedRunner("target", emu, 7), EmulatedRunner("drafter", emu, 7)
     out = target.greedy(list(range(10)), 4)
     assert out.tolist() == [emulated_target_token(7, p, 50) for p in range(7, 11)]
