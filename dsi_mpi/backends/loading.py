@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsi_mpi import log
+import dsi_mpi.log as log
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
 

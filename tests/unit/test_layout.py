@@ -67,7 +67,7 @@ def test_the_blocker_does_block():
 # folder (or module) of dsi_mpi -> (parts of dsi_mpi it may import, packages outside the standard library)
 RULES = {
     "mpi": (("mpi", "io.config"), ("numpy", "mpi4py")),
-    "backends": (("backends", "io"), ("numpy", "torch", "transformers", "packaging")),
+    "backends": (("backends", "io", "log"), ("numpy", "torch", "transformers", "packaging")),
     "decoding": (("decoding", "mpi", "backends", "io", "simulator", "reporting.metrics"), ("numpy", "torch")),
     "io": (("io",), ("numpy", "h5py")),
     "reporting": (("reporting", "io", "simulator"), ("numpy", "h5py", "matplotlib")),
