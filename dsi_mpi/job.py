@@ -114,15 +114,32 @@ def _run_ranks(cfg, comm) -> int:
             from dsi_mpi.session import Session
 
             session = Session.prepare(cfg)
+            from dsi_mpi.decoding.placement import check_pipeline
+
+            check_pipeline(cfg, comm.Get_size())
         except ConfigError as err:
             error = str(err)
             logger.error("%s", err)
     if startup.share_verdict(comm, poller, error is not None):
         return EXIT_BAD_INPUT
 
+    from dsi_mpi.decoding.placement import plan_layout, spans_nodes
+
+    nodes = startup.node_ids(comm, poller)  # collectives: every rank, once
+    layout = plan_layout(nodes, cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups)
+    group = next((g for g in layout if rank in g), ())
+    stage = (group.index(rank), len(group)) if len(group) > 1 else None
+    if rank == 0 and spans_nodes(layout, nodes):
+        logger.warning(
+            f"pipeline groups {spans_nodes(layout, nodes)} span nodes: no node had room for all their stages"
+        )
     role = "drafter+coordinator" if rank == 0 else "target verifier"
-    local_rank = startup.local_rank(comm)  # a collective: every rank, once
-    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank)
+    if stage:
+        role = f"target stage {stage[0] + 1}/{stage[1]} of group {list(group)}"
+    local_rank = startup.local_rank(comm)
+    runner = build_runner("drafter" if rank == 0 else "target", cfg, local_rank, stage)
+    if stage and hasattr(runner, "layers"):
+        role += f", layers {runner.layers[0]}..{runner.layers[1] - 1}"
     device = str(getattr(runner, "device", cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"))
     infos = startup.gather_rank_info(comm, poller, role, device)
     startup.barrier(comm, poller, "every rank to load its model")
@@ -134,6 +151,11 @@ def _run_ranks(cfg, comm) -> int:
         from dsi_mpi.decoding.acceptance import rule_from_config
         from dsi_mpi.decoding.verifier import Verifier
 
+        if stage:
+            from dsi_mpi.decoding.pipeline import Stage
+
+            Stage(channel, runner, group, stage[0], rule_from_config(cfg.decoding)).serve()
+            return 0
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
@@ -153,7 +175,7 @@ def _run_ranks(cfg, comm) -> int:
         "clock_offsets_us": offsets,
     }
     try:
-        session.run(channel, runner, metadata, offsets)
+        session.run(channel, runner, metadata, offsets, layout)
     finally:
         from dsi_mpi.decoding.verifier import stop_verifiers
 

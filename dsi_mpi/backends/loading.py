@@ -129,14 +129,19 @@ def check_transformers_version(version: str | None = None) -> None:
         )
 
 
-def build_runner(role: str, cfg, local_rank: int = 0):
-    """The runner for `role` ("target" or "drafter") on this rank."""
+def build_runner(role: str, cfg, local_rank: int = 0, stage: tuple[int, int] | None = None):
+    """The runner for `role` ("target" or "drafter") on this rank; stage = (index, stages): only that
+    pipeline stage of the target."""
     if cfg["models"]["kind"] == "emulated":
-        from dsi_mpi.backends.emulated import EmulatedRunner
+        from dsi_mpi.backends.emulated import EmulatedRunner, EmulatedStage
 
+        if stage is not None:
+            return EmulatedStage(cfg["emulation"], cfg["decoding"]["seed"], stage[1], stage[0])
         return EmulatedRunner(role, cfg["emulation"], cfg["decoding"]["seed"])
     check_transformers_version()
     models = cfg["models"]
+    if role == "target" and stage is not None:
+        return _stage_runner(models, local_rank, *stage)
     if role == "target":
         return _hf_runner(models["target"], "target", models, local_rank)
     spec = parse_drafter(models["drafter"])
@@ -173,3 +178,34 @@ def _hf_runner(name: str, role: str, models: dict, local_rank: int, truncate: in
         return HFRunner(model, eos_token_ids=eos_ids)
     except UnsupportedModel as err:
         raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
+
+
+def check_stages(models: dict, stages: int) -> None:
+    """A target to be cut into `stages` pipeline stages: splittable, with layers enough, in local safetensors
+    (checked from its config and headers, before any rank loads weights)."""
+    from transformers import AutoConfig
+
+    from dsi_mpi.backends.split import Checkpoint, SplitError
+    from dsi_mpi.backends.stage import check_splittable
+
+    name = resolve_model_path(models["target"], "target")
+    check_splittable(_load_or_explain(AutoConfig.from_pretrained, name, "target"), stages, models["target"])
+    try:
+        Checkpoint(name)
+    except (SplitError, OSError, ValueError) as err:
+        raise ConfigError(
+            f"runtime.pipeline_stages = {stages}: stages read the target from a local folder: {err}"
+        ) from None
+
+
+def _stage_runner(models: dict, local_rank: int, index: int, stages: int):
+    import torch
+
+    from dsi_mpi.backends.stage import HFStageRunner, build_stage_model
+
+    name = resolve_model_path(models["target"], "target")
+    model, layers = build_stage_model(name, getattr(torch, DTYPES[models["dtype"]]), stages, index)
+    model.to(pick_device(models["device"], local_rank))
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    return HFStageRunner(model, index == 0, index == stages - 1, layers, eos_ids)

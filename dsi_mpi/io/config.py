@@ -148,6 +148,22 @@ KEYS: tuple[Key, ...] = (
         0,
         "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)",
     ),
+    Key(
+        "runtime",
+        "pipeline_stages",
+        int,
+        1,
+        "ranks per pipelined verifier group: each holds a contiguous range of the target's decoder layers, "
+        "and a group of P verifies up to P blocks at once (1: every verifier rank holds the whole target)",
+    ),
+    Key(
+        "runtime",
+        "pipeline_groups",
+        int,
+        0,
+        "with pipeline_stages > 1: how many verifier groups to form (0: all N-1 verifier ranks, which must "
+        "divide by pipeline_stages); the verifier ranks left over hold the whole target",
+    ),
     Key("emulation", "target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
     Key("emulation", "target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
     Key("emulation", "drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
@@ -158,6 +174,13 @@ KEYS: tuple[Key, ...] = (
         float,
         0.6,
         "LATENCY EMULATION: i.i.d. probability that a draft token equals the target's",
+    ),
+    Key(
+        "emulation",
+        "hidden_size",
+        int,
+        1024,
+        "LATENCY EMULATION: floats per token in an activation message between pipeline stages",
     ),
     Key("emulation", "vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
     Key(
@@ -378,6 +401,9 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
     need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
+    need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")
+    need(r["pipeline_groups"] >= 0, f"runtime.pipeline_groups must be >= 0, got {r['pipeline_groups']}")
+    need(e["hidden_size"] >= 1, f"emulation.hidden_size must be >= 1, got {e['hidden_size']}")
     need(0.0 <= e["acceptance"] <= 1.0, f"emulation.acceptance must be in [0, 1], got {e['acceptance']}")
     need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
     for name in ("target_ttft_s", "target_tpot_s", "drafter_ttft_s", "drafter_tpot_s"):

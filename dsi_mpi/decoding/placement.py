@@ -1,0 +1,158 @@
+"""Verifier slots: which ranks form each verifier, how many tasks each takes at once, what its caches hold.
+
+A verifier is a plain rank (the whole target, one task at a time) or a pipelined group of P ranks (a
+contiguous range of layers each, up to P tasks in flight: stage s works on one task while stage s+1 works
+on the one before). Rank 0 sends a group's tasks to its first stage and reads the replies from its last;
+every stage gets each CANCEL. Tasks go through a group in order, so its replies come back in order.
+
+What a verifier's caches will hold when it reaches a new task decides the task's `base` (how much stays
+valid). With tasks in flight that is the last one's sequence if it belongs to the current epoch: should it
+be abandoned at some stage, the new task, of the same epoch, is abandoned there too, and every stage
+before has completed it. After an older-epoch task (it may yet be abandoned, rolling a stage back to its
+base) only the least base in flight is sure to be there.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from dsi_mpi.backends import common_prefix_len
+from dsi_mpi.io.config import ConfigError
+
+
+def plan_layout(nodes: list[int], stages: int, groups: int) -> list[tuple[int, ...]]:
+    """The verifiers of a job as tuples of ranks, ordered by first rank: `groups` groups of `stages` ranks
+    (0: all verifier ranks), each on one node where one has enough ranks left, then plain ranks.
+    nodes[r] names rank r's node (ranks 1.. are the verifier ranks)."""
+    ranks = list(range(1, len(nodes)))
+    if stages <= 1:
+        return [(r,) for r in ranks]
+    if groups == 0:
+        if len(ranks) % stages:
+            raise ConfigError(
+                f"runtime.pipeline_stages = {stages} does not divide the {len(ranks)} verifier ranks "
+                f"({len(nodes)} ranks launched): launch 1 + a multiple of {stages}, or set runtime.pipeline_groups"
+            )
+        groups = len(ranks) // stages
+    if groups * stages > len(ranks):
+        raise ConfigError(
+            f"runtime.pipeline_groups = {groups} groups of {stages} stages need {groups * stages} verifier "
+            f"ranks, but {len(ranks)} were launched ({len(nodes)} ranks in all)"
+        )
+    free: dict[int, list[int]] = {}
+    for r in ranks:
+        free.setdefault(nodes[r], []).append(r)
+    layout = []
+    for _ in range(groups):
+        fits = [n for n, rs in free.items() if len(rs) >= stages]
+        if fits:
+            node = min(fits, key=lambda n: free[n][0])
+            take = free[node][:stages]
+        else:  # no node has room: the group spans nodes (slower hops, still correct)
+            take = sorted(r for rs in free.values() for r in rs)[:stages]
+        layout.append(tuple(take))
+        for node in free:
+            free[node] = [r for r in free[node] if r not in take]
+    layout += [(r,) for rs in free.values() for r in rs]
+    return sorted(layout)
+
+
+def spans_nodes(layout: list[tuple[int, ...]], nodes: list[int]) -> list[tuple[int, ...]]:
+    return [g for g in layout if len({nodes[r] for r in g}) > 1]
+
+
+@dataclass
+class Slot:
+    ranks: tuple[int, ...]
+    queue: deque  # (task, base) in flight, oldest first
+    view: list  # what every stage's cache holds after the last reply
+
+    @property
+    def capacity(self) -> int:
+        return len(self.ranks)
+
+
+class VerifierSlots:
+    """Rank 0's picture of its verifiers; a verifier is named by its first rank."""
+
+    def __init__(self, layout):
+        self.slots = {}
+        for item in layout:
+            ranks = (int(item),) if isinstance(item, int) else tuple(int(r) for r in item)
+            self.slots[ranks[0]] = Slot(ranks, deque(), [])
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self.slots)
+
+    def ranks(self, verifier: int) -> tuple[int, ...]:
+        return self.slots[verifier].ranks
+
+    def capacity(self, verifiers) -> int:
+        return sum(self.slots[v].capacity for v in verifiers)
+
+    def free(self, verifiers) -> dict[int, int]:
+        """Verifier -> tasks it can take now."""
+        left = {v: self.slots[v].capacity - len(self.slots[v].queue) for v in verifiers}
+        return {v: n for v, n in left.items() if n > 0}
+
+    def base_for(self, verifier: int, sequence: list[int], epoch: int) -> int:
+        """How much of `sequence` the verifier's caches are sure to hold when it reaches a task sent now."""
+        slot = self.slots[verifier]
+        if not slot.queue:
+            return common_prefix_len(slot.view, sequence)
+        last = slot.queue[-1][0]
+        n = common_prefix_len(last.sequence, sequence)
+        if last.epoch == epoch:
+            return n
+        return min([n] + [base for _, base in slot.queue])
+
+    def sent(self, task, base: int) -> None:
+        self.slots[task.verifier].queue.append((task, base))
+
+    def replied(self, task, source: int, sequence_kept: list[int]) -> str | None:
+        """Take a reply off its verifier; returns what is wrong with it, if anything."""
+        slot = self.slots[task.verifier]
+        if source != slot.ranks[-1]:
+            return f"rank {source} replied for task {task.task_id}, which went to ranks {list(slot.ranks)}"
+        if slot.queue[0][0] is not task:
+            return f"rank {source} replied for task {task.task_id} before task {slot.queue[0][0].task_id}"
+        slot.queue.popleft()
+        slot.view = sequence_kept
+        return None
+
+    def busy_ranks(self) -> list[int]:
+        return sorted(s.ranks[-1] for s in self.slots.values() if s.queue)
+
+    def forget(self) -> None:
+        """Assume nothing is cached (e.g. another decoder has used these verifiers)."""
+        for slot in self.slots.values():
+            slot.view = []
+
+
+def check_pipeline(cfg, n_ranks: int) -> None:
+    """Rank 0, before any weights load: the layout fits the ranks, the algorithms fit the layout, and the
+    target can be cut as asked."""
+    stages, groups = cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups
+    if stages == 1:
+        if groups:
+            raise ConfigError("runtime.pipeline_groups needs runtime.pipeline_stages > 1")
+        return
+    layout = plan_layout([0] * n_ranks, stages, groups)
+    if all(len(g) > 1 for g in layout):
+        for name in ("hf_assisted", "hf_prompt_lookup"):
+            if name in cfg.decoding.algorithms:
+                raise ConfigError(
+                    f"{name} needs a verifier rank with the whole target, but every verifier rank is a pipeline "
+                    "stage: set runtime.pipeline_groups so that some are left over"
+                )
+    if cfg.models.kind == "hf":
+        from dsi_mpi.backends.loading import check_stages
+
+        check_stages(cfg["models"], stages)
+
+
+def plain_verifier(layout) -> int | None:
+    """The first rank holding the whole target (the baselines run there), if any."""
+    return next((g[0] for g in layout if len(g) == 1), None)
