@@ -139,6 +139,10 @@ def check_pipeline(cfg, n_ranks: int) -> None:
         if groups:
             raise ConfigError("runtime.pipeline_groups needs runtime.pipeline_stages > 1")
         return
+    if cfg.models.kind == "hf":
+        from dsi_mpi.backends.loading import check_stages
+
+        check_stages(cfg["models"], stages)
     layout = plan_layout([0] * n_ranks, stages, groups)
     if all(len(g) > 1 for g in layout):
         for name in ("hf_assisted", "hf_prompt_lookup"):
@@ -147,10 +151,6 @@ def check_pipeline(cfg, n_ranks: int) -> None:
                     f"{name} needs a verifier rank with the whole target, but every verifier rank is a pipeline "
                     "stage: set runtime.pipeline_groups so that some are left over"
                 )
-    if cfg.models.kind == "hf":
-        from dsi_mpi.backends.loading import check_stages
-
-        check_stages(cfg["models"], stages)
 
 
 def plain_verifier(layout) -> int | None:

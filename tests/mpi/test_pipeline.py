@@ -66,3 +66,26 @@ def test_sampling_on_two_and_three_stage_groups_equals_a_plain_rank(models, tmp_
     assert not wrong, f"pipelined sampling differs from the plain rank's: {wrong[:10]}"
     check_speculation_happened(pick(rows, 0, 1), stages=2)
     check_speculation_happened(pick(rows, 1, 0), stages=3)
+
+
+BAD_PIPELINES = [
+    ({"runtime": {"pipeline_stages": 4}}, 3, "runtime.pipeline_stages = 4 but target"),
+    ({"runtime": {"pipeline_stages": 2}}, 4, "runtime.pipeline_stages = 2 does not divide the 3 verifier ranks"),
+    ({"models": {"target": "@gpt2", "drafter": "@gpt2"}, "runtime": {"pipeline_stages": 2}}, 3, "cannot be split"),
+]
+
+
+@pytest.mark.parametrize("override, ranks, words", BAD_PIPELINES)
+def test_bad_pipelines_are_one_line_and_every_rank_exits(tiny_models, tmp_path, override, ranks, words):
+    """More stages than decoder layers, a rank count that does not divide into groups, and an architecture
+    whose layers cannot be split: exit code 2, the reason on one line, found before any weights load."""
+    from test_run import write_job
+
+    for section in override.values():
+        for name, value in section.items():
+            if isinstance(value, str) and value.startswith("@"):
+                section[name] = tiny_models[value[1:]]
+    proc = launch(["-m", "dsi_mpi", "run", write_job(tmp_path, tiny_models, **override)], ranks=ranks, timeout=90)
+    lines = [line for line in proc.stderr.splitlines() if words in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("dsi-mpi") or "error" in lines[0].lower(), lines
