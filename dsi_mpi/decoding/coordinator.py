@@ -310,7 +310,7 @@ class SpeculativeDecoder:
         task = self.inflight.get(msg.task_id)
         if task is None or task.epoch != msg.epoch:
             raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
-        problem = self.slots.replied(task, source, task.sequence[: msg.cache_len])
+        problem = self.slots.replied(task, source, msg)
         if problem:
             raise protocol.ProtocolError(problem)
         del self.inflight[msg.task_id]

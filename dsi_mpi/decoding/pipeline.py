@@ -5,10 +5,10 @@ runs its layers on the new tokens and sends the hidden states on as one ACTIVATI
 takes the next task at once: stage s works on task t while stage s+1 works on task t-1. The last stage
 applies the acceptance rule (it has the logits) and is the only one that replies to rank 0, with a record
 of every stage's forward. CANCELs from rank 0 reach every stage: before each task a stage reads those
-waiting, and a task or activation of an older epoch is dropped on sight (its KV cache cropped back to the
-base, nothing computed); a forward under way stops between layers. A dropped task still travels on as a
-small "dropped" ACTIVATION, so that every task gets exactly one reply and rank 0 learns the least cache
-length left on any stage.
+waiting, and a task or activation of an older epoch is dropped on sight (nothing computed, the cache left
+as it is); a forward under way stops between layers and its cache is rolled back to the task's base. A
+dropped task still travels on as a small "dropped" ACTIVATION, so that every task gets exactly one reply,
+whose stage records tell rank 0 what each stage's cache now holds (dsi_mpi/decoding/placement.py).
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ class Stage(Verifier):
     def _run(self, task: dict) -> None:
         self._drain_cancels()
         target, start = self.target, now_us()
-        if task["dropped"] or task["epoch"] < self.min_epoch:  # stale: drop on sight
-            target.crop(min(task["base"], target.cache_len()))
+        if task["dropped"] or task["epoch"] < self.min_epoch:  # stale: drop on sight, the cache as it is
             return self._pass_on(task, protocol.STAGE_DROPPED, start, None)
         if task["base"] > target.cache_len():
             raise protocol.ProtocolError(

@@ -6,10 +6,14 @@ on the one before). Rank 0 sends a group's tasks to its first stage and reads th
 every stage gets each CANCEL. Tasks go through a group in order, so its replies come back in order.
 
 What a verifier's caches will hold when it reaches a new task decides the task's `base` (how much stays
-valid). With tasks in flight that is the last one's sequence if it belongs to the current epoch: should it
-be abandoned at some stage, the new task, of the same epoch, is abandoned there too, and every stage
-before has completed it. After an older-epoch task (it may yet be abandoned, rolling a stage back to its
-base) only the least base in flight is sure to be there.
+valid). Rank 0 knows each stage's cache exactly once every task sent has been answered: a reply says, per
+stage, whether the task was computed (the cache holds its sequence), abandoned mid-forward (rolled back
+to the task's base) or dropped unseen (the cache is left as it was). With tasks in flight:
+* if the last one belongs to the current epoch, its sequence: a stage that does not compute it has seen
+  a newer CANCEL (or an earlier stage has), so it drops the new task, of the same epoch, as well; every
+  stage that gets the new task has just computed the last one;
+* else (it may yet be abandoned anywhere) only what every outcome leaves: the least, over the known
+  caches and every task in flight, of its base and of its shared prefix with the new sequence.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 from dsi_mpi.backends import common_prefix_len
 from dsi_mpi.io.config import ConfigError
+from dsi_mpi.mpi import protocol
 
 
 def plan_layout(nodes: list[int], stages: int, groups: int) -> list[tuple[int, ...]]:
@@ -66,7 +71,7 @@ def spans_nodes(layout: list[tuple[int, ...]], nodes: list[int]) -> list[tuple[i
 class Slot:
     ranks: tuple[int, ...]
     queue: deque  # (task, base) in flight, oldest first
-    view: list  # what every stage's cache holds after the last reply
+    views: list  # per stage: the tokens its cache holds once every reply is in
 
     @property
     def capacity(self) -> int:
@@ -80,7 +85,7 @@ class VerifierSlots:
         self.slots = {}
         for item in layout:
             ranks = (int(item),) if isinstance(item, int) else tuple(int(r) for r in item)
-            self.slots[ranks[0]] = Slot(ranks, deque(), [])
+            self.slots[ranks[0]] = Slot(ranks, deque(), [[] for _ in ranks])
 
     @property
     def ids(self) -> list[int]:
@@ -100,26 +105,36 @@ class VerifierSlots:
     def base_for(self, verifier: int, sequence: list[int], epoch: int) -> int:
         """How much of `sequence` the verifier's caches are sure to hold when it reaches a task sent now."""
         slot = self.slots[verifier]
-        if not slot.queue:
-            return common_prefix_len(slot.view, sequence)
-        last = slot.queue[-1][0]
-        n = common_prefix_len(last.sequence, sequence)
-        if last.epoch == epoch:
-            return n
-        return min([n] + [base for _, base in slot.queue])
+        if slot.queue and slot.queue[-1][0].epoch == epoch:
+            return common_prefix_len(slot.queue[-1][0].sequence, sequence)
+        bound = min(common_prefix_len(view, sequence) for view in slot.views)
+        for task, base in slot.queue:
+            bound = min(bound, base, common_prefix_len(task.sequence, sequence))
+        return bound
 
     def sent(self, task, base: int) -> None:
         self.slots[task.verifier].queue.append((task, base))
 
-    def replied(self, task, source: int, sequence_kept: list[int]) -> str | None:
-        """Take a reply off its verifier; returns what is wrong with it, if anything."""
+    def replied(self, task, source: int, msg) -> str | None:
+        """Take a reply (RESULT or ABORTED) off its verifier and learn what each stage's cache holds;
+        returns what is wrong with the reply, if anything."""
         slot = self.slots[task.verifier]
         if source != slot.ranks[-1]:
             return f"rank {source} replied for task {task.task_id}, which went to ranks {list(slot.ranks)}"
         if slot.queue[0][0] is not task:
             return f"rank {source} replied for task {task.task_id} before task {slot.queue[0][0].task_id}"
-        slot.queue.popleft()
-        slot.view = sequence_kept
+        _, base = slot.queue.popleft()
+        if msg.n_stages != (len(slot.ranks) if len(slot.ranks) > 1 else 0):
+            return f"rank {source} replied for task {task.task_id} with {msg.n_stages} stage records"
+        if not msg.n_stages:  # a plain rank: its one cache
+            slot.views[0] = task.sequence[: msg.cache_len]
+            return None
+        records = msg.payload[len(msg.payload) - protocol.STAGE_RECORD * msg.n_stages :].reshape(-1, 4)
+        for stage, status in enumerate(records[:, 1].tolist()):
+            if status == protocol.STAGE_COMPUTED:
+                slot.views[stage] = task.sequence
+            elif status == protocol.STAGE_ABORTED:
+                slot.views[stage] = task.sequence[:base]
         return None
 
     def busy_ranks(self) -> list[int]:
@@ -128,7 +143,7 @@ class VerifierSlots:
     def forget(self) -> None:
         """Assume nothing is cached (e.g. another decoder has used these verifiers)."""
         for slot in self.slots.values():
-            slot.view = []
+            slot.views = [[] for _ in slot.ranks]
 
 
 def check_pipeline(cfg, n_ranks: int) -> None:

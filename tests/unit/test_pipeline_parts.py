@@ -7,6 +7,7 @@ import torch
 from dsi_mpi.backends.split import SplitError, balanced_split
 from dsi_mpi.decoding.placement import VerifierSlots, plan_layout
 from dsi_mpi.io.config import ConfigError
+from dsi_mpi.mpi import protocol
 
 
 def test_the_cut_minimises_the_largest_stage_and_counts_embedding_and_head():
@@ -39,6 +40,14 @@ class _Task:
         self.task_id, self.epoch, self.sequence, self.verifier = task_id, epoch, sequence, verifier
 
 
+def _reply(statuses, kind=protocol.ABORTED):
+    records = [x for i, status in enumerate(statuses) for x in (i + 1, status, 0, 1)]
+    fields = dict(task_id=0, epoch=0, cache_len=0, start_us=0, end_us=1, n_stages=len(statuses))
+    if kind == protocol.RESULT:
+        return protocol.decode(protocol.encode(kind, [7] + records, computed=1, reused=0, **fields), kind, 3)
+    return protocol.decode(protocol.encode(kind, records, **fields), kind, 3)
+
+
 def test_base_behind_tasks_in_flight_is_what_every_stage_is_sure_to_hold():
     slots = VerifierSlots([(1, 2, 3), 4])
     assert slots.capacity([1, 4]) == 4 and slots.free([1, 4]) == {1: 3, 4: 1}
@@ -46,14 +55,21 @@ def test_base_behind_tasks_in_flight_is_what_every_stage_is_sure_to_hold():
     assert slots.base_for(1, seq, 0) == 0  # nothing known yet
     t1 = _Task(0, 0, seq[:12])
     slots.sent(t1, 5)
-    # same epoch: if t1 is abandoned anywhere, so is the next task, so t1's sequence counts
+    # same epoch: a stage that does not compute t1 drops the next task too, so t1's sequence counts
     assert slots.base_for(1, seq[:16], 0) == 12
-    # after a rejection t1 may be abandoned and rolled back to its base: only that is sure
-    assert slots.base_for(1, seq[:16], 1) == 5
-    assert slots.replied(t1, 2, seq[:12]) and "went to ranks" in slots.replied(t1, 2, seq[:12])
-    assert slots.replied(t1, 3, seq[:12]) is None  # replies come from the last stage
+    # after a rejection t1 may be abandoned and rolled back to its base anywhere: only that is sure
+    assert slots.base_for(1, seq[:16], 1) == 0  # and the caches' known content (nothing yet) bounds it
+    done = [protocol.STAGE_COMPUTED] * 3
+    assert "went to ranks" in slots.replied(t1, 2, _reply(done, protocol.RESULT))
+    assert slots.replied(t1, 3, _reply(done, protocol.RESULT)) is None  # replies come from the last stage
     assert slots.base_for(1, seq[:16], 1) == 12
-    assert slots.busy_ranks() == []
+    t2 = _Task(1, 1, seq[:16])
+    slots.sent(t2, 12)
+    # computed on the first stage, abandoned mid-forward on the second, dropped unseen on the third
+    mixed = [protocol.STAGE_COMPUTED, protocol.STAGE_ABORTED, protocol.STAGE_DROPPED]
+    assert slots.replied(t2, 3, _reply(mixed)) is None
+    assert slots.slots[1].views == [seq[:16], seq[:12], seq[:12]]
+    assert slots.base_for(1, seq[:18], 2) == 12 and slots.busy_ranks() == []
 
 
 SPLITTABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
