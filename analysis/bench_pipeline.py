@@ -3,6 +3,7 @@
 usage: python analysis/bench_pipeline.py emulated [--stages 2 4 7] [--tokens 100] [--prompts 4] [--lookahead K]
        python analysis/bench_pipeline.py real [--tokens 48] [--prompts 4]
        python analysis/bench_pipeline.py memory MODEL_FOLDER [--stages 4] [--tokens 160]
+       python analysis/bench_pipeline.py layouts        (the README's time-model table)
 
 emulated: LATENCY EMULATION (forwards are sleeps; ranks, messages, scheduling and cancellation are real):
 target 30 ms per forward, c = 0.1, acceptance 0.8, one drafter. For each P, two jobs on P + 1 ranks run
@@ -174,8 +175,11 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-base_rss, base_peak = rss(), peak()
+base_rss = rss()
 folder, stages, index, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+config = transformers.AutoConfig.from_pretrained(folder)
+transformers.AutoModelForCausalLM._model_mapping[type(config)]  # imports the model's code (scipy, sympy, ...)
+code_rss = rss()
 from dsi_mpi.backends.hf import HFRunner
 from dsi_mpi.backends.stage import HFStageRunner, build_stage_model, param_bytes
 if stages == 1:
@@ -195,7 +199,8 @@ for t in range(tokens - len(prompt)):
     step([11 + t % 50])
 kv = sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size() for l in runner.cache.layers)
 print(json.dumps({"stages": stages, "index": index, "params_bytes": param_bytes(model), "kv_bytes": kv,
-                  "cached_tokens": runner.cache_len(), "baseline_rss": base_rss, "peak_above_baseline": peak() - base_peak}))
+                  "cached_tokens": runner.cache_len(), "baseline_rss": base_rss, "code_rss": code_rss,
+                  "peak_above_baseline": peak() - base_rss, "peak_above_code": peak() - code_rss}))
 """
 
 
@@ -204,7 +209,15 @@ def memory(args) -> int:
     rows = []
     for stages, index in [(1, 0)] + [(args.stages, i) for i in range(args.stages)]:
         out = subprocess.run(
-            [sys.executable, "-c", MEMORY_PROBE, args.model, str(stages), str(index), str(args.tokens)],
+            [
+                sys.executable,
+                "-c",
+                MEMORY_PROBE,
+                str(Path(args.model).resolve()),
+                str(stages),
+                str(index),
+                str(args.tokens),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -215,17 +228,43 @@ def memory(args) -> int:
         print(json.dumps(rows[-1]), flush=True)
     full = rows[0]
     mib = 2**20
-    print("| rank | parameters MiB | KV cache MiB | params + KV vs full | peak RSS above baseline MiB | vs full |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| rank | parameters MiB | KV cache MiB | params + KV vs full | peak RSS above baseline MiB | vs full "
+        "| peak RSS above baseline + model code MiB | vs full |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         name = "full model" if r["stages"] == 1 else f"stage {r['index'] + 1}/{r['stages']}"
         model = r["params_bytes"] + r["kv_bytes"]
         print(
             f"| {name} | {r['params_bytes'] / mib:.1f} | {r['kv_bytes'] / mib:.2f} | "
             f"{model / (full['params_bytes'] + full['kv_bytes']):.3f} | {r['peak_above_baseline'] / mib:.1f} | "
-            f"{r['peak_above_baseline'] / full['peak_above_baseline']:.3f} |"
+            f"{r['peak_above_baseline'] / full['peak_above_baseline']:.3f} | {r['peak_above_code'] / mib:.1f} | "
+            f"{r['peak_above_code'] / full['peak_above_code']:.3f} |"
         )
-    print(f"baseline RSS after import torch, transformers: {full['baseline_rss'] / mib:.0f} MiB")
+    print(
+        f"baseline RSS after import torch, transformers: {full['baseline_rss'] / mib:.0f} MiB; importing the model's "
+        f"code adds {(full['code_rss'] - full['baseline_rss']) / mib:.0f} MiB"
+    )
+    return 0
+
+
+def layouts(args) -> int:
+    """The time model's dsi speedup over plain decoding for one pipeline of P, P/2 copies of 2 stages and P
+    replicas (t = 30 ms, c = 0.1, a = 0.8, 200 tokens, best k each), for hops h."""
+    from dsi_mpi.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
+
+    base, tokens = Latencies(C * TPOT, C * TPOT, TPOT, TPOT), 200
+    print("| P devices | h | one pipeline of P | P/2 copies of 2 stages | P full replicas |")
+    print("| --- | --- | --- | --- | --- |")
+    for p in (4, 8):
+        for h in (5e-5, 5e-4, 2e-3):
+            cells = []
+            for stages, groups in ((p, 1), (2, p // 2), (1, p)):
+                lat, sp = pipeline_setting(base, stages, groups, h)
+                k, latency = best_lookahead("dsi", lat, A, tokens, sp, nonsi_thread=True)
+                cells.append(f"{nonsi_latency(base, tokens) / latency:.3f}x (k {k})")
+            print(f"| {p} | {h * 1e3:g} ms | " + " | ".join(cells) + " |")
     return 0
 
 
@@ -244,8 +283,9 @@ def main(argv=None) -> int:
     m.add_argument("model")
     m.add_argument("--stages", type=int, default=4)
     m.add_argument("--tokens", type=int, default=160)
+    sub.add_parser("layouts")
     args = parser.parse_args(argv)
-    return {"emulated": emulated, "real": real, "memory": memory}[args.what](args)
+    return {"emulated": emulated, "real": real, "memory": memory, "layouts": layouts}[args.what](args)
 
 
 if __name__ == "__main__":
