@@ -84,22 +84,29 @@ class Checkpoint:
             count *= d
         return count
 
-    def read(self, key: str):
-        """One tensor, read straight into its own buffer."""
+    def read_into(self, key: str, out) -> None:
+        """Fill the CPU tensor `out` with one tensor: straight from the file into its memory when the dtypes
+        agree, else converted 16 MiB at a time (nothing of the size of the tensor is ever allocated twice)."""
         import torch
 
         path, start, entry = self.entries[key]
-        begin, end = entry["data_offsets"]
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
-        if dtype is None:
+        if tuple(entry["shape"]) != tuple(out.shape):
+            raise SplitError(f"{path.name}: tensor {key} has shape {tuple(entry['shape'])}, not {tuple(out.shape)}")
+        name = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if name is None:
             raise SplitError(f"{path.name}: tensor {key} has dtype {entry['dtype']}, which stages cannot load")
-        buf = bytearray(end - begin)
+        dtype, flat = getattr(torch, name), out.detach().view(-1)
         with open(path, "rb") as f:
-            f.seek(start + begin)
-            f.readinto(buf)
-        if not buf:
-            return torch.empty(entry["shape"], dtype=getattr(torch, dtype))
-        return torch.frombuffer(buf, dtype=getattr(torch, dtype)).reshape(entry["shape"])
+            f.seek(start + entry["data_offsets"][0])
+            if dtype == out.dtype:
+                f.readinto(flat.view(torch.uint8).numpy())
+                return
+            step = max(1, (16 << 20) // dtype.itemsize)
+            for i in range(0, flat.numel(), step):
+                n = min(step, flat.numel() - i)
+                buf = bytearray(n * dtype.itemsize)
+                f.readinto(buf)
+                flat[i : i + n].copy_(torch.frombuffer(buf, dtype=dtype))
 
 
 def layer_prefix(index: int) -> str:

@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from dsi_mpi.backends.base import ModelRunner
 from dsi_mpi.backends.hf import HFRunner, cache_keyword, check_config_layers, decoder_layers
 from dsi_mpi.backends.loading import _layer_count as layer_count
-from dsi_mpi.backends.split import Checkpoint, layer_prefix, stage_ranges
+from dsi_mpi.backends.split import Checkpoint, SplitError, layer_prefix, stage_ranges
 from dsi_mpi.io.config import ConfigError
 
 SPLITTABLE = ("llama", "mistral", "qwen2", "qwen3", "phi3")  # checked against the full model in tests
@@ -88,11 +88,10 @@ def build_stage_model(folder: str, dtype, stages: int, index: int):
                 key = "model." + name[len(base_prefix) :] if name.startswith(base_prefix) else name
             if key not in checkpoint.entries:
                 raise ConfigError(f"target {folder!r}: stage parameter {name} has no tensor {key} in the checkpoint")
-            tensor = checkpoint.read(key)
-            if tuple(tensor.shape) != tuple(param.shape):
-                raise ConfigError(f"target {folder!r}: tensor {key} has shape {tuple(tensor.shape)}, not {param.shape}")
-            param.copy_(tensor)
-            del tensor
+            try:
+                checkpoint.read_into(key, param)
+            except SplitError as err:
+                raise ConfigError(f"target {folder!r}: {err}") from None
     return model.eval(), (start, end)
 
 
