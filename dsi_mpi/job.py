@@ -139,6 +139,9 @@ def _run_ranks(cfg, world, state: dict) -> int:
             from dsi_mpi.session import Session
 
             session = Session.prepare(cfg)
+            from dsi_mpi.decoding.placement import check_pipeline
+
+            check_pipeline(cfg, world.Get_size())
         except ConfigError as err:
             error = str(err)
             logger.error("%s", err)
@@ -154,10 +157,26 @@ def _run_ranks(cfg, world, state: dict) -> int:
     comm = world if placement is None else placement.comm  # None on the scheduler
     local = comm.Get_rank() if comm is not None else -1
     role = "scheduler+writer" if comm is None else "drafter+coordinator" if local == 0 else "target verifier"
+    layout, group, stage = None, (), None
+    if cfg.runtime.pipeline_stages > 1:  # one instance only (io.config refuses both)
+        from dsi_mpi.decoding.placement import plan_layout, spans_nodes
+
+        nodes = startup.node_ids(comm, poller)  # collectives: every rank, once
+        layout = plan_layout(nodes, cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups)
+        group = next((g for g in layout if local in g), ())
+        stage = (group.index(local), len(group)) if len(group) > 1 else None
+        if local == 0 and spans_nodes(layout, nodes):
+            logger.warning(f"pipeline groups {spans_nodes(layout, nodes)} span nodes: no node had room for all stages")
+        if stage:
+            role = f"target stage {stage[0] + 1}/{stage[1]} of group {list(group)}"
     local_rank = startup.local_rank(world)  # a collective: every rank, once
     longest = max(map(len, session.prompt_tokens.values()), default=1) if rank == 0 else 0
     longest = startup.share_int(world, poller, longest, "the prompt lengths from rank 0")  # sizes static caches
-    runner = None if comm is None else build_runner("drafter" if local == 0 else "target", cfg, local_rank, longest)
+    runner = (
+        None if comm is None else build_runner("drafter" if local == 0 else "target", cfg, local_rank, longest, stage)
+    )
+    if stage and hasattr(runner, "layers"):
+        role += f", layers {runner.layers[0]}..{runner.layers[1] - 1}"
     kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
     device = "none" if runner is None else str(getattr(runner, "device", kind))
     extra = {} if placement is None else {"instance": placement.instance}
@@ -178,6 +197,11 @@ def _run_ranks(cfg, world, state: dict) -> int:
         from dsi_mpi.decoding.acceptance import rule_from_config
         from dsi_mpi.decoding.verifier import Verifier
 
+        if stage:
+            from dsi_mpi.decoding.pipeline import Stage
+
+            Stage(channel, runner, group, stage[0], rule_from_config(cfg.decoding)).serve()
+            return 0
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
@@ -191,7 +215,7 @@ def _run_ranks(cfg, world, state: dict) -> int:
         prompts = [p for p, _ in setup["prompts"]]
         session = Session(cfg, prompts, {p.index: t for p, t in setup["prompts"]}, setup["eos_ids"], None)
     try:
-        session.run(channel, runner, feed, offsets, fault_rank=rank)
+        session.run(channel, runner, feed, offsets, fault_rank=rank, layout=layout)
     finally:
         from dsi_mpi.decoding.verifier import stop_verifiers
 

@@ -46,17 +46,21 @@ class Session:
         writer = ResultsWriter(out.path, cfg, out.overwrite, out.resume)
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
-    def run(self, channel, drafter, feed, clock_offsets_us: dict[int, int], fault_rank: int = 0) -> None:
+    def run(self, channel, drafter, feed, clock_offsets_us: dict[int, int], fault_rank: int = 0, layout=None) -> None:
         """Every algorithm on every prompt the feed hands out (dsi_mpi/batch.py: this rank's own list with
-        one instance, the scheduler's queue with several), each prompt's records back to the feed."""
+        one instance, the scheduler's queue with several), each prompt's records back to the feed. layout:
+        the verifiers, plain ranks or tuples of pipeline stage ranks (default: every rank plain)."""
         from dsi_mpi.decoding.coordinator import SpeculativeDecoder
+        from dsi_mpi.decoding.placement import plain_verifier
 
         comm_size = channel.comm.Get_size()
         decoding = self.cfg.decoding
+        layout = layout or list(range(1, comm_size))
+        self.baseline_rank = plain_verifier([(v,) if isinstance(v, int) else tuple(v) for v in layout])
         self.decoder = SpeculativeDecoder(
             channel,
             drafter,
-            list(range(1, comm_size)),
+            layout,
             self.eos_ids,
             decoding.stop_at_eos,
             clock_offsets_us,
@@ -64,7 +68,7 @@ class Session:
         )
         self.channel, self.feed = channel, feed
         self.faults = FaultPlan(fault_rank)
-        self.settings = self._settings(comm_size - 1)
+        self.settings = self._settings(len(self.decoder.verifiers))
         algorithms = list(decoding.algorithms)
         if comm_size > 2 and "dsi" not in algorithms:
             logger.warning(f"{comm_size - 2} verifier rank(s) will stay idle: only dsi uses more than one")
@@ -103,8 +107,9 @@ class Session:
         from dsi_mpi.decoding.planner import calibrate, plan
 
         first = self.prompts[0]
-        measured = calibrate(self.decoder, self.channel, self.prompt_tokens[first.index], decoding.stop_at_eos)
-        choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread)
+        measured = calibrate(self.decoder, self._baseline, self.prompt_tokens[first.index], decoding.stop_at_eos)
+        capacity = self.decoder.slots.capacity(self.decoder.verifiers[:1])  # tasks one verifier takes at once
+        choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread, capacity)
         self.feed.add_metadata({"planner": choice})
         logger.info(
             f"planner: lookahead si {choice['si']}, dsi {choice['dsi']}, dsi verifiers "
@@ -131,8 +136,16 @@ class Session:
             length = emulated_length(self.cfg.decoding.seed, prompt.index, emu.min_new_tokens, run.max_new_tokens)
             run = dataclasses.replace(run, max_new_tokens=length)
         if algorithm in ("nonsi", "hf_assisted", "hf_prompt_lookup"):
-            return run_baseline(self.channel, 1, algorithm, tokens, record, run)
+            return self._baseline(algorithm, tokens, record, run)
         return self.decoder.generate(algorithm, tokens, record, run)
+
+    def _baseline(self, algorithm: str, tokens: list[int], record: RunRecord, run: RunSettings) -> RunRecord:
+        """On the first rank with the whole target; nonsi through the first pipeline group if there is none."""
+        if self.baseline_rank is not None:
+            return run_baseline(self.channel, self.baseline_rank, algorithm, tokens, record, run)
+        from dsi_mpi.decoding.group_baseline import nonsi_on_group
+
+        return nonsi_on_group(self.decoder, self.decoder.verifiers[0], tokens, record, run)
 
 
 def emulated_length(seed: int, prompt_index: int, low: int, high: int) -> int:

@@ -345,3 +345,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def pipeline_setting(latencies: Latencies, stages: int, groups: int = 1, hop_s: float = 0.0) -> tuple[Latencies, int]:
+    """A job's pipelined verifier groups as the model sees them: (latencies, SP). A group of P stages holds
+    one task per stage, so it verifies like P replicas whose forward is the whole target's plus the P - 1
+    hops of an activation message between stages; `groups` groups give SP = groups x P. Not modelled: a
+    group's first stage takes a new task only every target_tpot / P (binding only when blocks are formed
+    faster than that, P k c < 1)."""
+    if stages < 1 or groups < 1 or hop_s < 0:
+        raise ValueError("need stages >= 1, groups >= 1 and hop_s >= 0")
+    extra = (stages - 1) * hop_s
+    lat = Latencies(
+        latencies.drafter_ttft, latencies.drafter_tpot, latencies.target_ttft + extra, latencies.target_tpot + extra
+    )
+    return lat, groups * stages

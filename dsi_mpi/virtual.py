@@ -118,7 +118,7 @@ class SimulatedVerifier:
             if fields["base"] > self.cache_len:
                 raise protocol.ProtocolError(f"task {fields['task_id']} keeps more than verifier {self.rank} holds")
             base = fields["base"]
-            reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base)
+            reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base, n_stages=0)
             duration, n_checks = self._duration(fields), self._checks(fields)
             stopped = None
             if fields["epoch"] < self.min_epoch:

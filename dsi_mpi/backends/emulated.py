@@ -107,3 +107,20 @@ class EmulatedAcceptanceRunner(EmulatedRunner):
 
     def _crop(self, length: int) -> None:
         self.inner.crop(length)
+
+
+class EmulatedStage(EmulatedRunner):
+    """LATENCY EMULATION of one stage of a P-stage target: 1/P of the target's latencies, and hidden states
+    of `emulation.hidden_size` floats per token (zeros), so the messages between stages cost what real ones
+    of that size cost. The last stage gives the emulated target's tokens."""
+
+    def __init__(self, emulation: dict, seed: int, stages: int, index: int):
+        super().__init__("target", emulation, seed)
+        self.ttft, self.tpot = self.ttft / stages, self.tpot / stages
+        self.hidden_size = int(emulation["hidden_size"])
+        self.first, self.last = index == 0, index == stages - 1
+        self.incoming = None
+
+    def _forward(self, tokens: list[int], n_out: int):
+        n_out = super()._forward(tokens, n_out)
+        return n_out if self.last else np.zeros((len(tokens), self.hidden_size), dtype=np.float32)

@@ -159,12 +159,15 @@ def cache_capacity(cfg, longest_prompt: int) -> int:
     return longest_prompt + decoding.get("max_new_tokens", 64) + (20 if k == "auto" else k) + 2
 
 
-def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256):
-    """The runner for `role` ("target" or "drafter") on this rank; `longest_prompt` (tokens) sizes a static cache."""
+def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256, stage: tuple[int, int] | None = None):
+    """The runner for `role` ("target" or "drafter") on this rank; `longest_prompt` (tokens) sizes a static cache;
+    stage = (index, stages): only that pipeline stage of the target."""
     if cfg["models"]["kind"] == "emulated":
-        from dsi_mpi.backends.emulated import EmulatedAcceptanceRunner, EmulatedRunner
+        from dsi_mpi.backends.emulated import EmulatedAcceptanceRunner, EmulatedRunner, EmulatedStage
 
         emulation = cfg["emulation"]
+        if stage is not None:
+            return EmulatedStage(emulation, cfg["decoding"]["seed"], stage[1], stage[0])
         if emulation.get("forwards", "sleep") == "sleep":
             return EmulatedRunner(role, emulation, cfg["decoding"]["seed"])
         name = cfg["models"]["target" if role == "target" else "drafter"]
@@ -178,6 +181,8 @@ def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256)
         return EmulatedAcceptanceRunner(role, emulation, cfg["decoding"]["seed"], inner)
     check_transformers_version()
     models = cfg["models"]
+    if role == "target" and stage is not None:
+        return _stage_runner(models, local_rank, *stage)
     capacity = cache_capacity(cfg, longest_prompt)
     if role == "target":
         return _hf_runner(models["target"], "target", models, local_rank, capacity=capacity)
@@ -246,3 +251,34 @@ def _hf_runner(
         raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
     runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
     return runner
+
+
+def check_stages(models: dict, stages: int) -> None:
+    """A target to be cut into `stages` pipeline stages: splittable, with layers enough, in local safetensors
+    (checked from its config and headers, before any rank loads weights)."""
+    from transformers import AutoConfig
+
+    from dsi_mpi.backends.split import Checkpoint, SplitError
+    from dsi_mpi.backends.stage import check_splittable
+
+    name = resolve_model_path(models["target"], "target")
+    check_splittable(_load_or_explain(AutoConfig.from_pretrained, name, "target"), stages, models["target"])
+    try:
+        Checkpoint(name)
+    except (SplitError, OSError, ValueError) as err:
+        raise ConfigError(
+            f"runtime.pipeline_stages = {stages}: stages read the target from a local folder: {err}"
+        ) from None
+
+
+def _stage_runner(models: dict, local_rank: int, index: int, stages: int):
+    import torch
+
+    from dsi_mpi.backends.stage import HFStageRunner, build_stage_model
+
+    name = resolve_model_path(models["target"], "target")
+    model, layers = build_stage_model(name, getattr(torch, DTYPES[models["dtype"]]), stages, index)
+    model.to(pick_device(models["device"], local_rank))
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    return HFStageRunner(model, index == 0, index == stages - 1, layers, eos_ids)

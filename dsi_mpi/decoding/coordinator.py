@@ -33,6 +33,7 @@ import numpy as np
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.decoding.acceptance import Greedy
 from dsi_mpi.decoding.adaptive import AdaptiveLookahead
+from dsi_mpi.decoding.placement import VerifierSlots
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
 from dsi_mpi.mpi import protocol
@@ -71,7 +72,7 @@ class SpeculativeDecoder:
         self,
         channel: Channel,
         drafter: ModelRunner,
-        verifiers: list[int],
+        verifiers: list,
         eos_ids=(),
         stop_at_eos: bool = True,
         clock_offsets_us: dict[int, int] | None = None,
@@ -82,10 +83,10 @@ class SpeculativeDecoder:
         self.clock = clock  # seconds; time.perf_counter, or a simulated clock (dsi_mpi/virtual.py)
         self.adaptive_rules: dict[str, AdaptiveLookahead] = {}  # per policy, kept from prompt to prompt
         self.drafter = drafter
-        self.verifiers = list(verifiers)
+        self.slots = VerifierSlots(verifiers)  # plain ranks, or tuples of stage ranks (pipelined groups)
+        self.verifiers = self.slots.ids
         self.all_eos_ids = frozenset(int(t) for t in eos_ids)  # each run's RunSettings.stop_at_eos decides
         self.eos_ids = self.all_eos_ids if stop_at_eos else frozenset()
-        self.cache_view = {v: [] for v in self.verifiers}  # what each verifier's KV cache holds
         self.inflight: dict[int, Task] = {}  # task id -> task awaiting its one reply
         self.epoch = 0
         self.next_task_id = 0
@@ -107,7 +108,8 @@ class SpeculativeDecoder:
         self.nonsi_thread = run.nonsi_thread
         self.eos_ids = self.all_eos_ids if run.stop_at_eos else frozenset()
         self.active = self.verifiers[:1] if policy == "si" else self.verifiers[: run.verifiers or len(self.verifiers)]
-        self.max_ahead = 1 if policy == "si" else (run.max_blocks_ahead or len(self.active) + 1)
+        self.capacity = self.slots.capacity(self.active)  # tasks the active verifiers take at once
+        self.max_ahead = 1 if policy == "si" else (run.max_blocks_ahead or self.capacity + 1)
         self.record = record
         self.seq = list(prompt)
         self.n_prompt = len(prompt)
@@ -231,11 +233,16 @@ class SpeculativeDecoder:
                 self.blocks.append(Block(start, self.seq[start : start + n]))
                 start += n
             elif no_more and not self.blocks and self.n_committed < self.end:
-                plain = self.lookahead_rule.plain_run(self.end - start) if self.k == 0 and self.lookahead_rule else 0
+                plain = self.lookahead_rule.plain_run(self.end - start) if self._plain_runs() else 0
                 self.blocks.append(Block(start, [], plain=plain))
             else:
                 return
             self._choose_lookahead()
+
+    def _plain_runs(self) -> bool:
+        """At adaptive k = 0 a block of no drafts asks a plain verifier rank to decode a run of tokens itself
+        (a pipelined group's stages decode one token per task: the stage loop knows no runs)."""
+        return self.k == 0 and self.lookahead_rule is not None and self.capacity == len(self.active)
 
     def _choose_lookahead(self) -> None:
         """Adaptive speculation: the k of the next block (recorded when it changes). At k = 0 nothing is
@@ -271,7 +278,7 @@ class SpeculativeDecoder:
         n_out = (len(block.drafts) if block else 0) + 1
         extras = self.rule.task_extras(block.drafts, block.start) if block else []
         self.channel.send(
-            verifier,
+            self.slots.ranks(verifier)[0],
             protocol.TASK,
             sequence[base:] + extras,
             task_id=task.task_id,
@@ -302,29 +309,31 @@ class SpeculativeDecoder:
         self.rows[task.task_id] = task.row
         self.inflight[task.task_id] = task
         self._event(Event.TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
-        self.cache_view[verifier] = []  # unknown until the reply says
+        self.slots.sent(task, base)
         if block:
             block.task_id = task.task_id
         self.record.tasks_sent += 1
 
     def _dispatch(self) -> None:
-        """Send waiting blocks, in order, each to the free verifier whose cache covers most of its prefix."""
-        busy = {t.verifier for t in self.inflight.values()}
-        free = [v for v in self.active if v not in busy]
+        """Send waiting blocks, in order, each to the verifier with room whose caches will cover most of its
+        prefix (a pipelined group takes up to one task per stage)."""
+        free = self.slots.free(self.active)
         for block in self.blocks:
             if not free:
                 return
             if block.task_id is not None:
                 continue
             sequence = self.seq[: block.start + len(block.drafts)]
-            overlap = {v: common_prefix_len(self.cache_view[v], sequence) for v in free}
+            overlap = {v: self.slots.base_for(v, sequence, self.epoch) for v in free}
             best = max(free, key=lambda v: (overlap[v], -v))
-            free.remove(best)
+            free[best] -= 1
+            if not free[best]:
+                del free[best]
             self._send_task(best, block, sequence, base=min(overlap[best], block.start - 1))
 
     # ---------------------------------------------------------------- replies
     def _waiting_for(self) -> str:
-        ranks = sorted({t.verifier for t in self.inflight.values()})
+        ranks = self.slots.busy_ranks()
         if ranks:
             return f"verification results from rank(s) {ranks}"
         blocks = [(b.start, len(b.drafts), b.task_id, b.result is not None) for b in self.blocks]
@@ -347,11 +356,19 @@ class SpeculativeDecoder:
         if msg.kind not in (protocol.RESULT, protocol.ABORTED):
             raise protocol.ProtocolError(f"rank {source} sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
         task = self.inflight.get(msg.task_id)
-        if task is None or task.verifier != source or task.epoch != msg.epoch:
+        if task is None or task.epoch != msg.epoch:
             raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
+        problem = self.slots.replied(task, source, msg)
+        if problem:
+            raise protocol.ProtocolError(problem)
+        plain = task.block.plain if task.block is not None else 0
+        if plain and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the last
+            self.slots.slots[task.verifier].views[0] = task.sequence + [int(t) for t in msg.payload[: plain - 1]]
         del self.inflight[msg.task_id]
         now = self._now()
-        start, end = self._verifier_time(source, msg.start_us), self._verifier_time(source, msg.end_us)
+        payload = self._stage_records(task, msg)
+        first = self.slots.ranks(task.verifier)[0]
+        start, end = self._verifier_time(first, msg.start_us), self._verifier_time(source, msg.end_us)
         task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
         self._event(Event.RESULT_RECEIVED, now, now, task.task_id, source)
         cancel = self.pending_cancels.pop(task.task_id, None)
@@ -361,28 +378,27 @@ class SpeculativeDecoder:
         if msg.kind == protocol.ABORTED:
             if task.epoch == self.epoch and task.block is not None:
                 raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
-            self.cache_view[source] = task.sequence[: msg.cache_len]
             task.row["outcome"] = Outcome.ABANDONED
-            self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
+            if not msg.n_stages:
+                self._event(Event.VERIFY_ABORTED, start, end, task.task_id, 0, rank=source)
             self.record.tasks_stale += 1
             return True
-        plain = task.block.plain if task.block is not None else 0
-        self.cache_view[source] = task.sequence + [int(t) for t in msg.payload[: plain - 1]] if plain else task.sequence
         task.row.update(computed=msg.computed, reused=msg.reused)
-        self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
+        if not msg.n_stages:
+            self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
         if self.lookahead_rule is not None and task.row["base"] > 0:  # not a prefill: a verification's time
-            self.lookahead_rule.observe_verification(now - task.row["sent_s"], msg.computed, plain)
+            self.lookahead_rule.observe_verification(now - task.row["sent_s"], len(task.block.drafts) + 1, plain)
         if task.epoch != self.epoch:
             task.row["outcome"] = Outcome.STALE_RESULT
             self.record.tasks_stale += 1
             return True
-        if (plain or not self.rule.sampled) and len(msg.payload) != (plain or len(task.block.drafts) + 1):
+        if (plain or not self.rule.sampled) and len(payload) != (plain or len(task.block.drafts) + 1):
             raise protocol.ProtocolError(
-                f"rank {source} returned {len(msg.payload)} tokens for a block of {len(task.block.drafts)} drafts"
+                f"rank {source} returned {len(payload)} tokens for a block of {len(task.block.drafts)} drafts"
             )
-        task.block.result = msg.payload
+        task.block.result = payload
         task.row["outcome"] = Outcome.USED
         self.record.tasks_used += 1
         while self.blocks and self.blocks[0].result is not None and not self.done:
@@ -390,6 +406,22 @@ class SpeculativeDecoder:
             self._observed(lambda b=block: self._apply(b))
             self.rows[block.task_id]["accepted"] = self.record.accepted - accepted
         return True
+
+    def _stage_records(self, task: Task, msg) -> np.ndarray:
+        """A pipelined group's reply ends with one record per stage: keep them (the stages table, and each
+        stage's forward as an event of its own rank); return the verdict before them."""
+        n = protocol.STAGE_RECORD * msg.n_stages
+        if not n:
+            return msg.payload
+        kinds = {protocol.STAGE_COMPUTED: Event.VERIFY, protocol.STAGE_ABORTED: Event.VERIFY_ABORTED}
+        for index, (rank, status, t0, t1) in enumerate(msg.payload[len(msg.payload) - n :].reshape(-1, 4).tolist()):
+            start, end = self._verifier_time(rank, t0), self._verifier_time(rank, t1)
+            self.record.stages.append((task.task_id, task.verifier, index, rank, status, start, end))
+            if status in kinds:
+                self._event(
+                    kinds[status], start, end, task.task_id, msg.computed if msg.kind == protocol.RESULT else 0, rank
+                )
+        return msg.payload[: len(msg.payload) - n]
 
     def _apply(self, block: Block) -> None:
         """Commit the drafts that stand; where they stop, the target's token: a replacement for a draft that
@@ -466,7 +498,7 @@ class SpeculativeDecoder:
         self.epoch += 1
         self._commit()
         self._cancel_all()
-        if self.policy == "dsi" and self.nonsi_thread and len(self.active) > 1 and not self.done:
+        if self.policy == "dsi" and self.nonsi_thread and self.capacity > 1 and not self.done:
             # The target goes on at once (the paper's non-SI thread). With one verifier it would hold up the
             # next real block instead, so it needs a spare verifier.
             self.blocks.append(Block(self.n_committed, []))
@@ -491,10 +523,14 @@ class SpeculativeDecoder:
                 self.record.tasks_used -= 1
                 self.record.tasks_stale += 1
         self.blocks.clear()
-        for task in self.inflight.values():  # one task per verifier at most
+        told = set()  # one CANCEL per verifier, to each of its stages
+        for task in self.inflight.values():
             still_useful = task.block is None and after_rejection  # a prefill of the unchanged prompt
             if task.epoch < self.epoch and task.task_id not in self.pending_cancels and not still_useful:
-                self.channel.send(task.verifier, protocol.CANCEL, epoch=self.epoch)
+                if task.verifier not in told:
+                    told.add(task.verifier)
+                    for rank in self.slots.ranks(task.verifier):
+                        self.channel.send(rank, protocol.CANCEL, epoch=self.epoch)
                 self._event(Event.CANCEL_SENT, now, now, task.task_id, task.verifier)
                 if after_rejection:
                     self.pending_cancels[task.task_id] = [task.task_id, task.verifier, now, np.nan, np.nan, np.nan, 0]

@@ -88,7 +88,7 @@ class Verifier:
             raise protocol.ProtocolError(
                 f"task {msg.task_id} keeps {msg.base} cached tokens but the cache holds {self.target.cache_len()}"
             )
-        reply = dict(task_id=msg.task_id, epoch=msg.epoch)
+        reply = dict(task_id=msg.task_id, epoch=msg.epoch, n_stages=0)
         if (msg.n_extras > 0) != self.rule.sampled and msg.n_out > 1:
             raise protocol.ProtocolError(f"task {msg.task_id}: rank 0 and this rank disagree on sampling vs greedy")
         self.target.crop(msg.base)

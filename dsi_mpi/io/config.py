@@ -158,6 +158,20 @@ KEYS: tuple[Key, ...] = (
         ),
         ("max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
         (
+            "pipeline_stages",
+            int,
+            1,
+            "ranks per pipelined verifier group: each holds a contiguous range of the target's decoder layers, "
+            "and a group of P verifies up to P blocks at once (1: every verifier rank holds the whole target)",
+        ),
+        (
+            "pipeline_groups",
+            int,
+            0,
+            "with pipeline_stages > 1: how many verifier groups to form (0: all N-1 verifier ranks, which must "
+            "divide by pipeline_stages); the verifier ranks left over hold the whole target",
+        ),
+        (
             "instances",
             int,
             1,
@@ -178,6 +192,12 @@ KEYS: tuple[Key, ...] = (
             "sleep",
             '"sleep" (LATENCY EMULATION) or "model": EMULATED ACCEPTANCE, real forwards of models.target and '
             "models.drafter built with random weights from their config.json, tokens and acceptance still emulated",
+        ),
+        (
+            "hidden_size",
+            int,
+            1024,
+            "LATENCY EMULATION: floats per token in an activation message between pipeline stages",
         ),
         ("vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
         ("prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
@@ -419,6 +439,14 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
     need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
     need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
+    need(
+        r["instances"] == 1 or r["pipeline_stages"] == 1,
+        "runtime.pipeline_stages > 1 with runtime.instances > 1 is not supported yet: run pipelined groups in a "
+        "one-instance job",
+    )
+    need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")
+    need(r["pipeline_groups"] >= 0, f"runtime.pipeline_groups must be >= 0, got {r['pipeline_groups']}")
+    need(e["hidden_size"] >= 1, f"emulation.hidden_size must be >= 1, got {e['hidden_size']}")
     need(
         0 <= e["min_new_tokens"] <= d["max_new_tokens"],
         f"emulation.min_new_tokens must be in [0, decoding.max_new_tokens], got {e['min_new_tokens']}",

@@ -57,6 +57,21 @@ CANCEL_DTYPE = np.dtype(
     ]
 )
 
+# One row per stage of each task a pipelined verifier group replied to (none for plain verifiers): stage
+# `stage` (0 first) ran on `rank`; status 0 computed, 1 aborted mid-forward on a CANCEL, 2 dropped unseen
+# (stale on arrival, or abandoned by an earlier stage); start_s/end_s on rank 0's time axis.
+STAGE_DTYPE = np.dtype(
+    [
+        ("task_id", "i8"),
+        ("verifier", "i4"),
+        ("stage", "i4"),
+        ("rank", "i4"),
+        ("status", "i1"),
+        ("start_s", "f8"),
+        ("end_s", "f8"),
+    ]
+)
+
 
 # The per-run timeline: what each rank did and when, on rank 0's time axis (seconds from the run's start).
 EVENT_DTYPE = np.dtype([("rank", "i4"), ("kind", "i1"), ("t0", "f8"), ("t1", "f8"), ("task_id", "i8"), ("value", "i8")])
@@ -108,6 +123,7 @@ class RunRecord:
     tasks: list[tuple] = field(default_factory=list)
     cancellations: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)  # EVENT_DTYPE rows
+    stages: list[tuple] = field(default_factory=list)  # STAGE_DTYPE rows (pipelined verifiers only)
 
     @property
     def acceptance(self) -> float:
@@ -122,6 +138,9 @@ class RunRecord:
     def event_table(self) -> np.ndarray:
         return np.array(self.events, dtype=EVENT_DTYPE)
 
+    def stage_table(self) -> np.ndarray:
+        return np.array(self.stages, dtype=STAGE_DTYPE)
+
     def as_dict(self) -> dict:
         """The shape `read_results` gives a record: scalars, token lists and the three tables as arrays."""
         return {
@@ -133,6 +152,7 @@ class RunRecord:
             "tasks": self.task_table(),
             "cancellations": self.cancel_table(),
             "events": self.event_table(),
+            "stages": self.stage_table(),
         } | self.scalars()
 
     def scalars(self) -> dict:

@@ -21,6 +21,7 @@ keeps the two in sync):
             tasks          compound[n_tasks]      one row per verification task (records.TASK_DTYPE)
             cancellations  compound[n_cancels]    stale tasks after a rejection (records.CANCEL_DTYPE)
             events         compound[n_events]     per-rank timeline on rank 0's clock (records.EVENT_DTYPE)
+            stages         compound[n_stage_rows] per stage of pipelined verifiers' tasks (records.STAGE_DTYPE)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import h5py
 import numpy as np
 
 from dsi_mpi.io.config import ConfigError
-from dsi_mpi.io.records import EVENT_DTYPE, RunRecord
+from dsi_mpi.io.records import EVENT_DTYPE, STAGE_DTYPE, RunRecord
 
 FORMAT = "dsi-mpi results 1"
 # Root attributes known only once every rank has started (add_metadata refuses any other name).
@@ -132,6 +133,7 @@ class ResultsWriter:
         run.create_dataset("tasks", data=record.task_table())
         run.create_dataset("cancellations", data=record.cancel_table())
         run.create_dataset("events", data=record.event_table())
+        run.create_dataset("stages", data=record.stage_table())
         self.file.flush()
 
     def mark_complete(self, prompt, placement: dict | None = None) -> None:
@@ -174,6 +176,7 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
                 rec["tasks"] = run["tasks"][()]
                 rec["cancellations"] = run["cancellations"][()]
                 rec["events"] = run["events"][()] if "events" in run else np.zeros(0, dtype=EVENT_DTYPE)
+                rec["stages"] = run["stages"][()] if "stages" in run else np.zeros(0, dtype=STAGE_DTYPE)
                 records.append(rec)
     return meta, records
 

@@ -8,12 +8,13 @@ MPI tag equal to its kind:
 | kind      | direction | fields                                                | payload                  |
 | --------- | --------- | ----------------------------------------------------- | ------------------------ |
 | TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras, plain     | tokens after `base`, extras |
-| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us | the rule's verdict |
-| ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us           | (none)                   |
+| RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us, n_stages | the rule's verdict, stage records |
+| ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us, n_stages | stage records            |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
 | BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key, ngram (0: HF default) | prompt tokens |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
+| ACTIVATION | stage -> next stage | task_id, epoch, base, n_out, key, n_extras, n_tokens, cache_len, n_stages, dropped, n_hidden | tokens, extras, stage records, hidden states |
 
 A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload's
 tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule (dsi_mpi/decoding/acceptance.py):
@@ -25,6 +26,12 @@ decodes `plain` tokens itself, as plain decoding would, and the verdict is those
 exactly one reply,
 RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
 bracket the verifier's forward on its own clock (dsi_mpi.mpi.clock; start_us = end_us: never started).
+Pipelined verifier groups (dsi_mpi/decoding/pipeline.py): rank 0 sends a TASK to the group's first
+stage; each stage passes the task on as one ACTIVATION (its hidden states as float32 bits, `n_hidden`
+int64 words) and only the last stage replies. A stage record is 4 integers [rank, status, start_us,
+end_us] (status: STAGE_COMPUTED, STAGE_ABORTED mid-forward, STAGE_DROPPED unseen), one per stage so far;
+`cache_len` is the least any stage so far keeps; `dropped` = 1: an earlier stage abandoned the task, pass
+the news on (no hidden states). Plain verifiers reply with n_stages = 0.
 An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
 Decoding checks the magic, the kind against the tag, the counts against the received size and the
 field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.
@@ -51,20 +58,36 @@ class Kind(IntEnum):
     BASELINE = 5
     TOKENS = 6
     STOP = 7
+    ACTIVATION = 8
 
 
 # The kinds at module level too (`protocol.TASK` is `Kind.TASK`, as `signal.SIGINT` is `Signals.SIGINT`).
-TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP = Kind
+TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP, ACTIVATION = Kind
 KIND_NAMES = {kind: kind.name for kind in Kind}
 FIELDS = {
     TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras", "plain"),
-    RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us"),
-    ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us"),
+    RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us", "n_stages"),
+    ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us", "n_stages"),
     CANCEL: ("epoch",),
     BASELINE: ("algorithm", "max_new_tokens", "stop_at_eos", "lookahead", "key", "ngram"),
     TOKENS: ("first_index", "done"),
     STOP: (),
+    ACTIVATION: (
+        "task_id",
+        "epoch",
+        "base",
+        "n_out",
+        "key",
+        "n_extras",
+        "n_tokens",
+        "cache_len",
+        "n_stages",
+        "dropped",
+        "n_hidden",
+    ),
 }
+STAGE_RECORD = 4  # [rank, status, start_us, end_us]
+STAGE_COMPUTED, STAGE_ABORTED, STAGE_DROPPED = 0, 1, 2
 BASELINE_ALGORITHMS = {"nonsi": 1, "hf_assisted": 2, "hf_prompt_lookup": 3}
 
 
@@ -126,6 +149,13 @@ def decode(buf: np.ndarray, tag: int, source: int) -> Message:
             f"{where}: TASK asks for {fields['n_out']} outputs and {fields['n_extras']} extras "
             f"from a payload of {n_payload}"
         )
-    if kind == RESULT and n_payload < 1:
+    records = STAGE_RECORD * fields.get("n_stages", 0)
+    if kind == RESULT and n_payload < 1 + records:
         raise ProtocolError(f"{where}: RESULT carries no tokens")
+    if kind == ABORTED and n_payload != records:
+        raise ProtocolError(f"{where}: ABORTED carries {n_payload} integers for {fields['n_stages']} stage records")
+    if kind == ACTIVATION:
+        parts = fields["n_tokens"] + fields["n_extras"] + records + fields["n_hidden"]
+        if parts != n_payload or fields["n_out"] < 1 or not fields["dropped"] and fields["n_out"] > fields["n_tokens"]:
+            raise ProtocolError(f"{where}: ACTIVATION parts ({parts} integers, n_out {fields['n_out']}) do not fit")
     return Message(Kind(kind), fields, payload)

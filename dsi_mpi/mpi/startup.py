@@ -71,3 +71,20 @@ def local_rank(comm: MPI.Comm) -> int:
         return node.Get_rank()
     finally:
         node.Free()
+
+
+def node_ids(comm: MPI.Comm, poller: BackoffPoller) -> list[int]:
+    """Every rank's node, named by the lowest world rank on it (the node-local communicator), on every rank:
+    pipeline stages of one group are placed on one node from it."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        leader = np.array([comm.Get_rank()], dtype=np.int64)
+        low = np.zeros(1, dtype=np.int64)
+        request = node.Iallreduce(leader, low, op=MPI.MIN)
+        poller.wait_for(lambda: True if request.Test() else None, "the node-local ranks")
+    finally:
+        node.Free()
+    nodes = np.zeros(comm.Get_size(), dtype=np.int64)
+    request = comm.Iallgather(low, nodes)
+    poller.wait_for(lambda: True if request.Test() else None, "every rank's node")
+    return [int(n) for n in nodes]

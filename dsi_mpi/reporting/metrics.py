@@ -459,3 +459,35 @@ def ideal_wall_s(records: list[dict], instances: int) -> float:
     """The job time of a perfect balance of these records' prompts over `instances`: work / G + longest."""
     spans = [end - start for prompts in _spans(records).values() for _, start, end in prompts.values()]
     return sum(spans) / instances + max(spans) if spans else NAN
+
+
+def stage_hops(recs: list[dict]) -> np.ndarray:
+    """Pipelined groups: seconds from a stage's end to the next stage's start on the same task, for every
+    consecutive pair that both computed (the activation message's hop, plus the wait for the next stage
+    to finish what it was doing). Each stage's clock offset is applied, so this is on rank 0's axis."""
+    hops = []
+    for r in recs:
+        st = r.get("stages")
+        if st is None or not len(st):
+            continue
+        st = np.sort(st, order=["task_id", "stage"])
+        same = (st["task_id"][1:] == st["task_id"][:-1]) & (st["status"][1:] == 0) & (st["status"][:-1] == 0)
+        hops.append((st["start_s"][1:] - st["end_s"][:-1])[same])
+    return np.concatenate(hops) if hops else np.zeros(0)
+
+
+def stage_overlap_s(rec: dict) -> float:
+    """Pipelined groups: seconds during which two stages of one group computed different tasks at once."""
+    st = rec.get("stages")
+    if st is None or not len(st):
+        return 0.0
+    st = st[st["status"] == 0]
+    total = 0.0
+    for verifier in np.unique(st["verifier"]):
+        mine = st[st["verifier"] == verifier]
+        for i in range(len(mine)):
+            for j in range(i + 1, len(mine)):
+                a, b = mine[i], mine[j]
+                if a["task_id"] != b["task_id"] and a["stage"] != b["stage"]:
+                    total += max(0.0, min(a["end_s"], b["end_s"]) - max(a["start_s"], b["start_s"]))
+    return total

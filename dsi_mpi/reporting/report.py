@@ -107,7 +107,7 @@ def json_records(records: list[dict]) -> list[dict]:
     """The per-(algorithm, prompt) records, with task and cancellation tables summarised."""
     out = []
     for r in records:
-        rec = {k: v for k, v in r.items() if k not in ("tasks", "cancellations", "events")}
+        rec = {k: v for k, v in r.items() if k not in ("tasks", "cancellations", "events", "stages")}
         reuse, stale = cache_reuse([r]), stale_work([r])
         rec["tokens_computed"], rec["tokens_reused"] = reuse["tokens_computed"], reuse["tokens_reused"]
         rec["cancellations"] = stale["cancellations"]

@@ -34,8 +34,17 @@ def test_valid_messages_survive_corruption_detection(kind, payload, data):
         payload = payload or [1]
         fields["n_out"] = data.draw(st.integers(1, len(payload)))
         fields["n_extras"] = data.draw(st.integers(0, len(payload) - fields["n_out"]))
+    if kind in (protocol.RESULT, protocol.ABORTED, protocol.ACTIVATION):  # no stage records here
+        fields["n_stages"] = 0
     if kind == protocol.RESULT:
         payload = payload or [1]
+    if kind == protocol.ABORTED:
+        payload = []
+    if kind == protocol.ACTIVATION:
+        payload = payload or [1]
+        fields.update(
+            n_extras=0, n_hidden=0, n_tokens=len(payload), n_out=data.draw(st.integers(1, max(len(payload), 1)))
+        )
     buf = protocol.encode(kind, payload, **fields)
     assert protocol.decode(buf, kind, 1).fields == fields
     cut = data.draw(st.integers(0, len(buf) - 1))

@@ -8,15 +8,30 @@ from dsi_mpi.mpi.protocol import ProtocolError, decode, encode
 def test_round_trip_every_kind():
     fields = {
         protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0, plain=0),
-        protocol.RESULT: dict(task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99),
-        protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7),
+        protocol.RESULT: dict(
+            task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99, n_stages=0
+        ),
+        protocol.ABORTED: dict(task_id=3, epoch=2, cache_len=10, start_us=7, end_us=7, n_stages=0),
         protocol.CANCEL: dict(epoch=4),
         protocol.BASELINE: dict(algorithm=1, max_new_tokens=8, stop_at_eos=1, lookahead=5, key=0, ngram=3),
         protocol.TOKENS: dict(first_index=0, done=1),
         protocol.STOP: {},
+        protocol.ACTIVATION: dict(
+            task_id=3,
+            epoch=2,
+            base=1,
+            n_out=2,
+            key=0,
+            n_extras=0,
+            n_tokens=2,
+            cache_len=4,
+            n_stages=0,
+            dropped=0,
+            n_hidden=1,
+        ),
     }
     for kind, f in fields.items():
-        payload = [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT) else []
+        payload = [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT, protocol.ACTIVATION) else []
         msg = decode(encode(kind, payload, **f), kind, 1)
         assert msg.kind == kind and msg.fields == f and msg.payload.tolist() == payload
 
@@ -57,3 +72,16 @@ def test_task_cannot_ask_more_outputs_than_tokens():
 def test_truncated_buffer():
     with pytest.raises(ProtocolError, match="shorter"):
         decode(np.zeros(2, dtype=np.int64), protocol.TASK, 1)
+
+
+def test_stage_records_must_fit():
+    """A pipelined reply carries one 4-integer record per stage after the verdict; ABORTED only those."""
+    f = dict(task_id=1, epoch=0, cache_len=3, start_us=0, end_us=1, n_stages=2)
+    assert decode(encode(protocol.ABORTED, [0] * 8, **f), protocol.ABORTED, 2).n_stages == 2
+    with pytest.raises(ProtocolError, match="stage records"):
+        decode(encode(protocol.ABORTED, [0] * 7, **f), protocol.ABORTED, 2)
+    with pytest.raises(ProtocolError, match="no tokens"):
+        decode(encode(protocol.RESULT, [0] * 8, computed=1, reused=0, **f), protocol.RESULT, 2)
+    act = dict(task_id=1, epoch=0, base=0, n_out=1, key=0, n_extras=0, n_tokens=2, cache_len=0, n_stages=1)
+    with pytest.raises(ProtocolError, match="do not fit"):
+        decode(encode(protocol.ACTIVATION, [0] * 7, dropped=0, n_hidden=2, **act), protocol.ACTIVATION, 2)

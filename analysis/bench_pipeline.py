@@ -1,0 +1,292 @@
+"""Pipelined verifier groups, measured: one P-stage group against P full replicas, and a real 2-stage group.
+
+usage: python analysis/bench_pipeline.py emulated [--stages 2 4 7] [--tokens 100] [--prompts 4] [--lookahead K]
+       python analysis/bench_pipeline.py real [--tokens 48] [--prompts 4]
+       python analysis/bench_pipeline.py memory MODEL_FOLDER [--stages 4] [--tokens 160]
+       python analysis/bench_pipeline.py layouts        (the README's time-model table)
+
+emulated: LATENCY EMULATION (forwards are sleeps; ranks, messages, scheduling and cancellation are real):
+target 30 ms per forward, c = 0.1, acceptance 0.8, one drafter. For each P, two jobs on P + 1 ranks run
+nonsi, si and dsi on the same emulated prompts: P plain verifiers (each the whole target), and one group
+of P stages (each stage sleeps 30/P ms and sends real activation messages of emulation.hidden_size floats
+per token). Speedups are over the replicas' nonsi (the target on one rank); the model's prediction is the
+simulator on each run's own draws, with the group as P replicas whose forward is longer by the P - 1
+measured hops (dsi_mpi.simulator.pipeline_setting).
+real: the default models, rank 0 + one 2-stage group (3 ranks): per-stage busy fractions, the hop of an
+activation message, and how long the two stages computed different tasks at the same time.
+memory: one process per rank kind (full model; each stage of a P-stage split) loads, prefills a prompt and
+decodes: parameter + KV-cache bytes, and peak resident memory above the baseline after
+`import torch, transformers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TPOT, C, A, SEED, PROMPT_TOKENS = 0.03, 0.1, 0.8, 0, 16
+
+
+def run_job(ranks: int, settings: dict, out: Path) -> list[dict]:
+    from dsi_mpi.io.results import read_results
+
+    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "dsi_mpi"]
+    command += ["-q", "run", str(ROOT / "inputs/configs/default.toml")]
+    settings = settings | {"output.path": json.dumps(str(out)), "output.overwrite": "true"}
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    subprocess.run(command, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, timeout=1200)
+    return read_results(str(out))[1]
+
+
+def mean_wall(records: list[dict], algorithm: str) -> float:
+    return float(np.mean([r["wall_s"] for r in records if r["algorithm"] == algorithm]))
+
+
+def predict(k: int, stages: int, groups: int, hop_s: float, tokens: int) -> float:
+    """The simulator's dsi latency on the runs' own draws (emulated_match per position; every emulated
+    prompt has the same draws) for `groups` verifiers of `stages` stages."""
+    from dsi_mpi.backends.emulated import SLICES, emulated_match
+    from dsi_mpi.simulator import Latencies, latency_of_draw, pipeline_setting
+
+    ttft = TPOT * 5 / 3
+    lat, sp = pipeline_setting(Latencies(C * ttft, C * TPOT, ttft, TPOT), stages, groups, hop_s)
+    match = [emulated_match(SEED, PROMPT_TOKENS + i, A) for i in range(tokens)]
+    return latency_of_draw("dsi", lat, match, k, sp, nonsi_thread=sp > 1, drafter_layers=SLICES)
+
+
+def emulated(args) -> int:
+    from dsi_mpi.reporting.metrics import stage_hops
+    from dsi_mpi.simulator import Latencies, best_lookahead
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts.jsonl"
+        prompts.write_text("".join(f'{{"id": "e{i}", "prompt": "emulated"}}\n' for i in range(args.prompts)))
+        for p in args.stages:
+            ttft = TPOT * 5 / 3
+            k = (
+                args.lookahead
+                or best_lookahead(
+                    "dsi", Latencies(C * ttft, C * TPOT, ttft, TPOT), A, args.tokens, p, nonsi_thread=p > 1
+                )[0]
+            )
+            base = {
+                "models.kind": '"emulated"',
+                "decoding.algorithms": '["nonsi", "si", "dsi"]',
+                "decoding.lookahead": k,
+                "decoding.max_new_tokens": args.tokens,
+                "decoding.warmup_prompts": 0,
+                "decoding.seed": SEED,
+                "prompts.path": json.dumps(str(prompts)),
+                "emulation.target_tpot_s": TPOT,
+                "emulation.target_ttft_s": ttft,
+                "emulation.drafter_tpot_s": C * TPOT,
+                "emulation.drafter_ttft_s": C * ttft,
+                "emulation.acceptance": A,
+                "emulation.prompt_tokens": PROMPT_TOKENS,
+                "runtime.timeout_s": 120.0,
+            }
+            replicas = run_job(p + 1, base, Path(tmp) / f"replicas{p}.h5")
+            group = run_job(p + 1, base | {"runtime.pipeline_stages": p}, Path(tmp) / f"group{p}.h5")
+            hops = stage_hops([r for r in group if r["algorithm"] == "dsi"])
+            hop = float(np.median(hops)) if len(hops) else 0.0
+            nonsi = mean_wall(replicas, "nonsi")
+            row = {
+                "stages": p,
+                "k": k,
+                "replicas_dsi_speedup": nonsi / mean_wall(replicas, "dsi"),
+                "group_dsi_speedup": nonsi / mean_wall(group, "dsi"),
+                "group_own_nonsi_speedup": mean_wall(group, "nonsi") / mean_wall(group, "dsi"),
+                "median_hop_ms": 1e3 * hop,
+                "group_dsi_ms_per_token": 1e3 * mean_wall(group, "dsi") / args.tokens,
+                "model_ms_per_token": 1e3 * predict(k, p, 1, hop, args.tokens) / args.tokens,
+                "model_no_hops_ms_per_token": 1e3 * predict(k, p, 1, 0.0, args.tokens) / args.tokens,
+                "replicas_dsi_ms_per_token": 1e3 * mean_wall(replicas, "dsi") / args.tokens,
+                "replicas_model_ms_per_token": 1e3 * predict(k, 1, p, 0.0, args.tokens) / args.tokens,
+            }
+            row["group_vs_replicas"] = row["group_dsi_speedup"] / row["replicas_dsi_speedup"]
+            row["group_vs_model"] = row["group_dsi_ms_per_token"] / row["model_ms_per_token"] - 1
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        "| P | k | dsi speedup, P replicas | dsi speedup, one P-stage group | group / replicas | hop ms | "
+        "group ms/tok (model) | off the model |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['stages']} | {r['k']} | {r['replicas_dsi_speedup']:.3f}x | {r['group_dsi_speedup']:.3f}x | "
+            f"{r['group_vs_replicas']:.3f} | {r['median_hop_ms']:.2f} | {r['group_dsi_ms_per_token']:.2f} "
+            f"({r['model_ms_per_token']:.2f}) | {r['group_vs_model']:+.1%} |"
+        )
+    return 0
+
+
+def real(args) -> int:
+    from dsi_mpi.reporting.metrics import stage_hops, stage_overlap_s, verifier_busy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {
+            "decoding.algorithms": '["nonsi", "si", "dsi"]',
+            "decoding.lookahead": 3,
+            "decoding.max_new_tokens": args.tokens,
+            "prompts.limit": args.prompts,
+            "runtime.pipeline_stages": 2,
+        }
+        records = run_job(3, settings, Path(tmp) / "real.h5")
+    for algorithm in ("si", "dsi"):
+        recs = [r for r in records if r["algorithm"] == algorithm]
+        wall = sum(r["wall_s"] for r in recs)
+        busy = sum(verifier_busy(r, 2) for r in recs) / wall
+        overlap = sum(stage_overlap_s(r) for r in recs)
+        hops = 1e3 * stage_hops(recs)
+        print(
+            f"{algorithm}: {sum(len(r['tokens']) for r in recs)} tokens, {1e3 * wall / sum(len(r['tokens']) for r in recs):.2f}"
+            f" ms/token; busy fraction stage 1 (rank 1) {busy[0]:.3f}, stage 2 (rank 2) {busy[1]:.3f}; hop median "
+            f"{np.median(hops):.3f} ms (p10 {np.percentile(hops, 10):.3f}, p90 {np.percentile(hops, 90):.3f}, "
+            f"n {len(hops)}); stages computing different tasks at once {overlap:.3f} s = {overlap / wall:.1%} of wall"
+        )
+    by = {}
+    for r in records:
+        by.setdefault(r["prompt_index"], {})[r["algorithm"]] = r["tokens"]
+    same = all(len({json.dumps(v) for v in d.values()}) == 1 for d in by.values())
+    nonsi = mean_wall(records, "nonsi")
+    print(
+        f"dsi/nonsi {nonsi / mean_wall(records, 'dsi'):.3f}x, si/nonsi {nonsi / mean_wall(records, 'si'):.3f}x; "
+        f"every algorithm wrote the same tokens: {same}"
+    )
+    return 0
+
+
+MEMORY_PROBE = r"""
+import json, resource, sys, torch, transformers
+torch.set_num_threads(1)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base_rss = rss()
+folder, stages, index, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+config = transformers.AutoConfig.from_pretrained(folder)
+transformers.AutoModelForCausalLM._model_mapping[type(config)]  # imports the model's code (scipy, sympy, ...)
+code_rss = rss()
+from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.backends.stage import HFStageRunner, build_stage_model, param_bytes
+if stages == 1:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    runner = HFRunner(model)
+else:
+    model, layers = build_stage_model(folder, torch.float32, stages, index)
+    runner = HFStageRunner(model, index == 0, index == stages - 1, layers)
+prompt = list(range(10, 10 + tokens // 2))
+hidden = torch.randn(1, model.config.hidden_size).numpy()
+def step(chunk):
+    if stages > 1 and index > 0:
+        runner.incoming = hidden.repeat(len(chunk), 0)
+    runner.forward(chunk, 1)
+step(prompt)
+for t in range(tokens - len(prompt)):
+    step([11 + t % 50])
+kv = sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size() for l in runner.cache.layers)
+print(json.dumps({"stages": stages, "index": index, "params_bytes": param_bytes(model), "kv_bytes": kv,
+                  "cached_tokens": runner.cache_len(), "baseline_rss": base_rss, "code_rss": code_rss,
+                  "peak_above_baseline": peak() - base_rss, "peak_above_code": peak() - code_rss}))
+"""
+
+
+def memory(args) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    rows = []
+    for stages, index in [(1, 0)] + [(args.stages, i) for i in range(args.stages)]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MEMORY_PROBE,
+                str(Path(args.model).resolve()),
+                str(stages),
+                str(index),
+                str(args.tokens),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        ).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    full = rows[0]
+    mib = 2**20
+    print(
+        "| rank | parameters MiB | KV cache MiB | params + KV vs full | peak RSS above baseline MiB | vs full "
+        "| peak RSS above baseline + model code MiB | vs full |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        name = "full model" if r["stages"] == 1 else f"stage {r['index'] + 1}/{r['stages']}"
+        model = r["params_bytes"] + r["kv_bytes"]
+        print(
+            f"| {name} | {r['params_bytes'] / mib:.1f} | {r['kv_bytes'] / mib:.2f} | "
+            f"{model / (full['params_bytes'] + full['kv_bytes']):.3f} | {r['peak_above_baseline'] / mib:.1f} | "
+            f"{r['peak_above_baseline'] / full['peak_above_baseline']:.3f} | {r['peak_above_code'] / mib:.1f} | "
+            f"{r['peak_above_code'] / full['peak_above_code']:.3f} |"
+        )
+    print(
+        f"baseline RSS after import torch, transformers: {full['baseline_rss'] / mib:.0f} MiB; importing the model's "
+        f"code adds {(full['code_rss'] - full['baseline_rss']) / mib:.0f} MiB"
+    )
+    return 0
+
+
+def layouts(args) -> int:
+    """The time model's dsi speedup over plain decoding for one pipeline of P, P/2 copies of 2 stages and P
+    replicas (t = 30 ms, c = 0.1, a = 0.8, 200 tokens, best k each), for hops h."""
+    from dsi_mpi.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
+
+    base, tokens = Latencies(C * TPOT, C * TPOT, TPOT, TPOT), 200
+    print("| P devices | h | one pipeline of P | P/2 copies of 2 stages | P full replicas |")
+    print("| --- | --- | --- | --- | --- |")
+    for p in (4, 8):
+        for h in (5e-5, 5e-4, 2e-3):
+            cells = []
+            for stages, groups in ((p, 1), (2, p // 2), (1, p)):
+                lat, sp = pipeline_setting(base, stages, groups, h)
+                k, latency = best_lookahead("dsi", lat, A, tokens, sp, nonsi_thread=True)
+                cells.append(f"{nonsi_latency(base, tokens) / latency:.3f}x (k {k})")
+            print(f"| {p} | {h * 1e3:g} ms | " + " | ".join(cells) + " |")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(usage=__doc__.split("\n\n")[1].strip(), description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("emulated")
+    e.add_argument("--stages", type=int, nargs="+", default=[2, 4, 7])
+    e.add_argument("--tokens", type=int, default=100)
+    e.add_argument("--prompts", type=int, default=4)
+    e.add_argument("--lookahead", type=int, default=0, help="0: the simulator's best for P replicas")
+    r = sub.add_parser("real")
+    r.add_argument("--tokens", type=int, default=48)
+    r.add_argument("--prompts", type=int, default=4)
+    m = sub.add_parser("memory")
+    m.add_argument("model")
+    m.add_argument("--stages", type=int, default=4)
+    m.add_argument("--tokens", type=int, default=160)
+    sub.add_parser("layouts")
+    args = parser.parse_args(argv)
+    return {"emulated": emulated, "real": real, "memory": memory, "layouts": layouts}[args.what](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
