@@ -164,17 +164,23 @@ def run_algorithms(folders, args, device: str, dtype: str, work: Path) -> dict:
     return result
 
 
+INT_OPTIONS = (  # flag, default, help
+    ("--verifiers", 2, "verifier ranks"),
+    ("--segments", 2, "models.compile_segments of the target"),
+    ("--max-bucket", 8, "models.compile_max_bucket"),
+    ("--lookahead", 5, "drafts per block (fixed k: the check times a known shape)"),
+    ("--prompts", 2, "emulated prompts"),
+    ("--prompt-tokens", 64, "tokens per prompt"),
+    ("--new-tokens", 64, "tokens generated per prompt"),
+    ("--steps", 50, "decode steps per latency measurement"),
+)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (a test of this script)")
-    parser.add_argument("--verifiers", type=int, default=2)
-    parser.add_argument("--segments", type=int, default=2, help="models.compile_segments of the target")
-    parser.add_argument("--max-bucket", type=int, default=8)
-    parser.add_argument("--lookahead", type=int, default=5)
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50, help="decode steps per latency measurement")
+    for flag, default, text in INT_OPTIONS:
+        parser.add_argument(flag, type=int, default=default, help=text)
     parser.add_argument("--timeout", type=float, default=420, help="seconds the MPI job may take")
     parser.add_argument("--out", default="", help="folder for the results file (default: a temporary one)")
     args = parser.parse_args(argv)

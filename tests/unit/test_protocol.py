@@ -17,17 +17,7 @@ def test_round_trip_every_kind():
         protocol.TOKENS: dict(first_index=0, done=1),
         protocol.STOP: {},
         protocol.ACTIVATION: dict(
-            task_id=3,
-            epoch=2,
-            base=1,
-            n_out=2,
-            key=0,
-            n_extras=0,
-            n_tokens=2,
-            cache_len=4,
-            n_stages=0,
-            dropped=0,
-            n_hidden=1,
+            zip(protocol.FIELDS[protocol.ACTIVATION], (3, 2, 1, 2, 0, 0, 2, 4, 0, 0, 1), strict=True)
         ),
     }
     for kind, f in fields.items():
