@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.records import RunRecord
-from dsi_mpi.reporting.metrics import model_latencies, time_model_inputs
+from dsi_mpi.reporting.metrics import model_acceptance, model_latencies, time_model_inputs
 
 CALIBRATION_TOKENS = 32
 CALIBRATION_LOOKAHEAD = 4
@@ -39,7 +39,7 @@ def plan(
     from dsi_mpi.simulator import best_lookahead, best_setting
 
     lat = model_latencies(measured)[0]
-    a = min(max(measured["acceptance"], 0.0), 1.0)
+    a = model_acceptance(measured)
     choice = {"measured": measured}
     choice["si"] = best_lookahead("si", lat, a, new_tokens)[0] if lookahead == "auto" else lookahead
     fixed_v = verifier_budget if verifiers in (0, "auto") else min(verifiers, verifier_budget)
