@@ -168,7 +168,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (a test of this script)")
     parser.add_argument("--verifiers", type=int, default=2)
-    parser.add_argument("--segments", type=int, default=2, help="models.compile_segments of the target")
+    parser.add_argument(
+        "--segments", type=int, default=1, help="models.compile_segments of the target (1: one CUDA graph)"
+    )
     parser.add_argument("--max-bucket", type=int, default=8)
     parser.add_argument("--lookahead", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=2)
