@@ -104,7 +104,8 @@ def jobs(extra: list[str]) -> dict:
         out = ROOT / f"results/bench_compiled_{backend}.h5"
         result[f"{backend}_job_s"] = round(run_job(backend, out, extra), 1)
         meta, records[backend] = read_results(str(out))
-        result[f"{backend}_backends"] = meta.get("backends")
+        backends = meta.get("backends") or "[]"
+        result[f"{backend}_backends"] = json.loads(backends) if isinstance(backends, str) else backends
         result[backend] = {a: m["ms_per_token"] for a, m in mt.compare(records[backend], 1).items()}
     by = {b: {(r["algorithm"], r["prompt_index"]): list(r["tokens"]) for r in records[b]} for b in records}
     result["same_tokens"] = by["eager"] == by["compiled"]

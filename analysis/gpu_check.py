@@ -160,7 +160,8 @@ def run_algorithms(folders, args, device: str, dtype: str, work: Path) -> dict:
         a: {k: m[k] for k in ("ms_per_token", "acceptance", "speedup_vs_nonsi", "speedup_vs_si")}
         for a, m in mt.compare(records, args.verifiers).items()
     }
-    result["backends"] = meta.get("backends")
+    backends = meta.get("backends") or "[]"
+    result["backends"] = json.loads(backends) if isinstance(backends, str) else backends
     return result
 
 
