@@ -160,13 +160,14 @@ def run_algorithms(folders, args, device: str, dtype: str, work: Path) -> dict:
         a: {k: m[k] for k in ("ms_per_token", "acceptance", "speedup_vs_nonsi", "speedup_vs_si")}
         for a, m in mt.compare(records, args.verifiers).items()
     }
-    result["backends"] = meta.get("backends")
+    backends = meta.get("backends") or "[]"
+    result["backends"] = json.loads(backends) if isinstance(backends, str) else backends
     return result
 
 
 INT_OPTIONS = (  # flag, default, help
     ("--verifiers", 2, "verifier ranks"),
-    ("--segments", 2, "models.compile_segments of the target"),
+    ("--segments", 1, "models.compile_segments of the target (1: one CUDA graph)"),
     ("--max-bucket", 8, "models.compile_max_bucket"),
     ("--lookahead", 5, "drafts per block (fixed k: the check times a known shape)"),
     ("--prompts", 2, "emulated prompts"),
