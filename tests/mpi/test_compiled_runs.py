@@ -1,16 +1,16 @@
 """The compiled backend (static KV cache, torch.compile, segments with cancel checks between them) is lossless
 through real MPI runs: greedy SI and DSI equal Hugging Face's own greedy `generate` for Llama, Qwen2 (sliding
-window shorter than the text), Mistral and GPT-2, drafter and target both compiled; and the device check
+window shorter than the text) and GPT-2, drafter and target both compiled; and the device check
 (analysis/gpu_check.sh --tiny) runs nonsi, si and dsi with EMULATED ACCEPTANCE over real compiled forwards.
-Kept cheap: tiny models, buckets 1, 2, 4 only, one launch each (CPU compile costs seconds per shape)."""
+Kept cheap: tiny models, buckets 1 and 2 only (longer inputs in chunks), one launch each (CPU compile costs seconds per shape)."""
 
 import json
 
 from conftest import ROOT
 from tiny_families import build_families
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
-COMPILED = {"backend": "compiled", "compile_segments": 2, "compile_max_bucket": 4}
+FAMILIES = ("llama", "qwen2", "gpt2")  # Mistral compiles through Qwen2's code path (CI time)
+COMPILED = {"backend": "compiled", "compile_segments": 2, "compile_max_bucket": 2}
 
 
 def test_compiled_families_equal_hf_generate(run_mpi, tmp_path):
