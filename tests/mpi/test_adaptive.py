@@ -5,6 +5,7 @@ are measured by analysis/model_vs_machine.py; these few short points guard them 
 CI machines are noisy."""
 
 import importlib.util
+import sys
 from argparse import Namespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from dsi_mpi.io.results import read_results
 
 
 def harness():
+    sys.path.insert(0, str(ROOT / "analysis"))  # its `jobs` helper, as when run as a script
     spec = importlib.util.spec_from_file_location("model_vs_machine", ROOT / "analysis/model_vs_machine.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
