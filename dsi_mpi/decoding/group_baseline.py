@@ -22,7 +22,7 @@ def nonsi_on_group(decoder, verifier: int, prompt: list[int], record: RunRecord,
     while len(record.tokens) < run.max_new_tokens:
         task_id = decoder.next_task_id
         decoder.next_task_id += 1
-        fields = dict(task_id=task_id, epoch=decoder.epoch, base=base, n_out=1, key=run.key, n_extras=0)
+        fields = dict(task_id=task_id, epoch=decoder.epoch, base=base, n_out=1, key=run.key, n_extras=0, plain=0)
         channel.send(ranks[0], protocol.TASK, seq[base:], **fields)
         source, msg = channel.receive(f"nonsi results from rank {ranks[-1]}", source=ranks[-1], tag=protocol.RESULT)
         if msg.task_id != task_id:
