@@ -205,6 +205,8 @@ def parse(table: str) -> dict[str, dict]:
     assert lines[0].split()[0] == "algorithm" and set(lines[1]) == {"-"}
     rows = {}
     for line in lines[2:]:
+        if line.startswith("throughput:"):  # the job's throughput line follows the table (report.throughput_lines)
+            break
         cells = line.split()
         assert len(cells) == len(SUMMARY_COLUMNS) + 1, line
         rows[cells[0]] = dict(zip(SUMMARY_COLUMNS, cells[1:]))
