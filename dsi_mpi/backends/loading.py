@@ -149,14 +149,17 @@ def check_transformers_version(version: str | None = None) -> None:
         )
 
 
+MOST_DRAFTS = 20  # a block's drafts at most when k is not fixed (adaptive: decoding/adaptive.py's 12; "auto": 20)
+
+
 def cache_capacity(cfg, longest_prompt: int) -> int:
     """Positions a static cache needs: the longest prompt, the new tokens, one block of drafts and its bonus."""
     try:
         decoding = cfg["decoding"]
     except KeyError:  # a bare {"models": ...} (tests)
         decoding = {}
-    k = decoding.get("lookahead", 5)
-    return longest_prompt + decoding.get("max_new_tokens", 64) + (20 if k == "auto" else k) + 2
+    k = decoding.get("lookahead", "adaptive")
+    return longest_prompt + decoding.get("max_new_tokens", 64) + (k if isinstance(k, int) else MOST_DRAFTS) + 2
 
 
 def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256, stage: tuple[int, int] | None = None):

@@ -94,14 +94,17 @@ def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_pa
 
 @pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1"])
 def test_drafters_without_training_through_the_cli(tiny_models, run_mpi, tmp_path, drafter):
-    """The drafter kinds through the CLI: recorded in the file, lossless, and HF's prompt lookup as a baseline."""
+    """The drafter kinds through the CLI with the default, adaptive lookahead: recorded in the file, lossless,
+    and HF's prompt lookup (and HF's heuristic schedule) as baselines."""
     algorithms = ["nonsi", "si", "dsi", "hf_prompt_lookup"] + (["hf_assisted"] if drafter.startswith("trunc") else [])
-    config = write_job(tmp_path, dict(tiny_models, noisy=drafter), decoding={"algorithms": algorithms})
+    decoding = {"algorithms": algorithms, "lookahead": "adaptive"}
+    config = write_job(tmp_path, dict(tiny_models, noisy=drafter), decoding=decoding)
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with h5py.File(tmp_path / "out.h5") as f:
         recorded = json.loads(f.attrs["drafter"])
         assert recorded["kind"] == drafter.split(":")[0] and recorded["params"]
+        assert all(g[a].attrs["lookahead"] == 0 for g in f["prompts"].values() for a in ("si", "dsi"))  # adaptive
         for group in f["prompts"].values():
             ref = reference(tiny_models["target"], group["prompt_tokens"][()].tolist(), 20)
             for algorithm in algorithms:
