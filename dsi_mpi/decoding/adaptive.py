@@ -146,12 +146,3 @@ class AdaptiveLookahead:
         """At k = 0: how many tokens the verifier decodes in one task, the rest of the way to the next
         exploration block, so that plain decoding costs one message per run, not one per token."""
         return max(1, min(self.probe_interval - self.plain_blocks, tokens_left))
-
-    def state(self) -> dict:
-        return {
-            "acceptance": self.acceptance,
-            "draft_s": self.draft_s.value,
-            "verify_1_s": self.verify_1_s.value,
-            "verify_n_s": self.verification_s(self.k + 1),
-            "k": self.k,
-        }

@@ -358,12 +358,12 @@ class SpeculativeDecoder:
         task = self.inflight.get(msg.task_id)
         if task is None or task.epoch != msg.epoch:
             raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
+        plain = task.block.plain if task.block is not None else 0
+        if plain and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the last: cached too
+            task.sequence = task.sequence + [int(t) for t in msg.payload[: plain - 1]]
         problem = self.slots.replied(task, source, msg)
         if problem:
             raise protocol.ProtocolError(problem)
-        plain = task.block.plain if task.block is not None else 0
-        if plain and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the last
-            self.slots.slots[task.verifier].views[0] = task.sequence + [int(t) for t in msg.payload[: plain - 1]]
         del self.inflight[msg.task_id]
         now = self._now()
         payload = self._stage_records(task, msg)
