@@ -217,6 +217,7 @@ class Scheduler:
         )
         sent = self.placement.faults.isend(None, dest=source, tag=ACK)
         _flush(self.poller, [sent], "the failure acknowledgement", timeout_s=2.0)
+        log.drain_before_abort()
         self.placement.faults.Abort(code)
 
 

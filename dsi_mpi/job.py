@@ -116,6 +116,7 @@ def _fail(comm, state: dict, text: str, code: int) -> None:
         from dsi_mpi.batch import tell_scheduler
 
         tell_scheduler(placement, state["poller"], comm.Get_rank(), text, code)
+    log.drain_before_abort()
     comm.Abort(code)
 
 
