@@ -47,7 +47,8 @@ def run(args, name: str, lookahead: str, algorithms: list[str]) -> dict:
     chosen = [int(e["value"]) for r in by["dsi"] for e in r["events"] if e["kind"] == Event.LOOKAHEAD]
     row["dsi_k_changes"] = chosen[:40]
     row["dsi_acceptance"] = mt.acceptance(by["dsi"])
-    print(f"{name}: " + ", ".join(f"{a} {v:.3f}x nonsi" for a, v in row.items() if isinstance(v, float)), flush=True)
+    speeds = ", ".join(f"{a} {row[a]:.3f}x nonsi" for a in algorithms if a != "nonsi")
+    print(f"{name}: {speeds}, dsi acceptance {row['dsi_acceptance']:.3f}", flush=True)
     return row
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from jobs import ROOT, job_command, job_env
 
 from dsi_mpi.reporting import metrics as mt
+from dsi_mpi.reporting import time_model as tm
 
 ALGORITHMS = ["nonsi", "si", "hf_assisted", "dsi"]  # with --set models.drafter='"ngram"': hf_prompt_lookup
 BASELINES = ("si", "nonsi", "hf_assisted", "hf_prompt_lookup")
@@ -56,7 +57,7 @@ def measure(meta: dict, records: list[dict]) -> dict:
     for a in ("si", "dsi"):
         if a in figures:
             m[f"acceptance_{a}"] = figures[a]["acceptance"]
-    predicted = mt.predictions(meta, records)
+    predicted = tm.predictions(meta, records)
     if predicted:
         m.update(predicted["inputs"], setting=predicted["setting"])
         if "si" in by and "dsi" in by:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     cfg = validate(tomllib.loads(meta["config_toml"]))
     m = measure(meta, records)
     m.update(results=str(path), git_commit=meta.get("git_commit"))
-    setting = m.get("setting") or mt.run_setting(meta, records)
+    setting = m.get("setting") or tm.run_setting(meta, records)
     print(summary_table(records, meta))
     print()
     print(

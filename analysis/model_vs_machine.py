@@ -9,7 +9,7 @@ sleeps, acceptance is drawn i.i.d.; ranks, messages, scheduling, cancellation an
 code) running nonsi, si and dsi on the same emulated prompts. The simulator (dsi_mpi/simulator.py: the
 coordinator itself on a simulated clock) gets the same acceptance draws, lookahead, verifiers and prompts,
 twice: with the nominal latencies ("predicted"), and with the latencies and message cost the run itself
-measured (reporting.metrics.time_model_inputs: "calibrated"), which takes the machine's own overheads
+measured (reporting.time_model.time_model_inputs: "calibrated"), which takes the machine's own overheads
 (sleep overshoot, wake-up of waiting ranks) out of the comparison of rules. Writes a CSV and Markdown table
 and a PNG, and prints the worst relative errors and adaptive dsi's speed against si and nonsi.
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 from jobs import ROOT, emulated_prompts, job_command, job_env
 
 from dsi_mpi.reporting import metrics as mt
+from dsi_mpi.reporting import time_model as tm
 
 GRID_FILE = Path(__file__).with_name("model_vs_machine_grid.csv")  # c, acceptance, lookahead, verifiers, quick
 
@@ -74,13 +75,13 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     from dsi_mpi.simulator import Latencies
 
     nominal = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
-    measured = mt.time_model_inputs(mt.by_algorithm(records))
+    measured = tm.time_model_inputs(mt.by_algorithm(records))
     for alg in ("nonsi", "si", "dsi"):
         row[f"measured_{alg}_s"] = figures[alg]["wall_s"] / figures[alg]["prompts"]
         job = (figures[alg]["prompts"], args.warmup, a, k, v, args.tokens)
         row[f"predicted_{alg}_s"] = predict(alg, nominal, 0.0, *job)
         if measured is not None:
-            lat = mt.model_latencies(measured)[1 if alg == "nonsi" else 0]
+            lat = tm.model_latencies(measured)[1 if alg == "nonsi" else 0]
             row[f"calibrated_{alg}_s"] = predict(alg, lat, measured["message_s"], *job)
     row["measured_dsi_ms_per_token"] = figures["dsi"]["ms_per_token"]
     row["measured_dsi_vs_si"] = figures["dsi"]["speedup_vs_si"]

@@ -25,8 +25,9 @@ import numpy as np
 
 import dsi_mpi.mpi.protocol as protocol
 from dsi_mpi.backends.base import ModelRunner
+from dsi_mpi.backends.emulated import SLICES
 
-VERIFIER_SLICES = 8  # cancel checks per target forward, as dsi_mpi/backends/emulated.py's SLICES
+VERIFIER_SLICES = SLICES  # cancel checks per target forward, as the emulated backend makes
 
 
 def target_token(position: int) -> int:

@@ -19,13 +19,15 @@ With `lookahead = 0` in the run settings k is adaptive (dsi_mpi/decoding/adaptiv
 the time model's best k at the measured acceptance and latencies, down to 0, where blocks carry no drafts
 and the verifiers just decode (plain decoding through the same loop). Each change of k is an event.
 The clock is injectable, so that dsi_mpi/virtual.py can run this very loop on simulated time.
+Blocks, tasks and their rows are in dsi_mpi/decoding/tasks.py, the choice of k in adaptive.py and verifier
+placement in placement.py; what stays here is one state machine over the text, the blocks and the epoch,
+kept in one class (about 500 lines) because every method reads or changes that same state.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +37,7 @@ from dsi_mpi.decoding.acceptance import Greedy
 from dsi_mpi.decoding.adaptive import AdaptiveLookahead
 from dsi_mpi.decoding.placement import VerifierSlots
 from dsi_mpi.decoding.settings import RunSettings
+from dsi_mpi.decoding.tasks import Block, Task, split_stage_records, task_row
 from dsi_mpi.io.records import TASK_DTYPE, Event, Outcome, RunRecord
 from dsi_mpi.mpi import protocol
 
@@ -44,25 +47,6 @@ if TYPE_CHECKING:  # the simulator runs this loop without MPI (dsi_mpi/virtual.p
 
 class DraftInterrupted(Exception):
     """A result changed the text while the drafter was computing: its draft would be for a stale text."""
-
-
-@dataclass
-class Block:
-    start: int  # sequence position of the first draft
-    drafts: list[int]  # the drafts (empty for the prefill block)
-    task_id: int | None = None  # set once sent
-    result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
-    plain: int = 0  # > 0: no drafts, the verifier decodes this many tokens itself (adaptive k = 0)
-
-
-@dataclass
-class Task:
-    task_id: int
-    verifier: int
-    epoch: int
-    sequence: list[int]  # the full token sequence the verifier's cache holds when it is done
-    block: Block | None  # None for the extra prefills that only warm other verifiers' caches
-    row: dict = field(default_factory=dict)
 
 
 class SpeculativeDecoder:
@@ -289,23 +273,7 @@ class SpeculativeDecoder:
             n_extras=len(extras),
             plain=block.plain if block else 0,
         )
-        task.row = {
-            "task_id": task.task_id,
-            "verifier": verifier,
-            "epoch": self.epoch,
-            "start": block.start if block else self.n_prompt,
-            "n_drafts": n_out - 1,
-            "base": base,
-            "computed": 0,
-            "reused": 0,
-            "sent_s": self._now(),
-            "start_s": np.nan,
-            "end_s": np.nan,
-            "reply_s": np.nan,
-            "busy_s": np.nan,
-            "outcome": Outcome.PENDING if block else Outcome.PREFILL_EXTRA,
-            "accepted": -1,
-        }
+        task.row = task_row(task, block.start if block else self.n_prompt, n_out - 1, base, self._now())
         self.rows[task.task_id] = task.row
         self.inflight[task.task_id] = task
         self._event(Event.TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
@@ -410,18 +378,16 @@ class SpeculativeDecoder:
     def _stage_records(self, task: Task, msg) -> np.ndarray:
         """A pipelined group's reply ends with one record per stage: keep them (the stages table, and each
         stage's forward as an event of its own rank); return the verdict before them."""
-        n = protocol.STAGE_RECORD * msg.n_stages
-        if not n:
-            return msg.payload
+        verdict, stages = split_stage_records(msg.payload, msg.n_stages)
         kinds = {protocol.STAGE_COMPUTED: Event.VERIFY, protocol.STAGE_ABORTED: Event.VERIFY_ABORTED}
-        for index, (rank, status, t0, t1) in enumerate(msg.payload[len(msg.payload) - n :].reshape(-1, 4).tolist()):
+        for index, (rank, status, t0, t1) in enumerate(stages):
             start, end = self._verifier_time(rank, t0), self._verifier_time(rank, t1)
             self.record.stages.append((task.task_id, task.verifier, index, rank, status, start, end))
             if status in kinds:
                 self._event(
                     kinds[status], start, end, task.task_id, msg.computed if msg.kind == protocol.RESULT else 0, rank
                 )
-        return msg.payload[: len(msg.payload) - n]
+        return verdict
 
     def _apply(self, block: Block) -> None:
         """Commit the drafts that stand; where they stop, the target's token: a replacement for a draft that

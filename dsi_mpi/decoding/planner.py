@@ -3,7 +3,7 @@
 Calibration runs on the job's own ranks, models and first prompt, after one untimed pass: plain decoding
 on verifier 1 gives the target's prefill and per-token latency; a short si run gives the drafter's
 per-token latency, the verification forward time and the acceptance rate, each measured by the one
-estimator of dsi_mpi.reporting.metrics.time_model_inputs. The simulator then picks, from
+estimator of dsi_mpi.reporting.time_model.time_model_inputs. The simulator then picks, from
 those measurements, the best lookahead for si and for dsi (and the number of verifiers for dsi within the
 ranks launched). The measurements and the choice are stored in the results file (attribute `planner`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dsi_mpi.decoding.settings import RunSettings
 from dsi_mpi.io.records import RunRecord
-from dsi_mpi.reporting.metrics import model_acceptance, model_latencies, time_model_inputs
+from dsi_mpi.reporting.time_model import model_acceptance, model_latencies, time_model_inputs
 
 CALIBRATION_TOKENS = 32
 CALIBRATION_LOOKAHEAD = 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from dsi_mpi.reporting import metrics as mt
+from dsi_mpi.reporting import time_model as tm
 
 NAN = math.nan
 SAME = 0.1  # ratios within 10% of 1 are called "the same"
@@ -20,11 +21,11 @@ def explain(records: list[dict], meta: dict) -> list[str]:
     records = [r if isinstance(r, dict) else r.as_dict() for r in records]
     if not records:
         return []
-    setting = mt.run_setting(meta, records)
+    setting = tm.run_setting(meta, records)
     k, V, N = setting["lookahead"], setting["verifiers"], setting["tokens"]
     ranks = mt.job_shape(meta, records)["verifiers"]  # the job's verifier ranks (dsi may use fewer: V)
     by, figures = mt.by_algorithm(records), mt.compare(records, ranks)
-    predicted = mt.predictions(meta, records)
+    predicted = tm.predictions(meta, records)
     m = predicted["inputs"] if predicted else None
     model = _model(predicted) if predicted else None
     thread = setting["nonsi_thread"] and V > 1
@@ -47,7 +48,7 @@ def explain(records: list[dict], meta: dict) -> list[str]:
 def _model(predicted: dict) -> dict:
     """metrics.predictions' latencies and speedups, plus the time model's inputs they came from."""
     m = predicted["inputs"]
-    return {"lat": mt.model_latencies(m)[0], "a": mt.model_acceptance(m), "speedup": predicted["speedup"]} | (
+    return {"lat": tm.model_latencies(m)[0], "a": tm.model_acceptance(m), "speedup": predicted["speedup"]} | (
         predicted["latency"]
     )
 
@@ -151,7 +152,7 @@ def _dsi_slower(m, model, figures, k, V, N, nonsi_thread, layers) -> str | None:
         max(V, 2),
         N,
         seed=0,
-        trials=mt.TRIALS,
+        trials=tm.TRIALS,
         nonsi_thread=True,
         drafter_layers=layers,
     )

@@ -25,29 +25,7 @@ Speedup of A over B (`speedup`): on the matched prompts, i.e. the intersection o
 algorithms completed, (sum of B's wall times) / (sum of A's wall times); above 1: A is faster. The outputs
 are identical (lossless), so this is also the ratio of per-token latencies on those prompts.
 
-The time model's inputs (`time_model_inputs`), one estimator each:
-- target_ttft_s: median over nonsi's prompts of its first-token time (the target's prefill).
-- target_tpot_s: median over nonsi's prompts of (wall - ttft) / (tokens - 1), the authors' TPOT; without
-  nonsi, verify_forward_s.
-- verify_forward_s: median forward time of the applied verification tasks that carried drafts (si + dsi).
-- drafter_tpot_s: mean duration of the drafter's completed draft steps (DRAFT events) of si, else dsi.
-  Events time each forward alone: prefills and interrupted steps are their own event kinds, and si drafts
-  without serving replies in between (dsi's steps also serve replies between the drafter's layers), so this
-  is a clean per-token time; draft_s / (drafted - 1) would count interrupted steps as well.
-- drafter_ttft_s: median drafter prefill time (si + dsi).
-- acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
-  shaped by dsi's timing.
-- message_s: median over the applied verification tasks of (reply_s - sent_s - busy_s) / 2, one
-  message's cost each way including the waiting rank's wake-up (the paper's model has none; the
-  simulator can charge it, `simulate(message_s=...)`).
-- c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
-The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
-(`model_latencies`), at the clamped acceptance (`model_acceptance`).
-
-The time model's predictions for a file (`predictions`) use that file's own setting (`run_setting`): each
-algorithm's lookahead and dsi's verifier count as its records say, the median number of tokens generated
-per prompt, runtime.nonsi_thread and the drafter's layers (root attribute `drafter`, field `layers`; 1 if
-absent). Predicted speedups are ratios of predicted latencies, as measured ones are of wall times.
+The time model's inputs and predictions: dsi_mpi/reporting/time_model.py.
 
 Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
 - a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
@@ -77,7 +55,6 @@ BASELINES = ("nonsi", "si")  # speedups are reported against these
 ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")  # display order
 BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
 STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
-TRIALS = 200  # Monte Carlo trials of the time model's dsi prediction
 
 
 def ordered(names) -> list[str]:
@@ -134,7 +111,7 @@ def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:
     return busy
 
 
-def _tasks(recs: list[dict]) -> np.ndarray | None:
+def tasks_table(recs: list[dict]) -> np.ndarray | None:
     tables = [r["tasks"] for r in recs if len(r["tasks"])]
     return np.concatenate(tables) if tables else None
 
@@ -151,7 +128,7 @@ def acceptance(recs: list[dict]) -> float:
     return _ratio(_total(recs, "accepted"), _total(recs, "compared"))
 
 
-def _verifications(tasks: np.ndarray | None) -> np.ndarray:
+def verifications(tasks: np.ndarray | None) -> np.ndarray:
     """Applied verification tasks that carried drafts."""
     if tasks is None:
         return np.zeros(0)
@@ -160,7 +137,7 @@ def _verifications(tasks: np.ndarray | None) -> np.ndarray:
 
 def acceptance_histogram(recs: list[dict]) -> list[int]:
     """Entry j: applied verifications that let exactly j drafts stand (empty without the `accepted` column)."""
-    tasks = _verifications(_tasks(recs))
+    tasks = verifications(tasks_table(recs))
     if not len(tasks) or "accepted" not in tasks.dtype.names:
         return []
     counts = tasks["accepted"][tasks["accepted"] >= 0]
@@ -189,8 +166,8 @@ def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
     tokens = sum(len(r["tokens"]) for r in recs)
     wall = sum(r["wall_s"] for r in recs)
     accepted, rejections = _total(recs, "accepted"), _total(recs, "rejections")
-    tasks = _tasks(recs)
-    applied = len(_verifications(tasks))
+    tasks = tasks_table(recs)
+    applied = len(verifications(tasks))
     itl = inter_token_ms(recs)
     m = {
         "prompts": len(recs),
@@ -255,130 +232,6 @@ def compare(records: list[dict], verifiers: int) -> dict[str, dict]:
     return out
 
 
-def _median(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.median(values)) if values else NAN
-
-
-def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
-    """The time model's inputs as measured (see the module's docstring); None where one is unknown."""
-    spec = by.get("si", []) + by.get("dsi", [])
-    if not spec:
-        return None
-    clean = by.get("si") or by["dsi"]
-    plain = [r for r in by.get("nonsi", []) if len(r["tokens"]) > 1]
-    verify = _verifications(_tasks(spec))
-    trips = (verify["reply_s"] - verify["sent_s"] - verify["busy_s"]) / 2 if len(verify) else np.zeros(0)
-    verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
-    drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
-    m = {
-        "verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
-        "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
-        "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
-        "acceptance": acceptance(clean),
-        "message_s": _median(np.maximum(trips, 0.0).tolist()) if len(trips) else 0.0,
-    }
-    if plain:
-        m["target_ttft_s"] = _median([r["ttft_s"] for r in plain])
-        m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in plain])
-    else:
-        m["target_ttft_s"] = _median([r["ttft_s"] for r in spec])
-        m["target_tpot_s"] = m["verify_forward_s"]
-    if any(math.isnan(v) for v in m.values()) or m["target_tpot_s"] <= 0 or m["drafter_tpot_s"] <= 0:
-        return None
-    m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
-    return m
-
-
-def model_latencies(m: dict):
-    """(speculative, plain) simulator Latencies: si/dsi pay verify_forward_s per target forward, nonsi
-    target_tpot_s per step."""
-    from dsi_mpi.simulator import Latencies
-
-    spec = Latencies(
-        drafter_ttft=m["drafter_ttft_s"],
-        drafter_tpot=m["drafter_tpot_s"],
-        target_ttft=m["target_ttft_s"],
-        target_tpot=m["verify_forward_s"],
-    )
-    plain = Latencies(
-        drafter_ttft=m["drafter_ttft_s"],
-        drafter_tpot=m["drafter_tpot_s"],
-        target_ttft=m["target_ttft_s"],
-        target_tpot=m["target_tpot_s"],
-    )
-    return spec, plain
-
-
-def model_acceptance(m: dict) -> float:
-    """The measured acceptance clamped to [0, 1], as the time model takes it."""
-    return min(max(m["acceptance"], 0.0), 1.0)
-
-
-def _drafter_layers(meta: dict) -> int:
-    try:
-        return max(1, int(json.loads(meta["drafter"]).get("layers", 1)))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return 1
-
-
-def run_setting(meta: dict, records: list[dict]) -> dict:
-    """What the time model is run at for this file (see the module's docstring)."""
-    shape = job_shape(meta, records)
-    by = by_algorithm(records)
-    k = {a: int(by[a][0]["lookahead"]) if by.get(a) else 0 for a in ("si", "dsi")}
-    k = {a: v or shape["lookahead"] for a, v in k.items()}  # 0: adaptive (files without it: the config's k)
-    dsi_verifiers = max((int(r.get("verifiers", 0)) for r in by.get("dsi", [])), default=0)
-    return {
-        "lookahead": k,
-        "verifiers": dsi_verifiers or shape["verifiers"],
-        "tokens": max(1, int(np.median([len(r["tokens"]) for r in records]))) if records else 1,
-        "nonsi_thread": shape["nonsi_thread"],
-        "drafter_layers": _drafter_layers(meta),
-    }
-
-
-def predicted_latencies(m: dict, setting: dict, trials: int = TRIALS) -> dict:
-    """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
-    with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
-    from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
-
-    spec, plain = model_latencies(m)
-    a, V, N = model_acceptance(m), setting["verifiers"], setting["tokens"]
-    dsi = simulate(
-        "dsi",
-        spec,
-        a,
-        setting["lookahead"]["dsi"],
-        V,
-        N,
-        seed=0,
-        trials=trials,
-        nonsi_thread=setting["nonsi_thread"] and V > 1,
-        drafter_layers=setting["drafter_layers"],
-        message_s=m.get("message_s", 0.0),
-    )
-    return {
-        "nonsi": nonsi_latency(plain, N),
-        "si": si_expected_latency(spec, a, setting["lookahead"]["si"], N)
-        if setting["lookahead"]["si"]
-        else simulate("si", spec, a, 0, 1, N, seed=0, trials=trials, message_s=m.get("message_s", 0.0)).mean_latency,
-        "dsi": dsi.mean_latency,
-    }
-
-
-def predictions(meta: dict, records: list[dict]) -> dict | None:
-    """The measured inputs, the setting, the predicted latencies and the predicted speedups (si and dsi vs
-    nonsi, dsi vs si) of one file; None where the time model's inputs are unknown."""
-    m = time_model_inputs(by_algorithm(records))
-    if m is None:
-        return None
-    setting = run_setting(meta, records)
-    latency = predicted_latencies(m, setting)
-    speedups = {f"{a}_vs_{b}": latency[b] / latency[a] for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("dsi", "si"))}
-    return {"inputs": m, "setting": setting, "latency": latency, "speedup": speedups}
-
-
 def stale_work(recs: list[dict]) -> dict:
     """Cancellations of stale tasks: how many, the share stopped mid-forward, the median time a verifier
     stayed busy after the rejection."""
@@ -394,7 +247,7 @@ def stale_work(recs: list[dict]) -> dict:
 
 def cache_reuse(recs: list[dict]) -> dict:
     """Per task of a block with drafts: share of its prefix kept in the verifier's cache, tokens computed."""
-    tasks = _tasks(recs)
+    tasks = tasks_table(recs)
     if tasks is None:
         return {"cache_reuse": NAN, "computed_per_task": NAN, "tokens_computed": 0, "tokens_reused": 0}
     blocks = tasks[tasks["n_drafts"] > 0]

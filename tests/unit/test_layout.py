@@ -68,11 +68,14 @@ def test_the_blocker_does_block():
 RULES = {
     "mpi": (("mpi", "io.config"), ("numpy", "mpi4py")),
     "backends": (("backends", "io", "log"), ("numpy", "torch", "transformers", "packaging")),
-    "decoding": (("decoding", "mpi", "backends", "io", "simulator", "reporting.metrics"), ("numpy", "torch")),
+    "decoding": (
+        ("decoding", "mpi", "backends", "io", "simulator", "reporting.metrics", "reporting.time_model"),
+        ("numpy", "torch"),
+    ),
     "io": (("io",), ("numpy", "h5py")),
     "reporting": (("reporting", "io", "simulator"), ("numpy", "h5py", "matplotlib")),
     "simulator.py": (("virtual",), ("numpy",)),
-    "virtual.py": (("backends.base", "mpi.protocol", "decoding", "io.records"), ("numpy",)),
+    "virtual.py": (("backends.base", "backends.emulated", "mpi.protocol", "decoding", "io.records"), ("numpy",)),
 }
 
 

@@ -1,0 +1,201 @@
+"""Every config key, declared once: (section, name, type, default, help). The config loader, the typed views
+and the README's key table (`python -m dsi_mpi config-keys`) are all made from this table, so code and docs
+cannot drift; adding a key means adding one row here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ALGORITHMS = ("nonsi", "si", "dsi", "hf_assisted", "hf_prompt_lookup")
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    type: type | tuple
+    default: Any
+    help: str
+
+
+def _section(section: str, *rows: tuple) -> tuple[Key, ...]:
+    """The keys of one section: (name, type, default, help) each."""
+    return tuple(Key(section, *row) for row in rows)
+
+
+KEYS: tuple[Key, ...] = (
+    *_section(
+        "models",
+        (
+            "kind",
+            str,
+            "hf",
+            'model backend: "hf" (real Hugging Face models) or "emulated" (LATENCY EMULATION: sleeps instead '
+            "of forwards, see [emulation])",
+        ),
+        ("target", str, "inputs/models/target", "target model: Hugging Face hub id or local folder"),
+        (
+            "drafter",
+            str,
+            "inputs/models/drafter",
+            'drafter: a hub id or local folder of a model with the target\'s vocabulary; "ngram" or '
+            '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
+            '"truncated:layers=L" (the target\'s first L layers with its norm and head)',
+        ),
+        ("dtype", str, "float32", "float32, bfloat16 or float16"),
+        ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
+        ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
+        (
+            "backend",
+            str,
+            "eager",
+            '"eager" (Hugging Face eager, dynamic KV cache) or "compiled" (static KV cache, torch.compile; CUDA '
+            "graphs on a GPU; compiled and warmed up at load, never timed; a model it cannot compile falls back to "
+            "eager, recorded)",
+        ),
+        (
+            "compile_segments",
+            int,
+            2,
+            "compiled backend: groups of layers compiled apart, with the cancel check between them (1: one per "
+            "forward, the number of layers: before every layer)",
+        ),
+        (
+            "compile_max_bucket",
+            int,
+            16,
+            "compiled backend: inputs are padded to 1, 2, 4, .. up to this many tokens; longer ones run in chunks of it",
+        ),
+    ),
+    *_section(
+        "decoding",
+        (
+            "algorithms",
+            list,
+            ["nonsi", "si", "dsi"],
+            f"algorithms to run on every prompt, any of {list(ALGORITHMS)}",
+        ),
+        (
+            "lookahead",
+            (int, str),
+            "adaptive",
+            'draft tokens per verification task: "adaptive" (k chosen before each block from the measured '
+            'acceptance and latencies, down to 0 = plain decoding; README "Adaptive speculation"), a fixed k >= 1 '
+            '(for experiments), or "auto": the planner fixes each algorithm\'s best k from a short calibration',
+        ),
+        (
+            "verifiers",
+            (int, str),
+            0,
+            'verifier ranks dsi uses (0: all N-1), or "auto": the planner picks the best number within the '
+            "N-1 launched",
+        ),
+        ("max_new_tokens", int, 64, "tokens to generate per prompt"),
+        ("stop_at_eos", bool, True, "stop a prompt when the target emits its end-of-sequence token"),
+        ("seed", int, 0, "seed for torch and every random stream"),
+        (
+            "do_sample",
+            bool,
+            False,
+            "sample instead of greedy decoding (si and dsi keep the target's distribution exactly)",
+        ),
+        ("temperature", float, 1.0, "sampling temperature (as in Hugging Face generate)"),
+        ("top_k", int, 0, "sample among the k most likely tokens only (0: off)"),
+        ("top_p", float, 1.0, "sample from the smallest set of tokens with probability >= top_p (1: off)"),
+        ("warmup_prompts", int, 1, "untimed runs of each algorithm before timing (warms shapes, caches)"),
+    ),
+    *_section(
+        "prompts",
+        ("path", str, "inputs/prompts/default.jsonl", 'JSONL prompt set: one {"id": str, "prompt": str} per line'),
+        ("limit", int, 0, "use only the first N prompts of the file (0: all)"),
+        ("shard_count", int, 1, "split the prompt set into this many shards (e.g. one per SLURM array task)"),
+        ("shard_index", int, 0, "run only prompts whose index % shard_count == shard_index"),
+    ),
+    *_section(
+        "output",
+        ("path", str, "results/default.h5", "HDF5 results file written by rank 0"),
+        ("overwrite", bool, False, "replace an existing results file"),
+        ("resume", bool, False, "continue an existing results file of the same config: skip prompts already complete"),
+    ),
+    *_section(
+        "runtime",
+        (
+            "timeout_s",
+            float,
+            300.0,
+            "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank",
+        ),
+        ("poll_spin_s", float, 5e-05, "a waiting rank spins on MPI tests this long before it starts to sleep"),
+        (
+            "poll_max_sleep_s",
+            float,
+            0.00025,
+            "longest sleep between MPI tests while waiting (the back-off cap; a message waits about this long"
+            " plus the sleep's own overshoot before it is seen)",
+        ),
+        (
+            "nonsi_thread",
+            bool,
+            True,
+            "dsi with 2+ verifiers: after a rejection, send the target a block of no drafts at once (the "
+            "paper's non-SI thread) instead of waiting for k new drafts",
+        ),
+        ("max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
+        (
+            "pipeline_stages",
+            int,
+            1,
+            "ranks per pipelined verifier group: each holds a contiguous range of the target's decoder layers, "
+            "and a group of P verifies up to P blocks at once (1: every verifier rank holds the whole target)",
+        ),
+        (
+            "pipeline_groups",
+            int,
+            0,
+            "with pipeline_stages > 1: how many verifier groups to form (0: all N-1 verifier ranks, which must "
+            "divide by pipeline_stages); the verifier ranks left over hold the whole target",
+        ),
+        (
+            "instances",
+            int,
+            1,
+            "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, "
+            "ranks 1..N-1 form G instances of (N-1)/G ranks each, node-local where they fit (README: Many instances)",
+        ),
+    ),
+    *_section(
+        "emulation",
+        ("target_ttft_s", float, 0.05, "LATENCY EMULATION: target prefill seconds"),
+        ("target_tpot_s", float, 0.03, "LATENCY EMULATION: target seconds per forward (any block size)"),
+        ("drafter_ttft_s", float, 0.01, "LATENCY EMULATION: drafter prefill seconds"),
+        ("drafter_tpot_s", float, 0.006, "LATENCY EMULATION: drafter seconds per token"),
+        ("acceptance", float, 0.6, "LATENCY EMULATION: i.i.d. chance that a draft equals the target token"),
+        (
+            "forwards",
+            str,
+            "sleep",
+            '"sleep" (LATENCY EMULATION) or "model": EMULATED ACCEPTANCE, real forwards of models.target and '
+            "models.drafter built with random weights from their config.json, tokens and acceptance still emulated",
+        ),
+        (
+            "hidden_size",
+            int,
+            1024,
+            "LATENCY EMULATION: floats per token in an activation message between pipeline stages",
+        ),
+        ("vocab_size", int, 1000, "LATENCY EMULATION: size of the emulated vocabulary"),
+        ("prompt_tokens", int, 64, "LATENCY EMULATION: tokens per emulated prompt (prompt text is ignored)"),
+        (
+            "min_new_tokens",
+            int,
+            0,
+            "LATENCY EMULATION: > 0: each prompt generates a length drawn uniformly from [min_new_tokens, "
+            "decoding.max_new_tokens], keyed by (seed, prompt index), as if its text ended there (0: always the "
+            "maximum)",
+        ),
+    ),
+)
+
+SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
+DIGEST_WHEN_SET = {"emulation.min_new_tokens": 0}  # keys added after results files existed: hashed only when set

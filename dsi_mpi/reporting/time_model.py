@@ -1,0 +1,168 @@
+"""The paper's time model at a file's measured inputs: what it predicts for the file's own setting, so that a
+run's measured speedups can be set against the model's (report, explain, the planner, analysis/).
+
+The time model's inputs (`time_model_inputs`), one estimator each:
+- target_ttft_s: median over nonsi's prompts of its first-token time (the target's prefill).
+- target_tpot_s: median over nonsi's prompts of (wall - ttft) / (tokens - 1), the authors' TPOT; without
+  nonsi, verify_forward_s.
+- verify_forward_s: median forward time of the applied verification tasks that carried drafts (si + dsi).
+- drafter_tpot_s: mean duration of the drafter's completed draft steps (DRAFT events) of si, else dsi.
+  Events time each forward alone: prefills and interrupted steps are their own event kinds, and si drafts
+  without serving replies in between (dsi's steps also serve replies between the drafter's layers), so this
+  is a clean per-token time; draft_s / (drafted - 1) would count interrupted steps as well.
+- drafter_ttft_s: median drafter prefill time (si + dsi).
+- acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
+  shaped by dsi's timing.
+- message_s: median over si's applied verification tasks (else dsi's) of (reply_s - sent_s - busy_s) / 2,
+  one message's cost each way including the waiting rank's wake-up (the paper's model has none; the
+  simulator can charge it, `simulate(message_s=...)`). si's, because si's rank 0 waits for the reply:
+  dsi's rank 0 reads a reply only between two of the drafter's layers, a delay the simulator already
+  plays out itself, so dsi's trips would charge it twice (measured: with 7 verifiers, pooling dsi's
+  trips made the calibrated si prediction 17% slower than with 1, for the same si run).
+- c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
+The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
+(`model_latencies`), at the clamped acceptance (`model_acceptance`).
+
+The time model's predictions for a file (`predictions`) use that file's own setting (`run_setting`): each
+algorithm's lookahead and dsi's verifier count as its records say, the median number of tokens generated
+per prompt, runtime.nonsi_thread and the drafter's layers (root attribute `drafter`, field `layers`; 1 if
+absent). Predicted speedups are ratios of predicted latencies, as measured ones are of wall times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from dsi_mpi.io.records import Event
+from dsi_mpi.reporting import metrics as mt
+
+NAN = math.nan
+TRIALS = 200  # Monte Carlo trials of the time model's dsi prediction
+
+
+def _median(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.median(values)) if values else NAN
+
+
+def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
+    """The time model's inputs as measured (see the module's docstring); None where one is unknown."""
+    spec = by.get("si", []) + by.get("dsi", [])
+    if not spec:
+        return None
+    clean = by.get("si") or by["dsi"]
+    plain = [r for r in by.get("nonsi", []) if len(r["tokens"]) > 1]
+    verify = mt.verifications(mt.tasks_table(spec))
+    waited = mt.verifications(mt.tasks_table(clean))
+    trips = (waited["reply_s"] - waited["sent_s"] - waited["busy_s"]) / 2 if len(waited) else np.zeros(0)
+    verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
+    drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
+    m = {
+        "verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
+        "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
+        "drafter_ttft_s": _median([r.get("drafter_prefill_s", NAN) for r in spec]),
+        "acceptance": mt.acceptance(clean),
+        "message_s": _median(np.maximum(trips, 0.0).tolist()) if len(trips) else 0.0,
+    }
+    if plain:
+        m["target_ttft_s"] = _median([r["ttft_s"] for r in plain])
+        m["target_tpot_s"] = _median([(r["wall_s"] - r["ttft_s"]) / (len(r["tokens"]) - 1) for r in plain])
+    else:
+        m["target_ttft_s"] = _median([r["ttft_s"] for r in spec])
+        m["target_tpot_s"] = m["verify_forward_s"]
+    if any(math.isnan(v) for v in m.values()) or m["target_tpot_s"] <= 0 or m["drafter_tpot_s"] <= 0:
+        return None
+    m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
+    return m
+
+
+def model_latencies(m: dict):
+    """(speculative, plain) simulator Latencies: si/dsi pay verify_forward_s per target forward, nonsi
+    target_tpot_s per step."""
+    from dsi_mpi.simulator import Latencies
+
+    spec = Latencies(
+        drafter_ttft=m["drafter_ttft_s"],
+        drafter_tpot=m["drafter_tpot_s"],
+        target_ttft=m["target_ttft_s"],
+        target_tpot=m["verify_forward_s"],
+    )
+    plain = Latencies(
+        drafter_ttft=m["drafter_ttft_s"],
+        drafter_tpot=m["drafter_tpot_s"],
+        target_ttft=m["target_ttft_s"],
+        target_tpot=m["target_tpot_s"],
+    )
+    return spec, plain
+
+
+def model_acceptance(m: dict) -> float:
+    """The measured acceptance clamped to [0, 1], as the time model takes it."""
+    return min(max(m["acceptance"], 0.0), 1.0)
+
+
+def _drafter_layers(meta: dict) -> int:
+    try:
+        return max(1, int(json.loads(meta["drafter"]).get("layers", 1)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return 1
+
+
+def run_setting(meta: dict, records: list[dict]) -> dict:
+    """What the time model is run at for this file (see the module's docstring)."""
+    shape = mt.job_shape(meta, records)
+    by = mt.by_algorithm(records)
+    k = {a: int(by[a][0]["lookahead"]) if by.get(a) else 0 for a in ("si", "dsi")}
+    k = {a: v or shape["lookahead"] for a, v in k.items()}  # 0: adaptive (files without it: the config's k)
+    dsi_verifiers = max((int(r.get("verifiers", 0)) for r in by.get("dsi", [])), default=0)
+    return {
+        "lookahead": k,
+        "verifiers": dsi_verifiers or shape["verifiers"],
+        "tokens": max(1, int(np.median([len(r["tokens"]) for r in records]))) if records else 1,
+        "nonsi_thread": shape["nonsi_thread"],
+        "drafter_layers": _drafter_layers(meta),
+    }
+
+
+def predicted_latencies(m: dict, setting: dict, trials: int = TRIALS) -> dict:
+    """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
+    with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
+    from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
+
+    spec, plain = model_latencies(m)
+    a, V, N = model_acceptance(m), setting["verifiers"], setting["tokens"]
+    dsi = simulate(
+        "dsi",
+        spec,
+        a,
+        setting["lookahead"]["dsi"],
+        V,
+        N,
+        seed=0,
+        trials=trials,
+        nonsi_thread=setting["nonsi_thread"] and V > 1,
+        drafter_layers=setting["drafter_layers"],
+        message_s=m.get("message_s", 0.0),
+    )
+    return {
+        "nonsi": nonsi_latency(plain, N),
+        "si": si_expected_latency(spec, a, setting["lookahead"]["si"], N)
+        if setting["lookahead"]["si"]
+        else simulate("si", spec, a, 0, 1, N, seed=0, trials=trials, message_s=m.get("message_s", 0.0)).mean_latency,
+        "dsi": dsi.mean_latency,
+    }
+
+
+def predictions(meta: dict, records: list[dict]) -> dict | None:
+    """The measured inputs, the setting, the predicted latencies and the predicted speedups (si and dsi vs
+    nonsi, dsi vs si) of one file; None where the time model's inputs are unknown."""
+    m = time_model_inputs(mt.by_algorithm(records))
+    if m is None:
+        return None
+    setting = run_setting(meta, records)
+    latency = predicted_latencies(m, setting)
+    speedups = {f"{a}_vs_{b}": latency[b] / latency[a] for a, b in (("si", "nonsi"), ("dsi", "nonsi"), ("dsi", "si"))}
+    return {"inputs": m, "setting": setting, "latency": latency, "speedup": speedups}

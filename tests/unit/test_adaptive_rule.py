@@ -1,0 +1,55 @@
+"""The adaptive lookahead rule on its own (dsi_mpi/decoding/adaptive.py): it times plain decoding first,
+explores, then takes the time model's best k from what it measured."""
+
+import pytest
+
+from dsi_mpi.decoding.adaptive import PROBE_MAX, PROBE_MIN, AdaptiveLookahead
+
+
+def feed(rule: AdaptiveLookahead, blocks: int, t1: float, t2_per_token: float, d: float, a: float) -> list[int]:
+    """Drive the rule for `blocks` blocks on a machine with T(1) = t1, T(n) = t1 + (n - 1) t2_per_token,
+    drafts of d seconds accepted at rate a (exactly, as a running fraction); return the k of each block (at
+    k = 0, minus the length of its plain run)."""
+    chosen, accepted, compared = [], 0, 0
+    for _ in range(blocks):
+        k = rule.next_lookahead()
+        if k == 0:
+            run = rule.plain_run(10**6)
+            chosen.append(-run)
+            rule.observe_verification(t1 * run, 1, plain=run)
+            continue
+        chosen.append(k)
+        for _ in range(k):
+            rule.observe_draft(d)
+        hits = 0
+        for _ in range(k):
+            compared += 1
+            if accepted + 1 <= a * compared:
+                accepted, hits = accepted + 1, hits + 1
+            else:
+                break
+        rule.observe_acceptance(hits, min(k, hits + 1))
+        rule.observe_verification(t1 + k * t2_per_token, k + 1)
+    return chosen
+
+
+@pytest.mark.parametrize("policy", ["si", "dsi"])
+def test_starts_by_timing_plain_decoding_then_explores(policy):
+    rule = AdaptiveLookahead(policy)
+    assert rule.next_lookahead() == 0 and rule.plain_run(100) == PROBE_MIN
+    rule.observe_verification(0.08 * PROBE_MIN, 1, plain=PROBE_MIN)
+    assert rule.next_lookahead() == 1  # the exploration block: a draft and T(2) get timed
+
+
+@pytest.mark.parametrize("policy", ["si", "dsi"])
+def test_a_costly_second_token_keeps_plain_decoding(policy):
+    """SmolLM2-135M on a CPU core: T(2) = 1.6 T(1), drafts at 0.25 T(1), acceptance 0.23: any k loses."""
+    chosen = feed(AdaptiveLookahead(policy), 40, t1=0.08, t2_per_token=0.048, d=0.02, a=0.23)
+    assert max(chosen) == 1, chosen  # nothing but exploration blocks of one draft
+    assert chosen[-10:].count(-PROBE_MAX) == 5, chosen  # between them, runs of PROBE_MAX plain tokens
+
+
+@pytest.mark.parametrize("policy", ["si", "dsi"])
+def test_a_good_cheap_drafter_speculates(policy):
+    chosen = feed(AdaptiveLookahead(policy), 60, t1=0.03, t2_per_token=0.001, d=0.003, a=0.8)
+    assert min(chosen[-30:]) >= 3, chosen
