@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     rows = {"adaptive": run(args, "adaptive", '"adaptive"', ["nonsi", "si", "dsi"])}
     for k in args.lookaheads:
         rows[f"k{k}"] = run(args, f"k{k}", str(k), ["nonsi", "dsi"])
-    best = max((r["dsi"], name) for name, r in rows.items() if name != "adaptive")
+    best = max(((r["dsi"], name) for name, r in rows.items() if name != "adaptive"), default=(float("nan"), None))
     summary = {
         "drafter": args.drafter or "(config)",
         "ranks": args.np,

@@ -20,6 +20,10 @@ Figures per algorithm (`algorithm_metrics`), totals over its prompts:
   token's wait is ttft, not a delta).
 - verifier_utilisation: verifier forward time within the runs' wall time / (verifier ranks x wall time).
 - stale_fraction: share of verifier busy time spent on tasks whose result was stale or abandoned.
+- outside_forwards_share, outside_forwards_ms_per_verification: the wall time in which no rank ran a model
+  forward (no drafter prefill, draft step or verification forward of any rank covers it: messages, the
+  polling back-off's overshoot, layer callbacks, bookkeeping), as a share of the wall time and per applied
+  verification. Only si and dsi record forwards (NaN for the baselines, which run inside one call).
 
 Speedup of A over B (`speedup`): on the matched prompts, i.e. the intersection of the prompt indices both
 algorithms completed, (sum of B's wall times) / (sum of A's wall times); above 1: A is faster. The outputs
@@ -54,6 +58,7 @@ NAN = math.nan
 BASELINES = ("nonsi", "si")  # speedups are reported against these
 ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")  # display order
 BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
+FORWARD_KINDS = (Event.DRAFTER_PREFILL, Event.DRAFT, Event.DRAFT_INTERRUPTED, *BUSY_KINDS)
 STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
 
 
@@ -109,6 +114,20 @@ def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:
     spans = np.clip(ev["t1"], 0, rec["wall_s"]) - np.clip(ev["t0"], 0, rec["wall_s"])
     np.add.at(busy, ev["rank"] - 1, np.maximum(spans, 0))
     return busy
+
+
+def outside_forwards_s(rec: dict) -> float:
+    """Seconds of the run's wall time that no model forward of any rank covers (NaN without events)."""
+    ev = rec["events"]
+    ev = ev[np.isin(ev["kind"], FORWARD_KINDS)] if len(ev) else ev
+    if not len(ev):
+        return NAN
+    wall, covered, reach = rec["wall_s"], 0.0, 0.0
+    for t0, t1 in sorted(zip(np.clip(ev["t0"], 0, wall).tolist(), np.clip(ev["t1"], 0, wall).tolist())):
+        if t1 > reach:
+            covered += t1 - max(t0, reach)
+            reach = t1
+    return float(wall - covered)
 
 
 def tasks_table(recs: list[dict]) -> np.ndarray | None:
@@ -201,6 +220,9 @@ def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
     if any(len(r["events"]) for r in recs) and wall > 0:
         busy = sum(verifier_busy(r, verifiers).sum() for r in recs)
         m["verifier_utilisation"] = float(busy / (verifiers * wall))
+    outside = sum(outside_forwards_s(r) for r in recs) if recs else NAN
+    m["outside_forwards_share"] = _ratio(outside, wall)
+    m["outside_forwards_ms_per_verification"] = _ratio(1e3 * outside, applied)
     return m
 
 

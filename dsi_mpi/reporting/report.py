@@ -44,6 +44,8 @@ FIGURES = {
     "itl_p99_ms": ("p99 ms", ".2f"),
     "verifier_utilisation": ("verifier util.", ".1%"),
     "stale_fraction": ("stale work", ".1%"),
+    "outside_forwards_share": ("outside fwd", ".1%"),
+    "outside_forwards_ms_per_verification": ("outside ms/verif", ".2f"),
     "tasks_stale": ("stale tasks", "d"),
     "blocks_unsent": ("blocks never sent", "d"),
 }

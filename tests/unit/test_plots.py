@@ -145,6 +145,10 @@ def test_table_numbers(results, tmp_path):
     assert dsi["stale_fraction"] == pytest.approx(0.03 / 0.10)
     assert dsi["blocks_unsent"] == 2 and dsi["tasks_stale"] == 4
     assert np.isnan(rows["nonsi"]["verifier_utilisation"])
+    # no forward covers 0.014-0.02 and 0.07-0.09 of each prompt's 0.1 s (the last one is clipped at 0.1)
+    assert dsi["outside_forwards_share"] == pytest.approx(0.026 / 0.1)
+    assert dsi["outside_forwards_ms_per_verification"] == pytest.approx(26.0)  # one applied block per prompt
+    assert np.isnan(rows["nonsi"]["outside_forwards_share"])
     with open(tmp_path / "t.csv") as f:
         written = list(csv.DictReader(f))
     assert [r["algorithm"] for r in written] == ["nonsi", "si", "dsi"]
