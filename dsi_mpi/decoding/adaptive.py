@@ -24,8 +24,8 @@ HALF_LIFE observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WE
 A run starts at k = 0: T(1) is measured first, by PROBE_MIN tokens of plain decoding (which lose nothing
 against plain decoding), then the first exploration block times a draft and T(2), and from then on the
 model decides. Starting at k = 1 instead would never time T(1) while drafts are worth sending, and the model
-would take T(1) = T(2): measured with SmolLM2-135M on a CPU core, T(2) = 1.7 T(1), so a drafter accepted at
-0.23 kept k = 1 and ran at 0.6x plain decoding.
+would take T(1) = T(2): measured with SmolLM2-135M on a CPU core, T(2) = 1.66 T(1)
+(analysis/forward_cost.py), so a drafter accepted at 0.23 kept k = 1 and ran at 0.59x plain decoding.
 
 At k = 0 nothing is drafted, so a would never be measured again: after PROBE_MIN blocks of no drafts a block
 of one draft goes out instead (an exploration block), and the interval doubles after each one, up to
