@@ -2,6 +2,7 @@
 
 usage: python analysis/bench_orchestration.py [--config inputs/configs/benchmark.toml] [--runs 3]
                                               [--lookahead 4] [--np 2] [--out results/bench_orchestration]
+                                              [--set KEY=VALUE ...]
 
 si and hf_assisted run the same algorithm on the same pair (at a fixed k, HF's schedule "constant"); HF does
 it in one process without messages. Each run is one job of nonsi, si, hf_assisted and dsi on the same
@@ -35,7 +36,7 @@ def one_run(args, index: int) -> dict:
         "decoding.lookahead": args.lookahead,
         "output.path": json.dumps(str(out)),
         "output.overwrite": "true",
-    }
+    } | dict(item.split("=", 1) for item in args.set)
     command = job_command(args.np, args.config, settings)
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT, env=job_env(), stdout=subprocess.DEVNULL)
@@ -62,6 +63,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lookahead", type=int, default=4)
     parser.add_argument("--np", type=int, default=2)
     parser.add_argument("--out", default="results/bench_orchestration")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config setting, as `run --set`"
+    )
     args = parser.parse_args(argv)
     rows = [one_run(args, i) for i in range(args.runs)]
     median = {key: statistics.median(r[key] for r in rows) for key in rows[0]}

@@ -124,7 +124,7 @@ def _run_ranks(cfg, world, state: dict) -> int:
     from dsi_mpi.backends.loading import build_runner
     from dsi_mpi.mpi import startup
     from dsi_mpi.mpi.channel import Channel
-    from dsi_mpi.mpi.polling import poller_from_config
+    from dsi_mpi.mpi.polling import poller_from_config, spin_for_node
 
     rank = world.Get_rank()
     _set_threads(cfg["models"]["threads"])
@@ -171,6 +171,9 @@ def _run_ranks(cfg, world, state: dict) -> int:
         if stage:
             role = f"target stage {stage[0] + 1}/{stage[1]} of group {list(group)}"
     local_rank = startup.local_rank(world)  # a collective: every rank, once
+    threads_on_node, cores_on_node = startup.node_cores(world, poller, cfg["models"]["threads"])  # collective
+    if comm is not None:  # the scheduler rank holds no core: it keeps the short spin
+        poller.spin_s = spin_for_node(cfg.runtime.poll_spin_s, threads_on_node, cores_on_node)
     longest = max(map(len, session.prompt_tokens.values()), default=1) if rank == 0 else 0
     longest = startup.share_int(world, poller, longest, "the prompt lengths from rank 0")  # sizes static caches
     runner = (
@@ -180,7 +183,8 @@ def _run_ranks(cfg, world, state: dict) -> int:
         role += f", layers {runner.layers[0]}..{runner.layers[1] - 1}"
     kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
     device = "none" if runner is None else str(getattr(runner, "device", kind))
-    extra = {} if placement is None else {"instance": placement.instance}
+    extra = {"poll_spin_s": poller.spin_s, "node_threads": threads_on_node, "node_cores": cores_on_node}
+    extra |= {} if placement is None else {"instance": placement.instance}
     backend = getattr(runner, "compile_info", None) or {}
     infos = startup.gather_rank_info(world, poller, role, device, backend=backend, **extra)
     startup.barrier(world, poller, "every rank to load its model")

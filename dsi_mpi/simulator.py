@@ -111,7 +111,8 @@ def simulate(
     drafts while fewer blocks than this await replies (default V + 1, as the coordinator). nonsi_thread:
     runtime.nonsi_thread (the coordinator uses it only with 2+ verifiers). drafter_layers = L: replies are
     also read at L - 1 evenly spaced points inside each drafter step (the coordinator reads them between
-    the drafter's layers; the emulated backend has 8 slices). message_s: seconds per message."""
+    the drafter's layers; the emulated backend has 8 slices). message_s: what a message costs a rank waiting
+    for it (dsi_mpi/virtual.py)."""
     from dsi_mpi.virtual import run_simulated
 
     if algorithm not in ALGORITHMS:

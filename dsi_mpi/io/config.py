@@ -128,7 +128,8 @@ def _toml_value(value: Any) -> str:
 
 def _check_type(key: Key, value: Any) -> Any:
     where = f"{key.section}.{key.name}"
-    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+    kinds = key.type if isinstance(key.type, tuple) else (key.type,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if key.type is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -240,7 +241,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
         "output.overwrite and output.resume exclude each other",
     )
     need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
-    need(r["poll_spin_s"] >= 0 and r["poll_max_sleep_s"] > 0, "runtime.poll_* must be positive")
+    spin = r["poll_spin_s"]
+    need(spin == "auto" or not isinstance(spin, str), f'runtime.poll_spin_s must be "auto" or seconds, got {spin!r}')
+    need(spin == "auto" or spin >= 0, f"runtime.poll_spin_s must be >= 0, got {spin}")
+    need(r["poll_max_sleep_s"] > 0, f"runtime.poll_max_sleep_s must be > 0, got {r['poll_max_sleep_s']}")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
     need(m["backend"] in ("eager", "compiled"), f'models.backend must be "eager" or "compiled", got {m["backend"]!r}')
     need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")

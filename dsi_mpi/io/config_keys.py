@@ -126,7 +126,13 @@ KEYS: tuple[Key, ...] = (
             300.0,
             "watchdog: a wait for any rank longer than this aborts the job with an error naming the rank",
         ),
-        ("poll_spin_s", float, 5e-05, "a waiting rank spins on MPI tests this long before it starts to sleep"),
+        (
+            "poll_spin_s",
+            (float, str),
+            "auto",
+            'a waiting rank spins on MPI tests this long before it starts to sleep; "auto": 0.02 where the '
+            "node has a core for every torch thread of its ranks (the union of their CPU affinities), else 5e-05",
+        ),
         (
             "poll_max_sleep_s",
             float,

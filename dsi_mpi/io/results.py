@@ -6,7 +6,8 @@ to it as each prompt completes (dsi_mpi/batch.py); the same layout, plus where e
 Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents every name, and a test
 keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
-                                  git_commit, ranks (JSON: rank, host, role, device), algorithms, argv,
+                                  git_commit, ranks (JSON: rank, host, role, device, poll_spin_s,
+                                  node_threads, node_cores), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
                                   model, params, layers), scheduler (JSON: policy, instances, layout); merged_from
                                   (merge)

@@ -4,6 +4,14 @@ A blocking MPI wait spins at 100% CPU on every MPI runtime, and with more ranks 
 steals the core a working rank needs (shared/notes/PLATFORM.md: 8-16 ms per message under MPICH).
 So every wait in dsi-mpi is a poll: test, spin briefly, then sleep with a doubling back-off, and give
 up with `WatchdogTimeout` once the deadline passes.
+
+How long to spin depends on the node (runtime.poll_spin_s = "auto", resolved at start-up by
+`spin_for_node`). Where every torch thread of every rank on the node has a core of its own, a waiting rank
+spins up to SPIN_SPARE_CORES_S: the core it spins on has nothing else to run, and a sleep costs the
+message its wake-up (measured on the default pair, 2 ranks on 2 cores, k 4: si spent 0.84 ms per
+verification outside any forward, 7.9% of its time, with the 50 us spin; 0.44 ms and 4.8% spinning 20 ms;
+`analysis/bench_orchestration.py`). Longer waits (a large model's forward) then sleep, where the wake-up is
+a small share. With fewer cores than threads, SPIN_SHARED_CORES_S: a spin there steals a working rank's core.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ if TYPE_CHECKING:
     from dsi_mpi.io.config import RuntimeConfig
 
 T = TypeVar("T")
+
+SPIN_SPARE_CORES_S = 0.02
+SPIN_SHARED_CORES_S = 5e-5
 
 
 class WatchdogTimeout(RuntimeError):
@@ -63,4 +74,14 @@ class BackoffPoller:
 
 
 def poller_from_config(runtime: RuntimeConfig) -> BackoffPoller:
-    return BackoffPoller(spin_s=runtime.poll_spin_s, max_sleep_s=runtime.poll_max_sleep_s, timeout_s=runtime.timeout_s)
+    """The job's poller; an "auto" spin starts short (start-up collectives) until `spin_for_node` knows the node."""
+    spin = SPIN_SHARED_CORES_S if runtime.poll_spin_s == "auto" else runtime.poll_spin_s
+    return BackoffPoller(spin_s=spin, max_sleep_s=runtime.poll_max_sleep_s, timeout_s=runtime.timeout_s)
+
+
+def spin_for_node(setting, threads_on_node: int, cores_on_node: int) -> float:
+    """runtime.poll_spin_s resolved for a node whose ranks run `threads_on_node` torch threads in all on
+    `cores_on_node` cores (see the module's docstring)."""
+    if setting != "auto":
+        return float(setting)
+    return SPIN_SPARE_CORES_S if threads_on_node <= cores_on_node else SPIN_SHARED_CORES_S

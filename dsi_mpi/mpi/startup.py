@@ -73,6 +73,24 @@ def local_rank(comm: MPI.Comm) -> int:
         node.Free()
 
 
+def node_cores(comm: MPI.Comm, poller: BackoffPoller, threads: int) -> tuple[int, int]:
+    """(torch threads of all ranks on this node, cores their CPU affinities cover together): whether a
+    waiting rank may spin (mpi.polling.spin_for_node). The union counts cores that srun binds one per rank."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        mine = sorted(os.sched_getaffinity(0))
+        top, width = np.array([mine[-1] + 1], dtype=np.int64), np.zeros(1, dtype=np.int64)
+        request = node.Iallreduce(top, width, op=MPI.MAX)
+        poller.wait_for(lambda: True if request.Test() else None, "the node-local CPU counts")
+        mask, union = np.zeros(int(width[0]), dtype=np.uint8), np.zeros(int(width[0]), dtype=np.uint8)
+        mask[mine] = 1
+        request = node.Iallreduce(mask, union, op=MPI.BOR)
+        poller.wait_for(lambda: True if request.Test() else None, "the node-local CPU affinities")
+        return node.Get_size() * max(threads, 1), int(union.sum())
+    finally:
+        node.Free()
+
+
 def node_ids(comm: MPI.Comm, poller: BackoffPoller) -> list[int]:
     """Every rank's node, named by the lowest world rank on it (the node-local communicator), on every rank:
     pipeline stages of one group are placed on one node from it."""

@@ -13,12 +13,13 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 - drafter_ttft_s: median drafter prefill time (si + dsi).
 - acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
   shaped by dsi's timing.
-- message_s: median over si's applied verification tasks (else dsi's) of (reply_s - sent_s - busy_s) / 2,
-  one message's cost each way including the waiting rank's wake-up (the paper's model has none; the
-  simulator can charge it, `simulate(message_s=...)`). si's, because si's rank 0 waits for the reply:
-  dsi's rank 0 reads a reply only between two of the drafter's layers, a delay the simulator already
-  plays out itself, so dsi's trips would charge it twice (measured: with 7 verifiers, pooling dsi's
-  trips made the calibrated si prediction 17% slower than with 1, for the same si run).
+- message_s: median over si's applied verification tasks (else dsi's) of (reply_s - sent_s - busy_s) / 2:
+  what one message costs the rank that sleeps in its poller waiting for it (the back-off's wake-up plus the
+  transfer; the paper's model has none). The simulator charges it only to a waiting rank (an idle verifier,
+  rank 0 waiting for a reply: dsi_mpi/virtual.py). si's trips, because in si both ends wait every time:
+  dsi's rank 0 often reads a reply between two of the drafter's layers, a delay the simulator plays out
+  itself (measured: with 7 verifiers, pooling dsi's trips made the calibrated si prediction 17% slower than
+  with 1, for the same si run).
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
 The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
 (`model_latencies`), at the clamped acceptance (`model_acceptance`).

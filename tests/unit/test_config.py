@@ -37,6 +37,8 @@ def test_overrides_parse_toml_values(tmp_path):
         ('[decoding]\nalgorithms = ["dsi", "fast"]\n', "unknown algorithm 'fast'"),
         ("[decoding\n", "not valid TOML"),
         ('[models]\nkind = "emulated"\n[decoding]\nalgorithms = ["hf_assisted"]\n', "hf_assisted needs real models"),
+        ('[runtime]\npoll_spin_s = "long"\n', 'runtime.poll_spin_s must be "auto" or seconds'),
+        ("[runtime]\npoll_spin_s = -1\n", "runtime.poll_spin_s must be >= 0"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, words):
@@ -62,3 +64,14 @@ def test_round_trip_and_digest(tmp_path):
 def test_key_table_lists_every_key():
     table = keys_markdown()
     assert all(f"`{k.section}.{k.name}`" in table for k in KEYS)
+
+
+def test_spin_is_long_only_where_every_thread_has_a_core(tmp_path):
+    from dsi_mpi.mpi.polling import SPIN_SHARED_CORES_S, SPIN_SPARE_CORES_S, poller_from_config, spin_for_node
+
+    assert spin_for_node("auto", threads_on_node=2, cores_on_node=2) == SPIN_SPARE_CORES_S
+    assert spin_for_node("auto", threads_on_node=3, cores_on_node=2) == SPIN_SHARED_CORES_S
+    assert spin_for_node(0.001, threads_on_node=3, cores_on_node=2) == 0.001
+    assert load_config(write(tmp_path, "[runtime]\npoll_spin_s = 0\n")).runtime.poll_spin_s == 0.0
+    # until the node is known (start-up collectives), "auto" spins briefly
+    assert poller_from_config(load_config(write(tmp_path, "")).runtime).spin_s == SPIN_SHARED_CORES_S
