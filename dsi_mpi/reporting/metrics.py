@@ -75,9 +75,9 @@ def by_algorithm(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def job_shape(meta: dict, records: list[dict]) -> dict:
-    """lookahead k, verifier ranks V, max_new_tokens N and runtime.nonsi_thread, from the stored config, else
-    from the records."""
-    shape = {"lookahead": 0, "verifiers": 0, "max_new_tokens": 0, "nonsi_thread": True}
+    """lookahead k (0: adaptive), verifier ranks V, max_new_tokens N and runtime.nonsi_thread, from the stored
+    config, else from the records."""
+    shape = {"lookahead": None, "verifiers": 0, "max_new_tokens": 0, "nonsi_thread": True}
     try:
         cfg = tomllib.loads(meta.get("config_toml", ""))
         shape["nonsi_thread"] = bool(cfg.get("runtime", {}).get("nonsi_thread", True))
@@ -97,7 +97,7 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
     if shape["verifiers"] < 1:  # no rank table: the most verifiers any run used or any table names
         ranks = [int(t["verifier"].max()) for t in tasks] + [int(e["rank"].max()) for e in events]
         shape["verifiers"] = max(ranks + [int(r.get("verifiers", 1)) for r in records], default=1)
-    if shape["lookahead"] < 1:
+    if shape["lookahead"] is None:  # not in the config ("auto", or a file without one): the longest block
         shape["lookahead"] = max((int(t["n_drafts"].max()) for t in tasks), default=1) or 1
     if shape["max_new_tokens"] < 1:
         shape["max_new_tokens"] = max((len(r["tokens"]) for r in records), default=1)

@@ -244,3 +244,21 @@ def test_acceptance_figures_from_the_tasks_table():
     assert m["itl_p50_ms"] == pytest.approx(np.percentile(gaps, 50))
     assert m["itl_p99_ms"] == pytest.approx(np.percentile(gaps, 99))
     assert m["recovered_tokens"] == 0 and m["bonus_tokens"] == 10 - 6
+
+
+def test_an_adaptive_file_is_predicted_with_the_adaptive_rule(results):
+    """A config that leaves decoding.lookahead out is adaptive: the time model runs the rule (k = 0), not the
+    longest block the records hold (it did, so measured/predicted compared adaptive runs with fixed k)."""
+    from dsi_mpi.io.results import read_results
+    from dsi_mpi.reporting import metrics as mt
+    from dsi_mpi.reporting import time_model as tm
+
+    _, records = read_results(results)
+    adaptive = {"config_toml": '[decoding]\nlookahead = "adaptive"\n'}
+    assert mt.job_shape(adaptive, records)["lookahead"] == 0
+    assert mt.job_shape(meta(3), records)["lookahead"] == 3
+    longest = max(int(r["tasks"]["n_drafts"].max()) for r in records if len(r["tasks"]))
+    assert mt.job_shape({}, records)["lookahead"] == longest  # no config: the longest block of the records
+    for r in records:
+        r["lookahead"] = 0  # what an adaptive run records
+    assert tm.run_setting(adaptive, records)["lookahead"] == {"si": 0, "dsi": 0}
