@@ -78,7 +78,7 @@ def node_cores(comm: MPI.Comm, poller: BackoffPoller, threads: int) -> tuple[int
     waiting rank may spin (mpi.polling.spin_for_node). The union counts cores that srun binds one per rank."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        mine = sorted(os.sched_getaffinity(0))
+        mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         top, width = np.array([mine[-1] + 1], dtype=np.int64), np.zeros(1, dtype=np.int64)
         request = node.Iallreduce(top, width, op=MPI.MAX)
         poller.wait_for(lambda: True if request.Test() else None, "the node-local CPU counts")
