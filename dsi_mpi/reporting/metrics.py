@@ -46,6 +46,7 @@ Job throughput (`throughput`), from the prompts' placement attributes (results.P
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 
@@ -334,6 +335,17 @@ def ideal_wall_s(records: list[dict], instances: int) -> float:
     """The job time of a perfect balance of these records' prompts over `instances`: work / G + longest."""
     spans = [end - start for prompts in _spans(records).values() for _, start, end in prompts.values()]
     return sum(spans) / instances + max(spans) if spans else NAN
+
+
+def list_schedule_wall_s(records: list[dict], instances: int) -> float:
+    """The job time of these records' prompts handed out in prompt order, each to the first instance that is
+    free, with no overhead: the best a scheduler that cannot know generation lengths does on this order
+    (work / G + longest is reachable only by knowing them)."""
+    spans = [(p, end - start) for prompts in _spans(records).values() for p, (_, start, end) in prompts.items()]
+    free = [0.0] * instances
+    for _, span in sorted(spans):
+        heapq.heappush(free, heapq.heappop(free) + span)
+    return max(free) if spans else NAN
 
 
 def stage_hops(recs: list[dict]) -> np.ndarray:

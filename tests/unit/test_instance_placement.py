@@ -10,7 +10,7 @@ from dsi_mpi.io.prompts import Prompt
 from dsi_mpi.io.records import RunRecord
 from dsi_mpi.io.results import ResultsWriter, read_results
 from dsi_mpi.mpi.instances import assign, check_size
-from dsi_mpi.reporting.metrics import ideal_wall_s, throughput
+from dsi_mpi.reporting.metrics import ideal_wall_s, list_schedule_wall_s, throughput
 from dsi_mpi.reporting.report import throughput_lines
 
 
@@ -54,6 +54,17 @@ def test_throughput_overall_and_per_instance():
     resumed = records + [_rec(2, 0, 10.0, 14.0, 8, job=2.0)]  # a second job: its own wall time counts
     assert throughput(resumed)["wall_s"] == 6.0
     assert ideal_wall_s(records, 2) == pytest.approx(3.0 / 2 + 2.0)
+
+
+def test_a_length_blind_schedule_hands_prompts_out_in_order():
+    """Durations 3, 1, 1, 1, 2 on 2 instances: the 2 comes last, when both are busy until 3 (ends at 5); only
+    knowing the lengths (longest first) would reach 4."""
+    records, t = [], 0.0
+    for index, span in enumerate((3.0, 1.0, 1.0, 1.0, 2.0)):
+        records.append(_rec(index, 0, t, t + span, 1))
+        t += span
+    assert list_schedule_wall_s(records, 2) == pytest.approx(5.0)
+    assert list_schedule_wall_s(records, 1) == pytest.approx(8.0)
     assert throughput([{"prompt_index": 0, "tokens": [1]}]) is None  # older files: no placement, no figure
 
 
