@@ -184,7 +184,8 @@ def _run_ranks(cfg, world, state: dict) -> int:
     kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
     device = "none" if runner is None else str(getattr(runner, "device", kind))
     extra = {"poll_spin_s": poller.spin_s, "node_threads": threads_on_node, "node_cores": cores_on_node}
-    extra |= {} if placement is None else {"instance": placement.instance}
+    if placement is not None:
+        extra["instance"] = placement.instance
     backend = getattr(runner, "compile_info", None) or {}
     infos = startup.gather_rank_info(world, poller, role, device, backend=backend, **extra)
     startup.barrier(world, poller, "every rank to load its model")

@@ -84,7 +84,7 @@ def _node_of_every_rank(world: MPI.Comm, poller: BackoffPoller) -> list[int]:
     mine = np.array([leader], dtype=np.int64)
     every = np.zeros(world.Get_size(), dtype=np.int64)
     request = world.Iallgather(mine, every)
-    poller.wait_for(lambda: True if request.Test() else None, "every rank's node (instance placement)")
+    poller.complete(request, "every rank's node (instance placement)")
     return [int(n) for n in every]
 
 

@@ -68,6 +68,10 @@ class BackoffPoller:
         finally:
             self.idle_s += time.perf_counter() - start
 
+    def complete(self, request, what: str, timeout_s: float | None = None) -> None:
+        """Wait for a nonblocking MPI request (anything with `Test()`) to complete, under the watchdog."""
+        self.wait_for(lambda: True if request.Test() else None, what, timeout_s)
+
     def nap(self, sleep_s: float) -> None:
         """One short idle step for loops that poll several things themselves."""
         time.sleep(min(sleep_s, self.max_sleep_s))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
@@ -22,7 +23,7 @@ def share_verdict(comm: MPI.Comm, poller: BackoffPoller, failed: bool) -> bool:
     """Broadcast rank 0's go/no-go; every rank returns True when the job must stop."""
     flag = np.array([int(failed)], dtype=np.int64)
     request = comm.Ibcast(flag, root=0)
-    poller.wait_for(lambda: True if request.Test() else None, "the start-up checks on rank 0")
+    poller.complete(request, "the start-up checks on rank 0")
     return bool(flag[0])
 
 
@@ -30,13 +31,13 @@ def share_int(comm: MPI.Comm, poller: BackoffPoller, value: int, what: str) -> i
     """Broadcast one integer from rank 0 (e.g. the longest prompt, which sizes static KV caches)."""
     buf = np.array([int(value)], dtype=np.int64)
     request = comm.Ibcast(buf, root=0)
-    poller.wait_for(lambda: True if request.Test() else None, what)
+    poller.complete(request, what)
     return int(buf[0])
 
 
 def barrier(comm: MPI.Comm, poller: BackoffPoller, what: str) -> None:
     request = comm.Ibarrier()
-    poller.wait_for(lambda: True if request.Test() else None, what)
+    poller.complete(request, what)
 
 
 def host_name() -> str:
@@ -64,45 +65,45 @@ def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: s
     return infos
 
 
-def local_rank(comm: MPI.Comm) -> int:
-    """Rank among the processes on this node: picks the GPU when device = "cuda"."""
+@contextmanager
+def _node(comm: MPI.Comm):
+    """The node-local communicator (MPI's shared-memory split), freed afterwards."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return node.Get_rank()
+        yield node
     finally:
         node.Free()
+
+
+def local_rank(comm: MPI.Comm) -> int:
+    """Rank among the processes on this node: picks the GPU when device = "cuda"."""
+    with _node(comm) as node:
+        return node.Get_rank()
 
 
 def node_cores(comm: MPI.Comm, poller: BackoffPoller, threads: int) -> tuple[int, int]:
     """(torch threads of all ranks on this node, cores their CPU affinities cover together): whether a
     waiting rank may spin (mpi.polling.spin_for_node). The union counts cores that srun binds one per rank."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
+    with _node(comm) as node:
         mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         top, width = np.array([mine[-1] + 1], dtype=np.int64), np.zeros(1, dtype=np.int64)
         request = node.Iallreduce(top, width, op=MPI.MAX)
-        poller.wait_for(lambda: True if request.Test() else None, "the node-local CPU counts")
+        poller.complete(request, "the node-local CPU counts")
         mask, union = np.zeros(int(width[0]), dtype=np.uint8), np.zeros(int(width[0]), dtype=np.uint8)
         mask[mine] = 1
         request = node.Iallreduce(mask, union, op=MPI.BOR)
-        poller.wait_for(lambda: True if request.Test() else None, "the node-local CPU affinities")
+        poller.complete(request, "the node-local CPU affinities")
         return node.Get_size() * max(threads, 1), int(union.sum())
-    finally:
-        node.Free()
 
 
 def node_ids(comm: MPI.Comm, poller: BackoffPoller) -> list[int]:
     """Every rank's node, named by the lowest world rank on it (the node-local communicator), on every rank:
     pipeline stages of one group are placed on one node from it."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
+    with _node(comm) as node:
         leader = np.array([comm.Get_rank()], dtype=np.int64)
         low = np.zeros(1, dtype=np.int64)
-        request = node.Iallreduce(leader, low, op=MPI.MIN)
-        poller.wait_for(lambda: True if request.Test() else None, "the node-local ranks")
-    finally:
-        node.Free()
+        poller.complete(node.Iallreduce(leader, low, op=MPI.MIN), "the node-local ranks")
     nodes = np.zeros(comm.Get_size(), dtype=np.int64)
     request = comm.Iallgather(low, nodes)
-    poller.wait_for(lambda: True if request.Test() else None, "every rank's node")
+    poller.complete(request, "every rank's node")
     return [int(n) for n in nodes]
