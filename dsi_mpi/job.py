@@ -253,6 +253,8 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
             "model": spec.model,
             "params": spec.params,
             "layers": _drafter_layers(cfg, spec, runner),
+            # rows of a frequency-ranked drafter head (backends/draft_vocab.py); 0 = the whole vocabulary
+            "head_tokens": int(getattr(runner, "head_tokens", None) or 0),
         },
         "algorithms": cfg["decoding"]["algorithms"],
         "argv": sys.argv,

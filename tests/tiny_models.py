@@ -3,6 +3,7 @@ target and drafters of every kind the lossless tests need."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -53,9 +54,18 @@ def _save(model, tokenizer, folder: Path) -> str:
     return str(folder)
 
 
+def _with_head(folder: str, token_ids) -> str:
+    """Give a drafter folder a frequency-ranked head of `token_ids` (dsi_mpi/backends/draft_vocab.py)."""
+    from dsi_mpi.backends.draft_vocab import FILE
+
+    (Path(folder) / FILE).write_text(json.dumps({"token_ids": list(token_ids)}))
+    return folder
+
+
 def build_tiny_models(root: Path, vocab_extra: int = 0) -> dict[str, str]:
     """Folders: target (Llama), copy (the target itself: every draft right), noisy (a perturbed copy:
-    some drafts right), gpt2 (random GPT-2: another architecture, drafts nearly always wrong),
+    some drafts right), noisy_head (the same drafter with a head of the even token ids only: it cannot
+    propose an odd one), gpt2 (random GPT-2: another architecture, drafts nearly always wrong),
     other_vocab (a drafter whose vocabulary differs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,7 +82,9 @@ def build_tiny_models(root: Path, vocab_extra: int = 0) -> dict[str, str]:
     target = LlamaForCausalLM(llama).eval()
     paths = {"target": _save(target, tokenizer, root / "target")}
     paths["copy"] = _save(target, tokenizer, root / "copy")
-    paths["noisy"] = _save(perturb(LlamaForCausalLM(llama).eval(), target, 0.08), tokenizer, root / "noisy")
+    noisy = perturb(LlamaForCausalLM(llama).eval(), target, 0.08)
+    paths["noisy"] = _save(noisy, tokenizer, root / "noisy")
+    paths["noisy_head"] = _with_head(_save(noisy, tokenizer, root / "noisy_head"), range(0, vocab, 2))
     paths["gpt2"] = _save(_gpt2(vocab, tokenizer), tokenizer, root / "gpt2")
     paths["other_vocab"] = _save(_gpt2(vocab + 7, tokenizer), tokenizer, root / "other_vocab")
     return paths
@@ -95,8 +107,9 @@ def build_small_vocab_models(root: Path, vocab: int = 6) -> dict[str, str]:
     target = LlamaForCausalLM(config).eval()
     noisy = perturb(LlamaForCausalLM(config).eval(), target, 0.3)
     bad = LlamaForCausalLM(config).eval()
-    for name, model in (("target", target), ("noisy", noisy), ("bad", bad)):
+    for name, model in (("target", target), ("noisy", noisy), ("noisy_head", noisy), ("bad", bad)):
         model.generation_config.eos_token_id = None
         model.save_pretrained(root / name)
         paths[name] = str(root / name)
+    _with_head(paths["noisy_head"], [0, 2, 3, 5])  # q = 0 at tokens 1 and 4, which the target samples
     return paths

@@ -29,6 +29,7 @@ class ModelRunner:
         self._layer_callback: Callable[[], None] | None = None
         self.computed_tokens = 0  # tokens run through the model since the last reset_counters
         self.forward_calls = 0
+        self.head_tokens: int | None = None  # a drafter head of only these many rows (backends/draft_vocab.py)
 
     def set_layer_callback(self, fn: Callable[[], None] | None) -> None:
         self._layer_callback = fn

@@ -232,6 +232,7 @@ def _hf_runner(
     model = _load_model(name, role, models, device, random_weights)
     if truncate:
         truncate_layers(model, truncate)
+    head_tokens = restrict_drafter_head(model, name) if role == "drafter" and not random_weights else None
     model.to(device)
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
@@ -241,7 +242,9 @@ def _hf_runner(
 
         segments = models.get("compile_segments", 2) if role == "target" else 1
         try:
-            return CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+            runner = CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+            runner.head_tokens = head_tokens
+            return runner
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - any compile failure: run eager, and say so in the results
@@ -253,7 +256,22 @@ def _hf_runner(
     except UnsupportedModel as err:
         raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
     runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
+    runner.head_tokens = head_tokens
     return runner
+
+
+def restrict_drafter_head(model, folder: str) -> int | None:
+    """A drafter folder with a draft_vocab.json gets a head of those rows only (backends/draft_vocab.py);
+    returns how many, or None (the whole vocabulary)."""
+    from dsi_mpi.backends.draft_vocab import read_token_ids, restrict_head
+
+    try:
+        ids = read_token_ids(folder, int(model.get_output_embeddings().weight.shape[0]))
+        if ids is not None:
+            restrict_head(model, ids)
+    except ValueError as err:
+        raise ConfigError(f"drafter {folder!r}: {err}") from None
+    return None if ids is None else len(ids)
 
 
 def check_stages(models: dict, stages: int) -> None:

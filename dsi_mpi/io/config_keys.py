@@ -39,7 +39,9 @@ KEYS: tuple[Key, ...] = (
             "drafter",
             str,
             "inputs/models/drafter",
-            'drafter: a hub id or local folder of a model with the target\'s vocabulary; "ngram" or '
+            "drafter: a hub id or local folder of a model with the target's vocabulary (a `draft_vocab.json` "
+            "in the folder gives it a frequency-ranked head: only those token ids are scored, "
+            '`dsi_mpi/backends/draft_vocab.py`); "ngram" or '
             '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
             '"truncated:layers=L" (the target\'s first L layers with its norm and head)',
         ),

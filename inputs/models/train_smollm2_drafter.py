@@ -10,10 +10,12 @@ LAYERS decoder layers, distilled on SmolLM2's own greedy answers to chat-templat
 2. Distillation data: the target's greedy answers (batched HF generate, left padding) for --gen-s seconds.
 3. Drafter: LlamaForCausalLM with the target's config but LAYERS layers, initialised from the target's
    embedding, first layers and final norm; embedding/head frozen; next-token cross entropy on the answer
-   tokens (= the target's greedy choices) for --train-s seconds (AdamW, warm-up, cosine).
+   tokens (= the target's greedy choices) for --train-s seconds (AdamW, warm-up, cosine). With --head-tokens N
+   the head keeps only N rows (the target's most frequent answer tokens, draft_vocab.json in the folder,
+   dsi_mpi/backends/draft_vocab.py): the head is most of a small drafter's cost, so the rows it drops buy layers.
 4. Held-out measurement: greedy acceptance (the drafter's argmax on the target's own greedy continuation)
    and c = drafter / target median decode ms/token with a KV cache, 1 thread, interleaved rounds.
-The folder (about 120 MB fp32 with 2 layers: not committed) goes to the cache next to the target, with DRAFTER.json
+The folder (about 230 MB fp32 with 8 layers: not committed) goes to the cache next to the target, with DRAFTER.json
 holding every measured number; a second run finds DRAFTER.json and does nothing.
 """
 
@@ -118,6 +120,22 @@ def distill_data(target, tok, requests, budget_s, batch, new):
     return data, used, time.time() - t0, time.process_time() - c0
 
 
+def cached_distill_data(target, tok, requests, args, path: Path):
+    """distill_data, kept in `path` (JSON): a rebuild with other training settings reuses the same answers."""
+    key = {k: getattr(args, k) for k in ("gen_s", "gen_batch", "new_tokens", "requests")}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"distillation data from {path}", flush=True)
+            return [tuple(pa) for pa in saved["data"]], saved["used"], saved["gen_s"], saved["gen_cpu_s"]
+    out = distill_data(target, tok, requests, args.gen_s, args.gen_batch, args.new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps({"key": key, "data": out[0], "used": out[1], "gen_s": out[2], "gen_cpu_s": out[3]}))
+    tmp.rename(path)
+    return out
+
+
 def make_drafter(target, layers: int):
     import copy
 
@@ -139,13 +157,50 @@ def make_drafter(target, layers: int):
     return drafter
 
 
-def train(drafter, data, budget_s, lr, batch, max_len, log_every=10):
+def head_token_ids(data, tok, n: int) -> list[int]:
+    """The n tokens a frequency-ranked head keeps (dsi_mpi/backends/draft_vocab.py): the end-of-turn tokens,
+    then the target's answer tokens by count, then the rest in id order (byte-level BPE ids follow merge order,
+    a frequency order of the tokenizer's own corpus)."""
+    from collections import Counter
+
+    counts = Counter(t for _, answer in data for t in answer)
+    ranked = [t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None]
+    ranked += [t for t, _ in counts.most_common()] + list(range(len(tok)))
+    seen, ids = set(), []
+    for t in ranked:
+        if t not in seen:
+            seen.add(t)
+            ids.append(t)
+        if len(ids) == n:
+            break
+    return ids
+
+
+def with_head(drafter, token_ids):
+    """A copy of the drafter with the head a job gives it (the whole vocabulary when token_ids is None)."""
+    import copy
+
+    from dsi_mpi.backends.draft_vocab import restrict_head
+
+    if token_ids is None:
+        return drafter
+    model = copy.deepcopy(drafter)
+    restrict_head(model, token_ids)
+    return model
+
+
+def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, log_every=10):
     import torch
     import torch.nn.functional as F
 
     drafter.train()
     emb = drafter.get_input_embeddings().weight
     emb.requires_grad_(False)
+    head, to_row = emb, None  # a restricted head scores only its rows; answer tokens outside them are left out
+    if token_ids is not None:
+        head = emb[torch.tensor(token_ids)]
+        to_row = torch.full((emb.shape[0],), -100, dtype=torch.long)
+        to_row[torch.tensor(token_ids)] = torch.arange(len(token_ids))
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(SEED)
@@ -173,8 +228,8 @@ def train(drafter, data, budget_s, lr, batch, max_len, log_every=10):
             g["lr"] = lr * scale
         hidden = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state
         labels = ids[:, 1:][target_mask[:, :-1]]
-        logits = F.linear(hidden[:, :-1][target_mask[:, :-1]], emb)
-        loss = F.cross_entropy(logits, labels)
+        logits = F.linear(hidden[:, :-1][target_mask[:, :-1]], head)
+        loss = F.cross_entropy(logits, labels if to_row is None else to_row[labels], ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -260,6 +315,23 @@ OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"  # train
 BEGIN, END = "<!-- smollm2-drafter: written by train_smollm2_drafter.py --report -->", "<!-- /smollm2-drafter -->"
 
 
+def _levers(tr: dict) -> str:
+    if tr["final_loss"] < 0.1:  # it fits its training answers: what it lacks is more varied answers
+        return f"The drafter fits its training answers (final loss {tr['final_loss']}): more varied distillation data is the lever."
+    return f"The training loss was still falling (final {tr['final_loss']}): more CPU time is a lever, as is more data."
+
+
+def _head_text(info: dict) -> str:
+    n = info["drafter"].get("head_tokens", 0)
+    if not n:
+        return "Head: the whole vocabulary."
+    return (
+        f"Head: {n:,} of the 49,152 rows (`draft_vocab.json`: the eos/pad tokens, then the target's answer tokens by "
+        f"count; {info['drafter'].get('head_coverage', 0):.3f} of the training answer tokens are in it), trained and "
+        "scored over those rows only."
+    )
+
+
 def report(info: dict) -> str:
     d, tr, acc, lat, g = info["distill"], info["training"], info["heldout"], info["latency"], info["drafter"]
     a, k = acc["a"], 4
@@ -279,8 +351,8 @@ Written by `inputs/models/train_smollm2_drafter.py --report` from DRAFTER.json o
   ({d["gen_cpu_s"]} CPU s).
 - Drafter: LlamaForCausalLM = the target's config with {g["layers"]} layers, initialised from the target's
   embedding, first {g["layers"]} layers and final norm; embedding and tied head frozen; {g["parameters"]:,}
-  parameters ({g["trained_parameters"]:,} trained). Cross entropy on the answer tokens (the target's greedy
-  choices), AdamW (0.9, 0.95), lr {info["args"]["lr"]}, 20 warm-up steps, cosine to 0.1 x, clip 1.0,
+  parameters ({g["trained_parameters"]:,} trained). {_head_text(info)} Cross entropy on the answer tokens
+  (the target's greedy choices), AdamW (0.9, 0.95), lr {info["args"]["lr"]}, 20 warm-up steps, cosine to 0.1 x, clip 1.0,
   batch {info["args"]["batch"]}.
 - Training: {tr["steps"]} steps in {tr["train_s"]} s ({tr["train_cpu_s"]} CPU s); final loss {tr["final_loss"]}.
 
@@ -299,8 +371,8 @@ the drafter's argmax on the target's own prefix is compared.
 
 Aim (a >= 0.5 at c <= 0.3): {"met" if a >= 0.5 and lat["c"] <= 0.3 else "NOT met"} by this build. Decode times are
 under contention (other jobs on the cores); c is from interleaved rounds, so both models saw the same load.
-More data and CPU time are the levers: the training loss was still falling, and the training got
-{tr["train_cpu_s"]} CPU s in {tr["train_s"]} s of wall time (`--gen-s`, `--train-s`, `--layers` scale the recipe).
+{_levers(tr)} The training got {tr["train_cpu_s"]} CPU s in {tr["train_s"]} s of wall time (`--gen-s`,
+`--train-s`, `--layers`, `--head-tokens` scale the recipe).
 
 Target's greedy answer to the first held-out request: {json.dumps(acc["sample"])}
 {END}
@@ -309,6 +381,9 @@ Target's greedy answer to the first held-out request: {json.dumps(acc["sample"])
 
 def write_report(dest: Path) -> None:
     info = json.loads((dest / MARKER).read_text())
+    vocab = dest / "draft_vocab.json"
+    if vocab.is_file():
+        info["drafter"]["head_coverage"] = json.loads(vocab.read_text()).get("coverage", 0)
     path = HERE / "TRAINING.md"
     text = path.read_text()
     if BEGIN in text:
@@ -324,7 +399,11 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=Path, default=default_dest())
     ap.add_argument("--dest", type=Path, default=cache_root() / "smollm2-drafter")
     ap.add_argument("--link", type=Path, default=None, help="also make this path a symlink to --dest")
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--head-tokens", type=int, default=8192, help="rows of a frequency-ranked head (0: all)")
+    ap.add_argument(
+        "--data", type=Path, default=cache_root() / "smollm2-distill-data.json", help="distillation data, reused"
+    )
     ap.add_argument("--gen-s", type=float, default=480.0, help="seconds of distillation-data generation")
     ap.add_argument("--train-s", type=float, default=1200.0, help="seconds of training")
     ap.add_argument("--requests", type=int, default=4000)
@@ -367,7 +446,7 @@ def build(args, dest: Path) -> None:
     held_requests = [p.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0] for p in heldout]
     requests = [r for r in stdlib_requests(args.requests, SEED) if r not in held_requests]
     print(f"{len(requests)} training requests; generating distillation data for {args.gen_s:.0f} s", flush=True)
-    data, used, gen_s, gen_cpu_s = distill_data(target, tok, requests, args.gen_s, args.gen_batch, args.new_tokens)
+    data, used, gen_s, gen_cpu_s = cached_distill_data(target, tok, requests, args, args.data)
     drafter = make_drafter(target, args.layers)
     n_params = sum(p.numel() for p in drafter.parameters())
     n_train = sum(p.numel() for n, p in drafter.named_parameters() if "embed_tokens" not in n)
@@ -375,15 +454,24 @@ def build(args, dest: Path) -> None:
         f"drafter: {args.layers} layers, {n_params:,} parameters ({n_train:,} trained); training {args.train_s:.0f} s",
         flush=True,
     )
-    before = acceptance(target, drafter, tok, held_requests, args.eval_tokens)["a"]
-    tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len)
-    acc = acceptance(target, drafter, tok, held_requests, args.eval_tokens)
-    lat = latency_ratio(target, drafter)
+    token_ids = head_token_ids(data, tok, args.head_tokens) if 0 < args.head_tokens < len(tok) else None
+    before = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)["a"]
+    tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len, token_ids)
+    acc = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)
+    lat = latency_ratio(target, with_head(drafter, token_ids))
     tmp = dest.with_name(dest.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     drafter.save_pretrained(tmp)
     tok.padding_side = "right"
     tok.save_pretrained(tmp)
+    if token_ids is not None:
+        from dsi_mpi.backends.draft_vocab import FILE
+
+        kept = set(token_ids)
+        coverage = sum(t in kept for _, a in data for t in a) / max(1, sum(len(a) for _, a in data))
+        (tmp / FILE).write_text(
+            json.dumps({"token_ids": token_ids, "ranked_by": "answer-token counts, then id", "coverage": coverage})
+        )
     size = sum(p.stat().st_size for p in tmp.iterdir()) / 1e6
     info = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
@@ -402,6 +490,7 @@ def build(args, dest: Path) -> None:
         },
         "drafter": {
             "layers": args.layers,
+            "head_tokens": len(token_ids) if token_ids else 0,
             "parameters": n_params,
             "trained_parameters": n_train,
             "folder_mb": round(size, 1),

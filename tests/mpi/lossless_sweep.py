@@ -18,7 +18,7 @@ from sweep_common import channel, reference, sweep_rows
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.backends.loading import truncate_layers
+from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers
 from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
@@ -37,7 +37,9 @@ def make_drafter(spec_text, target_folder, vocab_size):
         return NGramDrafter(spec.params["n"], vocab_size)
     if spec.kind == "truncated":
         return HFRunner(truncate_layers(load(target_folder), spec.params["layers"]))
-    return HFRunner(load(spec.model))
+    model = load(spec.model)
+    restrict_drafter_head(model, spec.model)  # a folder with draft_vocab.json drafts from those tokens only
+    return HFRunner(model)
 
 
 def main():

@@ -18,6 +18,7 @@ from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.backends.loading import restrict_drafter_head
 from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.decoding.acceptance import Sampling
 from dsi_mpi.decoding.baselines import run_baseline
@@ -31,8 +32,14 @@ from dsi_mpi.mpi.polling import BackoffPoller
 PROMPT = [1, 2, 3]
 
 
+# ngram: a point-mass q, and often no proposal at all; noisy_head: q zero outside the tokens its head keeps
+DRAFTERS = ("noisy", "noisy_head", "bad", "ngram")
+
+
 def load(folder):
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    restrict_drafter_head(model, folder)  # draft_vocab.json, where the folder has one
+    return model
 
 
 def run_setting(channel, models, name, rule, samples, new_tokens, counts) -> None:
@@ -49,7 +56,7 @@ def run_setting(channel, models, name, rule, samples, new_tokens, counts) -> Non
         )
         plain[json.dumps(rec.tokens)] += 1
     decoder = SpeculativeDecoder(channel, None, list(range(1, channel.comm.Get_size())), (), False, rule=rule)
-    for drafter in ("noisy", "bad", "ngram"):  # ngram: a point-mass q, and often no proposal at all
+    for drafter in DRAFTERS:
         decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
         for policy, k in (("si", 2), ("dsi", 3), ("dsi", 0)):  # k 0: adaptive speculation
             c = counts.setdefault(f"{policy}-k{k}/{drafter}/{name}", collections.Counter())

@@ -72,7 +72,7 @@ def test_sampled_outputs_follow_the_target_distribution(small_models, counts, se
     expected = np.array([exact[o] for o in outcomes]) * SAMPLES
     big = expected >= 5  # pool rare outcomes into one cell
     mine = {name: counter for name, counter in counts.items() if name.endswith(f"/{setting}")}
-    assert len(mine) == 10  # nonsi, and si, dsi and adaptive dsi for each of 3 drafters
+    assert len(mine) == 13  # nonsi, and si, dsi and adaptive dsi for each of 4 drafters
     for name, counter in mine.items():
         observed = np.array([counter.get(json.dumps(list(o)), 0) for o in outcomes], dtype=float)
         assert observed.sum() == SAMPLES

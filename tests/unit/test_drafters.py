@@ -63,3 +63,79 @@ def test_point_mass_residual_is_p_without_the_draft():
     p = np.array([0.5, 0.3, 0.2])
     assert np.allclose(residual(p, PointMass(0)), [0, 0.6, 0.4])
     assert np.allclose(residual(np.array([0.0, 1.0, 0.0]), PointMass(1)), [0, 1, 0])  # nothing left: p itself
+
+
+def test_a_frequency_ranked_head_scores_its_rows_and_nothing_else(tiny_models):
+    """SubsetHead: the kept rows' logits exactly, -inf elsewhere, so greedy and sampled drafts are kept tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dsi_mpi.backends.draft_vocab import restrict_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["noisy"]).eval()
+    ids = torch.tensor([[5, 9, 12, 40]])
+    with torch.no_grad():
+        full = model(ids).logits
+        kept = [3, 40, 41, 100, 7]
+        restrict_head(model, kept)
+        part = model(ids).logits
+    assert part.shape == full.shape
+    assert torch.equal(part[..., kept], full[..., kept])
+    others = torch.ones(full.shape[-1], dtype=torch.bool)
+    others[kept] = False
+    assert torch.isneginf(part[..., others]).all()
+    assert set(part.argmax(-1).flatten().tolist()) <= set(kept)
+    assert torch.softmax(part, -1)[..., others].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"token_ids": [1, 1]}', "distinct token ids"),
+        ('{"token_ids": [1, 999999]}', "distinct token ids"),
+        ('{"token_ids": []}', "at least one"),
+        ('{"ids": [1]}', "token_ids list"),
+        ("not json", "token_ids list"),
+    ],
+)
+def test_a_bad_draft_vocab_file_is_a_one_line_error(tiny_models, tmp_path, text, message):
+    import shutil
+
+    from dsi_mpi.backends.loading import build_runner
+
+    folder = tmp_path / "drafter"
+    shutil.copytree(tiny_models["noisy"], folder)
+    (folder / "draft_vocab.json").write_text(text)
+    cfg = {
+        "models": {
+            "kind": "hf",
+            "target": tiny_models["target"],
+            "drafter": str(folder),
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": 1,
+        }
+    }
+    with pytest.raises(ConfigError, match=message) as err:
+        build_runner("drafter", cfg)
+    assert "\n" not in str(err.value) and "draft_vocab.json" in str(err.value)
+
+
+def test_a_drafter_folder_with_draft_vocab_gets_the_restricted_head(tiny_models):
+    from dsi_mpi.backends.loading import build_runner
+
+    cfg = {
+        "models": {
+            "kind": "hf",
+            "target": tiny_models["target"],
+            "drafter": tiny_models["noisy_head"],
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": 1,
+        }
+    }
+    runner = build_runner("drafter", cfg)
+    assert runner.head_tokens == len(range(0, runner.vocab_size, 2))
+    assert all(t % 2 == 0 for t in runner.greedy([5, 9, 12], 3))
+    plain = build_runner("drafter", dict(cfg, models=dict(cfg["models"], drafter=tiny_models["noisy"])))
+    assert plain.head_tokens is None
