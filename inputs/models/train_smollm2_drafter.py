@@ -457,8 +457,9 @@ def build(args, dest: Path) -> None:
     token_ids = head_token_ids(data, tok, args.head_tokens) if 0 < args.head_tokens < len(tok) else None
     before = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)["a"]
     tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len, token_ids)
-    acc = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)
-    lat = latency_ratio(target, with_head(drafter, token_ids))
+    trained = with_head(drafter, token_ids)  # the drafter a job loads, measured as such
+    acc = acceptance(target, trained, tok, held_requests, args.eval_tokens)
+    lat = latency_ratio(target, trained)
     tmp = dest.with_name(dest.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     drafter.save_pretrained(tmp)

@@ -18,6 +18,20 @@ def test_spec_syntax():
     assert not parse_drafter("ngram").needs_weights and parse_drafter("truncated:layers=1").needs_weights
 
 
+def _drafter_cfg(tiny_models, drafter: str) -> dict:
+    """A config whose models section build_runner("drafter", ...) can load: the tiny target and `drafter`."""
+    return {
+        "models": {
+            "kind": "hf",
+            "target": tiny_models["target"],
+            "drafter": drafter,
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": 1,
+        }
+    }
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -106,36 +120,16 @@ def test_a_bad_draft_vocab_file_is_a_one_line_error(tiny_models, tmp_path, text,
     folder = tmp_path / "drafter"
     shutil.copytree(tiny_models["noisy"], folder)
     (folder / "draft_vocab.json").write_text(text)
-    cfg = {
-        "models": {
-            "kind": "hf",
-            "target": tiny_models["target"],
-            "drafter": str(folder),
-            "dtype": "float32",
-            "device": "cpu",
-            "threads": 1,
-        }
-    }
     with pytest.raises(ConfigError, match=message) as err:
-        build_runner("drafter", cfg)
+        build_runner("drafter", _drafter_cfg(tiny_models, str(folder)))
     assert "\n" not in str(err.value) and "draft_vocab.json" in str(err.value)
 
 
 def test_a_drafter_folder_with_draft_vocab_gets_the_restricted_head(tiny_models):
     from dsi_mpi.backends.loading import build_runner
 
-    cfg = {
-        "models": {
-            "kind": "hf",
-            "target": tiny_models["target"],
-            "drafter": tiny_models["noisy_head"],
-            "dtype": "float32",
-            "device": "cpu",
-            "threads": 1,
-        }
-    }
-    runner = build_runner("drafter", cfg)
+    runner = build_runner("drafter", _drafter_cfg(tiny_models, tiny_models["noisy_head"]))
     assert runner.head_tokens == len(range(0, runner.vocab_size, 2))
     assert all(t % 2 == 0 for t in runner.greedy([5, 9, 12], 3))
-    plain = build_runner("drafter", dict(cfg, models=dict(cfg["models"], drafter=tiny_models["noisy"])))
+    plain = build_runner("drafter", _drafter_cfg(tiny_models, tiny_models["noisy"]))
     assert plain.head_tokens is None
