@@ -1,28 +1,30 @@
 """Build a drafter for SmolLM2-135M-Instruct on CPU: SmolLM2's own embedding (frozen, tied head) and first
 LAYERS decoder layers, distilled on SmolLM2's own greedy answers to chat-templated requests.
 
-    python inputs/models/train_smollm2_drafter.py [--target DIR] [--dest DIR] [--gen-s 480] [--train-s 1200]
+    python inputs/models/train_smollm2_drafter.py [--target DIR] [--dest DIR] [--gen-s 540] [--train-s 720]
     python inputs/models/train_smollm2_drafter.py --report    # the SmolLM2 section of TRAINING.md
 
-1. Requests: built from the Python stdlib's functions with docstrings (write / explain / read-this-code
-   templates, seeded shuffle), wrapped in the chat template. The held-out evaluation requests are those of
-   inputs/prompts/smollm2_chat.jsonl (written by hand, not drawn from the stdlib).
-2. Distillation data: the target's greedy answers (batched HF generate, left padding) for --gen-s seconds.
+1. Requests (distill_requests.py): hand-written general programming tasks, concepts and how-tos, alternating
+   with requests built from the Python stdlib's documented functions, wrapped in the chat template. The
+   held-out evaluation requests, those of inputs/prompts/smollm2_chat.jsonl, and their topics are left out.
+2. Distillation data (distill_data.py): the target's greedy answers (batched HF generate, left padding) for
+   --gen-s seconds, with the target's top --soft-top-k log-probabilities at each answer position.
 3. Drafter: LlamaForCausalLM with the target's config but LAYERS layers, initialised from the target's
-   embedding, first layers and final norm; embedding/head frozen; next-token cross entropy on the answer
-   tokens (= the target's greedy choices) for --train-s seconds (AdamW, warm-up, cosine). With --head-tokens N
-   the head keeps only N rows (the target's most frequent answer tokens, draft_vocab.json in the folder,
-   dsi_mpi/backends/draft_vocab.py): the head is most of a small drafter's cost, so the rows it drops buy layers.
+   embedding, first layers and final norm; embedding/head frozen; cross entropy on the answer tokens (= the
+   target's greedy choices) plus --soft-weight x cross entropy against the target's top-k distribution, for
+   --train-s seconds (AdamW, warm-up, cosine). With --head-tokens N the head keeps only N rows (the target's
+   most frequent answer tokens, draft_vocab.json in the folder, dsi_mpi/backends/draft_vocab.py): the head is
+   most of a small drafter's cost, so the rows it drops buy layers.
 4. Held-out measurement: greedy acceptance (the drafter's argmax on the target's own greedy continuation)
    and c = drafter / target median decode ms/token with a KV cache, 1 thread, interleaved rounds.
 The folder (about 230 MB fp32 with 8 layers: not committed) goes to the cache next to the target, with DRAFTER.json
-holding every measured number; a second run finds DRAFTER.json and does nothing.
+holding every measured number (drafter_report.py writes TRAINING.md from it); a second run finds DRAFTER.json and
+does nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
@@ -30,7 +32,6 @@ import random
 import shutil
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -38,102 +39,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # threads that wait must no
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from decode_timing import decode_step_ms  # noqa: E402
+from distill_data import cached_distill_data, chat_ids, generate_batch  # noqa: E402
+from distill_requests import training_requests  # noqa: E402
+from drafter_report import MARKER, write_report  # noqa: E402
 from fetch_smollm2 import cache_root, default_dest  # noqa: E402
 
-MARKER = "DRAFTER.json"
 HELDOUT = HERE.parent / "prompts" / "smollm2_chat.jsonl"
 SEED = 1234
-
-
-def stdlib_requests(n: int, seed: int) -> list[str]:
-    """Chat requests about the stdlib's documented functions."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo"}
-    items = []
-    for path in sorted(root.rglob("*.py")):
-        if skip & set(path.relative_to(root).parts):
-            continue
-        try:
-            src = path.read_text(encoding="utf-8")
-            tree = ast.parse(src)
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        mod = ".".join(path.relative_to(root).with_suffix("").parts)
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
-                doc = ast.get_docstring(node)
-                if doc and 20 < len(doc.splitlines()[0]) < 160:
-                    body = "\n".join(src.splitlines()[node.lineno - 1 : node.lineno + 5])
-                    items.append((mod, node, doc.splitlines()[0].strip(), body))
-    rng = random.Random(seed)
-    rng.shuffle(items)
-    templates = [
-        lambda m, nd, d, b: f"Write a Python function named {nd.name} that does this: {d}",
-        lambda m, nd, d, b: f"Explain what `{m}.{nd.name}` does in Python and when to use it.",
-        lambda m, nd, d, b: f"What does this Python code do?\n```python\n{b}\n```",
-        lambda m, nd, d, b: f"{d} How would I do that in Python? Show a short example.",
-        lambda m, nd, d, b: f"Explain this code step by step:\n```python\n{b}\n```",
-        lambda m, nd, d, b: f"Give a simple example of using the `{m}` module.",
-    ]
-    return [templates[i % len(templates)](*it) for i, it in enumerate(items[:n])]
-
-
-def chat_ids(tok, request: str) -> list[int]:
-    return list(
-        tok.apply_chat_template(
-            [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-    )
-
-
-def generate_batch(model, tok, prompts: list[list[int]], new: int) -> list[list[int]]:
-    """Greedy answers for a batch of prompt ids (left padded); each cut after the first eos."""
-    import torch
-
-    width = max(map(len, prompts))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad)
-    answers = []
-    for row in out[:, width:].tolist():
-        if tok.eos_token_id in row:
-            row = row[: row.index(tok.eos_token_id) + 1]
-        answers.append(row)
-    return answers
-
-
-def distill_data(target, tok, requests, budget_s, batch, new):
-    data, t0, used = [], time.time(), 0
-    c0 = time.process_time()
-    for i in range(0, len(requests), batch):
-        if time.time() - t0 > budget_s:
-            break
-        prompts = [chat_ids(tok, r) for r in requests[i : i + batch]]
-        for p, a in zip(prompts, generate_batch(target, tok, prompts, new)):
-            if a:
-                data.append((p, a))
-        used = i + batch
-        n = sum(len(a) for _, a in data)
-        print(f"  distill data: {len(data)} answers, {n} tokens, {time.time() - t0:.0f} s", flush=True)
-    return data, used, time.time() - t0, time.process_time() - c0
-
-
-def cached_distill_data(target, tok, requests, args, path: Path):
-    """distill_data, kept in `path` (JSON): a rebuild with other training settings reuses the same answers."""
-    key = {k: getattr(args, k) for k in ("gen_s", "gen_batch", "new_tokens", "requests")}
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            print(f"distillation data from {path}", flush=True)
-            return [tuple(pa) for pa in saved["data"]], saved["used"], saved["gen_s"], saved["gen_cpu_s"]
-    out = distill_data(target, tok, requests, args.gen_s, args.gen_batch, args.new_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps({"key": key, "data": out[0], "used": out[1], "gen_s": out[2], "gen_cpu_s": out[3]}))
-    tmp.rename(path)
-    return out
 
 
 def make_drafter(target, layers: int):
@@ -163,7 +75,7 @@ def head_token_ids(data, tok, n: int) -> list[int]:
     a frequency order of the tokenizer's own corpus)."""
     from collections import Counter
 
-    counts = Counter(t for _, answer in data for t in answer)
+    counts = Counter(t for d in data for t in d[1])
     ranked = [t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None]
     ranked += [t for t, _ in counts.most_common()] + list(range(len(tok)))
     seen, ids = set(), []
@@ -189,7 +101,20 @@ def with_head(drafter, token_ids):
     return model
 
 
-def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, log_every=10):
+def soft_cross_entropy(logits, soft_ids, soft_logp, to_row):
+    """-sum p log q over the target's top-k tokens at each position (p renormalised over the top-k rows the
+    head has): the target's near-misses as well as its choice."""
+
+    rows = soft_ids if to_row is None else to_row[soft_ids]
+    kept = rows >= 0
+    p = soft_logp.masked_fill(~kept, -math.inf).softmax(-1)
+    logq = logits.log_softmax(-1).gather(1, rows.clamp(min=0))
+    return -(p * logq.masked_fill(~kept, 0.0)).sum(-1).mean() if len(p) else logits.sum() * 0.0
+
+
+def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, soft_weight=1.0, log_every=10):
+    """Cross entropy on the target's greedy tokens, plus soft_weight x soft_cross_entropy where the data
+    has soft labels."""
     import torch
     import torch.nn.functional as F
 
@@ -204,9 +129,11 @@ def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, log_every
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(SEED)
-    seqs = [(p + a)[:max_len] for p, a in data]
-    starts = [len(p) for p, _ in data]
-    order, t0, c0, step, warm, losses = [], time.time(), time.process_time(), 0, 20, []
+    seqs = [(d[0] + d[1])[:max_len] for d in data]
+    starts = [len(d[0]) for d in data]
+    soft = [d[2] if len(d) > 2 else None for d in data]
+    use_soft = soft_weight > 0 and all(x is not None for x in soft)
+    order, t0, c0, step, warm, losses, hard = [], time.time(), time.process_time(), 0, 20, [], []
     while time.time() - t0 < budget_s:
         if not order:
             order = list(range(len(seqs)))
@@ -230,6 +157,12 @@ def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, log_every
         labels = ids[:, 1:][target_mask[:, :-1]]
         logits = F.linear(hidden[:, :-1][target_mask[:, :-1]], head)
         loss = F.cross_entropy(logits, labels if to_row is None else to_row[labels], ignore_index=-100)
+        hard.append(loss.item())
+        n = [max(0, len(seqs[i]) - starts[i]) for i in idx]
+        if use_soft and sum(n):  # soft labels of the answer positions, in the row-major order of target_mask
+            s_ids = torch.tensor([t for i, k in zip(idx, n) for t in soft[i][0][:k]], dtype=torch.long)
+            s_lp = torch.tensor([v for i, k in zip(idx, n) for v in soft[i][1][:k]])
+            loss = loss + soft_weight * soft_cross_entropy(logits, s_ids, s_lp, to_row)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -248,6 +181,8 @@ def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, log_every
         "train_s": round(time.time() - t0, 1),
         "train_cpu_s": round(time.process_time() - c0, 1),
         "final_loss": round(statistics.mean(losses[-20:]), 4) if losses else None,
+        "final_hard_loss": round(statistics.mean(hard[-20:]), 4) if hard else None,  # the greedy-token part
+        "soft_weight": soft_weight if use_soft else 0.0,
     }
 
 
@@ -256,7 +191,7 @@ def acceptance(target, drafter, tok, requests, new):
     import torch
 
     prompts = [chat_ids(tok, r) for r in requests]
-    answers = generate_batch(target, tok, prompts, new)
+    answers, _ = generate_batch(target, tok, prompts, new)
     match = total = 0
     runs, per_prompt = [], []
     for p, a in zip(prompts, answers):
@@ -311,89 +246,6 @@ def latency_ratio(target, drafter, rounds=5):
     }
 
 
-OTHER_SECTIONS = "<!-- sections below are written by other scripts -->"  # train_default_pair.py keeps them
-BEGIN, END = "<!-- smollm2-drafter: written by train_smollm2_drafter.py --report -->", "<!-- /smollm2-drafter -->"
-
-
-def _levers(tr: dict) -> str:
-    if tr["final_loss"] < 0.1:  # it fits its training answers: what it lacks is more varied answers
-        return f"The drafter fits its training answers (final loss {tr['final_loss']}): more varied distillation data is the lever."
-    return f"The training loss was still falling (final {tr['final_loss']}): more CPU time is a lever, as is more data."
-
-
-def _head_text(info: dict) -> str:
-    n = info["drafter"].get("head_tokens", 0)
-    if not n:
-        return "Head: the whole vocabulary."
-    return (
-        f"Head: {n:,} of the 49,152 rows (`draft_vocab.json`: the eos/pad tokens, then the target's answer tokens by "
-        f"count; {info['drafter'].get('head_coverage', 0):.3f} of the training answer tokens are in it), trained and "
-        "scored over those rows only."
-    )
-
-
-def report(info: dict) -> str:
-    d, tr, acc, lat, g = info["distill"], info["training"], info["heldout"], info["latency"], info["drafter"]
-    a, k = acc["a"], 4
-    return f"""{BEGIN}
-# SmolLM2-135M-Instruct drafter
-
-Written by `inputs/models/train_smollm2_drafter.py --report` from DRAFTER.json of one build; the folder
-({g["folder_mb"]} MB fp32) is built into the cache by `make smollm2`, not committed.
-
-- Command: `python inputs/models/{info["command"]}`; Python {info["versions"]["python"]},
-  torch {info["versions"]["torch"]}, transformers {info["versions"]["transformers"]}; 2 torch threads,
-  OMP_WAIT_POLICY=PASSIVE, on a 2-core machine shared with other jobs (budgets are wall seconds).
-- Target: SmolLM2-135M-Instruct converted by `fetch_smollm2.py` (30 layers, d=576, vocab 49152).
-- Distillation data: the target's greedy answers (batched generate, {info["args"]["new_tokens"]} new tokens at
-  most) to chat-templated requests built from the stdlib's documented functions (write it / explain it /
-  what does this code do); {d["answers"]} answers, {d["answer_tokens"]:,} answer tokens in {d["gen_s"]} s
-  ({d["gen_cpu_s"]} CPU s).
-- Drafter: LlamaForCausalLM = the target's config with {g["layers"]} layers, initialised from the target's
-  embedding, first {g["layers"]} layers and final norm; embedding and tied head frozen; {g["parameters"]:,}
-  parameters ({g["trained_parameters"]:,} trained). {_head_text(info)} Cross entropy on the answer tokens
-  (the target's greedy choices), AdamW (0.9, 0.95), lr {info["args"]["lr"]}, 20 warm-up steps, cosine to 0.1 x, clip 1.0,
-  batch {info["args"]["batch"]}.
-- Training: {tr["steps"]} steps in {tr["train_s"]} s ({tr["train_cpu_s"]} CPU s); final loss {tr["final_loss"]}.
-
-Held-out greedy acceptance: the 12 requests of `inputs/prompts/smollm2_chat.jsonl` (not in the training
-requests); the target generates {info["args"]["eval_tokens"]} greedy tokens each ({acc["positions"]} positions);
-the drafter's argmax on the target's own prefix is compared.
-
-| | value |
-|---|---|
-| acceptance a (before training: {info["acceptance_before_training"]}) | {a} |
-| mean run of matching tokens | {acc["mean_run"]} |
-| tokens per target call at k={k}, i.i.d. (1 - a^{k + 1}) / (1 - a) | {(1 - a ** (k + 1)) / (1 - a):.2f} |
-| decode ms/token, KV cache, 1 thread (median of 5 interleaved rounds): target / drafter | {lat["target_ms"]} / {lat["drafter_ms"]} |
-| c = drafter / target | {lat["c"]} |
-| whole build (s) | {info["total_s"]} |
-
-Aim (a >= 0.5 at c <= 0.3): {"met" if a >= 0.5 and lat["c"] <= 0.3 else "NOT met"} by this build. Decode times are
-under contention (other jobs on the cores); c is from interleaved rounds, so both models saw the same load.
-{_levers(tr)} The training got {tr["train_cpu_s"]} CPU s in {tr["train_s"]} s of wall time (`--gen-s`,
-`--train-s`, `--layers`, `--head-tokens` scale the recipe).
-
-Target's greedy answer to the first held-out request: {json.dumps(acc["sample"])}
-{END}
-"""
-
-
-def write_report(dest: Path) -> None:
-    info = json.loads((dest / MARKER).read_text())
-    vocab = dest / "draft_vocab.json"
-    if vocab.is_file():
-        info["drafter"]["head_coverage"] = json.loads(vocab.read_text()).get("coverage", 0)
-    path = HERE / "TRAINING.md"
-    text = path.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END) + 1 :]
-    if OTHER_SECTIONS not in text:
-        text = text.rstrip("\n") + "\n\n" + OTHER_SECTIONS + "\n"
-    path.write_text(text.rstrip("\n") + "\n\n" + report(info))
-    print(f"wrote the SmolLM2 section of {path}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", type=Path, default=default_dest())
@@ -404,10 +256,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--data", type=Path, default=cache_root() / "smollm2-distill-data.json", help="distillation data, reused"
     )
-    ap.add_argument("--gen-s", type=float, default=480.0, help="seconds of distillation-data generation")
-    ap.add_argument("--train-s", type=float, default=1200.0, help="seconds of training")
+    ap.add_argument("--gen-s", type=float, default=540.0, help="seconds of distillation-data generation")
+    ap.add_argument("--train-s", type=float, default=720.0, help="seconds of training")
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--gen-batch", type=int, default=32)
+    ap.add_argument("--soft-top-k", type=int, default=10, help="soft labels kept per answer token (0: none)")
+    ap.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft-label loss")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=320)
@@ -444,7 +298,7 @@ def build(args, dest: Path) -> None:
     tok.padding_side = "left"
     heldout = [json.loads(line)["prompt"] for line in HELDOUT.read_text().splitlines() if line.strip()]
     held_requests = [p.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0] for p in heldout]
-    requests = [r for r in stdlib_requests(args.requests, SEED) if r not in held_requests]
+    requests = training_requests(args.requests, SEED, held_requests)
     print(f"{len(requests)} training requests; generating distillation data for {args.gen_s:.0f} s", flush=True)
     data, used, gen_s, gen_cpu_s = cached_distill_data(target, tok, requests, args, args.data)
     drafter = make_drafter(target, args.layers)
@@ -456,7 +310,7 @@ def build(args, dest: Path) -> None:
     )
     token_ids = head_token_ids(data, tok, args.head_tokens) if 0 < args.head_tokens < len(tok) else None
     before = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)["a"]
-    tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len, token_ids)
+    tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len, token_ids, args.soft_weight)
     trained = with_head(drafter, token_ids)  # the drafter a job loads, measured as such
     acc = acceptance(target, trained, tok, held_requests, args.eval_tokens)
     lat = latency_ratio(target, trained)
@@ -469,7 +323,7 @@ def build(args, dest: Path) -> None:
         from dsi_mpi.backends.draft_vocab import FILE
 
         kept = set(token_ids)
-        coverage = sum(t in kept for _, a in data for t in a) / max(1, sum(len(a) for _, a in data))
+        coverage = sum(t in kept for d in data for t in d[1]) / max(1, sum(len(d[1]) for d in data))
         (tmp / FILE).write_text(
             json.dumps({"token_ids": token_ids, "ranked_by": "answer-token counts, then id", "coverage": coverage})
         )
@@ -485,7 +339,7 @@ def build(args, dest: Path) -> None:
         "distill": {
             "requests_used": min(used, len(requests)),
             "answers": len(data),
-            "answer_tokens": sum(len(a) for _, a in data),
+            "answer_tokens": sum(len(d[1]) for d in data),
             "gen_s": round(gen_s, 1),
             "gen_cpu_s": round(gen_cpu_s, 1),
         },
