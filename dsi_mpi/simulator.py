@@ -321,12 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         "trials": args.trials,
         **extra,
         "runs": {name: r.to_dict() for name, r in runs.items()},
-        "si_expected_exact": si_expected_latency(lat, a, k, N),
-        "si_expected_paper": si_expected_latency(lat, a, k, N, exact=False),
+        "si_expected_exact": si_expected_latency(lat, a, k, N) if k else None,  # k = 0: adaptive, simulated only
+        "si_expected_paper": si_expected_latency(lat, a, k, N, exact=False) if k else None,
         "speedup_si_over_nonsi": t["nonsi"] / t["si"],
         "speedup_dsi_over_si": t["si"] / t["dsi"],
         "speedup_dsi_over_nonsi": t["nonsi"] / t["dsi"],
-        "min_verifiers_without_queueing": min_verifiers_without_queueing(c, k),
+        "min_verifiers_without_queueing": min_verifiers_without_queueing(c, k) if k else None,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -337,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  {alg:6s} {r.mean_latency:10.4f} s  +- {r.std_error:.4f}  (verifications used "
             f"{r.verifications_used:.1f}, discarded {r.verifications_discarded:.1f} per run)"
         )
-    print(f"  si expected {out['si_expected_exact']:.4f} s, paper's formula {out['si_expected_paper']:.4f} s")
+    if k:
+        print(f"  si expected {out['si_expected_exact']:.4f} s, paper's formula {out['si_expected_paper']:.4f} s")
     for key in ("speedup_si_over_nonsi", "speedup_dsi_over_si", "speedup_dsi_over_nonsi"):
         print(f"  {key.replace('_', ' ')}: {out[key]:.3f}x")
-    print(f"  min verifiers without queueing, ceil(1/(k c)): {out['min_verifiers_without_queueing']}")
+    if k:
+        print(f"  min verifiers without queueing, ceil(1/(k c)): {out['min_verifiers_without_queueing']}")
     return 0
 
 

@@ -8,8 +8,9 @@ The rule, from the paper's time model (Leviathan et al. 2023, eq. 1; Timor et al
 a block of k drafts verified from the true prefix commits E(k) = 1 + a + ... + a^k tokens on average
 (accepted drafts, then the target's recovered or bonus token), where a is the acceptance rate. It costs
     si:  k d + T(k + 1)                  (drafting, then one verification of k + 1 tokens)
-    dsi: T(k + 1) + (1 - a^k) k d        (the next block is drafted during this one's verification; only
-                                          after a rejection must k drafts be made again before sending)
+    dsi: T(k + 1) + (1 - a^(k+1)) k d    (the next block, and the draft the bonus token checks, are drafted
+                                          during this one's verification; unless all k + 1 stand, k drafts
+                                          must be made again before sending)
 where d is the drafter's seconds per draft and T(n) the seconds from sending an n-token verification
 to reading its result (measured, messages included). k = 0 costs T(1) for one token: plain decoding. The
 coordinator takes the k in 0..MAX_LOOKAHEAD with the most tokens per second, E(k) / cost(k), and keeps
@@ -124,7 +125,7 @@ class AdaptiveLookahead:
             return None
         a = min(max(self.acceptance, 0.0), 1.0)
         tokens = k + 1 if a >= 1.0 else (1 - a ** (k + 1)) / (1 - a)
-        drafting = 0.0 if k == 0 else k * d if self.policy == "si" else (1 - a**k) * k * d
+        drafting = 0.0 if k == 0 else k * d if self.policy == "si" else (1 - a ** (k + 1)) * k * d
         return tokens / max(t + drafting, 1e-12)
 
     def best(self) -> int:
