@@ -57,6 +57,7 @@ def run(args, prompts: Path, fault: str | None) -> int:
 def snapshot(path: str) -> dict:
     """{prompt index: {algorithm: tokens}} of the complete prompts, checked against the emulated truth."""
     from dsi_mpi.backends.emulated import emulated_target_token
+    from dsi_mpi.io.results import is_complete
 
     deadline = time.monotonic() + 10
     while True:
@@ -70,7 +71,7 @@ def snapshot(path: str) -> dict:
     done = {}
     with f:
         for name, group in f["prompts"].items():
-            if not group.attrs["complete"]:
+            if not is_complete(group):
                 continue
             n = len(group["prompt_tokens"])
             truth = [emulated_target_token(SEED, n + i, 1000) for i in range(TOKENS)]

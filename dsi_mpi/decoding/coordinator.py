@@ -254,19 +254,23 @@ class SpeculativeDecoder:
         """Immediate pruning commits the first draft of the next block; sent as it is, that block would
         verify k - 1 drafts in a forward of k tokens, and with one verifier every block would (measured in
         the simulator at a 0.8, k 1: dsi 0.83x si). So unsent blocks that start before the committed text
-        are cut again from it, each from the drafts already made (up to k; never waiting for more, so never
-        later than the block as it was). si is left as it was, the blocking loop whose expected latency
-        simulator.si_expected_latency gives, and so is dsi with one block ahead, which is that loop."""
+        are cut again from it, from the drafts already made (up to k each). Never waiting for more: with no
+        draft past the committed text the block goes as it was (it still yields the target's next token).
+        si is left as it was, the blocking loop whose expected latency simulator.si_expected_latency gives,
+        and so is dsi with one block ahead, which is that loop."""
         if self.policy != "dsi" or self.max_ahead < 2:
             return
         if not any(b.task_id is None and b.drafts and b.start < self.n_committed for b in self.blocks):
+            return
+        sent = [b for b in self.blocks if b.task_id is not None]
+        start = max(sent[-1].start + len(sent[-1].drafts) if sent else 0, self.n_committed)
+        if len(self.seq) <= start:
             return
         while self.blocks and self.blocks[-1].task_id is None and self.blocks[-1].drafts:
             self.blocks.pop()
         self._form_blocks()
         last = self.blocks[-1] if self.blocks else None
-        start = max(last.start + len(last.drafts) if last else self.n_committed, self.n_committed)
-        if len(self.seq) > start and (last is None or last.task_id is not None):
+        if last is None or last.task_id is not None:  # fewer than k drafts: send those, do not wait
             self.blocks.append(Block(start, self.seq[start : start + (self.k or len(self.seq))]))
 
     def _plain_runs(self) -> bool:

@@ -100,7 +100,7 @@ class ResultsWriter:
                 "(set output.overwrite = true to replace it)"
             )
         for name, group in list(self.file["prompts"].items()):
-            if group.attrs["complete"]:
+            if is_complete(group):
                 self.completed.add(int(name))
             else:
                 del self.file["prompts"][name]
@@ -151,6 +151,12 @@ class ResultsWriter:
         self.file.close()
 
 
+def is_complete(group: h5py.Group) -> bool:
+    """A prompt's flag. A job killed between creating a prompt's group and flushing its attributes leaves a
+    group without them (seen after a killed verifier on two nodes): that prompt is incomplete, not an error."""
+    return bool(group.attrs.get("complete", False))
+
+
 def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict]]:
     """(file attributes, one dict per (prompt, algorithm) record) from a results file."""
     records = []
@@ -159,16 +165,16 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
             raise ValueError(f"{path} is not a dsi-mpi results file")
         meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         for name, group in sorted(f["prompts"].items()):
-            if complete_only and not group.attrs["complete"]:
+            if complete_only and not is_complete(group):
                 continue
             for algorithm, run in group.items():
                 if not isinstance(run, h5py.Group):
                     continue
                 rec = {
                     "prompt_index": int(name),
-                    "prompt_id": str(group.attrs["id"]),
+                    "prompt_id": str(group.attrs.get("id", "")),
                     "algorithm": algorithm,
-                    "complete": bool(group.attrs["complete"]),
+                    "complete": is_complete(group),
                 }
                 rec.update({k: v.item() if hasattr(v, "item") else v for k, v in run.attrs.items()})
                 rec.update(_placement(group.attrs))
