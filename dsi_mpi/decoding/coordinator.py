@@ -196,10 +196,11 @@ class SpeculativeDecoder:
         finally:
             self._drafting = None
             self.record.draft_s += self._now() - start
-        self._event(Event.DRAFT, start, self._now(), value=position)
-        self.last_draft_s = self._now() - start
+        end = self._now()
+        self._event(Event.DRAFT, start, end, value=position)
+        self.last_draft_s = end - start
         if self.lookahead_rule is not None:
-            self.lookahead_rule.observe_draft(self._now() - start)
+            self.lookahead_rule.observe_draft(self.last_draft_s)
         self._append_draft(token)
         if self.deferred is not None and self.deferred[2] == position:
             self._observed(self._settle)
@@ -233,9 +234,7 @@ class SpeculativeDecoder:
         the generation, a drafter with nothing to propose, or k = 0 with drafts left from before), and when
         nothing is drafted and nothing is awaited, a block of no drafts: the target just produces its next
         token, as in plain decoding. Adaptive k is chosen afresh for the block after each one formed."""
-        last = self.blocks[-1] if self.blocks else None
-        start = last.start + len(last.drafts) if last else self.n_committed
-        start = max(start, self.n_committed)
+        start = self._next_block_start()
         while True:
             no_more = len(self.seq) >= self.end or self._drafter_has_nothing() or self.k == 0
             available = len(self.seq) - start
@@ -250,6 +249,11 @@ class SpeculativeDecoder:
                 return
             self._choose_lookahead()
 
+    def _next_block_start(self) -> int:
+        """Where the next block starts: after the last block, and never before the committed text."""
+        last = self.blocks[-1] if self.blocks else None
+        return max(last.start + len(last.drafts) if last else self.n_committed, self.n_committed)
+
     def _recut_unsent(self) -> None:
         """Immediate pruning commits the first draft of the next block; sent as it is, that block would
         verify k - 1 drafts in a forward of k tokens, and with one verifier every block would (measured in
@@ -262,12 +266,13 @@ class SpeculativeDecoder:
             return
         if not any(b.task_id is None and b.drafts and b.start < self.n_committed for b in self.blocks):
             return
-        sent = [b for b in self.blocks if b.task_id is not None]
-        start = max(sent[-1].start + len(sent[-1].drafts) if sent else 0, self.n_committed)
-        if len(self.seq) <= start:
-            return
+        unsent = []  # unsent blocks are a suffix: dispatch sends in order
         while self.blocks and self.blocks[-1].task_id is None and self.blocks[-1].drafts:
-            self.blocks.pop()
+            unsent.append(self.blocks.pop())
+        start = self._next_block_start()
+        if len(self.seq) <= start:
+            self.blocks.extend(reversed(unsent))
+            return
         self._form_blocks()
         last = self.blocks[-1] if self.blocks else None
         if last is None or last.task_id is not None:  # fewer than k drafts: send those, do not wait
@@ -407,10 +412,12 @@ class SpeculativeDecoder:
             self._event(Event.VERIFY, start, end, task.task_id, msg.computed, rank=source)
         if task.block is None:
             return True
-        if task.row["base"] > 0 and not plain:  # not a prefill nor a plain run: a verification's round trip
-            self.last_round_trip_s = now - task.row["sent_s"]
-        if self.lookahead_rule is not None and task.row["base"] > 0:  # not a prefill: a verification's time
-            self.lookahead_rule.observe_verification(now - task.row["sent_s"], len(task.block.drafts) + 1, plain)
+        if task.row["base"] > 0:  # not a prefill: a verification's time
+            round_trip = now - task.row["sent_s"]
+            if not plain:  # a plain run decodes several tokens: not one verification's round trip
+                self.last_round_trip_s = round_trip
+            if self.lookahead_rule is not None:
+                self.lookahead_rule.observe_verification(round_trip, len(task.block.drafts) + 1, plain)
         if task.epoch != self.epoch:
             task.row["outcome"] = Outcome.STALE_RESULT
             self.record.tasks_stale += 1
