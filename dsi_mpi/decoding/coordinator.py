@@ -22,7 +22,7 @@ and the verifiers just decode (plain decoding through the same loop). Each chang
 The clock is injectable, so that dsi_mpi/virtual.py can run this very loop on simulated time.
 Blocks, tasks and their rows are in dsi_mpi/decoding/tasks.py, the choice of k in adaptive.py and verifier
 placement in placement.py; what stays here is one state machine over the text, the blocks and the epoch,
-kept in one class (about 540 lines) because every method reads or changes that same state.
+kept in one class (about 580 lines) because every method reads or changes that same state.
 """
 
 from __future__ import annotations
