@@ -80,7 +80,9 @@ def test_point_mass_residual_is_p_without_the_draft():
 
 
 def test_a_frequency_ranked_head_scores_its_rows_and_nothing_else(tiny_models):
-    """SubsetHead: the kept rows' logits exactly, -inf elsewhere, so greedy and sampled drafts are kept tokens."""
+    """SubsetHead: the kept rows' logits, -inf elsewhere, so greedy and sampled drafts are kept tokens. The kept
+    rows are a product of another shape than the full head's, which may take another kernel (it does on AMD
+    EPYC): equal to float precision, not bit for bit."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -94,7 +96,7 @@ def test_a_frequency_ranked_head_scores_its_rows_and_nothing_else(tiny_models):
         restrict_head(model, kept)
         part = model(ids).logits
     assert part.shape == full.shape
-    assert torch.equal(part[..., kept], full[..., kept])
+    torch.testing.assert_close(part[..., kept], full[..., kept], rtol=1e-5, atol=1e-5)
     others = torch.ones(full.shape[-1], dtype=torch.bool)
     others[kept] = False
     assert torch.isneginf(part[..., others]).all()
