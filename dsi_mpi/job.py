@@ -263,15 +263,26 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
 
 
 def _report_backends(backends: list[dict]) -> None:
-    """One line per rank with a compiled model: what was compiled and what it cost (never in any algorithm's time)."""
+    """One line per rank with a model: the backend and dtype it runs (and why, where it fell back), and what
+    compiling cost (at load, never in any algorithm's time)."""
     for b in backends:
+        if "backend" not in b:  # the n-gram drafter, the scheduler rank
+            continue
+        line = f"rank {b['rank']} ({b['role']}): {b['backend']} backend, {b.get('dtype', '?')}"
         if b.get("fallback"):
-            logger.warning(f"rank {b['rank']} ({b['role']}): compiled backend fell back to eager: {b['fallback']}")
-        elif b.get("backend") == "compiled":
+            logger.warning(f"{line}: {b['fallback']}")
+        elif b["backend"] == "compiled":
             logger.info(
-                f"rank {b['rank']} ({b['role']}): compiled, {b['segments']} segment(s), buckets {b['buckets']}: "
-                f"compile {b['compile_s']:.1f} s, warm-up {b['warmup_s']:.1f} s (at load, not in any algorithm's time)"
+                f"{line}, {b['segments']} segment(s), buckets {b['buckets']}: compile {b['compile_s']:.1f} s, "
+                f"warm-up {b['warmup_s']:.1f} s (at load, not in any algorithm's time)"
             )
+        else:
+            logger.info(line + (f", plain weights for {_widths(b)}" if b["backend"] == "packed" else ""))
+
+
+def _widths(backend: dict) -> str:
+    rows = backend["kernels_layers"]["plain_rows"]
+    return f"products of {rows[0]}-{rows[-1]} row(s)" if rows else "no products (all packed)"
 
 
 def _drafter_layers(cfg, spec, runner) -> int:

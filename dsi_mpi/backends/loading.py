@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import dsi_mpi.log as log
+from dsi_mpi.backends.cpu import cpu_facts, resolve_dtype
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
 
 logger = log.get("loading")
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _looks_local(name: str) -> bool:
@@ -210,7 +210,7 @@ def _load_model(name: str, role: str, models: dict, device, random_weights: bool
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    dtype = getattr(torch, DTYPES[models["dtype"]])
+    dtype = getattr(torch, resolve_dtype(models["dtype"], device.type))
     if not random_weights:
         model = _load_or_explain(AutoModelForCausalLM.from_pretrained, name, role, dtype=dtype)
         return model
@@ -236,28 +236,47 @@ def _hf_runner(
     model.to(device)
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-    fallback = None
-    if models.get("backend", "eager") == "compiled":
+    backend = _backend_for(models.get("backend", "auto"), device)
+    runner, fallback = None, None
+    try:
+        runner = _fast_runner(backend, model, eos_ids, capacity, role, models)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - a model this backend cannot run: eager, and say so in the results
+        fallback = f"{backend}: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+        log_fallback = logger.info if models.get("backend", "auto") == "auto" else logger.warning
+        log_fallback(f"{role} model {name!r}: {fallback}; running eager")
+    if runner is None:
+        try:
+            runner = HFRunner(model, eos_token_ids=eos_ids)
+        except UnsupportedModel as err:
+            raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
+        runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
+    runner.compile_info.update(dtype=str(model.dtype).removeprefix("torch."), requested=models.get("backend", "auto"))
+    runner.compile_info.setdefault("cpu", cpu_facts())
+    runner.head_tokens = head_tokens
+    return runner
+
+
+def _backend_for(requested: str, device) -> str:
+    """models.backend as run: "auto" is packed on a CPU (where the model allows it) and eager on a GPU."""
+    if requested == "auto":
+        return "packed" if device.type == "cpu" else "eager"
+    return requested
+
+
+def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models: dict):
+    """The packed or compiled runner (None for eager); raises where the backend cannot run the model."""
+    if backend == "packed":
+        from dsi_mpi.backends.packed import PackedRunner
+
+        return PackedRunner(model, eos_ids, capacity)
+    if backend == "compiled":
         from dsi_mpi.backends.compiled import CompiledRunner
 
         segments = models.get("compile_segments", 2) if role == "target" else 1
-        try:
-            runner = CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
-            runner.head_tokens = head_tokens
-            return runner
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as err:  # noqa: BLE001 - any compile failure: run eager, and say so in the results
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            fallback = f"{type(err).__name__}: {first}"
-            logger.warning(f"{role} model {name!r}: compiled backend unavailable ({fallback}); running eager")
-    try:
-        runner = HFRunner(model, eos_token_ids=eos_ids)
-    except UnsupportedModel as err:
-        raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
-    runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
-    runner.head_tokens = head_tokens
-    return runner
+        return CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+    return None
 
 
 def restrict_drafter_head(model, folder: str) -> int | None:
@@ -298,8 +317,9 @@ def _stage_runner(models: dict, local_rank: int, index: int, stages: int):
     from dsi_mpi.backends.stage import HFStageRunner, build_stage_model
 
     name = resolve_model_path(models["target"], "target")
-    model, layers = build_stage_model(name, getattr(torch, DTYPES[models["dtype"]]), stages, index)
-    model.to(pick_device(models["device"], local_rank))
+    device = pick_device(models["device"], local_rank)
+    model, layers = build_stage_model(name, getattr(torch, resolve_dtype(models["dtype"], device.type)), stages, index)
+    model.to(device)
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     return HFStageRunner(model, index == 0, index == stages - 1, layers, eos_ids)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomllib
 
-from dsi_mpi.io.config_keys import ALGORITHMS, DIGEST_WHEN_SET, KEYS, SECTIONS, Key
+from dsi_mpi.io.config_keys import ALGORITHMS, BACKENDS, DIGEST_WHEN_SET, KEYS, SECTIONS, Key
 from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
 
 
@@ -208,8 +208,8 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     m, d, e, r = v["models"], v["decoding"], v["emulation"], v["runtime"]
     need(m["kind"] in ("hf", "emulated"), f'models.kind must be "hf" or "emulated", got {m["kind"]!r}')
     need(
-        m["dtype"] in ("float32", "bfloat16", "float16"),
-        f"models.dtype must be float32, bfloat16 or float16, got {m['dtype']!r}",
+        m["dtype"] in ("float32", "bfloat16", "float16", "auto"),
+        f'models.dtype must be float32, bfloat16, float16 or "auto", got {m["dtype"]!r}',
     )
     need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
     need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
@@ -246,7 +246,10 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(spin == "auto" or spin >= 0, f"runtime.poll_spin_s must be >= 0, got {spin}")
     need(r["poll_max_sleep_s"] > 0, f"runtime.poll_max_sleep_s must be > 0, got {r['poll_max_sleep_s']}")
     need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
-    need(m["backend"] in ("eager", "compiled"), f'models.backend must be "eager" or "compiled", got {m["backend"]!r}')
+    need(
+        m["backend"] in BACKENDS,
+        f"models.backend must be one of {', '.join(map(repr, BACKENDS))}, got {m['backend']!r}",
+    )
     need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
     need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
     need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ALGORITHMS = ("nonsi", "si", "dsi", "hf_assisted", "hf_prompt_lookup")
+BACKENDS = ("auto", "packed", "eager", "compiled")
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,25 @@ KEYS: tuple[Key, ...] = (
             '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
             '"truncated:layers=L" (the target\'s first L layers with its norm and head)',
         ),
-        ("dtype", str, "float32", "float32, bfloat16 or float16"),
+        (
+            "dtype",
+            str,
+            "float32",
+            'float32, bfloat16, float16, or "auto": bfloat16 where products in it are native (a CPU with '
+            "avx512_bf16 or amx_bf16, a GPU that supports it), else float32 (the dtype run is recorded in "
+            "`backends`; README: Lossless in bf16)",
+        ),
         ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
         ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
         (
             "backend",
             str,
-            "eager",
-            '"eager" (Hugging Face eager, dynamic KV cache) or "compiled" (static KV cache, torch.compile; CUDA '
-            "graphs on a GPU; compiled and warmed up at load, never timed; a model it cannot compile falls back to "
-            "eager, recorded)",
+            "auto",
+            '"packed" (CPU: a lean forward of Llama-family models, weights packed once for oneDNN, static KV '
+            'cache; `dsi_mpi/backends/packed.py`), "eager" (Hugging Face eager, dynamic KV cache), "compiled" '
+            "(static KV cache, torch.compile; CUDA graphs on a GPU; compiled and warmed up at load, never timed), "
+            'or "auto": packed on a CPU where the model allows it, else eager. A model a backend cannot run falls '
+            "back to eager, recorded with the reason",
         ),
         (
             "compile_segments",

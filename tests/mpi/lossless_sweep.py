@@ -3,7 +3,8 @@
 usage: mpiexec -n N python tests/mpi/lossless_sweep.py SWEEP.json OUT.json
 
 SWEEP.json: {"target": folder, "groups": [{"name", "drafters": {name: folder or spec}, "lookaheads": [k, ...],
-"policies": ["si", "dsi"], "new_tokens": N}, ...]}. A drafter is a model folder, or a drafter spec that needs
+"policies": ["si", "dsi"], "new_tokens": N}, ...], "runner": "hf" or "packed"}; "packed" runs the target and the
+model drafters on the packed CPU backend where it can run them (dsi_mpi/backends/packed.py), HFRunner elsewhere. A drafter is a model folder, or a drafter spec that needs
 no folder of its own ("ngram:n=N", "truncated:layers=L", as models.drafter takes them). Rank 0 computes the
 references with `generate(do_sample=False)`, then runs every group's (drafter, lookahead, policy, prompt)
 through the real coordinator and verifier code and writes one JSON row per run, all in one launch.
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from dsi_mpi.backends.hf import HFRunner
 from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers
 from dsi_mpi.backends.ngram import NGramDrafter
+from dsi_mpi.backends.packed import PackedRunner, packable
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 from dsi_mpi.io.drafter_spec import parse_drafter
@@ -31,15 +33,19 @@ def load(folder):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def make_drafter(spec_text, target_folder, vocab_size):
+def runner(model, kind: str, eos=()):
+    return PackedRunner(model, eos) if kind == "packed" and packable(model) is None else HFRunner(model, eos)
+
+
+def make_drafter(spec_text, target_folder, vocab_size, kind: str):
     spec = parse_drafter(spec_text)
     if spec.kind == "ngram":
         return NGramDrafter(spec.params["n"], vocab_size)
     if spec.kind == "truncated":
-        return HFRunner(truncate_layers(load(target_folder), spec.params["layers"]))
+        return runner(truncate_layers(load(target_folder), spec.params["layers"]), kind)
     model = load(spec.model)
     restrict_drafter_head(model, spec.model)  # a folder with draft_vocab.json drafts from those tokens only
-    return HFRunner(model)
+    return runner(model, kind)
 
 
 def main():
@@ -49,8 +55,9 @@ def main():
     comm, chan = MPI.COMM_WORLD, channel()
     target = load(job["target"])
     eos = target.generation_config.eos_token_id
+    kind = job.get("runner", "hf")
     if comm.Get_rank() != 0:
-        Verifier(chan, HFRunner(target, (eos,))).serve()
+        Verifier(chan, runner(target, kind, (eos,))).serve()
         return
     rows = []
     try:
@@ -59,7 +66,7 @@ def main():
             n = group["new_tokens"]
             refs = [reference(target, p, n) for p in PROMPTS]
             for name, spec in group["drafters"].items():
-                decoder.drafter = make_drafter(spec, job["target"], target.config.vocab_size)
+                decoder.drafter = make_drafter(spec, job["target"], target.config.vocab_size, kind)
                 labels = {"group": group["name"], "drafter": name}
                 rows += sweep_rows(decoder, PROMPTS, refs, group["lookaheads"], group["policies"], n, **labels)
     finally:

@@ -48,8 +48,11 @@ def test_a_model_that_cannot_compile_runs_eager_and_says_so(tiny_models, monkeyp
     models = {"kind": "hf", "target": tiny_models["target"], "dtype": "float32", "device": "cpu"}
     runner = build_runner("target", {"models": dict(models, backend="compiled")})
     assert isinstance(runner, HFRunner)
-    assert runner.compile_info == {"backend": "eager", "fallback": "RuntimeError: no static cache for this one"}
-    assert build_runner("target", {"models": models}).compile_info == {"backend": "eager"}
+    info = runner.compile_info
+    assert info["backend"] == "eager" and info["requested"] == "compiled" and info["dtype"] == "float32"
+    assert info["fallback"] == "compiled: RuntimeError: no static cache for this one"
+    eager = build_runner("target", {"models": dict(models, backend="eager")}).compile_info
+    assert eager["backend"] == "eager" and "fallback" not in eager
 
 
 def test_emulated_acceptance_runs_the_model_and_returns_emulated_tokens(tiny_models):

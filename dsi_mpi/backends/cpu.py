@@ -1,0 +1,50 @@
+"""What this CPU is and what it computes fast: the facts that choose the packed backend's dtype.
+
+Why: bf16 halves the bytes a forward streams, which on a CPU core is most of its time, but only where the
+core multiplies bf16 natively (AVX512_BF16 on AMD Zen 4 and Intel Cooper Lake and later, AMX on Sapphire
+Rapids and later). Elsewhere oneDNN emulates bf16 and it is several times slower than fp32 (measured on an
+Intel Ice Lake core without AVX512_BF16: `analysis/forward_cost.py`). So `models.dtype = "auto"` takes bf16
+only where these flags say so, and every run records the CPU model and flags with its figures.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 products (either is enough)
+RECORDED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+@lru_cache(maxsize=1)
+def cpu_facts(cpuinfo: str | None = None) -> dict:
+    """{"model": name, "flags": the RECORDED_FLAGS present, "native_bf16": bool}; from /proc/cpuinfo on Linux
+    (elsewhere the flags are unknown and bf16 counts as not native)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    present = set(fields.get("flags", "").split())
+    flags = [f for f in RECORDED_FLAGS if f in present]
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "flags": flags,
+        "native_bf16": any(f in present for f in BF16_FLAGS),
+    }
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """models.dtype as run: "auto" is bfloat16 where products in it are native (a CPU with BF16_FLAGS, a GPU
+    that supports it), else float32; any other value is taken as it is."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_facts()["native_bf16"] else "float32"

@@ -1,0 +1,235 @@
+"""Packed backend: a lean forward of Llama-family models on a CPU core, weights packed once, a static KV cache.
+
+Why: on a CPU a verification of k + 1 tokens must cost about what one token costs, or speculation does not pay
+(the README's "Backends" section has the measurements). Hugging Face's eager forward gives oneDNN/MKL unpacked
+weights (2+ rows repack every matrix on every call) and spends a sizeable share of a small model's step outside
+its matrix products (module calls, mask building, cache bookkeeping). This runner computes the same function
+with: the query/key/value and gate/up matrices fused into one product each, every matrix packed once
+(`packed_linear.py`), rotary tables and the causal mask computed once, and a KV cache of fixed buffers that a
+rollback only shortens (the next write overwrites what lies beyond).
+
+What it runs: `model_type` llama, mistral or qwen2 without an active sliding window, SiLU MLPs without bias,
+any rotary scaling that does not depend on the sequence length (`packable`); fp32 or bf16. In bf16 the head's
+logits are computed in fp32 (bf16 logits are rounded to steps of 0.125 at SmolLM2's scale and make exact
+ties). Anything else runs on the eager backend, with the reason recorded. At load the runner's logits are
+checked against the Hugging Face model's own forward (`check_against_hf`); a model that fails is refused here
+and runs eager, recorded, never with wrong tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dsi_mpi.backends.base import ModelRunner
+from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, decoder_layers
+from dsi_mpi.backends.packed_linear import PackedLinear, choose_plain_rows, packing_available
+
+PACKABLE_TYPES = ("llama", "mistral", "qwen2")
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def packable(model) -> str | None:
+    """Why the packed backend cannot run `model` (None: it can), from its config and modules."""
+    config = model.config
+    if not packing_available():
+        return "this torch build has no oneDNN (mkldnn) linear kernels"
+    if config.model_type not in PACKABLE_TYPES:
+        return f"model type {config.model_type!r} is not one of {', '.join(PACKABLE_TYPES)}"
+    if model.dtype not in DTYPES or next(model.parameters()).device.type != "cpu":
+        return f"it runs fp32 or bf16 on a CPU ({model.dtype} on {next(model.parameters()).device.type} asked)"
+    if getattr(config, "sliding_window", None) is not None or any(
+        t != "full_attention" for t in getattr(config, "layer_types", None) or []
+    ):
+        return "sliding-window attention"
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) not in (None, 1):
+        return f"activation {config.hidden_act!r} / pretraining_tp {getattr(config, 'pretraining_tp', 1)}"
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None or "dynamic" in str(getattr(rotary, "rope_type", "")):
+        return "no rotary table that is fixed per position"
+    layer = decoder_layers(model)[0]
+    if any(getattr(getattr(layer.mlp, n, None), "bias", 1) is not None for n in ("gate_proj", "up_proj", "down_proj")):
+        return "an MLP without the gate/up/down projections of Llama (or with bias)"
+    return None
+
+
+class _Layer:
+    """One decoder layer's weights: fused products and the two norms' weights."""
+
+    __slots__ = ("norm1", "qkv", "o", "norm2", "gate_up", "down")
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.norm1 = layer.input_layernorm.weight.detach()
+        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        biases = [p.bias for p in projections]
+        bias = None if all(b is None for b in biases) else torch.cat([_bias_or_zero(p) for p in projections])
+        self.qkv = PackedLinear(torch.cat([p.weight for p in projections]), bias)
+        self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias)
+        self.gate_up = PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.down = PackedLinear(mlp.down_proj.weight)
+
+    def linears(self) -> tuple[PackedLinear, ...]:
+        """The products of this layer (for the choice of kernels)."""
+        return self.qkv, self.o, self.gate_up, self.down
+
+
+def _bias_or_zero(linear) -> torch.Tensor:
+    return linear.bias.detach() if linear.bias is not None else linear.weight.new_zeros(linear.weight.shape[0])
+
+
+class PackedRunner(ModelRunner):
+    """Same interface as HFRunner; `compile_info` records the backend, dtype and kernel choices."""
+
+    backend = "packed"
+
+    def __init__(self, model, eos_token_ids=(), capacity: int = 512):
+        super().__init__()
+        reason = packable(model)
+        if reason:
+            raise UnsupportedModel(f"packed backend: {reason}")
+        adopt_model(self, model, eos_token_ids)
+        config, base = model.config, model.base_model
+        self.dtype = model.dtype
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.eps = float(config.rms_norm_eps)
+        self.embed = base.embed_tokens.weight.detach()
+        self.norm = base.norm.weight.detach()
+        with torch.inference_mode():
+            self.layers = [_Layer(layer) for layer in decoder_layers(model)]
+            self.head, self.head_rows = self._build_head(model)
+        self.n_layers = len(self.layers)
+        self.capacity = 0
+        self._grow(max(int(capacity), 16))
+        self.compile_info = {"backend": "packed", "dtype": str(self.dtype).removeprefix("torch."), **self._kernels()}
+        self.compile_info.update(check_against_hf(self))
+
+    def _kernels(self) -> dict:
+        """The widths that run on plain weights (packed_linear.py), timed for the head (fp32) and for the
+        layers (in the model's dtype) apart."""
+        layers = [linear for layer in self.layers for linear in layer.linears()]
+        return {
+            "kernels_layers": choose_plain_rows(layers, self.dtype),
+            "kernels_head": choose_plain_rows([self.head], torch.float32),
+        }
+
+    def _build_head(self, model):
+        """The output projection in fp32 (logits in fp32 whatever the dtype); a frequency-ranked drafter head
+        (backends/draft_vocab.py) keeps its rows and their token ids."""
+        head = model.get_output_embeddings()
+        rows = getattr(head, "token_ids", None)
+        return PackedLinear(head.weight.detach().float()), rows
+
+    # ------------------------------------------------------------------ static cache
+    def _grow(self, needed: int) -> None:
+        """Buffers for `needed` positions (doubling): keys, values, rotary tables, the causal mask."""
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, 2 * self.capacity)
+        shape = (self.n_layers, self.kv_heads, capacity, self.head_dim)
+        keys, values = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+        if self.capacity:
+            keys[:, :, : self.capacity], values[:, :, : self.capacity] = self.keys, self.values
+        self.keys, self.values = keys, values
+        positions = torch.arange(capacity)
+        with torch.inference_mode():
+            probe = torch.zeros(1, dtype=self.dtype)
+            cos, sin = self.model.base_model.rotary_emb(probe, positions[None])
+        self.cos, self.sin = cos[0, :, None, :], sin[0, :, None, :]  # (position, 1, head_dim)
+        self.mask = positions[None, :] <= positions[:, None]  # mask[query, key]: the key is visible
+        self.capacity = capacity
+
+    def _crop(self, length: int) -> None:
+        """Nothing to do: positions past `length` are overwritten by the next forward."""
+
+    # ------------------------------------------------------------------ the forward
+    @torch.inference_mode()
+    def _forward(self, tokens: list[int], n_out: int) -> torch.Tensor:
+        start, n = len(self.tokens), len(tokens)
+        self._grow(start + n)
+        x = F.embedding(torch.tensor(tokens), self.embed)
+        rope = (self.cos[start : start + n], self.sin[start : start + n])
+        mask = None if n == 1 else self.mask[start : start + n, : start + n]
+        for index, layer in enumerate(self.layers):
+            if self._layer_callback is not None:
+                self._layer_callback()
+            x = x + self._attention(index, layer, self._norm(x, layer.norm1), start, rope, mask)
+            x = x + self._mlp(layer, self._norm(x, layer.norm2))
+        return self._logits(self._norm(x[n - n_out :], self.norm))
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as Llama computes it: in fp32, the result cast back before the weight multiplies it (written
+        out: torch's rms_norm is a composite of more operations on a CPU, 70 us a call against 20)."""
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(self.eps))
+        return weight * (h if x.dtype == torch.float32 else h.to(x.dtype))
+
+    def _attention(self, index: int, layer: _Layer, h, start: int, rope, mask) -> torch.Tensor:
+        n, d, heads, kv = h.shape[0], self.head_dim, self.heads, self.kv_heads
+        qkv = layer.qkv(h)
+        qk = qkv[:, : (heads + kv) * d].view(n, heads + kv, d)
+        half = d // 2
+        rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+        qk = qk * rope[0] + rotated * rope[1]
+        end = start + n
+        self.keys[index, :, start:end] = qk[:, heads:].transpose(0, 1)
+        self.values[index, :, start:end] = qkv[:, (heads + kv) * d :].view(n, kv, d).transpose(0, 1)
+        out = F.scaled_dot_product_attention(
+            qk[:, :heads].transpose(0, 1)[None],
+            self.keys[index, :, :end][None],
+            self.values[index, :, :end][None],
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=heads != kv,
+        )
+        return layer.o(out[0].transpose(0, 1).reshape(n, heads * d))
+
+    def _mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+        gate, up = layer.gate_up(h).chunk(2, dim=-1)
+        return layer.down(F.silu(gate) * up)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        scores = self.head(h.float())
+        if self.head_rows is None:
+            return scores
+        out = scores.new_full((scores.shape[0], self.vocab_size), float("-inf"))
+        return out.index_copy_(-1, self.head_rows, scores)
+
+    def _argmax(self, scores: torch.Tensor, first_position: int) -> np.ndarray:
+        return scores.argmax(dim=-1).to(torch.int64).numpy()
+
+
+def check_against_hf(runner: PackedRunner) -> dict:
+    """The runner's logits against the Hugging Face model's own forward on a short random sequence, fed in
+    two chunks as verifications are. fp32: within 1e-4 of the largest logit (float rounding of other kernels);
+    bf16: each forward rounds differently, so within a tenth of the logits' spread on average and the same
+    argmax at most positions. A wrong rotary table, mask or cache gives errors of the logits' own size. Also
+    records whether the tokens' logits are the same bit for bit fed one at a time as all at once
+    (`batch_invariant`: then a verification sees exactly what plain decoding sees)."""
+    from transformers import DynamicCache
+
+    seq = [int(t) for t in np.random.default_rng(0).integers(0, runner.vocab_size, size=11)]
+    with torch.inference_mode():
+        ids = torch.tensor([seq])
+        ref = runner.model(input_ids=ids, use_cache=True, **{runner.cache_kw: DynamicCache()}).logits[0].float()
+        got = torch.cat([runner.forward(seq[:8], 8), runner.forward(seq[8:], 3)])
+        runner.crop(8)
+        single = torch.cat([runner.forward([t], 1) for t in seq[8:]])
+    runner.reset()
+    runner.computed_tokens = runner.forward_calls = 0
+    kept = torch.isfinite(got[0])  # a restricted drafter head scores some rows only
+    got, ref, single_rows = got[:, kept], ref[:, kept], single[:, kept]
+    if runner.dtype == torch.float32:
+        err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        ok, bound = err <= 1e-4, "max |diff| / max |logit| <= 1e-4"
+    else:
+        err = float((got - ref).abs().mean() / ref.std().clamp_min(1e-30))
+        same = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+        ok, bound = err <= 0.1 and same >= 0.8, "mean |diff| / std(logits) <= 0.1, argmax agreement >= 0.8"
+    if not ok:
+        raise UnsupportedModel(f"packed logits differ from Hugging Face's ({bound} failed: {err:.3g})")
+    return {"check_error": round(err, 6), "batch_invariant": bool(torch.equal(single_rows, got[8:]))}

@@ -1,0 +1,110 @@
+"""The packed CPU backend: the same logits as Hugging Face's forward, chunked as verifications are, rolled back
+and cancelled like the eager runner; the models it cannot run fall back to eager with the reason recorded."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dsi_mpi.backends.cpu import cpu_facts, resolve_dtype
+from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
+from dsi_mpi.backends.loading import build_runner
+from dsi_mpi.backends.packed import PackedRunner, packable
+from dsi_mpi.backends.packed_linear import PackedLinear, choose_plain_rows
+
+
+def _load(folder, dtype=torch.float32):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+
+
+def _models(folder: str, **extra) -> dict:
+    return {"models": {"kind": "hf", "target": folder, "dtype": "float32", "device": "cpu", **extra}}
+
+
+def test_chunked_logits_equal_hugging_face_within_float_rounding(tiny_models):
+    """A prompt, then blocks and single tokens, with a rollback between: the logits of every position agree
+    with one full forward of the Hugging Face model (other kernels: to float precision, not bit for bit)."""
+    model = _load(tiny_models["target"])
+    seq = [5, 9, 100, 3, 77, 200, 31, 8, 64, 12, 250, 7]
+    with torch.inference_mode():
+        full = model(torch.tensor([seq])).logits[0]
+    runner = PackedRunner(model, capacity=4)  # grows past its first buffers
+    got = [runner.forward(seq[:5], 5), runner.forward(seq[5:9], 4)[:2]]  # positions 0-6 kept
+    runner.crop(7)
+    got += [runner.forward(seq[7:9], 2), runner.forward(seq[9:10], 1), runner.forward(seq[10:], 2)]
+    torch.testing.assert_close(torch.cat(got), full, rtol=1e-4, atol=1e-4)
+    assert runner.capacity >= len(seq) and runner.cache_len() == len(seq)
+    info = runner.compile_info
+    assert info["backend"] == "packed" and info["check_error"] <= 1e-4 and "plain_rows" in info["kernels_layers"]
+
+
+def test_a_cancelled_forward_leaves_the_cache_as_it_was(tiny_models):
+    model = _load(tiny_models["target"])
+    runner = PackedRunner(model)
+    before = runner.forward([1, 2, 3], 1)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        if len(calls) == 2:  # between the first and the second decoder layer
+            raise KeyboardInterrupt
+
+    runner.set_layer_callback(cancel)
+    with pytest.raises(KeyboardInterrupt):
+        runner.forward([4, 5], 2)
+    runner.set_layer_callback(None)
+    assert runner.tokens == [1, 2, 3]
+    runner.crop(2)
+    torch.testing.assert_close(runner.forward([3], 1), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_restricted_drafter_head_scores_its_rows_only(tiny_models):
+    runner = build_runner("drafter", _models(tiny_models["target"], drafter=tiny_models["noisy_head"]))
+    assert runner.compile_info["backend"] == "packed" and runner.head_tokens is not None
+    scores = runner.forward([5, 9, 12], 3)
+    assert torch.isneginf(scores[:, 1::2]).all() and torch.isfinite(scores[:, ::2]).all()
+    assert all(t % 2 == 0 for t in runner.greedy([40], 1))
+
+
+def test_bf16_runs_with_fp32_logits(tiny_models):
+    """In bf16 the head still computes fp32 logits (bf16 ones round to coarse steps and tie); the load check
+    holds the runner to Hugging Face's bf16 forward within the bf16 bound."""
+    runner = PackedRunner(_load(tiny_models["target"], torch.bfloat16))
+    scores = runner.forward([5, 9, 12], 2)
+    assert scores.dtype == torch.float32 and runner.compile_info["dtype"] == "bfloat16"
+    assert runner.compile_info["check_error"] <= 0.1
+
+
+def test_models_it_cannot_run_fall_back_to_eager_with_the_reason(tiny_models):
+    assert "model type 'gpt2'" in packable(_load(tiny_models["gpt2"]))
+    with pytest.raises(UnsupportedModel, match="packed backend"):
+        PackedRunner(_load(tiny_models["gpt2"]))
+    runner = build_runner("target", _models(tiny_models["gpt2"], backend="packed"))
+    assert isinstance(runner, HFRunner) and runner.compile_info["fallback"].startswith("packed: UnsupportedModel")
+    auto = build_runner("target", _models(tiny_models["target"]))  # models.backend defaults to "auto"
+    assert auto.compile_info["backend"] == "packed" and auto.compile_info["requested"] == "auto"
+    assert auto.compile_info["cpu"]["model"] == cpu_facts()["model"]
+
+
+def test_plain_weights_serve_a_prefix_of_widths_and_are_dropped_when_unused():
+    torch.manual_seed(0)
+    linears = [PackedLinear(torch.randn(64, 32)) for _ in range(3)]
+    record = choose_plain_rows(linears, torch.float32)
+    plain = record["plain_rows"]
+    assert plain == list(range(1, len(plain) + 1)) and set(plain) <= set(record["ms"])
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(linears[0](x), x @ linears[0].plain.T if plain else linears[0].run(x, "packed"))
+    linears[1].use_plain_for(frozenset())
+    assert linears[1].plain is None and linears[1](x).shape == (3, 64)
+
+
+def test_dtype_auto_takes_bf16_only_where_the_cpu_multiplies_it_natively():
+    amd = "model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    intel = "model name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    assert cpu_facts(amd) == {
+        "model": "AMD EPYC 9R14",
+        "flags": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"],
+        "native_bf16": True,
+    }
+    assert not cpu_facts(intel)["native_bf16"]
+    expected = "bfloat16" if cpu_facts()["native_bf16"] else "float32"
+    assert resolve_dtype("auto", "cpu") == expected and resolve_dtype("float16", "cpu") == "float16"
