@@ -1,13 +1,19 @@
-"""What one verification costs against the tokens it carries: T(n) / T(1) for a model on this machine.
+"""The benchmark of record for what one verification costs: T(n), a forward of n new tokens over a KV cache, for
+each backend and dtype, against the memory floor measured on the same core.
 
 usage: python analysis/forward_cost.py [--model inputs/models/smollm2-135m-instruct] [--context 40]
-                                       [--tokens 1 2 3 4 5 8] [--rounds 12] [--threads 1]
+                                       [--tokens 1 2 ... 9] [--rounds 8] [--threads 1]
+                                       [--variants eager:float32 packed:float32 packed:bfloat16 ...] [--json FILE]
 
-The time model prices a block of k drafts at T(k + 1). On a GPU T(n) is nearly flat in n; on a CPU core
-it is not, and adaptive speculation (dsi_mpi/decoding/adaptive.py) must measure it. This times the
-project's own runner (dsi_mpi.backends.hf.HFRunner): a forward of n new tokens over a cache of --context
-tokens, rolled back after each, the sizes interleaved round after round so that drift hits them alike.
-Prints the median milliseconds and the ratio to one token, one line per n, then a JSON line.
+The time model prices a block of k drafts at T(k + 1); speculation pays on a CPU only where T(n) hardly grows
+with n. Each variant is built through the project's own loading path (`build_runner`, models.backend and
+models.dtype as given), so the packed backend makes the same kernel choices it makes in a job. Rounds interleave
+the variants and the sizes, so that drift on a shared machine hits them alike; the first two rounds are dropped.
+
+The memory floor of a variant is the bytes of the matrices one forward multiplies (its `streamed_mb`: every
+decoder matrix and the head, in the dtype the variant keeps them; the packed backend keeps the head in fp32)
+over this core's streaming read bandwidth, measured here (the best of a few whole-buffer reductions over a
+buffer far larger than the caches). Prints the CPU model and its bf16/AMX flags, a Markdown table and a JSON line.
 """
 
 from __future__ import annotations
@@ -17,36 +23,109 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
-from dsi_mpi.backends.hf import HFRunner
+from dsi_mpi.backends.cpu import cpu_facts
+from dsi_mpi.backends.loading import build_runner
+
+BUFFER_BYTES = 1 << 30  # the bandwidth probe's buffer: far past any L3
+
+
+def read_bandwidth(rounds: int = 5) -> float:
+    """Bytes per second one core streams from memory: the best of sum, max and dot over a 1 GiB buffer."""
+    buffer = torch.ones(BUFFER_BYTES // 4)
+    best = 0.0
+    for _ in range(rounds):
+        for reduce in (torch.sum, torch.amax, lambda a: torch.dot(a, a)):
+            start = time.perf_counter()
+            reduce(buffer)
+            best = max(best, BUFFER_BYTES / (time.perf_counter() - start))
+    return best
+
+
+def streamed_bytes(runner) -> int:
+    """Bytes of the matrices one forward multiplies (decoder layers and head; not the embedding, of which a
+    forward reads a few rows)."""
+    model = runner.model
+    head = model.get_output_embeddings().weight
+    layers = sum(p.numel() * p.element_size() for p in model.base_model.layers.parameters() if p.dim() == 2)
+    head_bytes = head.numel() * (4 if getattr(runner, "backend", "") == "packed" else head.element_size())
+    return int(layers + head_bytes)
+
+
+def build(model: str, variant: str, capacity: int):
+    backend, dtype = variant.split(":")
+    models = {"kind": "hf", "target": model, "dtype": dtype, "device": "cpu", "backend": backend}
+    return build_runner("target", {"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}})
+
+
+def time_variants(runners: dict, context: int, tokens: list[int], rounds: int) -> dict:
+    """Median seconds of a forward of n new tokens after `context` cached ones, per (variant, n)."""
+    for runner in runners.values():
+        runner.forward(list(range(100, 100 + context)), 1)
+    seconds = {(v, n): [] for v in runners for n in tokens}
+    for _ in range(rounds + 2):
+        for variant, runner in runners.items():
+            for n in tokens:
+                runner.crop(context)
+                start = time.perf_counter()
+                runner.forward(list(range(200, 200 + n)), n)
+                seconds[(variant, n)].append(time.perf_counter() - start)
+    return {key: statistics.median(values[2:]) for key, values in seconds.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(usage=__doc__.split("\n\n")[1].strip(), description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="inputs/models/smollm2-135m-instruct")
     parser.add_argument("--context", type=int, default=40)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 3, 4, 5, 8])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--tokens", type=int, nargs="+", default=list(range(1, 10)))
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", default=["eager:float32", "packed:float32", "packed:bfloat16"])
+    parser.add_argument("--json", help="also write the JSON record here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    runner = HFRunner(AutoModelForCausalLM.from_pretrained(args.model))
-    runner.forward(list(range(100, 100 + args.context)), 1)
-    seconds: dict[int, list[float]] = {n: [] for n in args.tokens}
-    for _ in range(args.rounds + 2):  # the first two rounds warm up and are dropped
-        for n in args.tokens:
-            runner.crop(args.context)
-            start = time.perf_counter()
-            runner.forward(list(range(200, 200 + n)), n)
-            seconds[n].append(time.perf_counter() - start)
-    median = {n: statistics.median(v[2:]) for n, v in seconds.items()}
-    base = median[args.tokens[0]]
-    for n in args.tokens:
-        print(f"{n} tokens: {1000 * median[n]:.1f} ms, {median[n] / base:.2f}x T({args.tokens[0]})")
-    print(json.dumps({"model": args.model, "threads": args.threads, "ratio": {n: median[n] / base for n in median}}))
+    bandwidth = read_bandwidth()
+    runners = {v: build(args.model, v, args.context + max(args.tokens) + 8) for v in args.variants}
+    median = time_variants(runners, args.context, args.tokens, args.rounds)
+    facts = cpu_facts()
+    print(f"CPU: {facts['model']}; flags {', '.join(facts['flags'])}; native bf16: {facts['native_bf16']}")
+    print(f"one core's streaming read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} thread(s)\n")
+    sizes = " | ".join(f"T({n})/T({args.tokens[0]})" for n in args.tokens[1:])
+    print(f"| variant | kernels | T({args.tokens[0]}) ms | {sizes} | floor ms | T({args.tokens[0]}) / floor |")
+    print("|" + " --- |" * (len(args.tokens) + 4))
+    rows = {}
+    for variant, runner in runners.items():
+        t = {n: median[(variant, n)] for n in args.tokens}
+        floor = streamed_bytes(runner) / bandwidth
+        kernels = runner.compile_info.get("kernels", runner.compile_info["backend"])
+        ratios = " | ".join(f"{t[n] / t[args.tokens[0]]:.2f}" for n in args.tokens[1:])
+        print(f"| {variant} | {kernels} | {1e3 * t[args.tokens[0]]:.1f} | {ratios} | {1e3 * floor:.1f} | "
+              f"{t[args.tokens[0]] / floor:.2f} |")  # fmt: skip
+        rows[variant] = {
+            "ms": {n: round(1e3 * t[n], 3) for n in args.tokens},
+            "floor_ms": round(1e3 * floor, 3),
+            "streamed_mb": round(streamed_bytes(runner) / 2**20, 1),
+            "backend": {k: v for k, v in runner.compile_info.items() if k != "cpu"},
+        }
+    record = {
+        "model": args.model,
+        "threads": args.threads,
+        "context": args.context,
+        "cpu": facts,
+        "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "variants": rows,
+    }
+    print(json.dumps(record, default=_plain))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1, default=_plain)
     return 0
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 if __name__ == "__main__":

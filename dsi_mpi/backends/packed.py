@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from dsi_mpi.backends.base import ModelRunner
 from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, decoder_layers
-from dsi_mpi.backends.packed_linear import PackedLinear, choose_plain_rows, packing_available
+from dsi_mpi.backends import native
+from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows, packing_available
 
 PACKABLE_TYPES = ("llama", "mistral", "qwen2")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -55,23 +56,23 @@ def packable(model) -> str | None:
 
 
 class _Layer:
-    """One decoder layer's weights: fused products and the two norms' weights."""
+    """One decoder layer's weights: fused products and the two norms' weights (fp32)."""
 
     __slots__ = ("norm1", "qkv", "o", "norm2", "gate_up", "down")
 
-    def __init__(self, layer):
+    def __init__(self, layer, make_linear):
         attn, mlp = layer.self_attn, layer.mlp
-        self.norm1 = layer.input_layernorm.weight.detach()
-        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        self.norm1 = layer.input_layernorm.weight.detach().float()
+        self.norm2 = layer.post_attention_layernorm.weight.detach().float()
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        biases = [p.bias for p in projections]
-        bias = None if all(b is None for b in biases) else torch.cat([_bias_or_zero(p) for p in projections])
-        self.qkv = PackedLinear(torch.cat([p.weight for p in projections]), bias)
-        self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias)
-        self.gate_up = PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.down = PackedLinear(mlp.down_proj.weight)
+        has_bias = any(p.bias is not None for p in projections)
+        bias = torch.cat([_bias_or_zero(p) for p in projections]) if has_bias else None
+        self.qkv = make_linear(torch.cat([p.weight for p in projections]), bias)
+        self.o = make_linear(attn.o_proj.weight, attn.o_proj.bias)
+        self.gate_up = make_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None)
+        self.down = make_linear(mlp.down_proj.weight, None)
 
-    def linears(self) -> tuple[PackedLinear, ...]:
+    def linears(self) -> tuple:
         """The products of this layer (for the choice of kernels)."""
         return self.qkv, self.o, self.gate_up, self.down
 
@@ -81,7 +82,8 @@ def _bias_or_zero(linear) -> torch.Tensor:
 
 
 class PackedRunner(ModelRunner):
-    """Same interface as HFRunner; `compile_info` records the backend, dtype and kernel choices."""
+    """Same interface as HFRunner; `compile_info` records the backend, the weights' dtype and the kernels.
+    Activations, the KV cache and the logits are fp32 whatever the weights' dtype."""
 
     backend = "packed"
 
@@ -92,55 +94,62 @@ class PackedRunner(ModelRunner):
             raise UnsupportedModel(f"packed backend: {reason}")
         adopt_model(self, model, eos_token_ids)
         config, base = model.config, model.base_model
-        self.dtype = model.dtype
+        self.dtype = model.dtype  # the weights' dtype
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self.eps = float(config.rms_norm_eps)
         self.embed = base.embed_tokens.weight.detach()
-        self.norm = base.norm.weight.detach()
+        self.norm = base.norm.weight.detach().float()
+        self.kernels, why_not = native.load() if torch.get_num_threads() == 1 else (None, "more than one thread")
         with torch.inference_mode():
-            self.layers = [_Layer(layer) for layer in decoder_layers(model)]
-            self.head, self.head_rows = self._build_head(model)
+            self.layers = [_Layer(layer, self._linear) for layer in decoder_layers(model)]
+            head = model.get_output_embeddings()
+            self.head, self.head_rows = self._linear(head.weight, None, torch.float32), getattr(head, "token_ids", None)
         self.n_layers = len(self.layers)
         self.capacity = 0
         self._grow(max(int(capacity), 16))
         self.compile_info = {"backend": "packed", "dtype": str(self.dtype).removeprefix("torch."), **self._kernels()}
+        if why_not:
+            self.compile_info["native_kernels"] = why_not
         self.compile_info.update(check_against_hf(self))
 
+    def _linear(self, weight, bias, dtype=None):
+        """A product in the weights' dtype (the head in fp32: logits in fp32 whatever the dtype)."""
+        dtype = dtype or self.dtype
+        if self.kernels is not None:
+            return NativeLinear(weight, bias, dtype, self.kernels)
+        return OneDnnLinear(weight, bias, dtype)
+
     def _kernels(self) -> dict:
-        """The widths that run on plain weights (packed_linear.py), timed for the head (fp32) and for the
-        layers (in the model's dtype) apart."""
+        """Which kernels run the products: the project's own (one per model), or oneDNN's with plain weights for
+        the narrow widths where they won at load, timed for the layers and the head apart (packed_linear.py)."""
+        if self.kernels is not None:
+            return {"kernels": "native", **self.kernels.info}
         layers = [linear for layer in self.layers for linear in layer.linears()]
         return {
-            "kernels_layers": choose_plain_rows(layers, self.dtype),
-            "kernels_head": choose_plain_rows([self.head], torch.float32),
+            "kernels": "onednn",
+            "plain_rows_layers": choose_plain_rows(layers),
+            "plain_rows_head": choose_plain_rows([self.head]),
         }
-
-    def _build_head(self, model):
-        """The output projection in fp32 (logits in fp32 whatever the dtype); a frequency-ranked drafter head
-        (backends/draft_vocab.py) keeps its rows and their token ids."""
-        head = model.get_output_embeddings()
-        rows = getattr(head, "token_ids", None)
-        return PackedLinear(head.weight.detach().float()), rows
 
     # ------------------------------------------------------------------ static cache
     def _grow(self, needed: int) -> None:
-        """Buffers for `needed` positions (doubling): keys, values, rotary tables, the causal mask."""
+        """Buffers for `needed` positions (doubling): keys, values, rotary tables, the causal mask, scores."""
         if needed <= self.capacity:
             return
         capacity = max(needed, 2 * self.capacity)
         shape = (self.n_layers, self.kv_heads, capacity, self.head_dim)
-        keys, values = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+        keys, values = torch.zeros(shape), torch.zeros(shape)
         if self.capacity:
             keys[:, :, : self.capacity], values[:, :, : self.capacity] = self.keys, self.values
         self.keys, self.values = keys, values
         positions = torch.arange(capacity)
         with torch.inference_mode():
-            probe = torch.zeros(1, dtype=self.dtype)
-            cos, sin = self.model.base_model.rotary_emb(probe, positions[None])
+            cos, sin = self.model.base_model.rotary_emb(torch.zeros(1), positions[None])
         self.cos, self.sin = cos[0, :, None, :], sin[0, :, None, :]  # (position, 1, head_dim)
         self.mask = positions[None, :] <= positions[:, None]  # mask[query, key]: the key is visible
+        self.scores = torch.empty(capacity)
         self.capacity = capacity
 
     def _crop(self, length: int) -> None:
@@ -151,38 +160,42 @@ class PackedRunner(ModelRunner):
     def _forward(self, tokens: list[int], n_out: int) -> torch.Tensor:
         start, n = len(self.tokens), len(tokens)
         self._grow(start + n)
-        x = F.embedding(torch.tensor(tokens), self.embed)
+        x = F.embedding(torch.tensor(tokens), self.embed).float()
         rope = (self.cos[start : start + n], self.sin[start : start + n])
-        mask = None if n == 1 else self.mask[start : start + n, : start + n]
         for index, layer in enumerate(self.layers):
             if self._layer_callback is not None:
                 self._layer_callback()
-            x = x + self._attention(index, layer, self._norm(x, layer.norm1), start, rope, mask)
+            x = x + self._attention(index, layer, self._norm(x, layer.norm1), start, rope)
             x = x + self._mlp(layer, self._norm(x, layer.norm2))
         return self._logits(self._norm(x[n - n_out :], self.norm))
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm as Llama computes it: in fp32, the result cast back before the weight multiplies it (written
-        out: torch's rms_norm is a composite of more operations on a CPU, 70 us a call against 20)."""
-        h = x.float()
-        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(self.eps))
-        return weight * (h if x.dtype == torch.float32 else h.to(x.dtype))
+        """RMSNorm as Llama computes it, in fp32 (written out: torch's rms_norm is a composite of more
+        operations on a CPU, 70 us a call against 20)."""
+        return weight * (x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(self.eps)))
 
-    def _attention(self, index: int, layer: _Layer, h, start: int, rope, mask) -> torch.Tensor:
+    def _attention(self, index: int, layer: _Layer, h, start: int, rope) -> torch.Tensor:
         n, d, heads, kv = h.shape[0], self.head_dim, self.heads, self.kv_heads
         qkv = layer.qkv(h)
         qk = qkv[:, : (heads + kv) * d].view(n, heads + kv, d)
         half = d // 2
-        rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-        qk = qk * rope[0] + rotated * rope[1]
+        qk = qk * rope[0] + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * rope[1]
         end = start + n
         self.keys[index, :, start:end] = qk[:, heads:].transpose(0, 1)
         self.values[index, :, start:end] = qkv[:, (heads + kv) * d :].view(n, kv, d).transpose(0, 1)
+        if self.kernels is not None:
+            q, out = qk[:, :heads].contiguous(), torch.empty(n, heads, d)
+            keys, values = self.keys[index], self.values[index]
+            self.kernels.attention(
+                q.data_ptr(), n, heads, kv, d, keys.data_ptr(), values.data_ptr(), self.capacity, start,
+                self.scale, out.data_ptr(), self.scores.data_ptr(),
+            )  # fmt: skip
+            return layer.o(out.view(n, heads * d))
         out = F.scaled_dot_product_attention(
             qk[:, :heads].transpose(0, 1)[None],
             self.keys[index, :, :end][None],
             self.values[index, :, :end][None],
-            attn_mask=mask,
+            attn_mask=None if n == 1 else self.mask[start:end, :end],
             scale=self.scale,
             enable_gqa=heads != kv,
         )
@@ -193,7 +206,7 @@ class PackedRunner(ModelRunner):
         return layer.down(F.silu(gate) * up)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        scores = self.head(h.float())
+        scores = self.head(h)
         if self.head_rows is None:
             return scores
         out = scores.new_full((scores.shape[0], self.vocab_size), float("-inf"))

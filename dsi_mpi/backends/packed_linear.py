@@ -1,19 +1,20 @@
-"""Linear layers whose weights are packed once, at load, for oneDNN: a verification of n tokens then costs
-about what one token costs.
+"""The packed backend's linear layers: y = x W^T + b for x of shape (rows, in), fp32 in and out, weights fp32 or
+bf16, at a cost that hardly grows with the rows (what a verification of k + 1 tokens needs).
 
-Why: a CPU forward streams every weight matrix from memory. Given a plain (unpacked) weight, a product of one
-row is a matrix-vector product that streams the weight once, but a product of several rows repacks the whole
-weight into the kernel's blocked layout on every call: on one core of an AMD EPYC a SmolLM2-135M forward of 2
-tokens took 1.5x one token in fp32 (../shared/notes/PLATFORM.md). Packed once, the weight is streamed once per
-call whatever the rows: T(n) is nearly flat in n, as on a GPU, which is what speculation needs.
+Why: a CPU forward streams every weight matrix from memory. Given a plain (unpacked) weight, a product of one row
+is a matrix-vector product that streams the weight once, but a product of several rows repacks the whole weight
+into the kernel's blocked layout on every call: on one core of an AMD EPYC a SmolLM2-135M forward of 2 tokens
+took 1.5x one token in fp32 (../shared/notes/PLATFORM.md). Two ways around it, in order of preference:
 
-Which kernel is faster for few rows depends on the CPU and its BLAS: on an Intel Ice Lake core MKL's plain
-products of 1-2 rows beat the packed ones (SmolLM2's matrices in fp32: 47 ms against 56 ms at 1 row), while on
-the AMD core the plain fp32 head took 14.9 ms at 1 row against 3.5 ms packed. So `choose_plain_rows` times both,
-for every width up to MAX_ROWS, on enough of the model's matrices to stream them from memory as a forward does,
-and the plain weight serves the widths 1..m where it won by MARGIN (a prefix: repacking costs more the wider
-the product, so past the first width where packed wins, plain does not win again but by noise). nonsi's one-token step gets the faster of the two,
-never a slower one; the widths chosen are recorded.
+- `NativeLinear`: the project's own kernel (kernels.c, built by native.py) streams each weight row once for all
+  rows, keeps bf16 weights bf16 in memory on any CPU (widened in registers), and sums every output in the same
+  order whatever the rows: batch invariant. Single-threaded (models.threads = 1, the usual one rank per core).
+- `OneDnnLinear`: weights packed once, at load, for oneDNN (no repacking per call), with the plain weight for
+  the narrow products where MKL's plain kernel is faster (measured on an Intel Ice Lake core: 47 ms against
+  56 ms for SmolLM2's matrices in fp32 at 1 row; on the AMD core the plain fp32 head took 14.9 ms at 1 row
+  against 3.5 ms packed). `choose_plain_rows` times both at load, for widths 1, 2, ... until packed wins, on
+  enough of the model's matrices to stream them from memory as a forward does. Used with more than one thread,
+  or where the kernels cannot be built.
 """
 
 from __future__ import annotations
@@ -34,28 +35,46 @@ def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class PackedLinear:
-    """y = x W^T + b for x of shape (rows, in), W packed for oneDNN; the widths in `plain_rows` through the plain
-    W instead (set by `choose_plain_rows`; the plain W is dropped when no width uses it)."""
+class NativeLinear:
+    """The project's kernel over a contiguous fp32 or bf16 weight (see the module docstring)."""
 
-    __slots__ = ("packed", "plain", "bias", "plain_rows")
+    __slots__ = ("weight", "bias", "_run")
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        weight = weight.detach().contiguous()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
-        self.plain: torch.Tensor | None = weight
-        self.bias = None if bias is None else bias.detach().contiguous()
-        self.plain_rows: frozenset[int] = frozenset()
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, kernels):
+        self.weight = weight.detach().to(dtype).contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._run = kernels.linear_bf16 if dtype == torch.bfloat16 else kernels.linear_f32
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] in self.plain_rows:
-            return F.linear(x, self.plain, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        rows, width = x.shape
+        out = torch.empty(rows, self.weight.shape[0])
+        bias = None if self.bias is None else self.bias.data_ptr()
+        self._run(x.data_ptr(), rows, width, self.weight.data_ptr(), self.weight.shape[0], bias, out.data_ptr())
+        return out
+
+
+class OneDnnLinear:
+    """W packed for oneDNN; the widths in `plain_rows` through the plain W instead (set by `choose_plain_rows`;
+    the plain W is dropped when no width uses it). bf16 weights take bf16 inputs: x is cast there and back."""
+
+    __slots__ = ("packed", "plain", "bias", "plain_rows", "dtype")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        weight = weight.detach().to(dtype).contiguous()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+        self.plain: torch.Tensor | None = weight
+        self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
+        self.plain_rows: frozenset[int] = frozenset()
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, "plain" if x.shape[0] in self.plain_rows else "packed")
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        x = x.to(self.dtype)
         if kernel == "plain":
-            return F.linear(x, self.plain, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return F.linear(x, self.plain, self.bias).float()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "").float()
 
     def use_plain_for(self, rows: frozenset[int]) -> None:
         self.plain_rows = rows
@@ -63,7 +82,7 @@ class PackedLinear:
             self.plain = None
 
 
-def _sample(linears: list[PackedLinear]) -> tuple[list[PackedLinear], int]:
+def _sample(linears: list[OneDnnLinear]) -> tuple[list[OneDnnLinear], int]:
     """The first matrices that add up to SAMPLE_BYTES (all of them in a smaller model), and their bytes."""
     out, total = [], 0
     for linear in linears:
@@ -74,7 +93,7 @@ def _sample(linears: list[PackedLinear]) -> tuple[list[PackedLinear], int]:
     return out, total
 
 
-def choose_plain_rows(linears: list[PackedLinear], dtype: torch.dtype) -> dict:
+def choose_plain_rows(linears: list[OneDnnLinear]) -> dict:
     """For widths 1, 2, ... time a pass over a sample of `linears` with plain and with packed weights until
     packed wins; give every linear the widths where plain won, and return the record:
     {"plain_rows": [...], "sample_mb": ..., "ms": {width: [plain, packed]}} (the widths timed)."""
@@ -83,7 +102,7 @@ def choose_plain_rows(linears: list[PackedLinear], dtype: torch.dtype) -> dict:
     median: dict[int, list[float]] = {}
     with torch.inference_mode():
         for rows in range(1, MAX_ROWS + 1):  # plain's lead only shrinks with width: stop where it ends
-            median[rows] = _time_pass(sample, {n: torch.randn(rows, n, dtype=dtype) for n in widths})
+            median[rows] = _time_pass(sample, {n: torch.randn(rows, n) for n in widths})
             if not median[rows][0] < (1 - MARGIN) * median[rows][1]:
                 break
     plain = frozenset(rows for rows, (p, q) in median.items() if p < (1 - MARGIN) * q)
@@ -96,7 +115,7 @@ def choose_plain_rows(linears: list[PackedLinear], dtype: torch.dtype) -> dict:
     }
 
 
-def _time_pass(sample: list[PackedLinear], inputs: dict[int, torch.Tensor]) -> list[float]:
+def _time_pass(sample: list[OneDnnLinear], inputs: dict[int, torch.Tensor]) -> list[float]:
     """Median seconds of one pass over `sample` with plain, and with packed weights (rounds interleaved)."""
     seconds: dict[str, list[float]] = {"plain": [], "packed": []}
     for _ in range(ROUNDS):

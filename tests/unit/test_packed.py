@@ -3,13 +3,24 @@ and cancelled like the eager runner; the models it cannot run fall back to eager
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.cpu import cpu_facts, resolve_dtype
 from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
 from dsi_mpi.backends.loading import build_runner
+from dsi_mpi.backends import native
 from dsi_mpi.backends.packed import PackedRunner, packable
-from dsi_mpi.backends.packed_linear import PackedLinear, choose_plain_rows
+from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As ranks run (models.threads = 1): the packed backend's own kernels are single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _load(folder, dtype=torch.float32):
@@ -34,7 +45,7 @@ def test_chunked_logits_equal_hugging_face_within_float_rounding(tiny_models):
     torch.testing.assert_close(torch.cat(got), full, rtol=1e-4, atol=1e-4)
     assert runner.capacity >= len(seq) and runner.cache_len() == len(seq)
     info = runner.compile_info
-    assert info["backend"] == "packed" and info["check_error"] <= 1e-4 and "plain_rows" in info["kernels_layers"]
+    assert info["backend"] == "packed" and info["check_error"] <= 1e-4 and info["kernels"] == "native"
 
 
 def test_a_cancelled_forward_leaves_the_cache_as_it_was(tiny_models):
@@ -87,14 +98,80 @@ def test_models_it_cannot_run_fall_back_to_eager_with_the_reason(tiny_models):
 
 def test_plain_weights_serve_a_prefix_of_widths_and_are_dropped_when_unused():
     torch.manual_seed(0)
-    linears = [PackedLinear(torch.randn(64, 32)) for _ in range(3)]
-    record = choose_plain_rows(linears, torch.float32)
+    linears = [OneDnnLinear(torch.randn(64, 32), None, torch.float32) for _ in range(3)]
+    record = choose_plain_rows(linears)
     plain = record["plain_rows"]
     assert plain == list(range(1, len(plain) + 1)) and set(plain) <= set(record["ms"])
     x = torch.randn(3, 32)
-    torch.testing.assert_close(linears[0](x), x @ linears[0].plain.T if plain else linears[0].run(x, "packed"))
+    torch.testing.assert_close(linears[0](x), linears[0].run(x, "packed"))
     linears[1].use_plain_for(frozenset())
     assert linears[1].plain is None and linears[1](x).shape == (3, 64)
+
+
+def _kernels():
+    kernels, why = native.load()
+    assert kernels is not None, why  # CI machines have a C compiler
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_native_product_is_right_and_the_same_for_a_row_whatever_the_rows(dtype):
+    """Widths with a tail past the 16 lanes, fp32 and bf16 weights, with and without bias: the product equals
+    torch's (to float rounding) and each row's outputs are bit for bit those of a one-row product."""
+    torch.manual_seed(0)
+    for rows_out, width in ((37, 64), (5, 83)):
+        weight, bias, x = torch.randn(rows_out, width), torch.randn(rows_out), torch.randn(9, width)
+        for b in (None, bias):
+            linear = NativeLinear(weight, b, dtype, _kernels())
+            expected = F.linear(x, weight.to(dtype).float(), b)
+            torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-4)
+            for n in range(1, 10):
+                assert torch.equal(linear(x[:n])[n - 1], linear(x[n - 1 : n])[0]), (rows_out, width, n)
+
+
+def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whatever_the_block():
+    torch.manual_seed(0)
+    heads, kv, d, cap, start, n = 6, 2, 16, 40, 7, 5
+    keys, values = torch.randn(kv, cap, d), torch.randn(kv, cap, d)
+    q = torch.randn(n, heads, d)
+
+    def run(queries, first):
+        out, scores = torch.empty(queries.shape[0], heads, d), torch.empty(cap)
+        _kernels().attention(
+            queries.contiguous().data_ptr(), queries.shape[0], heads, kv, d, keys.data_ptr(), values.data_ptr(),
+            cap, first, 0.25, out.data_ptr(), scores.data_ptr(),
+        )  # fmt: skip
+        return out
+
+    got = run(q, start)
+    mask = torch.arange(start + n)[None, :] <= torch.arange(start, start + n)[:, None]
+    expected = F.scaled_dot_product_attention(
+        q.transpose(0, 1), keys[:, : start + n].repeat_interleave(3, 0), values[:, : start + n].repeat_interleave(3, 0),
+        attn_mask=mask, scale=0.25,
+    ).transpose(0, 1)  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for i in range(n):
+        assert torch.equal(run(q[i : i + 1], start + i)[0], got[i])
+
+
+def test_a_verification_sees_what_plain_decoding_sees_bit_for_bit(tiny_models):
+    """With the native kernels the whole forward is batch invariant: a block's logits equal those of the
+    same tokens fed one at a time, so si/dsi verify with exactly plain decoding's numbers."""
+    runner = PackedRunner(_load(tiny_models["target"]))
+    assert runner.compile_info["batch_invariant"] is True
+    runner.forward([5, 9, 100], 1)
+    block = runner.forward([3, 77, 200, 31], 4)
+    runner.crop(3)
+    single = torch.cat([runner.forward([t], 1) for t in (3, 77, 200, 31)])
+    assert torch.equal(block, single)
+
+
+def test_without_the_native_kernels_oneDNN_runs_the_products(tiny_models, monkeypatch):
+    monkeypatch.setattr(native, "load", lambda: (None, "no C compiler (test)"))
+    runner = PackedRunner(_load(tiny_models["target"]))
+    info = runner.compile_info
+    assert info["kernels"] == "onednn" and info["native_kernels"] == "no C compiler (test)"
+    assert "plain_rows" in info["plain_rows_layers"] and info["check_error"] <= 1e-4
 
 
 def test_dtype_auto_takes_bf16_only_where_the_cpu_multiplies_it_natively():
