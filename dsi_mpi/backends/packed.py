@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsi_mpi.backends import native
 from dsi_mpi.backends.base import ModelRunner
 from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, decoder_layers
-from dsi_mpi.backends import native
 from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows, packing_available
 
 PACKABLE_TYPES = ("llama", "mistral", "qwen2")

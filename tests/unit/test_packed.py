@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from dsi_mpi.backends import native
 from dsi_mpi.backends.cpu import cpu_facts, resolve_dtype
 from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
 from dsi_mpi.backends.loading import build_runner
-from dsi_mpi.backends import native
 from dsi_mpi.backends.packed import PackedRunner, packable
 from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows
 
