@@ -1,12 +1,14 @@
 """Throughput of G DSI instances in one job (runtime.instances), LATENCY EMULATION (sleeps), side by side.
 
-usage: python analysis/bench_instances.py [--instances 1 2 4 8] [--prompts 64] [--out FILE.json]
+usage: python analysis/bench_instances.py [--instances 1 2 4 8] [--stages P] [--prompts 64] [--out FILE.json]
 
-Each G runs the same emulated job (2-rank instances: drafter + 1 verifier, target 30 ms per forward,
+Each G runs the same emulated job (instances of a drafter + 1 verifier, target 30 ms per forward,
 drafter 6 ms per token, acceptance 0.6, prompts of 8..64 generated tokens drawn per prompt by
-emulation.min_new_tokens) under the venv's mpiexec with 1 + 2G ranks (G = 1: the one-instance job, 2
-ranks, no scheduler). Sleeps do not need cores, so this measures the machinery (queue, messages,
-writer), not the CPU. Figures, all by dsi_mpi/reporting/metrics.py from each results file:
+emulation.min_new_tokens) under the venv's mpiexec with 1 + G x S ranks (G = 1: the one-instance job, S
+ranks, no scheduler). S = 2, or with --stages P > 1 the verifier is one pipelined group of P stages
+(runtime.pipeline_stages: each stage sleeps 1/P of the target's latencies and sends real activation
+messages), S = 1 + P. Sleeps do not need cores, so this measures the machinery (queue, messages, writer,
+stages), not the CPU. Figures, all by dsi_mpi/reporting/metrics.py from each results file:
 - tokens/s = generated tokens / job wall time (`throughput`); efficiency(G) = tokens/s(G) / (G x tokens/s(1));
 - ideal wall time(G) = the G = 1 run's work / G + its longest prompt (`ideal_wall_s` over the G = 1 records),
   and wall(G) / ideal(G);
@@ -58,24 +60,30 @@ timeout_s = 60.0
 """
 
 
-def run(g: int, workdir: Path, prompts: Path) -> list[dict]:
+def run(g: int, workdir: Path, prompts: Path, stages: int = 1) -> list[dict]:
     out = workdir / f"g{g}.h5"
     config = workdir / f"g{g}.toml"
     config.write_text(CONFIG.format(prompts=prompts, out=out))
-    ranks = 2 if g == 1 else 1 + 2 * g
+    size = 1 + stages
+    ranks = size if g == 1 else 1 + size * g
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "dsi_mpi", "-q", "run", str(config)]
-    command += ["--set", f"runtime.instances={g}"]
+    command += ["--set", f"runtime.instances={g}", "--set", f"runtime.pipeline_stages={stages}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"G = {g} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return read_results(str(out))[1]
+    meta, records = read_results(str(out))
+    layout = json.loads(meta["scheduler"])["layout"]
+    shapes = {tuple(len(group["stages"]) for group in entry["groups"]) for entry in layout}
+    assert len(layout) == g and shapes == {() if stages == 1 else (stages,)}, f"G = {g}: layout {layout}"
+    return records
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--stages", type=int, default=1, help="P > 1: each verifier is a group of P pipeline stages")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
@@ -85,7 +93,7 @@ def main() -> int:
         workdir = Path(tmp)
         prompts = workdir / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "x"}) + "\n" for i in range(args.prompts)))
-        results = {g: run(g, workdir, prompts) for g in args.instances}
+        results = {g: run(g, workdir, prompts, args.stages) for g in args.instances}
     reference = results[1]
     tokens = {r["prompt_index"]: r["tokens"] for r in reference}
     base, base_busy, work = (throughput(reference)[k] for k in ("tokens_per_s", "busy_tokens_per_s", "busy_s"))
@@ -123,7 +131,8 @@ def main() -> int:
             f"{r['work_over_g1']:.3f} | {r['ideal_wall_s']:.2f} | {r['wall_over_ideal']:.3f} | "
             f"{r['length_blind_efficiency']:.3f} |"
         )
-    print("tokens equal to G = 1's for every prompt at every G")
+    shape = "drafter + 1 verifier" if args.stages == 1 else f"drafter + one {args.stages}-stage group"
+    print(f"instances of {shape}; tokens equal to G = 1's for every prompt at every G")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -4,6 +4,7 @@ usage: python analysis/bench_pipeline.py emulated [--stages 2 4 7] [--tokens 100
        python analysis/bench_pipeline.py real [--tokens 48] [--prompts 4]
        python analysis/bench_pipeline.py memory MODEL_FOLDER [--stages 4] [--tokens 160]
        python analysis/bench_pipeline.py layouts        (the README's time-model table)
+       python analysis/bench_pipeline.py cluster        (the README's "which layout for my cluster" table)
 
 emulated: LATENCY EMULATION (forwards are sleeps; ranks, messages, scheduling and cancellation are real):
 target 30 ms per forward, c = 0.1, acceptance 0.8, one drafter. For each P, two jobs on P + 1 ranks run
@@ -293,6 +294,72 @@ def layouts(args) -> int:
     return 0
 
 
+CLUSTERS = [(8, 1, 1), (8, 1, 2), (8, 1, 4), (8, 8, 1), (8, 8, 2), (8, 8, 4), (8, 8, 8), (4, 16, 2), (4, 16, 4)]
+
+
+def instances_that_fit(gpus_per_node: int, nodes: int, size: int, stages: int, groups: int) -> int:
+    """G: the most instances of `size` ranks (a drafter, `groups` groups of `stages` ranks, the rest plain) on
+    the cluster, one rank per GPU, with every group on one node, as dsi_mpi.mpi.instances.assign places them
+    (tasks filled node by node; the scheduler rank on the first node, without a GPU)."""
+    from dsi_mpi.mpi.instances import assign
+
+    g = gpus_per_node * nodes // size
+    if stages > 1:
+        g = min(g, nodes * (gpus_per_node // stages) // groups)
+    while g >= 1:
+        workers = [n for n in range(nodes) for _ in range(gpus_per_node)][: g * size]
+        if not assign([0] + workers, g, stages, groups if stages > 1 else 0)[2]:
+            return g
+        g -= 1
+    return 0
+
+
+def cluster(args) -> int:
+    """The time model's answer to "which layout for my cluster" (README): for GPUs per node, nodes and the
+    GPUs the target needs (its fewest stages), every layout of instances (a drafter + m groups of P stages,
+    or + m plain verifiers when the target fits one GPU) that fits, scored by the job's tokens per second
+    against plain decoding with every GPU in use (one copy of the target per P_min GPUs). One rank per GPU,
+    groups on one node (hop 0.05 ms), t = 30 ms, c = 0.1, a = 0.8, 200 tokens, best k each."""
+    from functools import cache
+
+    from dsi_mpi.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
+
+    base, tokens = Latencies(C * TPOT, C * TPOT, TPOT, TPOT), 200
+
+    @cache
+    def speedup(stages: int, verifiers: int) -> tuple[float, int]:
+        lat, sp = pipeline_setting(base, stages, verifiers, 5e-5)
+        k, latency = best_lookahead("dsi", lat, A, tokens, sp, lookaheads=range(1, 11), nonsi_thread=True)
+        return nonsi_latency(base, tokens) / latency, k
+
+    def shape(p: int, m: int) -> str:
+        return f"{m} group{'s' * (m > 1)} of {p}" if p > 1 else f"{m} plain"
+
+    print(
+        "| GPUs per node | nodes | target needs | G | P | verifiers per instance | GPUs used | dsi speedup per "
+        "instance | job tok/s vs plain decoding on all GPUs | next best layout |"
+    )
+    print("| --- " * 10 + "|")
+    for gpn, nodes, need in CLUSTERS:
+        rows = []
+        for p in (q for q in (1, 2, 4, 8) if need <= q <= gpn):
+            for m in range(1, 8 if p == 1 else 4):
+                g = instances_that_fit(gpn, nodes, 1 + m * p, p, m)
+                if g:
+                    x, k = speedup(p, m)
+                    rows.append({"score": g * x / (gpn * nodes // need), "g": g, "p": p, "m": m, "x": x, "k": k})
+        rows.sort(key=lambda r: (-r["score"], -r["x"]))
+        best = rows[0]
+        nxt = f"G {rows[1]['g']} x {shape(rows[1]['p'], rows[1]['m'])}: {rows[1]['score']:.2f}x" if rows[1:] else "-"
+        print(
+            f"| {gpn} | {nodes} | {need} GPU{'s' * (need > 1)} | {best['g']} | {best['p']} | "
+            f"{shape(best['p'], best['m'])} | {best['g'] * (1 + best['m'] * best['p'])} | {best['x']:.2f}x "
+            f"(k {best['k']}) | {best['score']:.2f}x | {nxt} |",
+            flush=True,
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(usage=__doc__.split("\n\n")[1].strip(), description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -309,8 +376,10 @@ def main(argv=None) -> int:
     m.add_argument("--stages", type=int, default=4)
     m.add_argument("--tokens", type=int, default=160)
     sub.add_parser("layouts")
+    sub.add_parser("cluster")
     args = parser.parse_args(argv)
-    return {"emulated": emulated, "real": real, "memory": memory, "layouts": layouts}[args.what](args)
+    commands = {"emulated": emulated, "real": real, "memory": memory, "layouts": layouts, "cluster": cluster}
+    return commands[args.what](args)
 
 
 if __name__ == "__main__":

@@ -117,23 +117,19 @@ class Scheduler:
 
     def __init__(self, session, placement, poller, infos: list[dict], metadata: dict):
         self.session, self.writer, self.poller = session, session.writer, poller
-        self.placement, self.groups = placement, placement.groups
+        self.placement, self.instances = placement, placement.instances
         self.hosts = {i["rank"]: i["host"] for i in infos}
         self.timeout_s = 4 * session.cfg.runtime.timeout_s  # verifiers give up on a silent coordinator at 2x
         self.sends: list = []
         self.status = MPI.Status()
         self.offsets: dict[str, dict] = {}
         self.planner: dict[str, dict] = {}
-        layout = [{"instance": g, "ranks": r, "hosts": [self.hosts[x] for x in r]} for g, r in enumerate(self.groups)]
+        layout = [layout_entry(g, r, placement.layout, self.hosts) for g, r in enumerate(self.instances)]
         self.writer.add_metadata(
             metadata
-            | {"scheduler": {"policy": POLICY, "instances": len(self.groups), "writer_rank": 0, "layout": layout}}
+            | {"scheduler": {"policy": POLICY, "instances": len(self.instances), "writer_rank": 0, "layout": layout}}
         )
-        for entry in layout:
-            pids = ", ".join(f"{r} (pid {i['pid']})" for r in entry["ranks"] for i in infos if i["rank"] == r)
-            logger.info(f"instance {entry['instance']}: world ranks {pids} on {', '.join(sorted(set(entry['hosts'])))}")
-        for g in placement.spanning:
-            logger.warning(f"instance {g} spans nodes (ranks {self.groups[g]}): launch a multiple of its size per node")
+        _log_layout(layout, infos, placement)
 
     def run(self) -> None:
         session = self.session
@@ -142,10 +138,10 @@ class Scheduler:
             logger.info(f"resuming: {len(session.prompts) - len(todo)} prompts already complete")
         warm = session.prompts[: max(1, session.cfg.decoding.warmup_prompts)]
         setup = {"eos_ids": session.eos_ids, "prompts": [(p, session.prompt_tokens[p.index]) for p in warm]}
-        for g in range(len(self.groups)):
+        for g in range(len(self.instances)):
             self.sends.append(self.placement.queue.isend(setup, dest=g + 1, tag=SETUP))
         clock, progress, records, running = JobClock(), Progress(len(todo)), [], {}
-        active = set(range(len(self.groups)))
+        active = set(range(len(self.instances)))
         completed = False
         try:
             while active:
@@ -201,7 +197,7 @@ class Scheduler:
         tokens = self.session.prompt_tokens[index]
         for record in run_records:
             self.writer.write_record(prompt, tokens, record)
-        ranks = self.groups[g]
+        ranks = self.instances[g]
         placement = {"instance": g, "instance_ranks": ranks, "instance_hosts": [self.hosts[r] for r in ranks]}
         placement |= clock.span(started)
         self.writer.mark_complete(prompt, placement)
@@ -219,6 +215,51 @@ class Scheduler:
         _flush(self.poller, [sent], "the failure acknowledgement", timeout_s=2.0)
         log.drain_before_abort()
         self.placement.faults.Abort(code)
+
+
+def layout_entry(instance: int, ranks: list[int], layout, hosts: dict[int, str]) -> dict:
+    """One instance in the file's `scheduler.layout`: its world ranks and hosts, its drafter, its pipeline
+    groups (stage ranks and hosts) and its plain verifiers. `ranks`: world ranks in the instance's rank order;
+    `layout`: its verifiers in its own ranks (placement.VerifierSlots' form; None: every one plain)."""
+    verifiers = [[ranks[i] for i in v] for v in (layout or [(i,) for i in range(1, len(ranks))])]
+    return {
+        "instance": instance,
+        "ranks": ranks,
+        "hosts": [hosts[r] for r in ranks],
+        "drafter": ranks[0],
+        "groups": [{"stages": v, "hosts": [hosts[r] for r in v]} for v in verifiers if len(v) > 1],
+        "plain": [v[0] for v in verifiers if len(v) == 1],
+    }
+
+
+def describe_entry(entry: dict, infos: list[dict]) -> str:
+    """The start-up line of one instance: world ranks with pids, hosts, and its drafter and groups if pipelined."""
+    pid = {i["rank"]: i["pid"] for i in infos}
+    text = f"instance {entry['instance']}: world ranks {', '.join(f'{r} (pid {pid[r]})' for r in entry['ranks'])}"
+    text += f" on {', '.join(sorted(set(entry['hosts'])))}"
+    if entry["groups"]:
+        groups = "; ".join(f"{g['stages']} on {', '.join(sorted(set(g['hosts'])))}" for g in entry["groups"])
+        text += f"; drafter {entry['drafter']}, pipeline groups {groups}"
+        text += f"; plain verifiers {entry['plain']}" if entry["plain"] else ""
+    return text
+
+
+def _log_layout(layout: list[dict], infos: list[dict], placement) -> None:
+    """Every instance's place at start-up, and what spans nodes."""
+    for entry in layout:
+        logger.info(describe_entry(entry, infos))
+    split = {r for group in placement.split_groups for r in group}
+    for g in placement.spanning:
+        if layout[g]["groups"] and not split & set(placement.instances[g]):
+            logger.info(
+                f"instance {g} spans nodes: each of its pipeline groups is on one node, its other ranks elsewhere"
+            )
+        else:
+            logger.warning(
+                f"instance {g} spans nodes (ranks {placement.instances[g]}): launch a multiple of its size per node"
+            )
+    for group in placement.split_groups:
+        logger.warning(f"pipeline group {group} spans nodes: no node had {len(group)} ranks left for it")
 
 
 def tell_scheduler(placement, poller, world_rank: int, text: str, code: int) -> None:

@@ -89,7 +89,7 @@ def run_job(cfg) -> int:
         from dsi_mpi.mpi.instances import check_size
 
         try:
-            check_size(size, cfg.runtime.instances)
+            check_size(size, cfg.runtime.instances, cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups)
         except ConfigError as err:
             if rank == 0:
                 logger.error("%s", err)
@@ -153,23 +153,13 @@ def _run_ranks(cfg, world, state: dict) -> int:
     if cfg.runtime.instances > 1:
         from dsi_mpi.mpi.instances import split
 
-        placement = state["placement"] = split(world, poller, cfg.runtime.instances)
+        r = cfg.runtime
+        placement = state["placement"] = split(world, poller, r.instances, r.pipeline_stages, r.pipeline_groups)
         log.setup(rank=rank, instance=placement.instance)
     comm = world if placement is None else placement.comm  # None on the scheduler
     local = comm.Get_rank() if comm is not None else -1
-    role = "scheduler+writer" if comm is None else "drafter+coordinator" if local == 0 else "target verifier"
-    layout, group, stage = None, (), None
-    if cfg.runtime.pipeline_stages > 1:  # one instance only (io.config refuses both)
-        from dsi_mpi.decoding.placement import plan_layout, spans_nodes
-
-        nodes = startup.node_ids(comm, poller)  # collectives: every rank, once
-        layout = plan_layout(nodes, cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups)
-        group = next((g for g in layout if local in g), ())
-        stage = (group.index(local), len(group)) if len(group) > 1 else None
-        if local == 0 and spans_nodes(layout, nodes):
-            logger.warning(f"pipeline groups {spans_nodes(layout, nodes)} span nodes: no node had room for all stages")
-        if stage:
-            role = f"target stage {stage[0] + 1}/{stage[1]} of group {list(group)}"
+    layout, group, stage = _verifier_layout(cfg, comm, placement, poller)
+    role = _role(local, group, stage, placement)
     local_rank = startup.local_rank(world)  # a collective: every rank, once
     threads_on_node, cores_on_node = startup.node_cores(world, poller, cfg["models"]["threads"])  # collective
     if comm is not None:  # the scheduler rank holds no core: it keeps the short spin
@@ -206,14 +196,14 @@ def _run_ranks(cfg, world, state: dict) -> int:
         if stage:
             from dsi_mpi.decoding.pipeline import Stage
 
-            Stage(channel, runner, group, stage[0], rule_from_config(cfg.decoding)).serve()
+            Stage(channel, runner, group, stage[0], rule_from_config(cfg.decoding), fault_rank=rank).serve()
             return 0
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
             assistant = _lazy_assistant(cfg, local_rank)
         Verifier(channel, runner, assistant, rule_from_config(cfg.decoding), fault_rank=rank).serve()
         return 0
-    feed = _feed(cfg, session, placement, poller, infos, metadata, offsets)
+    feed = _feed(cfg, session, placement, poller, infos, metadata, offsets, layout)
     if placement is not None:
         from dsi_mpi.session import Session
 
@@ -227,6 +217,39 @@ def _run_ranks(cfg, world, state: dict) -> int:
 
         stop_verifiers(channel)
     return 0
+
+
+def _verifier_layout(cfg, comm, placement, poller):
+    """(this instance's verifiers in its own ranks: plain ranks and tuples of pipeline stage ranks, or None when
+    every one is plain; this rank's group; its (stage index, stages) if it is a pipeline stage). One instance:
+    the groups placed on nodes here (a collective: every rank); several: by the instance placement."""
+    if cfg.runtime.pipeline_stages <= 1 or comm is None:
+        return None, (), None
+    if placement is not None:
+        layout = placement.layout
+    else:
+        from dsi_mpi.decoding.placement import plan_layout, spans_nodes
+        from dsi_mpi.mpi import startup
+
+        nodes = startup.node_ids(comm, poller)
+        layout = plan_layout(nodes, cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups)
+        if comm.Get_rank() == 0 and spans_nodes(layout, nodes):
+            logger.warning(f"pipeline groups {spans_nodes(layout, nodes)} span nodes: no node had room for all stages")
+    local = comm.Get_rank()
+    group = next((g for g in layout if local in g), ())
+    return layout, group, (group.index(local), len(group)) if len(group) > 1 else None
+
+
+def _role(local: int, group: tuple, stage, placement) -> str:
+    """This rank's part, for the file's `ranks` and error lines (a group named by its world ranks)."""
+    if local < 0:
+        return "scheduler+writer"
+    if local == 0:
+        return "drafter+coordinator"
+    if not stage:
+        return "target verifier"
+    ranks = [placement.members[i] for i in group] if placement is not None else list(group)
+    return f"target stage {stage[0] + 1}/{stage[1]} of group {ranks}"
 
 
 def _terminated(signum, frame):
@@ -300,7 +323,7 @@ def _drafter_layers(cfg, spec, runner) -> int:
     return int(getattr(AutoConfig.from_pretrained(spec.model), "num_hidden_layers", 1))
 
 
-def _feed(cfg, session, placement, poller, infos, metadata, offsets):
+def _feed(cfg, session, placement, poller, infos, metadata, offsets, layout):
     """Where the coordinator's prompts come from and its records go (dsi_mpi/batch.py)."""
     from dsi_mpi import batch
 
@@ -310,8 +333,10 @@ def _feed(cfg, session, placement, poller, infos, metadata, offsets):
         return feed
     ranks, hosts = [i["rank"] for i in infos], [i["host"] for i in infos]
     feed = batch.LocalFeed(session, ranks, hosts)
-    layout = [{"instance": 0, "ranks": ranks, "hosts": hosts}]
-    scheduler = {"policy": batch.LOCAL_POLICY, "instances": 1, "writer_rank": 0, "layout": layout}
+    entry = batch.layout_entry(0, ranks, layout, dict(zip(ranks, hosts)))
+    if entry["groups"]:
+        logger.info(batch.describe_entry(entry, infos))
+    scheduler = {"policy": batch.LOCAL_POLICY, "instances": 1, "writer_rank": 0, "layout": [entry]}
     feed.add_metadata(metadata | {"clock_offsets_us": offsets, "scheduler": scheduler})
     return feed
 

@@ -40,10 +40,10 @@ def words_to_hidden(words: np.ndarray, n_tokens: int, hidden_size: int) -> np.nd
 
 class Stage(Verifier):
     """Stage `index` of the group `ranks`; `runner` holds this stage's layers (backends.stage, or the
-    emulated stage of backends.emulated)."""
+    emulated stage of backends.emulated); `fault_rank`: its world rank (FAULT INJECTION names world ranks)."""
 
-    def __init__(self, channel, runner, ranks: tuple[int, ...], index: int, rule=None):
-        super().__init__(channel, runner, None, rule)
+    def __init__(self, channel, runner, ranks: tuple[int, ...], index: int, rule=None, fault_rank=None):
+        super().__init__(channel, runner, None, rule, fault_rank)
         self.ranks, self.index = tuple(ranks), index
         self.first, self.last = index == 0, index == len(ranks) - 1
         self.previous = 0 if self.first else ranks[index - 1]

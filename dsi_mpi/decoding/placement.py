@@ -147,9 +147,11 @@ class VerifierSlots:
 
 
 def check_pipeline(cfg, n_ranks: int) -> None:
-    """Rank 0, before any weights load: the layout fits the ranks, the algorithms fit the layout, and the
-    target can be cut as asked."""
-    stages, groups = cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups
+    """Rank 0, before any weights load: the layout fits the ranks (each instance's, with runtime.instances >= 2:
+    its groups are checked against (n_ranks - 1) / instances), the algorithms fit the layout, and the target
+    can be cut as asked."""
+    stages, groups, instances = cfg.runtime.pipeline_stages, cfg.runtime.pipeline_groups, cfg.runtime.instances
+    n_ranks = n_ranks if instances == 1 else (n_ranks - 1) // instances
     if stages == 1:
         if groups:
             raise ConfigError("runtime.pipeline_groups needs runtime.pipeline_stages > 1")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomllib
 
-from dsi_mpi.io.config_keys import ALGORITHMS, BACKENDS, DIGEST_WHEN_SET, KEYS, SECTIONS, Key
+from dsi_mpi.io.config_keys import ALGORITHMS, BACKENDS, DIGEST_WHEN_SET, HASHED_AT_DEFAULT, KEYS, SECTIONS, Key
 from dsi_mpi.io.drafter_spec import DrafterSpecError, parse_drafter
 
 
@@ -107,9 +107,10 @@ class Config:
         ),
     ) -> str:
         """Hash of what determines results, so files from different configs are never mixed. (How many instances
-        ran does not change a prompt's tokens, so a job resumes with any number; a key added later counts only
-        when set, so files written before it still resume.)"""
+        ran, and how the target was cut into pipeline stages, does not change a prompt's tokens, so a job resumes
+        with any layout; a key added later counts only when set, so files written before it still resume.)"""
         flat = {f"{s}.{n}": v for s, d in self.values.items() for n, v in d.items() if f"{s}.{n}" not in ignore}
+        flat.update({name: default for name, default in HASHED_AT_DEFAULT.items() if name in flat})
         for name, default in DIGEST_WHEN_SET.items():
             if flat.get(name) == default:
                 del flat[name]
@@ -254,11 +255,6 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
     need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
     need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
-    need(
-        r["instances"] == 1 or r["pipeline_stages"] == 1,
-        "runtime.pipeline_stages > 1 with runtime.instances > 1 is not supported yet: run pipelined groups in a "
-        "one-instance job",
-    )
     need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")
     need(r["pipeline_groups"] >= 0, f"runtime.pipeline_groups must be >= 0, got {r['pipeline_groups']}")
     need(e["hidden_size"] >= 1, f"emulation.hidden_size must be >= 1, got {e['hidden_size']}")

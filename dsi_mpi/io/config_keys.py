@@ -171,15 +171,17 @@ KEYS: tuple[Key, ...] = (
             "pipeline_groups",
             int,
             0,
-            "with pipeline_stages > 1: how many verifier groups to form (0: all N-1 verifier ranks, which must "
-            "divide by pipeline_stages); the verifier ranks left over hold the whole target",
+            "with pipeline_stages > 1: how many verifier groups to form, per instance with runtime.instances > 1 "
+            "(0: all verifier ranks, whose count must divide by pipeline_stages); the verifier ranks left over "
+            "hold the whole target",
         ),
         (
             "instances",
             int,
             1,
             "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, "
-            "ranks 1..N-1 form G instances of (N-1)/G ranks each, node-local where they fit (README: Many instances)",
+            "ranks 1..N-1 form G instances of (N-1)/G ranks each (a drafter and its verifiers or pipeline groups, "
+            "every group on one node), node-local where they fit (README: Many instances)",
         ),
     ),
     *_section(
@@ -217,3 +219,6 @@ KEYS: tuple[Key, ...] = (
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
 DIGEST_WHEN_SET = {"emulation.min_new_tokens": 0}  # keys added after results files existed: hashed only when set
+# layout keys that do not change a prompt's tokens: hashed at their defaults whatever their values (a job resumes
+# with another layout), not dropped (older files keep their digest)
+HASHED_AT_DEFAULT = {"runtime.pipeline_stages": 1, "runtime.pipeline_groups": 0}

@@ -73,6 +73,41 @@ def test_killed_rank_ends_the_job_and_resume_with_fewer_instances_finishes(run_m
     assert tokens_of(tmp_path / "faulty.h5") == expected
 
 
+def test_killed_stage_of_a_pipelined_instance_ends_the_job_and_one_plain_instance_resumes(run_mpi, tmp_path):
+    """2 instances of a drafter + one 2-stage group (7 ranks); the last stage of instance 1 is killed. The job
+    ends non-zero within seconds of its last write, every prompt written is complete with the tokens of an
+    uninterrupted run, and a resume with G = 1 and no pipeline (another G and P) finishes the file."""
+    whole = emulated_job(tmp_path, "whole", prompts=8)
+    proc = run_mpi(["-m", "dsi_mpi", "-q", "run", whole], ranks=2, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = tokens_of(tmp_path / "whole.h5")
+
+    faulty = emulated_job(tmp_path, "faulty", prompts=8)
+    pipelined = ["--set", "runtime.instances=2", "--set", "runtime.pipeline_stages=2"]
+    kill = {"DSI_MPI_FAULT": "rank=6,after=40,kind=kill"}
+    proc = run_mpi(["-m", "dsi_mpi", "-vv", "run", faulty, *pipelined], ranks=7, env=kill)
+    ended = time.time()
+    assert proc.returncode != 0
+    assert "instance 1: world ranks 4 (pid" in proc.stderr and "drafter 4, pipeline groups [5, 6] on" in proc.stderr
+    written = {int(i) for i in re.findall(r"prompt (\d+) from instance \d+ written", proc.stderr)}
+    with open_when_unlocked(tmp_path / "faulty.h5") as f:
+        layout = json.loads(f.attrs["scheduler"])["layout"]
+        groups = f["prompts"]
+        complete = {int(n) for n, g in groups.items() if is_complete(g)}
+        last_write = max(
+            groups[f"{i:05d}"].attrs["job_start"] + groups[f"{i:05d}"].attrs["finished_s"] for i in complete
+        )
+    assert [(e["drafter"], [g["stages"] for g in e["groups"]]) for e in layout] == [(1, [[2, 3]]), (4, [[5, 6]])]
+    assert written and written <= complete and len(complete) < 8, (written, complete)
+    assert ended - last_write < 10, ended - last_write  # the launcher's end, not the watchdog's (30 s)
+    assert all(expected[key] == t for key, t in tokens_of(tmp_path / "faulty.h5").items())
+
+    proc = run_mpi(["-m", "dsi_mpi", "run", faulty, "--set", "output.resume=true"], ranks=2, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming: {len(complete)} prompts already complete" in proc.stderr
+    assert tokens_of(tmp_path / "faulty.h5") == expected
+
+
 def test_hung_rank_is_named_with_its_instance(run_mpi, tmp_path):
     config = emulated_job(tmp_path, "hung", prompts=8, timeout_s=3.0)
     hang = {"DSI_MPI_FAULT": "rank=4,after=6,kind=hang"}  # instance 1's verifier stops answering

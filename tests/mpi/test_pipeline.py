@@ -72,13 +72,15 @@ BAD_PIPELINES = [
     ({"runtime": {"pipeline_stages": 4}}, 3, "runtime.pipeline_stages = 4 but target"),
     ({"runtime": {"pipeline_stages": 2}}, 4, "runtime.pipeline_stages = 2 does not divide the 3 verifier ranks"),
     ({"models": {"target": "@gpt2", "drafter": "@gpt2"}, "runtime": {"pipeline_stages": 2}}, 3, "cannot be split"),
+    ({"runtime": {"pipeline_stages": 2, "instances": 2}}, 5, "2 instances of 2 ranks (a drafter and 1 verifier rank)"),
 ]
 
 
 @pytest.mark.parametrize("override, ranks, words", BAD_PIPELINES)
 def test_bad_pipelines_are_one_line_and_every_rank_exits(tiny_models, tmp_path, override, ranks, words):
-    """More stages than decoder layers, a rank count that does not divide into groups, and an architecture
-    whose layers cannot be split: exit code 2, the reason on one line, found before any weights load."""
+    """More stages than decoder layers, a rank count that does not divide into groups (of one instance or of
+    several), and an architecture whose layers cannot be split: exit code 2, the reason on one line, found
+    before any weights load."""
     from test_run import write_job
 
     for section in override.values():

@@ -1,5 +1,6 @@
 """slurm/instances.sbatch on a real two-node SLURM (two slurmd on localhost, local_slurm.py): G instances
-placed one per node, one results file; a killed rank fails the job, and a resubmitted job resumes it."""
+placed one per node, one results file; a killed rank fails the job, and a resubmitted job resumes it; with
+PIPELINE_STAGES, instances of a drafter + a pipelined group, each on one node."""
 
 import json
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.timeout(150)
 @pytest.fixture(scope="module")
 def two_nodes():
     """Two emulated nodes (one slurmd each) on this machine."""
-    yield from serve_cluster(cpus=2, nodes=2)
+    yield from serve_cluster(cpus=3, nodes=2)
 
 
 def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tmp_path):
@@ -41,3 +42,27 @@ def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tm
     _, records = read_results(str(tmp_path / "out.h5"))
     assert sorted(r["prompt_index"] for r in records) == list(range(8))
     assert {h for r in records for h in r["instance_hosts"]} == {"n1", "n2"}
+
+
+def test_pipelined_instances_over_two_nodes_keep_each_instance_on_its_node(two_nodes, tmp_path):
+    config = write_config(tmp_path, n_prompts=4, decoding={"algorithms": ["nonsi", "dsi"]})
+    options = ["--nodes=2", "--ntasks-per-node=3"]  # 2 instances of a drafter + one 2-stage group, + the scheduler
+    result, _, logs = sbatch_wait(
+        two_nodes, tmp_path, options, "instances.sbatch", [config], env={"PIPELINE_STAGES": "2"}
+    )
+    assert result.returncode == 0, logs
+    assert "2 instances x 3 ranks (pipelined verifier groups of 2 stages) + 1 scheduler on 2 nodes" in logs
+    assert "drafter 4, pipeline groups [5, 6] on n2" in logs and "spans nodes" not in logs, logs
+    meta, records = read_results(str(tmp_path / "out.h5"))
+    layout = [(e["drafter"], e["groups"]) for e in json.loads(meta["scheduler"])["layout"]]
+    assert layout == [
+        (1, [{"stages": [2, 3], "hosts": ["n1", "n1"]}]),
+        (4, [{"stages": [5, 6], "hosts": ["n2", "n2"]}]),
+    ], layout
+    assert sorted((r["prompt_index"], r["algorithm"]) for r in records) == [
+        (i, a) for i in range(4) for a in ("dsi", "nonsi")
+    ]
+    by_prompt = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt_index"], []).append(r["tokens"])
+    assert all(a == b for a, b in by_prompt.values())  # nonsi through the group, dsi: the same tokens
