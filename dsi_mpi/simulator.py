@@ -33,32 +33,48 @@ LOOKAHEADS = (1, 2, 3, 4, 5, 6, 8, 10, 12)  # the planner's candidates for a fix
 
 @dataclass(frozen=True)
 class Latencies:
-    """Forward latencies in seconds: TTFT = prefill of the prompt, TPOT = one more token (any k)."""
+    """Forward latencies in seconds: TTFT = prefill of the prompt, TPOT = one more token. A verification of n
+    tokens costs `verify_s(n)`: TPOT times verify_ratios[n - 2] for n >= 2 where the tuple has an entry (the
+    measured T(n) / T(1) of a CPU; past its end the last ratio holds), else TPOT (the paper's flat T)."""
 
     drafter_ttft: float
     drafter_tpot: float
     target_ttft: float
     target_tpot: float
+    verify_ratios: tuple[float, ...] = ()  # T(2) / T(1), T(3) / T(1), ...
 
     def __post_init__(self):
-        for name in self.__dataclass_fields__:
+        for name in ("drafter_ttft", "drafter_tpot", "target_ttft", "target_tpot"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "verify_ratios", tuple(float(r) for r in self.verify_ratios))
         if min(self.drafter_tpot, self.target_tpot) <= 0 or min(self.drafter_ttft, self.target_ttft) < 0:
             raise ValueError(f"latencies must be positive (TTFT may be 0): {self}")
+        if any(r <= 0 for r in self.verify_ratios):
+            raise ValueError(f"verify_ratios must be positive: {self.verify_ratios}")
 
     @property
     def c(self) -> float:
         return self.drafter_tpot / self.target_tpot
 
+    def verify_s(self, tokens: int) -> float:
+        """T(n): a target forward of n new tokens over a cache."""
+        if tokens < 2 or not self.verify_ratios:
+            return self.target_tpot
+        return self.target_tpot * self.verify_ratios[min(tokens - 2, len(self.verify_ratios) - 1)]
+
 
 def latencies_from_c(
-    c: float, target_tpot: float = 1.0, target_ttft: float | None = None, drafter_ttft: float | None = None
+    c: float,
+    target_tpot: float = 1.0,
+    target_ttft: float | None = None,
+    drafter_ttft: float | None = None,
+    verify_ratios=(),
 ) -> Latencies:
     """Latencies with drafter_tpot = c * target_tpot; TTFTs default to target_ttft = target_tpot and
     drafter_ttft = c * target_ttft (the drafter's prefill scaled like its per-token time)."""
     target_ttft = target_tpot if target_ttft is None else target_ttft
     drafter_ttft = c * target_ttft if drafter_ttft is None else drafter_ttft
-    return Latencies(drafter_ttft, c * target_tpot, target_ttft, target_tpot)
+    return Latencies(drafter_ttft, c * target_tpot, target_ttft, target_tpot, tuple(verify_ratios))
 
 
 @dataclass(frozen=True)
@@ -177,7 +193,7 @@ def si_expected_latency(
     """Expected si latency under the simulator's rules.
 
     Token 0 is committed at max(target TTFT, drafter TTFT) (the reply is read after the drafter's prefill).
-    Each later round drafts kk = min(k, tokens left) tokens (kk * Dc), verifies them (Tv) and commits j + 1
+    Each later round drafts kk = min(k, tokens left) tokens (kk * Dc), verifies them (Tv = T(kk + 1)) and commits j + 1
     tokens with probability a^j (1 - a) for j < kk, or kk + 1 with probability a^kk.
     exact=True: the expectation by recursion over the tokens left, f(n) = kk Dc + Tv + sum_i P(i) f(n - i),
       exact for the short last round and the first (for k = 1 the block [0] from the drafter's prefill is
@@ -186,21 +202,21 @@ def si_expected_latency(
       of k Dc + Tv. It ignores the overshoot of the last round, k = 1's first round and the shorter rounds
       within k tokens of the end; the error is at most k Dc + Tv + k (k+1) / 2 Dc (checked on a grid)."""
     k, N, a = int(lookahead), int(new_tokens), float(acceptance)
-    Dc, Tv = latencies.drafter_tpot, latencies.target_tpot
+    Dc, Tv = latencies.drafter_tpot, latencies.verify_s
     start = max(latencies.target_ttft, latencies.drafter_ttft)
     if N <= 1:
         return start
     if not exact:
-        return start + (N - 1) * (k * Dc + Tv) / sum(a**i for i in range(k + 1))
+        return start + (N - 1) * (k * Dc + Tv(k + 1)) / sum(a**i for i in range(k + 1))
     f = np.zeros(N + k + 1)  # f[n + k + 1] = expected time to commit n more tokens; f(<=0) = 0
     for n in range(1, N):
         kk = min(k, n)
         p = np.append(a ** np.arange(kk) * (1 - a), a**kk)  # P(commit 1 .. kk + 1 tokens)
         prev = f[n + k - kk : n + k + 1][::-1]  # f(n-1), ..., f(n-kk-1)
-        f[n + k + 1] = kk * Dc + Tv + float(p @ prev)
+        f[n + k + 1] = kk * Dc + Tv(kk + 1) + float(p @ prev)
     fn = lambda n: f[n + k + 1]
     if k == 1:
-        return start + a * (Tv + fn(N - 2)) + (1 - a) * fn(N - 1)
+        return start + a * (Tv(2) + fn(N - 2)) + (1 - a) * fn(N - 1)
     return start + fn(N - 1)
 
 
@@ -273,7 +289,7 @@ def best_lookahead(
 USAGE = (
     "python -m dsi_mpi simulate --target-tpot S [--target-ttft S] (--drafter-tpot S | --c C) "
     "[--drafter-ttft S] --acceptance A --lookahead K --verifiers V --tokens N [--seed 0] "
-    "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--json]"
+    "[--trials 200] [--nonsi-thread] [--drafter-layers L] [--verify-ratios R2 R3 ...] [--json]"
 )
 OPTIONS = [
     ("--target-tpot", float, True, "target seconds per token"),
@@ -287,6 +303,7 @@ OPTIONS = [
     ("--trials", int, False, "Monte Carlo trials (default 200)"),
     ("--drafter-layers", int, False, "also read replies between L drafter layers (default 1)"),
 ]
+RATIOS_HELP = "T(2)/T(1) T(3)/T(1) ...: a verification of n tokens costs target TPOT x this (default: flat)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,13 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     drafter.add_argument("--drafter-tpot", type=float, help="drafter seconds per token")
     drafter.add_argument("--c", type=float, help="drafter TPOT as a fraction of the target's")
     ap.add_argument("--nonsi-thread", action="store_true", help="dsi sends a zero-draft block per rejection")
+    ap.add_argument("--verify-ratios", type=float, nargs="+", default=[], help=RATIOS_HELP)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.set_defaults(seed=0, trials=200, drafter_layers=1)
     args = ap.parse_args(argv)
     c = args.c if args.c is not None else args.drafter_tpot / args.target_tpot
     a, k, V, N = args.acceptance, args.lookahead, args.verifiers, args.tokens
     try:
-        lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft)
+        lat = latencies_from_c(c, args.target_tpot, args.target_ttft, args.drafter_ttft, args.verify_ratios)
         extra = dict(nonsi_thread=args.nonsi_thread, drafter_layers=args.drafter_layers)
         runs = {alg: simulate(alg, lat, a, k, V, N, args.seed, args.trials, **extra) for alg in ALGORITHMS}
     except ValueError as err:
@@ -360,6 +378,10 @@ def pipeline_setting(latencies: Latencies, stages: int, groups: int = 1, hop_s: 
         raise ValueError("need stages >= 1, groups >= 1 and hop_s >= 0")
     extra = (stages - 1) * hop_s
     lat = Latencies(
-        latencies.drafter_ttft, latencies.drafter_tpot, latencies.target_ttft + extra, latencies.target_tpot + extra
+        latencies.drafter_ttft,
+        latencies.drafter_tpot,
+        latencies.target_ttft + extra,
+        latencies.target_tpot + extra,
+        latencies.verify_ratios,
     )
     return lat, groups * stages

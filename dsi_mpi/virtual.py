@@ -76,8 +76,8 @@ class SimulatedDrafter(ModelRunner):
 class SimulatedVerifier:
     """One verifier rank: a queue of (arrival, kind, fields, payload), resolved as far as the clock allows."""
 
-    def __init__(self, rank: int, ttft: float, tpot: float, slices: int, wake_s: float = 0.0):
-        self.rank, self.ttft, self.tpot, self.slices, self.wake_s = rank, ttft, tpot, slices, wake_s
+    def __init__(self, rank: int, latencies, slices: int, wake_s: float = 0.0):
+        self.rank, self.latencies, self.slices, self.wake_s = rank, latencies, slices, wake_s
         self.queue: deque = deque()
         self.cache_len = 0
         self.free_at = 0.0
@@ -90,8 +90,11 @@ class SimulatedVerifier:
             self.queue.remove(item)
 
     def _duration(self, fields) -> float:
-        """TTFT from an empty cache, else TPOT, and TPOT per further token of a plain run."""
-        return (self.ttft if fields["base"] == 0 else self.tpot) + max(fields["plain"] - 1, 0) * self.tpot
+        """TTFT from an empty cache, else T(n) of the block's n tokens (latencies.verify_s), and T(1) per
+        further token of a plain run."""
+        lat = self.latencies
+        first = lat.target_ttft if fields["base"] == 0 else lat.verify_s(fields["n_out"])
+        return first + max(fields["plain"] - 1, 0) * lat.verify_s(1)
 
     def _checks(self, fields) -> int:
         return self.slices * max(fields["plain"], 1)
@@ -199,11 +202,9 @@ class SimulatedWorld:
 
     rank = 0
 
-    def __init__(self, target_ttft: float, target_tpot: float, n_verifiers: int, slices=VERIFIER_SLICES, message_s=0.0):
+    def __init__(self, latencies, n_verifiers: int, slices=VERIFIER_SLICES, message_s=0.0):
         self.clock = SimulatedClock()
-        self.verifiers = {
-            r: SimulatedVerifier(r, target_ttft, target_tpot, slices, message_s) for r in range(1, n_verifiers + 1)
-        }
+        self.verifiers = {r: SimulatedVerifier(r, latencies, slices, message_s) for r in range(1, n_verifiers + 1)}
         self.message_s = message_s
         self.inbox: list = []  # heap of (arrival, sequence number, source, kind, fields, payload)
         self.sent = 0
@@ -258,7 +259,7 @@ def run_simulated(
 
     lat = latencies
     n_verifiers = 1 if policy == "si" else int(verifiers)
-    world = SimulatedWorld(lat.target_ttft, lat.target_tpot, n_verifiers, message_s=message_s)
+    world = SimulatedWorld(lat, n_verifiers, message_s=message_s)
     current = {"draw": None}
 
     def match(position: int) -> bool:

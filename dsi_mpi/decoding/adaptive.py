@@ -17,10 +17,15 @@ coordinator takes the k in 0..MAX_LOOKAHEAD with the most tokens per second, E(k
 its current k unless another is better by more than HYSTERESIS (so that noise does not flap it).
 
 Measured as the run goes, per policy, carried from prompt to prompt and updated within each: a from every
-draft compared with the target (accepted / compared), d from every finished draft step, T(n) from every
-verification result (T(1) from blocks of no drafts, the growth per token from longer blocks; on a GPU it
-is close to 0, on a CPU it is not). Each estimate is an exponential moving average with a half-life of
-HALF_LIFE observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons.
+draft compared with the target (accepted / compared); d from every finished draft step that fed the drafter
+one token (a step that also feeds it the tokens committed since it last ran, after a plain run or a bonus
+token, is a catch-up: timed apart, and taken for d only until a one-token step has been timed, since it is an
+upper bound); T(n) per n, a small table, from every verification result of n tokens (plain runs give T(1)
+per token). T(n) of a size not measured yet is read off the table: linear between measured sizes, past the
+largest with the measured sizes' mean growth per token, flat below the smallest. On a GPU and on the packed
+CPU backend T hardly grows with n; with Hugging Face eager on a CPU it does, and not even monotonically
+(analysis/forward_cost.py). Each estimate is an exponential moving average with a half-life of HALF_LIFE
+observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons.
 
 A run starts at k = 0: T(1) is measured first, by PROBE_MIN tokens of plain decoding (which lose nothing
 against plain decoding), then the first exploration block times a draft and T(2), and from then on the
@@ -29,8 +34,10 @@ would take T(1) = T(2): measured with SmolLM2-135M on a CPU core, T(2) = 1.66 T(
 (analysis/forward_cost.py), so a drafter accepted at 0.23 kept k = 1 and ran at 0.59x plain decoding.
 
 At k = 0 nothing is drafted, so a would never be measured again: after PROBE_MIN blocks of no drafts a block
-of one draft goes out instead (an exploration block), and the interval doubles after each one, up to
-PROBE_MAX, while k stays 0. Meanwhile each task asks the verifier to decode the tokens up to the next
+of PROBE_DRAFTS drafts goes out instead (an exploration block), and the interval doubles after each one, up to
+PROBE_MAX, while k stays 0. Two drafts, because the first step of a block after a plain run is a catch-up:
+the second times one draft, so d is measured, not its upper bound (with one draft per exploration block, a
+SmolLM2 drafter of 6.2 ms per draft was priced at 16.8 ms and never speculated). Meanwhile each task asks the verifier to decode the tokens up to the next
 exploration block by itself (`plain_run`): one message round trip per run instead of one per token. A probe costs at most d + T(2) - T(1) every PROBE_MAX tokens.
 
 How it differs from the anchors:
@@ -54,6 +61,7 @@ HALF_LIFE = 32.0
 PRIOR_ACCEPTANCE, PRIOR_WEIGHT = 0.5, 2.0
 HYSTERESIS = 0.02
 PROBE_MIN, PROBE_MAX = 4, 64
+PROBE_DRAFTS = 2
 
 
 class Ema:
@@ -77,10 +85,9 @@ class AdaptiveLookahead:
         self.max_lookahead = max_lookahead
         self.keep = 0.5 ** (1.0 / HALF_LIFE)
         self.accepted, self.compared = PRIOR_ACCEPTANCE * PRIOR_WEIGHT, PRIOR_WEIGHT
-        self.draft_s = Ema()
-        self.verify_1_s = Ema()  # T(1)
-        self.verify_n_s = Ema()  # T(n) of longer blocks, and their mean length, for T's growth per token
-        self.verify_n_tokens = Ema()
+        self.draft_s = Ema()  # a draft step that fed one token
+        self.catch_up_s = Ema()  # a draft step that also fed committed tokens (an upper bound of d)
+        self.verify_s: dict[int, Ema] = {}  # T(n): n tokens verified -> seconds to the result
         self.k = INITIAL_LOOKAHEAD
         self.probe_interval = PROBE_MIN
         self.plain_blocks = 0  # verifications of no drafts since the last exploration block
@@ -91,36 +98,46 @@ class AdaptiveLookahead:
             self.accepted = self.keep * self.accepted + (1 if i < accepted else 0)
             self.compared = self.keep * self.compared + 1
 
-    def observe_draft(self, seconds: float) -> None:
-        self.draft_s.add(seconds)
+    def observe_draft(self, seconds: float, fed: int = 1) -> None:
+        """One finished draft step that fed the drafter `fed` tokens (more than 1: a catch-up)."""
+        (self.draft_s if fed <= 1 else self.catch_up_s).add(seconds)
 
     def observe_verification(self, seconds: float, tokens: int, plain: int = 0) -> None:
         """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
-        if plain:
-            self.verify_1_s.add(seconds / plain)
-            self.plain_blocks += plain
-        elif tokens <= 1:
-            self.verify_1_s.add(seconds)
-            self.plain_blocks += 1
-        else:
-            self.verify_n_s.add(seconds)
-            self.verify_n_tokens.add(tokens)
+        n, seconds = (1, seconds / plain) if plain else (max(tokens, 1), seconds)
+        self.verify_s.setdefault(n, Ema()).add(seconds)
+        if n == 1:
+            self.plain_blocks += plain or 1
 
     # ------------------------------------------------------------------ the model
     @property
     def acceptance(self) -> float:
         return self.accepted / self.compared
 
+    @property
+    def draft_seconds(self) -> float | None:
+        """d: the one-token draft step, else the catch-up step's upper bound, else unknown."""
+        return self.draft_s.value if self.draft_s.value is not None else self.catch_up_s.value
+
     def verification_s(self, tokens: int) -> float | None:
-        """T(n): linear through T(1) and the mean longer block; flat where only one of them is known."""
-        t1, tn, n = self.verify_1_s.value, self.verify_n_s.value, self.verify_n_tokens.value
-        if t1 is None or tn is None:
-            return t1 if tn is None else tn
-        return t1 + max(tn - t1, 0.0) / max(n - 1, 1e-9) * (tokens - 1)
+        """T(n) from the measured table (see the module docstring); None before any verification."""
+        known = sorted((n, e.value) for n, e in self.verify_s.items() if e.value is not None)
+        if not known:
+            return None
+        below = [(n, t) for n, t in known if n <= tokens]
+        above = [(n, t) for n, t in known if n >= tokens]
+        if below and above:
+            (n0, t0), (n1, t1) = below[-1], above[0]
+            return t0 if n1 == n0 else t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)
+        if not below:
+            return known[0][1]
+        (n0, t0), (n1, t1) = known[0], known[-1]
+        growth = max(t1 - t0, 0.0) / (n1 - n0) if n1 > n0 else 0.0
+        return t1 + growth * (tokens - n1)
 
     def rate(self, k: int) -> float | None:
         """Expected committed tokens per second with k drafts per block (None until latencies are known)."""
-        d, t = self.draft_s.value, self.verification_s(k + 1)
+        d, t = self.draft_seconds, self.verification_s(k + 1)
         if t is None or (k > 0 and d is None):
             return None
         a = min(max(self.acceptance, 0.0), 1.0)
@@ -137,7 +154,7 @@ class AdaptiveLookahead:
         return best if rates[best] > rates[self.k] * (1 + HYSTERESIS) else self.k
 
     def next_lookahead(self) -> int:
-        """k for the next block; at k = 0, now and then one exploration block of a single draft."""
+        """k for the next block; at k = 0, now and then one exploration block of PROBE_DRAFTS drafts."""
         self.k = self.best()
         if self.k > 0:
             self.probe_interval, self.plain_blocks = PROBE_MIN, 0
@@ -145,7 +162,7 @@ class AdaptiveLookahead:
         if self.plain_blocks >= self.probe_interval:
             self.plain_blocks = 0
             self.probe_interval = min(2 * self.probe_interval, PROBE_MAX)
-            return 1
+            return PROBE_DRAFTS
         return 0
 
     def plain_run(self, tokens_left: int) -> int:

@@ -196,11 +196,14 @@ class SpeculativeDecoder:
         finally:
             self._drafting = None
             self.record.draft_s += self._now() - start
-        end = self._now()
-        self._event(Event.DRAFT, start, end, value=position)
+        end, fed = self._now(), position - keep
+        if fed == 1:
+            self._event(Event.DRAFT, start, end, value=position)
+        else:  # the step also fed committed tokens the drafter lacked: timed apart from one draft
+            self._event(Event.DRAFT_CATCH_UP, start, end, task_id=fed, value=position)
         self.last_draft_s = end - start
         if self.lookahead_rule is not None:
-            self.lookahead_rule.observe_draft(self.last_draft_s)
+            self.lookahead_rule.observe_draft(self.last_draft_s, fed)
         self._append_draft(token)
         if self.deferred is not None and self.deferred[2] == position:
             self._observed(self._settle)

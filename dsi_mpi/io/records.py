@@ -91,6 +91,8 @@ class Event(IntEnum):
     RESULT_RECEIVED = 9  # rank 0: a reply read (value: the verifier)
     DRAFTER_PREFILL = 10  # rank 0: the drafter's prefill of the prompt (value: prompt length)
     LOOKAHEAD = 11  # rank 0: adaptive speculation changed k, the drafts per block (value: the new k; 0: none)
+    DRAFT_CATCH_UP = 12  # rank 0: a completed drafter step that also fed committed tokens its cache lacked
+    # (after a plain run or a bonus token; value: the position drafted; task_id: the tokens fed, > 1)
 
     @property
     def label(self) -> str:

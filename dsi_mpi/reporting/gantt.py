@@ -14,6 +14,7 @@ from dsi_mpi.reporting import metrics as mt
 BAR_KINDS = {
     Event.DRAFTER_PREFILL: ("drafter prefill", "#08519c"),
     Event.DRAFT: ("draft", "#1f77b4"),
+    Event.DRAFT_CATCH_UP: ("draft + catch-up", "#6baed6"),
     Event.DRAFT_INTERRUPTED: ("draft interrupted", "#9ecae1"),
     Event.VERIFY: ("verify (result used)", "#2ca02c"),
     Event.VERIFY_ABORTED: ("verify aborted", "#d62728"),

@@ -59,7 +59,7 @@ NAN = math.nan
 BASELINES = ("nonsi", "si")  # speedups are reported against these
 ORDER = ("nonsi", "si", "hf_assisted", "hf_prompt_lookup", "dsi")  # display order
 BUSY_KINDS = (Event.VERIFY, Event.VERIFY_ABORTED)
-FORWARD_KINDS = (Event.DRAFTER_PREFILL, Event.DRAFT, Event.DRAFT_INTERRUPTED, *BUSY_KINDS)
+FORWARD_KINDS = (Event.DRAFTER_PREFILL, Event.DRAFT, Event.DRAFT_CATCH_UP, Event.DRAFT_INTERRUPTED, *BUSY_KINDS)
 STALE_OUTCOMES = (Outcome.STALE_RESULT, Outcome.ABANDONED)
 
 

@@ -6,10 +6,16 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 - target_tpot_s: median over nonsi's prompts of (wall - ttft) / (tokens - 1), the authors' TPOT; without
   nonsi, verify_forward_s.
 - verify_forward_s: median forward time of the applied verification tasks that carried drafts (si + dsi).
-- drafter_tpot_s: mean duration of the drafter's completed draft steps (DRAFT events) of si, else dsi.
-  Events time each forward alone: prefills and interrupted steps are their own event kinds, and si drafts
-  without serving replies in between (dsi's steps also serve replies between the drafter's layers), so this
-  is a clean per-token time; draft_s / (drafted - 1) would count interrupted steps as well.
+- verify_by_tokens_s: T(n), per block size n = drafts + 1, the median forward time of the applied tasks of si
+  and dsi that carried n - 1 drafts (n = 1: blocks of no drafts and plain runs, per token computed). On a CPU
+  T grows with n unless the backend keeps it flat (the packed backend); the simulator prices each block at it.
+- drafter_tpot_s: mean duration of the drafter's completed one-token draft steps (DRAFT events) of si, else
+  dsi. Events time each forward alone: prefills, interrupted steps and catch-ups (steps that also fed the
+  committed tokens the drafter lacked, DRAFT_CATCH_UP) are their own event kinds, and si drafts without
+  serving replies in between (dsi's steps also serve replies between the drafter's layers), so this is a
+  clean per-token time, the d that adaptive speculation prices (decoding/adaptive.py); draft_s / drafted
+  would count catch-ups and interrupted steps as well. A file without one-token steps falls back to the
+  catch-ups (an upper bound).
 - drafter_ttft_s: median drafter prefill time (si + dsi).
 - acceptance: si's acceptance (else dsi's): i.i.d. acceptance is the model's assumption, and si's is not
   shaped by dsi's timing.
@@ -21,7 +27,8 @@ The time model's inputs (`time_model_inputs`), one estimator each:
   itself (measured: with 7 verifiers, pooling dsi's trips made the calibrated si prediction 17% slower than
   with 1, for the same si run).
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
-The time model charges verify_forward_s per target forward of si and dsi, target_tpot_s per nonsi step
+The time model charges T(n) per target forward of n tokens of si and dsi (T(1) and the ratios T(n) / T(1) of
+verify_by_tokens_s; flat at verify_forward_s where T(1) was not measured), target_tpot_s per nonsi step
 (`model_latencies`), at the clamped acceptance (`model_acceptance`).
 
 The time model's predictions for a file (`predictions`) use that file's own setting (`run_setting`): each
@@ -37,7 +44,7 @@ import math
 
 import numpy as np
 
-from dsi_mpi.io.records import Event
+from dsi_mpi.io.records import Event, Outcome
 from dsi_mpi.reporting import metrics as mt
 
 NAN = math.nan
@@ -47,6 +54,10 @@ TRIALS = 200  # Monte Carlo trials of the time model's dsi prediction
 def _median(values) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.median(values)) if values else NAN
+
+
+def _durations(records: list[dict], kind: Event) -> list[float]:
+    return [float(e["t1"] - e["t0"]) for r in records for e in r["events"] if e["kind"] == kind]
 
 
 def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
@@ -59,8 +70,9 @@ def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
     verify = mt.verifications(mt.tasks_table(spec))
     waited = mt.verifications(mt.tasks_table(clean))
     trips = (waited["reply_s"] - waited["sent_s"] - waited["busy_s"]) / 2 if len(waited) else np.zeros(0)
+    by_tokens = _forward_by_tokens(mt.tasks_table(spec))
     verify = verify["busy_s"][~np.isnan(verify["busy_s"])] if len(verify) else verify
-    drafts = [float(e["t1"] - e["t0"]) for r in clean for e in r["events"] if e["kind"] == Event.DRAFT]
+    drafts = _durations(clean, Event.DRAFT) or _durations(clean, Event.DRAFT_CATCH_UP)
     m = {
         "verify_forward_s": float(np.median(verify)) if len(verify) else NAN,
         "drafter_tpot_s": float(np.mean(drafts)) if drafts else NAN,
@@ -77,7 +89,31 @@ def time_model_inputs(by: dict[str, list[dict]]) -> dict | None:
     if any(math.isnan(v) for v in m.values()) or m["target_tpot_s"] <= 0 or m["drafter_tpot_s"] <= 0:
         return None
     m["c"] = m["drafter_tpot_s"] / m["target_tpot_s"]
+    m["verify_by_tokens_s"] = by_tokens
     return m
+
+
+def _forward_by_tokens(tasks: np.ndarray | None) -> dict[int, float]:
+    """{n: median seconds of an applied forward of a block of n tokens} (see the module docstring)."""
+    if tasks is None or not len(tasks):
+        return {}
+    used = tasks[(tasks["outcome"] == Outcome.USED) & (tasks["base"] > 0) & ~np.isnan(tasks["busy_s"])]
+    out = {}
+    for drafts in sorted(set(used["n_drafts"].tolist())):
+        rows = used[used["n_drafts"] == drafts]
+        seconds = rows["busy_s"] / np.maximum(rows["computed"], 1) if drafts == 0 else rows["busy_s"]
+        out[int(drafts) + 1] = float(np.median(seconds))
+    return out
+
+
+def verify_ratios(by_tokens: dict[int, float]) -> tuple[float, ...]:
+    """T(n) / T(1) for n = 2 .. the largest measured, sizes not measured read linearly between measured ones;
+    () without T(1)."""
+    if 1 not in by_tokens or len(by_tokens) < 2:
+        return ()
+    sizes = sorted(by_tokens)
+    values = np.interp(range(2, sizes[-1] + 1), sizes, [by_tokens[n] for n in sizes])
+    return tuple(float(v / by_tokens[1]) for v in values)
 
 
 def model_latencies(m: dict):
@@ -85,11 +121,14 @@ def model_latencies(m: dict):
     target_tpot_s per step."""
     from dsi_mpi.simulator import Latencies
 
+    by_tokens = {int(n): s for n, s in m.get("verify_by_tokens_s", {}).items()}
+    ratios = verify_ratios(by_tokens)
     spec = Latencies(
         drafter_ttft=m["drafter_ttft_s"],
         drafter_tpot=m["drafter_tpot_s"],
         target_ttft=m["target_ttft_s"],
-        target_tpot=m["verify_forward_s"],
+        target_tpot=by_tokens[1] if ratios else m["verify_forward_s"],
+        verify_ratios=ratios,
     )
     plain = Latencies(
         drafter_ttft=m["drafter_ttft_s"],

@@ -3,7 +3,7 @@ explores, then takes the time model's best k from what it measured."""
 
 import pytest
 
-from dsi_mpi.decoding.adaptive import PROBE_MAX, PROBE_MIN, AdaptiveLookahead
+from dsi_mpi.decoding.adaptive import PROBE_DRAFTS, PROBE_MAX, PROBE_MIN, AdaptiveLookahead
 
 
 def feed(rule: AdaptiveLookahead, blocks: int, t1: float, t2_per_token: float, d: float, a: float) -> list[int]:
@@ -38,14 +38,14 @@ def test_starts_by_timing_plain_decoding_then_explores(policy):
     rule = AdaptiveLookahead(policy)
     assert rule.next_lookahead() == 0 and rule.plain_run(100) == PROBE_MIN
     rule.observe_verification(0.08 * PROBE_MIN, 1, plain=PROBE_MIN)
-    assert rule.next_lookahead() == 1  # the exploration block: a draft and T(2) get timed
+    assert rule.next_lookahead() == PROBE_DRAFTS  # the exploration block: a draft and T(3) get timed
 
 
 @pytest.mark.parametrize("policy", ["si", "dsi"])
 def test_a_costly_second_token_keeps_plain_decoding(policy):
     """SmolLM2-135M on a CPU core: T(2) = 1.6 T(1), drafts at 0.25 T(1), acceptance 0.23: any k loses."""
     chosen = feed(AdaptiveLookahead(policy), 40, t1=0.08, t2_per_token=0.048, d=0.02, a=0.23)
-    assert max(chosen) == 1, chosen  # nothing but exploration blocks of one draft
+    assert max(chosen) == PROBE_DRAFTS, chosen  # nothing but exploration blocks
     assert chosen[-10:].count(-PROBE_MAX) == 5, chosen  # between them, runs of PROBE_MAX plain tokens
 
 
@@ -53,3 +53,25 @@ def test_a_costly_second_token_keeps_plain_decoding(policy):
 def test_a_good_cheap_drafter_speculates(policy):
     chosen = feed(AdaptiveLookahead(policy), 60, t1=0.03, t2_per_token=0.001, d=0.003, a=0.8)
     assert min(chosen[-30:]) >= 3, chosen
+
+
+def test_verification_time_is_a_table_of_the_sizes_measured():
+    """T(n) as measured per n; between sizes linear, past the largest the mean growth, below the smallest flat."""
+    rule = AdaptiveLookahead("si")
+    assert rule.verification_s(3) is None
+    rule.observe_verification(0.5, 2)
+    assert rule.verification_s(1) == rule.verification_s(5) == 0.5  # one size known: flat
+    rule.observe_verification(0.4, 1, plain=4)  # a plain run of 4 tokens: T(1) = 0.1
+    rule.observe_verification(0.7, 4)
+    assert rule.verification_s(1) == pytest.approx(0.1) and rule.verification_s(2) == pytest.approx(0.5)
+    assert rule.verification_s(3) == pytest.approx(0.6)  # between 2 and 4
+    assert rule.verification_s(7) == pytest.approx(0.7 + 3 * (0.7 - 0.1) / 3)  # the mean growth past 4
+
+
+def test_catch_up_steps_price_a_draft_only_until_a_one_token_step_is_timed():
+    rule = AdaptiveLookahead("dsi")
+    rule.observe_draft(0.05, fed=9)  # after a plain run: the drafter fed 8 committed tokens and its draft
+    assert rule.draft_seconds == 0.05
+    rule.observe_draft(0.01)
+    rule.observe_draft(0.06, fed=3)
+    assert rule.draft_seconds == 0.01
