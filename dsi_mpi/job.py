@@ -300,12 +300,16 @@ def _report_backends(backends: list[dict]) -> None:
                 f"warm-up {b['warmup_s']:.1f} s (at load, not in any algorithm's time)"
             )
         else:
-            logger.info(line + (f", plain weights for {_widths(b)}" if b["backend"] == "packed" else ""))
+            logger.info(line + (_packed_kernels(b) if b["backend"] == "packed" else ""))
 
 
-def _widths(backend: dict) -> str:
-    rows = backend["kernels_layers"]["plain_rows"]
-    return f"products of {rows[0]}-{rows[-1]} row(s)" if rows else "no products (all packed)"
+def _packed_kernels(backend: dict) -> str:
+    """How the packed backend runs its products (backends/packed_linear.py)."""
+    if backend["kernels"] == "native":
+        return f", own kernels (batch invariant: {backend['batch_invariant']})"
+    rows = backend["plain_rows_layers"]["plain_rows"]
+    plain = f"plain weights for {rows[0]}-{rows[-1]} row(s)" if rows else "all packed"
+    return f", oneDNN products ({plain}; own kernels not used: {backend.get('native_kernels', '?')})"
 
 
 def _drafter_layers(cfg, spec, runner) -> int:
