@@ -239,15 +239,16 @@ def _hf_runner(
     fallback = None
     if models.get("backend", "eager") == "compiled":
         from dsi_mpi.backends.compiled import CompiledRunner
+        from dsi_mpi.backends.hf import out_of_memory
 
         segments = models.get("compile_segments", 2) if role == "target" else 1
         try:
             runner = CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
             runner.head_tokens = head_tokens
             return runner
-        except (MemoryError, KeyboardInterrupt):
-            raise
         except Exception as err:  # noqa: BLE001 - any compile failure: run eager, and say so in the results
+            if out_of_memory(err):  # the machine's problem, not the model's
+                raise
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             fallback = f"{type(err).__name__}: {first}"
             logger.warning(f"{role} model {name!r}: compiled backend unavailable ({fallback}); running eager")
