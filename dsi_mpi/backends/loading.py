@@ -121,13 +121,29 @@ def truncate_layers(model, layers: int):
 
 
 def pick_device(device: str, local_rank: int):
+    """The CPU, or GPU `local_rank` modulo the GPUs this rank sees, made the current one (so that whatever is
+    allocated without an index lands there too). More ranks than GPUs share them by turns: the job's start-up
+    says so and labels si and dsi a functional check, from each rank's `gpu_identity`."""
     import torch
 
     if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError('models.device = "cuda" but torch sees no GPU on this node')
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    picked = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(picked)
+    return picked
+
+
+def gpu_identity(device) -> str:
+    """The physical GPU behind `device` ("" off CUDA): its name and UUID. Ranks given one GPU each by
+    CUDA_VISIBLE_DEVICES all call theirs cuda:0, so only this tells whether two ranks share one."""
+    if getattr(device, "type", None) != "cuda":
+        return ""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} {getattr(props, 'uuid', '') or f'index {device.index}'}"
 
 
 def check_transformers_version(version: str | None = None) -> None:

@@ -105,6 +105,26 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
     return shape
 
 
+def rank_table(meta: dict) -> list[dict]:
+    """The root attribute `ranks` (one dict per rank), [] where a file has none."""
+    try:
+        ranks = json.loads(meta["ranks"])
+    except (KeyError, TypeError, ValueError):
+        return []
+    return ranks if isinstance(ranks, list) else []
+
+
+def shared_gpus(ranks: list[dict]) -> list[dict]:
+    """GPUs that several ranks ran on (same host, same `gpu`: the physical GPU, whatever index each rank called
+    it): [{host, gpu, ranks}]. Without MPS such ranks take turns on the GPU, so no two forwards there ran at
+    once: si and dsi figures of such a job are a functional check, not a speed."""
+    groups: dict[tuple, list[int]] = {}
+    for r in ranks:
+        if r.get("gpu"):
+            groups.setdefault((r.get("host", ""), r["gpu"]), []).append(int(r["rank"]))
+    return [{"host": h, "gpu": g, "ranks": sorted(rs)} for (h, g), rs in groups.items() if len(rs) > 1]
+
+
 def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:
     """Seconds each verifier rank 1..V spent in forwards (verify or verify_aborted) within the run's wall time."""
     busy = np.zeros(verifiers)
