@@ -28,6 +28,7 @@ keeps the two in sync):
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -63,6 +64,8 @@ class ResultsWriter:
     def __init__(self, path: str, config, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
         self.completed: set[int] = set()
+        self.metadata: dict[str, str] = {}  # what add_metadata wrote, as read_results gives it back
+        self.pending: Path | None = None  # the new file's name until its first record is in (see below)
         if self.path.exists() and resume:
             self._reopen(config)
             return
@@ -71,9 +74,13 @@ class ResultsWriter:
                 f"output file {path} exists: set output.overwrite = true, or output.resume = true to "
                 "finish it, or choose another output.path"
             )
+        # An existing file is replaced only once the new one holds a record: a job that fails before that (a
+        # rank that cannot start, a model that does not load) leaves the old results as they were.
+        if self.path.exists():
+            self.pending = self.path.with_name(self.path.name + ".partial")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.path, "w")
+            self.file = h5py.File(self.pending or self.path, "w")
         except OSError as err:
             raise ConfigError(f"cannot write output file {path}: {err}") from None
         attrs = self.file.attrs
@@ -112,7 +119,8 @@ class ResultsWriter:
         if unknown:
             raise ValueError(f"results metadata {unknown} not in results.METADATA (document them in the README)")
         for key, value in metadata.items():
-            self.file.attrs[key] = value if isinstance(value, str) else json.dumps(value)
+            self.metadata[key] = value if isinstance(value, str) else json.dumps(value)
+            self.file.attrs[key] = self.metadata[key]
         self.file.flush()
 
     def _prompt_group(self, prompt, prompt_tokens) -> h5py.Group:
@@ -136,6 +144,9 @@ class ResultsWriter:
         run.create_dataset("events", data=record.event_table())
         run.create_dataset("stages", data=record.stage_table())
         self.file.flush()
+        if self.pending is not None:  # the first record is in: the new file takes the old one's name
+            os.replace(self.pending, self.path)
+            self.pending = None
 
     def mark_complete(self, prompt, placement: dict | None = None) -> None:
         """The prompt's records are all written: record where it ran (PLACEMENT), then mark it complete."""
@@ -148,7 +159,10 @@ class ResultsWriter:
         self.file.flush()
 
     def close(self) -> None:
+        """Close the file; one that never got a record does not replace the file it was to replace."""
         self.file.close()
+        if self.pending is not None:
+            self.pending.unlink(missing_ok=True)
 
 
 def is_complete(group: h5py.Group) -> bool:
