@@ -7,9 +7,9 @@ size), which makes a drafter as slow as its target. A static cache gives every f
 - The cache holds `capacity` positions in every layer (plain key/value layers, also for sliding-window
   models: their attention mask applies the window, as in the eager backend). Rolling back is setting the
   valid length: later writes overwrite what lies beyond, nothing is copied.
-- Inputs are padded up to a bucket (powers of two up to `max_bucket`; longer inputs run in chunks of
-  `max_bucket`), so only those shapes are ever compiled, all of them at load (the warm-up), never while a
-  run is timed. Padded positions come after the real tokens: the causal mask hides them from every real
+- Inputs are padded up to a bucket (powers of two up to `max_bucket`, or the `buckets` given; longer inputs
+  run in chunks of the longest), so only those shapes are ever compiled, all of them at load (the warm-up),
+  never while a run is timed. Padded positions come after the real tokens: the causal mask hides them from every real
   token, their outputs are dropped, and the valid length never covers them.
 - Preemption: a compiled region cannot call back into Python, so the layers are split into `segments`
   groups with the cancel check (the layer callback) before each: a graph break at each group's first layer
@@ -75,16 +75,23 @@ class CompiledRunner(ModelRunner):
     backend = "compiled"
 
     def __init__(
-        self, model, eos_token_ids=(), capacity: int = 512, segments: int = 2, max_bucket: int = 16, mode=None
+        self,
+        model,
+        eos_token_ids=(),
+        capacity: int = 512,
+        segments: int = 2,
+        max_bucket: int = 16,
+        mode=None,
+        buckets=(),
     ):
         super().__init__()
         adopt_model(self, model, eos_token_ids)
         check_config_layers(model)
         layers = decoder_layers(model)
         self.n_layers = len(layers)
-        self.buckets = buckets_up_to(max_bucket)
-        self.max_bucket = max_bucket
-        self.capacity = int(capacity) + max_bucket  # room for the padding of the last block
+        self.buckets = tuple(sorted(set(buckets))) or buckets_up_to(max_bucket)  # buckets: models.compile_buckets
+        self.max_bucket = self.buckets[-1]
+        self.capacity = int(capacity) + self.max_bucket  # room for the padding of the last block
         self.cache = static_cache(self.n_layers, self.capacity)
         self._length = -1  # unknown until the first _set_length
         self.starts = segment_starts(self.n_layers, segments)

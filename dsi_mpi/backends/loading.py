@@ -259,7 +259,8 @@ def _hf_runner(
 
         segments = models.get("compile_segments", 2) if role == "target" else 1
         try:
-            runner = CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+            max_bucket, buckets = models.get("compile_max_bucket", 16), models.get("compile_buckets", ())
+            runner = CompiledRunner(model, eos_ids, capacity, segments, max_bucket, buckets=buckets)
             runner.head_tokens = head_tokens
             return runner
         except Exception as err:  # noqa: BLE001 - any compile failure: run eager, and say so in the results

@@ -27,9 +27,12 @@ def test_buckets_and_segments():
 
 def test_backend_keys_are_checked():
     assert validate({"models": {"backend": "compiled"}}).models.backend == "compiled"
-    for bad in ({"backend": "jit"}, {"compile_segments": 0}, {"compile_max_bucket": 0}):
+    assert validate({"models": {"compile_buckets": [1, 8]}}).models.compile_buckets == (1, 8)
+    for bad in ({"backend": "jit"}, {"compile_segments": 0}, {"compile_max_bucket": 0}, {"compile_buckets": [0, 8]}):
         with pytest.raises(ConfigError, match="models."):
             validate({"models": bad})
+    with pytest.raises(ConfigError, match="models.compile_buckets must be a list of ints"):
+        validate({"models": {"compile_buckets": ["8"]}})
     with pytest.raises(ConfigError, match="emulation.forwards"):
         validate({"emulation": {"forwards": "gpu"}})
 
