@@ -121,3 +121,17 @@ def test_the_summary_table_says_what_its_figures_stand_on():
     assert any(line.startswith("* FUNCTIONAL CHECK") and "ranks 0, 1, 2" in line for line in lines)
     plain = summary_table(records, {"ranks": json.dumps([{"rank": r, "host": "h"} for r in range(3)])})
     assert "*" not in plain and "EAGER" not in plain
+
+
+def test_the_hbm_floor_knows_the_sxm_h100_by_its_name(monkeypatch):
+    """nvidia-smi calls the SXM H100 "NVIDIA H100 80GB HBM3": 3.35 TB/s, not the PCIe part's 2.0 (a floor 1.7x
+    too slow); an H100 the table does not know gets no floor rather than a wrong one."""
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
+    from gpu_check import bandwidth
+
+    assert bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert bandwidth("NVIDIA H100 PCIe") == 2.0e12 and bandwidth("NVIDIA H100 NVL") == 3.9e12
+    assert bandwidth("NVIDIA H200") == 4.8e12 and bandwidth("NVIDIA A100-SXM4-80GB") == 2.0e12
+    assert bandwidth("NVIDIA H100 94GB HBM2e") is None and bandwidth("") is None
