@@ -1,4 +1,6 @@
-"""HDF5 results: one file per job, written by rank 0 only, flushed after every prompt.
+"""HDF5 results: one file per job, written by rank 0 only, flushed after every prompt. A file already there
+(output.overwrite) is replaced only when the new job's first record is in (until then the new one is
+NAME.partial), so a job that fails before that leaves the previous results as they were.
 
 With several instances (runtime.instances) rank 0 is the scheduler and writes every instance's records, sent
 to it as each prompt completes (dsi_mpi/batch.py); the same layout, plus where each prompt ran.
@@ -7,7 +9,7 @@ Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents
 keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device, poll_spin_s,
-                                  node_threads, node_cores), algorithms, argv,
+                                  node_threads, node_cores; gpu on CUDA), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
                                   model, params, layers), scheduler (JSON: policy, instances, layout); merged_from
                                   (merge)

@@ -31,6 +31,9 @@ are identical (lossless), so this is also the ratio of per-token latencies on th
 
 The time model's inputs and predictions: dsi_mpi/reporting/time_model.py.
 
+What the figures stand on (`rank_table`, `shared_gpus`): GPUs that several ranks shared (same host, same
+physical GPU); there si and dsi are a functional check, not a speed (report.job_notes says so under a table).
+
 Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
 - a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
   a job's wall_s = last finished_s - first started_s over its prompts (jobs told apart by job_start, so a
