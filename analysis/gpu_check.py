@@ -251,7 +251,9 @@ def run_phases(args) -> dict:
     report |= {"command": " ".join(sys.argv), "budget_s": args.budget, "models": {}, "algorithms": {}}
     save(report, out)
     for role in ("target", "drafter"):
-        report["models"][role] = latency_phase(role, args, min(args.latency_s, left()), report["hbm_bytes_per_s"])
+        seconds = min(args.latency_s, left())
+        skip = {"error": f"skipped: {seconds:.0f} s left"}
+        report["models"][role] = latency_phase(role, args, seconds, report["hbm_bytes_per_s"]) if seconds > 20 else skip
         save(report, out)
     t, d = report["models"]["target"], report["models"]["drafter"]
     if "eager_ms" in t and "eager_ms" in d:
