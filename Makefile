@@ -28,7 +28,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # The lossless and backend tests again under the oldest transformers that setup.cfg admits (CI runs both; the
-# families sweep runs under the newest only, for CI time: it passed under 5.17 when it was added).
+# families sweep runs under the newest only, for CI time: it passed under 5.17 when it was added). 5.17 is the GPU
+# machine's release, so the compiled backend's unit tests (one small compile, about a minute) run here too.
 OLDEST_TRANSFORMERS ?= transformers==5.17.0
 OLD_VENV ?= .venv-oldest
 $(OLD_VENV)/.installed: setup.cfg pyproject.toml
@@ -40,7 +41,7 @@ $(OLD_VENV)/.installed: setup.cfg pyproject.toml
 
 test-oldest: $(OLD_VENV)/.installed
 	$(OLD_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
-	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py \
+	$(OLD_VENV)/bin/python -m pytest -q tests/unit/test_runners.py tests/unit/test_compiled.py \
 		"tests/mpi/test_lossless.py::test_si_and_dsi_equal_hf_generate[3]" \
 		"tests/mpi/test_lossless.py::test_drafters_that_need_no_training_are_lossless[3]"
 

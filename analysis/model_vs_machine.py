@@ -103,20 +103,21 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     return row
 
 
-def predict(alg, lat, message_s, prompts, warmup, a, k, v, tokens) -> float:
+def predict(alg, lat, message_s, prompts, warmup, a, k, v, tokens, seed=SEED, prompt_tokens=PROMPT_TOKENS, layers=0):
     """The simulator's mean latency over the job's prompts, run one after another on the same simulated
     ranks (adaptive speculation learns across them, from the warm-up prompt on, as in the job) with the
     runs' own draws: the emulated drafter matches the target at position p exactly when emulated_match(seed,
-    p) says so, so model and machine share their luck (every emulated prompt has PROMPT_TOKENS tokens, so
-    every prompt has the same draws)."""
+    p) says so, so model and machine share their luck (every emulated prompt has `prompt_tokens` tokens, so
+    every prompt has the same draws). layers: the drafter's (0: the emulated drafter's SLICES), between
+    which rank 0 reads replies."""
     from dsi_mpi.backends.emulated import SLICES, emulated_match
     from dsi_mpi.simulator import nonsi_latency
     from dsi_mpi.virtual import run_simulated
 
     if alg == "nonsi":
         return nonsi_latency(lat, tokens)
-    match = [emulated_match(SEED, PROMPT_TOKENS + i, a) for i in range(tokens)]
-    extra = dict(nonsi_thread=v > 1, drafter_layers=SLICES, message_s=message_s, prompt_tokens=PROMPT_TOKENS)
+    match = [emulated_match(seed, prompt_tokens + i, a) for i in range(tokens)]
+    extra = dict(nonsi_thread=v > 1, drafter_layers=layers or SLICES, message_s=message_s, prompt_tokens=prompt_tokens)
     records = run_simulated(alg, lat, [match] * prompts, k, v, warmup=match if warmup else None, **extra)
     return sum(r.wall_s for r in records) / len(records)
 

@@ -72,7 +72,7 @@ class LocalFeed:
     def close(self, completed: bool) -> None:
         self.writer.close()
         if completed:
-            print_summary(self.records, self.session.cfg.output.path)
+            print_summary(self.records, self.session.cfg.output.path, self.writer.metadata)
 
 
 class RemoteFeed:
@@ -172,7 +172,7 @@ class Scheduler:
         finally:
             self.writer.close()
         if completed:
-            print_summary(records, session.cfg.output.path)
+            print_summary(records, session.cfg.output.path, self.writer.metadata)
 
     def _poll(self):
         """A failure notice first, else a coordinator's request: (source, tag, message) or None."""
@@ -328,10 +328,10 @@ class Progress:
         )
 
 
-def print_summary(records: list[dict], path: str) -> None:
+def print_summary(records: list[dict], path: str, meta: dict) -> None:
     from dsi_mpi.reporting.report import summary_table, throughput_lines
 
-    print(summary_table(records), flush=True)
+    print(summary_table(records, meta), flush=True)
     for line in throughput_lines(records):
         print(line, flush=True)
     print(f"results: {path}", flush=True)

@@ -121,7 +121,7 @@ def _fail(comm, state: dict, text: str, code: int) -> None:
 
 
 def _run_ranks(cfg, world, state: dict) -> int:
-    from dsi_mpi.backends.loading import build_runner
+    from dsi_mpi.backends.loading import build_runner, gpu_identity
     from dsi_mpi.mpi import startup
     from dsi_mpi.mpi.channel import Channel
     from dsi_mpi.mpi.polling import poller_from_config, spin_for_node
@@ -174,6 +174,8 @@ def _run_ranks(cfg, world, state: dict) -> int:
     kind = cfg["models"]["device"] if cfg["models"]["kind"] == "hf" else "emulated"
     device = "none" if runner is None else str(getattr(runner, "device", kind))
     extra = {"poll_spin_s": poller.spin_s, "node_threads": threads_on_node, "node_cores": cores_on_node}
+    if gpu_identity(getattr(runner, "device", None)):  # the physical GPU: tells ranks that share one
+        extra["gpu"] = gpu_identity(runner.device)
     if placement is not None:
         extra["instance"] = placement.instance
     backend = getattr(runner, "compile_info", None) or {}
@@ -266,6 +268,13 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
     spec = parse_drafter(cfg["models"]["drafter"])
     backends = [{"rank": info["rank"], "role": info["role"], **info.pop("backend")} for info in infos]
     _report_backends(backends)
+    from dsi_mpi.reporting.metrics import shared_gpus
+
+    for group in shared_gpus(infos):
+        logger.warning(
+            f"ranks {group['ranks']} share one GPU ({group['gpu']} on {group['host']}): without MPS they take turns "
+            "on it, so si and dsi figures are a FUNCTIONAL CHECK only (launch one rank per GPU to measure them)"
+        )
     return {
         "backends": backends,
         "versions": _versions(),

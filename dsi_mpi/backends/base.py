@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -56,11 +57,25 @@ class ModelRunner:
             scores = self._forward(tokens, n_out)
         except BaseException:
             self._crop(before)
+            with contextlib.suppress(Exception):  # the forward's own error is the one to report
+                self.sync()
             raise
+        self.sync()
         self.tokens.extend(tokens)
         self.computed_tokens += len(tokens)
         self.forward_calls += 1
         return scores
+
+    def sync(self) -> None:
+        """Wait until this runner's device has done the work queued so far. A CUDA call returns once its work
+        is queued, so a time stamped then would let the device's work overlap whatever the rank does next
+        (drafting, the next task): every forward ends here, stopped or not, before anyone reads a clock.
+        Nothing to wait for on a CPU or in LATENCY EMULATION (no `device`)."""
+        device = getattr(self, "device", None)
+        if getattr(device, "type", None) == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
 
     def greedy(self, tokens: Sequence[int], n_out: int) -> np.ndarray:
         return self._argmax(self.forward(tokens, n_out), len(self.tokens) - n_out + 1)

@@ -92,6 +92,18 @@ def crop_cache(cache, length: int) -> None:
             layer.values = layer.values[..., :length, :]
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """A failed allocation, in host or GPU memory (torch.cuda.OutOfMemoryError is no MemoryError), also where
+    torch.compile wrapped it in an error of its own: the machine's limit, never a reason to try another way."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def adopt_model(runner: ModelRunner, model, eos_token_ids) -> None:
     """The fields every Hugging Face runner (eager or compiled) keeps of its model."""
     runner.model = model.eval()
@@ -120,9 +132,9 @@ class HFRunner(ModelRunner):
         check_config_layers(self.model)
         try:
             self.forward([0], 1)
-        except (MemoryError, torch.cuda.OutOfMemoryError):  # the machine's problem, not the architecture's
-            raise
         except Exception as err:  # e.g. a recurrent layer asking a key/value cache for its state
+            if out_of_memory(err):  # the machine's problem, not the architecture's
+                raise
             first = (str(err).strip().splitlines() or [""])[0]
             raise UnsupportedModel(
                 f"{name}: one token through the model with a key/value cache failed ({type(err).__name__}: {first})"

@@ -121,13 +121,29 @@ def truncate_layers(model, layers: int):
 
 
 def pick_device(device: str, local_rank: int):
+    """The CPU, or GPU `local_rank` modulo the GPUs this rank sees, made the current one (so that whatever is
+    allocated without an index lands there too). More ranks than GPUs share them by turns: the job's start-up
+    says so and labels si and dsi a functional check, from each rank's `gpu_identity`."""
     import torch
 
     if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError('models.device = "cuda" but torch sees no GPU on this node')
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    picked = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(picked)
+    return picked
+
+
+def gpu_identity(device) -> str:
+    """The physical GPU behind `device` ("" off CUDA): its name and UUID. Ranks given one GPU each by
+    CUDA_VISIBLE_DEVICES all call theirs cuda:0, so only this tells whether two ranks share one."""
+    if getattr(device, "type", None) != "cuda":
+        return ""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} {getattr(props, 'uuid', '') or f'index {device.index}'}"
 
 
 def check_transformers_version(version: str | None = None) -> None:
@@ -225,8 +241,6 @@ def _hf_runner(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
-
     name = resolve_model_path(name, role)
     device = pick_device(models["device"], local_rank)
     model = _load_model(name, role, models, device, random_weights)
@@ -236,25 +250,36 @@ def _hf_runner(
     model.to(device)
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-    backend = _backend_for(models.get("backend", "auto"), device)
-    runner, fallback = None, None
-    try:
-        runner = _fast_runner(backend, model, eos_ids, capacity, role, models)
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as err:  # noqa: BLE001 - a model this backend cannot run: eager, and say so in the results
-        fallback = f"{backend}: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
-        log_fallback = logger.info if models.get("backend", "auto") == "auto" else logger.warning
-        log_fallback(f"{role} model {name!r}: {fallback}; running eager")
-    if runner is None:
-        try:
-            runner = HFRunner(model, eos_token_ids=eos_ids)
-        except UnsupportedModel as err:
-            raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
-        runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
+    runner = _runner_or_eager(model, eos_ids, capacity, role, name, models)
     runner.compile_info.update(dtype=str(model.dtype).removeprefix("torch."), requested=models.get("backend", "auto"))
     runner.compile_info.setdefault("cpu", cpu_facts())
     runner.head_tokens = head_tokens
+    return runner
+
+
+def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models: dict):
+    """The runner of models.backend; a model that backend cannot run runs eager, the reason recorded (running
+    out of memory is the machine's problem, not the model's: raised)."""
+    from dsi_mpi.backends.hf import HFRunner, UnsupportedModel, out_of_memory
+
+    backend, fallback = _backend_for(models.get("backend", "auto"), model.device), None
+    try:
+        runner = _fast_runner(backend, model, eos_ids, capacity, role, models)
+        if runner is not None:
+            return runner
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - a model this backend cannot run: eager, and say so in the results
+        if out_of_memory(err):
+            raise
+        fallback = f"{backend}: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+        log_fallback = logger.info if models.get("backend", "auto") == "auto" else logger.warning
+        log_fallback(f"{role} model {name!r}: {fallback}; running eager")
+    try:
+        runner = HFRunner(model, eos_token_ids=eos_ids)
+    except UnsupportedModel as err:
+        raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
+    runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
     return runner
 
 
@@ -275,7 +300,8 @@ def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models:
         from dsi_mpi.backends.compiled import CompiledRunner
 
         segments = models.get("compile_segments", 2) if role == "target" else 1
-        return CompiledRunner(model, eos_ids, capacity, segments, models.get("compile_max_bucket", 16))
+        max_bucket, buckets = models.get("compile_max_bucket", 16), models.get("compile_buckets", ())
+        return CompiledRunner(model, eos_ids, capacity, segments, max_bucket, buckets=buckets)
     return None
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import tomllib
 
@@ -30,7 +30,7 @@ def _section_view(section: str) -> type:
     fields = [
         (
             k.name,
-            tuple if k.type is list else k.type if isinstance(k.type, type) else Any,
+            tuple if k.type is list or get_origin(k.type) is list else k.type if isinstance(k.type, type) else Any,
             field(default=tuple(k.default) if isinstance(k.default, list) else k.default),
         )
         for k in keys
@@ -132,9 +132,10 @@ def _check_type(key: Key, value: Any) -> Any:
     kinds = key.type if isinstance(key.type, tuple) else (key.type,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if key.type is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config key {where} must be a list of strings, got {value!r}")
+    if key.type is list or get_origin(key.type) is list:  # plain list: of strings
+        element = (get_args(key.type) or (str,))[0]
+        if not isinstance(value, list) or not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"config key {where} must be a list of {element.__name__}s, got {value!r}")
         return value
     if isinstance(value, bool) and key.type is not bool or not isinstance(value, key.type):
         raise ConfigError(f"config key {where} must be {_type_name(key.type)}, got {type(value).__name__} {value!r}")
@@ -142,6 +143,8 @@ def _check_type(key: Key, value: Any) -> Any:
 
 
 def _type_name(kind) -> str:
+    if get_origin(kind) is list:
+        return f"list of {get_args(kind)[0].__name__}"
     return " or ".join(t.__name__ for t in kind) if isinstance(kind, tuple) else kind.__name__
 
 
@@ -253,6 +256,7 @@ def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
     )
     need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
     need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
+    need(all(b >= 1 for b in m["compile_buckets"]), f"models.compile_buckets must be >= 1, got {m['compile_buckets']}")
     need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
     need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
     need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")

@@ -79,6 +79,14 @@ KEYS: tuple[Key, ...] = (
             16,
             "compiled backend: inputs are padded to 1, 2, 4, .. up to this many tokens; longer ones run in chunks of it",
         ),
+        (
+            "compile_buckets",
+            list[int],
+            [],
+            "compiled backend: the padded input lengths to compile instead, e.g. [1, 8] (each costs a compile at load; "
+            "an input takes the shortest that holds it, longer ones run in chunks of the longest); [] = 1, 2, 4, .. "
+            "compile_max_bucket",
+        ),
     ),
     *_section(
         "decoding",
@@ -218,7 +226,10 @@ KEYS: tuple[Key, ...] = (
 )
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
-DIGEST_WHEN_SET = {"emulation.min_new_tokens": 0}  # keys added after results files existed: hashed only when set
+DIGEST_WHEN_SET = {
+    "emulation.min_new_tokens": 0,
+    "models.compile_buckets": [],
+}  # keys added after results files existed: hashed only when set
 # layout keys that do not change a prompt's tokens: hashed at their defaults whatever their values (a job resumes
 # with another layout), not dropped (older files keep their digest)
 HASHED_AT_DEFAULT = {"runtime.pipeline_stages": 1, "runtime.pipeline_groups": 0}

@@ -1,4 +1,6 @@
-"""HDF5 results: one file per job, written by rank 0 only, flushed after every prompt.
+"""HDF5 results: one file per job, written by rank 0 only, flushed after every prompt. A file already there
+(output.overwrite) is replaced only when the new job's first record is in (until then the new one is
+NAME.partial), so a job that fails before that leaves the previous results as they were.
 
 With several instances (runtime.instances) rank 0 is the scheduler and writes every instance's records, sent
 to it as each prompt completes (dsi_mpi/batch.py); the same layout, plus where each prompt ran.
@@ -7,7 +9,7 @@ Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents
 keeps the two in sync):
     /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
                                   git_commit, ranks (JSON: rank, host, role, device, poll_spin_s,
-                                  node_threads, node_cores), algorithms, argv,
+                                  node_threads, node_cores; gpu on CUDA), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
                                   model, params, layers), scheduler (JSON: policy, instances, layout); merged_from
                                   (merge)
@@ -28,6 +30,7 @@ keeps the two in sync):
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -63,6 +66,8 @@ class ResultsWriter:
     def __init__(self, path: str, config, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
         self.completed: set[int] = set()
+        self.metadata: dict[str, str] = {}  # what add_metadata wrote, as read_results gives it back
+        self.pending: Path | None = None  # the new file's name until its first record is in (see below)
         if self.path.exists() and resume:
             self._reopen(config)
             return
@@ -71,9 +76,13 @@ class ResultsWriter:
                 f"output file {path} exists: set output.overwrite = true, or output.resume = true to "
                 "finish it, or choose another output.path"
             )
+        # An existing file is replaced only once the new one holds a record: a job that fails before that (a
+        # rank that cannot start, a model that does not load) leaves the old results as they were.
+        if self.path.exists():
+            self.pending = self.path.with_name(self.path.name + ".partial")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.path, "w")
+            self.file = h5py.File(self.pending or self.path, "w")
         except OSError as err:
             raise ConfigError(f"cannot write output file {path}: {err}") from None
         attrs = self.file.attrs
@@ -112,7 +121,8 @@ class ResultsWriter:
         if unknown:
             raise ValueError(f"results metadata {unknown} not in results.METADATA (document them in the README)")
         for key, value in metadata.items():
-            self.file.attrs[key] = value if isinstance(value, str) else json.dumps(value)
+            self.metadata[key] = value if isinstance(value, str) else json.dumps(value)
+            self.file.attrs[key] = self.metadata[key]
         self.file.flush()
 
     def _prompt_group(self, prompt, prompt_tokens) -> h5py.Group:
@@ -136,6 +146,9 @@ class ResultsWriter:
         run.create_dataset("events", data=record.event_table())
         run.create_dataset("stages", data=record.stage_table())
         self.file.flush()
+        if self.pending is not None:  # the first record is in: the new file takes the old one's name
+            os.replace(self.pending, self.path)
+            self.pending = None
 
     def mark_complete(self, prompt, placement: dict | None = None) -> None:
         """The prompt's records are all written: record where it ran (PLACEMENT), then mark it complete."""
@@ -148,7 +161,10 @@ class ResultsWriter:
         self.file.flush()
 
     def close(self) -> None:
+        """Close the file; one that never got a record does not replace the file it was to replace."""
         self.file.close()
+        if self.pending is not None:
+            self.pending.unlink(missing_ok=True)
 
 
 def is_complete(group: h5py.Group) -> bool:

@@ -31,6 +31,9 @@ are identical (lossless), so this is also the ratio of per-token latencies on th
 
 The time model's inputs and predictions: dsi_mpi/reporting/time_model.py.
 
+What the figures stand on (`rank_table`, `shared_gpus`): GPUs that several ranks shared (same host, same
+physical GPU); there si and dsi are a functional check, not a speed (report.job_notes says so under a table).
+
 Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
 - a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
   a job's wall_s = last finished_s - first started_s over its prompts (jobs told apart by job_start, so a
@@ -103,6 +106,26 @@ def job_shape(meta: dict, records: list[dict]) -> dict:
     if shape["max_new_tokens"] < 1:
         shape["max_new_tokens"] = max((len(r["tokens"]) for r in records), default=1)
     return shape
+
+
+def rank_table(meta: dict) -> list[dict]:
+    """The root attribute `ranks` (one dict per rank), [] where a file has none."""
+    try:
+        ranks = json.loads(meta["ranks"])
+    except (KeyError, TypeError, ValueError):
+        return []
+    return ranks if isinstance(ranks, list) else []
+
+
+def shared_gpus(ranks: list[dict]) -> list[dict]:
+    """GPUs that several ranks ran on (same host, same `gpu`: the physical GPU, whatever index each rank called
+    it): [{host, gpu, ranks}]. Without MPS such ranks take turns on the GPU, so no two forwards there ran at
+    once: si and dsi figures of such a job are a functional check, not a speed."""
+    groups: dict[tuple, list[int]] = {}
+    for r in ranks:
+        if r.get("gpu"):
+            groups.setdefault((r.get("host", ""), r["gpu"]), []).append(int(r["rank"]))
+    return [{"host": h, "gpu": g, "ranks": sorted(rs)} for (h, g), rs in groups.items() if len(rs) > 1]
 
 
 def verifier_busy(rec: dict, verifiers: int) -> np.ndarray:

@@ -19,6 +19,8 @@ from dsi_mpi.reporting.metrics import (
     compare,
     job_shape,
     ordered,
+    rank_table,
+    shared_gpus,
     stale_work,
     throughput,
 )
@@ -65,8 +67,11 @@ def cell(figure: str, value) -> str:
 
 def summary_table(records: list[dict], meta: dict | None = None) -> str:
     """A fixed-width table, one line per algorithm: speed, speedups on matched prompts, acceptance, mean
-    acceptance length, inter-token latency percentiles, and tasks sent/used/stale."""
-    figures = compare(records, job_shape(meta or {}, records)["verifiers"])
+    acceptance length, inter-token latency percentiles, and tasks sent/used/stale; under it the job's notes
+    (`job_notes`), si and dsi marked * where ranks shared a GPU."""
+    meta = meta or {}
+    figures = compare(records, job_shape(meta, records)["verifiers"])
+    shared = shared_gpus(rank_table(meta))
     width = {f: max(9, len(FIGURES[f][0]) + 2) for f in SUMMARY}
     header = f"{'algorithm':<12}" + "".join(f"{FIGURES[f][0]:>{width[f]}}" for f in SUMMARY)
     header += f"{'tasks sent/used/stale':>23}"
@@ -74,8 +79,32 @@ def summary_table(records: list[dict], meta: dict | None = None) -> str:
     for algorithm in ordered(figures):
         s = figures[algorithm]
         tasks = f"{s['tasks_sent']}/{s['tasks_used']}/{s['tasks_stale']}" if s["tasks_sent"] else "-"
-        lines.append(f"{algorithm:<12}" + "".join(f"{cell(f, s[f]):>{width[f]}}" for f in SUMMARY) + f"{tasks:>23}")
-    return "\n".join(lines)
+        name = algorithm + ("*" if shared and algorithm in FUNCTIONAL_ONLY else "")
+        lines.append(f"{name:<12}" + "".join(f"{cell(f, s[f]):>{width[f]}}" for f in SUMMARY) + f"{tasks:>23}")
+    return "\n".join(lines + job_notes(meta))
+
+
+FUNCTIONAL_ONLY = ("si", "dsi")  # algorithms whose speed needs the drafter and verifiers to run at once
+
+
+def job_notes(meta: dict) -> list[str]:
+    """What the table's figures stand on that the results file says elsewhere: ranks whose compiled backend
+    fell back to eager (root attribute `backends`), and GPUs several ranks shared (metrics.shared_gpus)."""
+    try:
+        backends = json.loads(meta.get("backends") or "[]")
+    except (TypeError, ValueError):
+        backends = []
+    notes = [
+        f"note: rank {b.get('rank')} ({b.get('role')}) ran EAGER: its compiled backend fell back ({b['fallback']})"
+        for b in backends
+        if isinstance(b, dict) and b.get("fallback")
+    ]
+    for group in shared_gpus(rank_table(meta)):
+        notes.append(
+            f"* FUNCTIONAL CHECK, not a speed: ranks {', '.join(map(str, group['ranks']))} shared one GPU "
+            f"({group['gpu']} on {group['host']}), taking turns on it: si and dsi ran nothing in parallel there"
+        )
+    return notes
 
 
 def throughput_lines(records: list[dict]) -> list[str]:

@@ -32,24 +32,33 @@ def test_compiled_families_equal_hf_generate(run_mpi, tmp_path):
 
 
 def test_gpu_check_tiny_runs_on_cpu(tmp_path):
+    """The device check end to end as the GPU machine would run it (tiny shapes, on the CPU): both scripts, every
+    phase's JSON under --out, eager and compiled choosing the same tokens, and the cores' check measured against
+    the simulator."""
     import os
     import subprocess
     import sys
 
+    out = tmp_path / "out"
     proc = subprocess.run(
-        ["bash", str(ROOT / "analysis/gpu_check.sh"), "--tiny", "--verifiers", "1", "--prompts", "1"]
-        + ["--prompt-tokens", "12", "--new-tokens", "12", "--steps", "5", "--max-bucket", "4", "--out", str(tmp_path)],
+        ["bash", str(ROOT / "analysis/gpu_check.sh"), "--tiny", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
         env=dict(os.environ, PYTHON=sys.executable),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    algorithms = report["algorithms_emulated_acceptance"]
-    assert {"nonsi", "si", "dsi"} <= set(algorithms)
+    report = json.loads((out / "gpu_check.json").read_text())
+    algorithms = report["algorithms"]["0.8"]
+    assert {"nonsi", "si", "dsi"} <= set(algorithms), algorithms
     assert all(b["backend"] == "compiled" and b["acceptance"] == "emulated" for b in algorithms["backends"])
-    assert 0.3 < algorithms["si"]["acceptance"] < 1.0  # i.i.d. at 0.8, few tokens
+    assert all(b["buckets"] == [1, 4] for b in algorithms["backends"])  # only the buckets the job uses
+    assert 0.3 < algorithms["si"]["acceptance"] < 1.0 and algorithms["shared_gpus"] == []  # i.i.d. at 0.8
     for m in report["models"].values():
-        assert m["compiled_ms"] > 0 and m["eager_ms"] > 0 and m["compile_s"] > 0
-    assert "EMULATED ACCEPTANCE" in proc.stdout
+        assert m["compiled_ms"] > 0 and m["eager_ms"] > 0 and m["compile_s"] > 0 and m["tokens_equal"], m
+    cores = json.loads((out / "cpu_parallelism.json").read_text())
+    assert [p["verifiers"] for p in cores["points"]] == [1, 2]
+    for point in cores["points"]:
+        assert point["predicted_dsi_ms"] > 0 and point["measured_dsi_ms"] > 0 and -0.9 < point["dsi_error"] < 9, point
+    assert "EMULATED ACCEPTANCE" in proc.stdout and (out / "gpu_check.md").exists()
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["points"] == cores["points"]

@@ -86,3 +86,18 @@ def test_silent_rank_trips_the_watchdog(run_mpi, tmp_path):
     assert time.monotonic() - start < 40
     assert "WatchdogTimeout" in proc.stderr, proc.stderr[-2000:]
     assert re.search(r"waiting for .*rank\(s\) \[[0-9, ]*2\]", proc.stderr), proc.stderr[-2000:]
+
+
+def test_a_job_that_fails_before_its_first_record_leaves_the_previous_results(run_mpi, tmp_path):
+    """output.overwrite = true replaces the old file only once the new job's first record is in: here a verifier
+    fails on its first task, in the untimed warm-up (a rank that cannot load its model fails a moment earlier)."""
+    config = emulated_job(tmp_path, prompts=2)
+    proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = complete_prompts(tmp_path / "out.h5")
+    again = ["-m", "dsi_mpi", "run", config, "--set", "output.overwrite=true", "--set", "decoding.warmup_prompts=1"]
+    proc = run_mpi(again, ranks=3, timeout=90, env={"DSI_MPI_FAULT": "rank=1,after=1,kind=raise"})
+    assert proc.returncode != 0 and "injected" in proc.stderr, proc.stderr[-2000:]
+    with open_when_unlocked(tmp_path / "out.h5"):
+        pass
+    assert complete_prompts(tmp_path / "out.h5") == before and len(before) == 2 * 3
