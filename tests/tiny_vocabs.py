@@ -6,6 +6,8 @@
 - `sp`: a SentencePiece-style drafter (Llama 2's layout: '▁' for spaces, a dummy prefix space, byte fallback
   tokens '<0x00>'..'<0xFF>') holding the same texts as `bpe`, its model built the same way;
 - `disjoint`: a word-level-ish SentencePiece drafter that shares too few tokens (refused);
+a drafter over the embedded BPE for tiny_models' byte-level target (`add_bpe_drafter`: it writes a text in
+fewer tokens than its target, the direction in which Hugging Face's Universal Assisted Generation works);
 and, for the sampling test, 6- and 5-token byte-level vocabularies (`small_pair`)."""
 
 from __future__ import annotations
@@ -199,3 +201,15 @@ def add_small_cross_drafter(paths: dict[str, str], root: Path) -> dict[str, str]
     drafter.save_pretrained(root / "cross")
     drafter_tok.save_pretrained(root / "cross")
     return paths | {"cross": str(root / "cross")}
+
+
+def add_bpe_drafter(target_folder: str, folder: Path) -> str:
+    """A drafter over the embedded BPE for tiny_models' target (a byte tokenizer: every byte and the end
+    token shared, the drafter's 1,791 merged tokens not): the target moved to its ids, with a little noise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = AutoModelForCausalLM.from_pretrained(target_folder).eval()
+    tokenizer = embedded_tokenizer()
+    return _save(
+        moved_copy(target, AutoTokenizer.from_pretrained(target_folder), tokenizer, 41, 0.05), tokenizer, folder
+    )
