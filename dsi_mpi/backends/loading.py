@@ -82,6 +82,7 @@ def check_pair(models: dict, algorithms=()) -> None:
         )
     if spec.kind != "model":
         return
+    _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
     check_weights(spec.model, "drafter")
     vocab_map = vocabulary_map(models["target"], spec.model)
     if vocab_map is not None and "hf_assisted" in algorithms and vocab_map.target_rows == vocab_map.drafter_rows:
