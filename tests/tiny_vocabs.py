@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 import torch
+from tiny_models import _save
 
 ROOT = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"
@@ -125,14 +126,6 @@ def _llama(vocab: int, tokenizer, seed: int):
         bos_token_id=tokenizer.bos_token_id,
     )
     return LlamaForCausalLM(config).eval()
-
-
-def _save(model, tokenizer, folder: Path) -> str:
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def moved_copy(target, target_tokenizer, tokenizer, seed: int, noise: float = 0.0):

@@ -67,7 +67,7 @@ def _token_bytes(token: str, scheme: str, space: str, byte_fallback: bool) -> by
 class Vocabulary:
     """One tokenizer's tokens as the text each stands for."""
 
-    what: str  # which tokenizer, for messages ("the drafter's tokenizer (2048 tokens)")
+    what: str  # which tokenizer, for messages ("the drafter's tokenizer (2048 rows)")
     tokenizer: object
     scheme: str  # "byte-level" or "sentencepiece"
     spelled: list[bytes]  # per id: the bytes it stands for (a special token: its own text)
