@@ -263,6 +263,7 @@ def _terminated(signum, frame):
 def _metadata(cfg, infos: list[dict], runner) -> dict:
     """Root attributes known once every rank has started (written by rank 0; `runner` is its drafter, or
     None on the scheduler rank of a many-instance job)."""
+    from dsi_mpi.backends.loading import drafter_vocabulary
     from dsi_mpi.io.drafter_spec import parse_drafter
 
     spec = parse_drafter(cfg["models"]["drafter"])
@@ -287,6 +288,7 @@ def _metadata(cfg, infos: list[dict], runner) -> dict:
             "layers": _drafter_layers(cfg, spec, runner),
             # rows of a frequency-ranked drafter head (backends/draft_vocab.py); 0 = the whole vocabulary
             "head_tokens": int(getattr(runner, "head_tokens", None) or 0),
+            "vocabulary": drafter_vocabulary(cfg, runner),  # "shared", or token-level intersection (backends/tli.py)
         },
         "algorithms": cfg["decoding"]["algorithms"],
         "argv": sys.argv,
@@ -355,18 +357,19 @@ def _feed(cfg, session, placement, poller, infos, metadata, offsets, layout):
 
 
 def _lazy_assistant(cfg, local_rank: int):
-    """hf_assisted needs the drafter next to the target; load it on first use only."""
+    """hf_assisted needs the drafter next to the target; load it on first use only (its runner: the model, and
+    for a drafter of another vocabulary the two tokenizers Hugging Face's generate then takes)."""
     cache = {}
 
     def factory():
-        if "model" not in cache:
+        if "runner" not in cache:
             from dsi_mpi.backends.loading import build_runner
 
             eager = {
                 "models": dict(cfg["models"], backend="eager"),
                 "decoding": cfg["decoding"],
             }  # HF generate is eager
-            cache["model"] = build_runner("drafter", eager, local_rank).model
-        return cache["model"]
+            cache["runner"] = build_runner("drafter", eager, local_rank)
+        return cache["runner"]
 
     return factory

@@ -161,7 +161,7 @@ def _tokenize_for_target(cfg, prompts):
 
     models = cfg["models"]
     check_transformers_version()
-    check_pair(models)
+    check_pair(models, cfg["decoding"]["algorithms"])
     tokenizer = load_tokenizer(models["target"], "target")
     target_path = resolve_model_path(models["target"], "target")
     limit = getattr(AutoConfig.from_pretrained(target_path), "max_position_embeddings", None)

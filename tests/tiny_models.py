@@ -66,7 +66,7 @@ def build_tiny_models(root: Path, vocab_extra: int = 0) -> dict[str, str]:
     """Folders: target (Llama), copy (the target itself: every draft right), noisy (a perturbed copy:
     some drafts right), noisy_head (the same drafter with a head of the even token ids only: it cannot
     propose an odd one), gpt2 (random GPT-2: another architecture, drafts nearly always wrong),
-    other_vocab (a drafter whose vocabulary differs)."""
+    other_vocab (the target's tokenizer, 7 model rows more: drafted through token-level intersection)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = byte_tokenizer()

@@ -66,9 +66,11 @@ def load_tokenizer(name: str, what: str = "target"):
     return _load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, what), what)
 
 
-def check_pair(models: dict) -> None:
-    """Refuse a drafter whose vocabulary differs from the target's: its drafts would be meaningless ids.
-    Drafters built from the target itself (n-gram, truncated) share its vocabulary by construction."""
+def check_pair(models: dict, algorithms=()) -> None:
+    """Refuse a drafter the target cannot use. A drafter of another vocabulary drafts the tokens the two
+    share (token-level intersection, backends/tli.py): refused when they share too few or its tokenizer
+    cannot be read (backends/vocab_map.py). Drafters built from the target itself (n-gram, truncated) share
+    its vocabulary by construction."""
     from transformers import AutoConfig
 
     target_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models["target"], "target"), "target")
@@ -80,21 +82,59 @@ def check_pair(models: dict) -> None:
         )
     if spec.kind != "model":
         return
-    drafter_cfg = _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
+    _load_or_explain(AutoConfig.from_pretrained, resolve_model_path(spec.model, "drafter"), "drafter")
     check_weights(spec.model, "drafter")
-    if target_cfg.vocab_size != drafter_cfg.vocab_size:
+    vocab_map = vocabulary_map(models["target"], spec.model)
+    if vocab_map is not None and "hf_assisted" in algorithms and vocab_map.target_rows == vocab_map.drafter_rows:
         raise ConfigError(
-            f"drafter vocabulary ({drafter_cfg.vocab_size} tokens) differs from the target's "
-            f"({target_cfg.vocab_size}): they must share one tokenizer"
+            "hf_assisted: Hugging Face's generate takes a drafter of another tokenizer only when the two models' "
+            f"vocabulary sizes differ (both {vocab_map.target_rows}): leave hf_assisted out for this pair"
         )
-    target_vocab = load_tokenizer(models["target"], "target").get_vocab()
-    drafter_vocab = load_tokenizer(spec.model, "drafter").get_vocab()
-    if target_vocab != drafter_vocab:
-        differing = len(set(target_vocab.items()) ^ set(drafter_vocab.items()))
+
+
+def _vocab_rows(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(config.vocab_size)
+
+
+def vocabulary_map(target: str, drafter: str):
+    """None where the drafter shares the target's tokenizer; else the tokens the two share
+    (backends/vocab_map.py), or a one-line ConfigError naming the sizes and why they cannot be used."""
+    from transformers import AutoConfig
+
+    from dsi_mpi.backends.draft_vocab import read_token_ids
+    from dsi_mpi.backends.vocab_map import build_vocab_map
+
+    target_rows, drafter_rows = (
+        _vocab_rows(_load_or_explain(AutoConfig.from_pretrained, resolve_model_path(name, role), role))
+        for name, role in ((target, "target"), (drafter, "drafter"))
+    )
+    target_tokenizer = load_tokenizer(target, "target")
+    try:
+        drafter_tokenizer = load_tokenizer(drafter, "drafter")
+    except ConfigError as err:
         raise ConfigError(
-            f"drafter tokenizer differs from the target's ({differing} differing entries): "
-            "they must share one vocabulary"
-        )
+            f"drafter {drafter!r} ({drafter_rows} vocabulary rows; the target has {target_rows}) has no usable "
+            f"tokenizer, by which its tokens are compared with the target's: {err}"
+        ) from None
+    if target_rows == drafter_rows and target_tokenizer.get_vocab() == drafter_tokenizer.get_vocab():
+        return None
+    try:
+        head = read_token_ids(resolve_model_path(drafter, "drafter"), drafter_rows)
+    except ValueError as err:
+        raise ConfigError(f"drafter {drafter!r}: {err}") from None
+    return build_vocab_map(target_tokenizer, drafter_tokenizer, target_rows, drafter_rows, head)
+
+
+def drafter_vocabulary(cfg, runner) -> dict:
+    """The results file's record of how drafts become target ids: "shared" (one vocabulary), or token-level
+    intersection with its sizes and mapping (backends/vocab_map.py: VocabMap.record). The scheduler rank of a
+    many-instance job holds no drafter: it reads the pair itself."""
+    models = cfg["models"]
+    if runner is not None or models["kind"] != "hf" or parse_drafter(models["drafter"]).kind != "model":
+        return getattr(runner, "vocabulary", None) or {"method": "shared"}
+    vocab_map = vocabulary_map(models["target"], models["drafter"])
+    return {"method": "shared"} if vocab_map is None else vocab_map.record()
 
 
 def _layer_count(config) -> int:
@@ -217,7 +257,20 @@ def build_runner(role: str, cfg, local_rank: int = 0, longest_prompt: int = 256,
         return _hf_runner(
             models["target"], "drafter", models, local_rank, truncate=spec.params["layers"], capacity=capacity
         )
-    return _hf_runner(spec.model, "drafter", models, local_rank, capacity=capacity)
+    return _drafter_runner(spec.model, models, local_rank, capacity)
+
+
+TEXT_GROWTH = 4  # a drafter of another vocabulary: its static cache holds this many positions per target position
+
+
+def _drafter_runner(name: str, models: dict, local_rank: int, capacity: int):
+    """The drafter model's runner; one of another vocabulary wrapped to take and propose target ids (TLI)."""
+    vocab_map = vocabulary_map(models["target"], name)
+    if vocab_map is None:
+        return _hf_runner(name, "drafter", models, local_rank, capacity=capacity)
+    from dsi_mpi.backends.tli import TLIDrafter
+
+    return TLIDrafter(_hf_runner(name, "drafter", models, local_rank, capacity=capacity * TEXT_GROWTH), vocab_map)
 
 
 def _load_model(name: str, role: str, models: dict, device, random_weights: bool):

@@ -6,6 +6,8 @@
   with the same fixed lookahead (constant schedule, no confidence early stop), what users would
   otherwise pick; when dsi-mpi's lookahead is adaptive, HF's own adaptive one: the "heuristic" schedule
   (from k = 4) and its default confidence threshold. The drafter is loaded on that verifier only when this algorithm runs.
+  A drafter of another vocabulary runs as Hugging Face's Universal Assisted Generation (`tokenizer=`,
+  `assistant_tokenizer=`: greedy re-tokenises text, sampling uses HF's own token-level intersection).
 - hf_prompt_lookup: Hugging Face's own prompt-lookup decoding (`generate(prompt_lookup_num_tokens=k)`,
   k = PROMPT_LOOKUP_TOKENS when dsi-mpi's lookahead is adaptive,
   with `max_matching_ngram_size` = the n-gram drafter's n when that is the drafter, else HF's default):
@@ -68,7 +70,9 @@ def serve_baseline(channel: Channel, target, msg, assistant_factory, rule) -> No
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_assisted"]:
         if assistant_factory is None:
             raise protocol.ProtocolError("hf_assisted asked of a rank without real models")
-        _hf_generate(channel, target, prompt, msg, rule, assistant=_schedule(assistant_factory(), msg.lookahead))
+        drafter = assistant_factory()  # a runner; one of another vocabulary brings the pair's tokenizers (UAG)
+        assistant = _schedule(drafter.model, msg.lookahead)
+        _hf_generate(channel, target, prompt, msg, rule, assistant, **getattr(drafter, "assistant_kwargs", {}))
     elif msg.algorithm == protocol.BASELINE_ALGORITHMS["hf_prompt_lookup"]:
         lookup = {"prompt_lookup_num_tokens": msg.lookahead or PROMPT_LOOKUP_TOKENS}
         if msg.ngram:
@@ -135,13 +139,23 @@ def _hf_generate(channel: Channel, target, prompt: list[int], msg, rule, assista
     if not msg.stop_at_eos:
         config.eos_token_id = None
     ids = torch.tensor([prompt], dtype=torch.long, device=target.device)
-    with torch.inference_mode():
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            assistant_model=assistant,
-            generation_config=config,
-            max_new_tokens=msg.max_new_tokens,
-            streamer=_TokenStreamer(channel),
-            **speculation,
-        )
+    try:
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                assistant_model=assistant,
+                generation_config=config,
+                max_new_tokens=msg.max_new_tokens,
+                streamer=_TokenStreamer(channel),
+                **speculation,
+            )
+    except (RuntimeError, ValueError, IndexError) as err:
+        if "assistant_tokenizer" not in speculation:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(
+            f"hf_assisted: Hugging Face's Universal Assisted Generation failed ({type(err).__name__}: {first}); "
+            "it loses track of the drafter's cache with some pairs (README: Drafters of another vocabulary): "
+            "leave hf_assisted out of decoding.algorithms for this pair"
+        ) from None

@@ -40,8 +40,10 @@ KEYS: tuple[Key, ...] = (
             "drafter",
             str,
             "inputs/models/drafter",
-            "drafter: a hub id or local folder of a model with the target's vocabulary (a `draft_vocab.json` "
-            "in the folder gives it a frequency-ranked head: only those token ids are scored, "
+            "drafter: a hub id or local folder of a model with the target's vocabulary or, with its own tokenizer, "
+            "another one that shares at least half the smaller vocabulary (drafting the shared tokens: README "
+            '"Drafters of another vocabulary"); a `draft_vocab.json` '
+            "in the folder gives it a frequency-ranked head (only those token ids are scored, "
             '`dsi_mpi/backends/draft_vocab.py`); "ngram" or '
             '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
             '"truncated:layers=L" (the target\'s first L layers with its norm and head)',

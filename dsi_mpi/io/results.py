@@ -11,7 +11,7 @@ keeps the two in sync):
                                   git_commit, ranks (JSON: rank, host, role, device, poll_spin_s,
                                   node_threads, node_cores; gpu on CUDA), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
-                                  model, params, layers), scheduler (JSON: policy, instances, layout); merged_from
+                                  model, params, layers, head_tokens, vocabulary), scheduler (JSON: policy, instances, layout); merged_from
                                   (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written), and
                                   PLACEMENT: instance, instance_ranks, instance_hosts, job_start, started_s, finished_s

@@ -3,8 +3,10 @@
 usage: mpiexec -n N python tests/mpi/lossless_sweep.py SWEEP.json OUT.json
 
 SWEEP.json: {"target": folder, "groups": [{"name", "drafters": {name: folder or spec}, "lookaheads": [k, ...],
-"policies": ["si", "dsi"], "new_tokens": N}, ...], "runner": "hf" or "packed"}; "packed" runs the target and the
-model drafters on the packed CPU backend where it can run them (dsi_mpi/backends/packed.py), HFRunner elsewhere. A drafter is a model folder, or a drafter spec that needs
+"policies": ["si", "dsi"], "new_tokens": N}, ...], "prompts": [[token id, ...], ...] (optional), "runner": "hf" or
+"packed"}; "packed" runs the target and the model drafters on the packed CPU backend where it can run them
+(dsi_mpi/backends/packed.py), HFRunner elsewhere. A drafter is a model folder (of the target's vocabulary or
+another: then drafting through token-level intersection, dsi_mpi/backends/tli.py), or a drafter spec that needs
 no folder of its own ("ngram:n=N", "truncated:layers=L", as models.drafter takes them). Rank 0 computes the
 references with `generate(do_sample=False)`, then runs every group's (drafter, lookahead, policy, prompt)
 through the real coordinator and verifier code and writes one JSON row per run, all in one launch.
@@ -19,9 +21,10 @@ from sweep_common import channel, reference, sweep_rows
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers
+from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers, vocabulary_map
 from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.backends.packed import PackedRunner, packable
+from dsi_mpi.backends.tli import TLIDrafter
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
 from dsi_mpi.io.drafter_spec import parse_drafter
@@ -45,7 +48,8 @@ def make_drafter(spec_text, target_folder, vocab_size, kind: str):
         return runner(truncate_layers(load(target_folder), spec.params["layers"]), kind)
     model = load(spec.model)
     restrict_drafter_head(model, spec.model)  # a folder with draft_vocab.json drafts from those tokens only
-    return runner(model, kind)
+    vocab_map = vocabulary_map(target_folder, spec.model)  # None: the target's own vocabulary
+    return runner(model, kind) if vocab_map is None else TLIDrafter(runner(model, kind), vocab_map)
 
 
 def main():
@@ -62,13 +66,14 @@ def main():
     rows = []
     try:
         decoder = SpeculativeDecoder(chan, None, list(range(1, comm.Get_size())), (eos,))
+        prompts = job.get("prompts", PROMPTS)
         for group in job["groups"]:
             n = group["new_tokens"]
-            refs = [reference(target, p, n) for p in PROMPTS]
+            refs = [reference(target, p, n) for p in prompts]
             for name, spec in group["drafters"].items():
                 decoder.drafter = make_drafter(spec, job["target"], target.config.vocab_size, kind)
                 labels = {"group": group["name"], "drafter": name}
-                rows += sweep_rows(decoder, PROMPTS, refs, group["lookaheads"], group["policies"], n, **labels)
+                rows += sweep_rows(decoder, prompts, refs, group["lookaheads"], group["policies"], n, **labels)
     finally:
         stop_verifiers(chan)
         json.dump(rows, open(out_path, "w"))

@@ -2,7 +2,7 @@
 
 usage: mpiexec -n N python tests/mpi/sampling_sweep.py MODELS.json OUT.json SAMPLES NEW_TOKENS
 
-MODELS.json: {"target", "noisy", "bad": folders, "settings": {name: {temperature, top_k, top_p}}}; every
+MODELS.json: {"target", "noisy", "noisy_head", "bad", "cross" (optional): folders, "settings": {name: {temperature, top_k, top_p}}}; every
 setting runs in this one launch (the verifiers serve one setting's rule until STOP, then the next). Each
 generation uses another random-stream key (the "prompt index"), so the generations are independent
 draws. Rank 0 writes {"<algorithm>/<drafter>/<setting>": {"<token ids>": count}} for the test to compare
@@ -18,8 +18,9 @@ from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.backends.loading import restrict_drafter_head
+from dsi_mpi.backends.loading import restrict_drafter_head, vocabulary_map
 from dsi_mpi.backends.ngram import NGramDrafter
+from dsi_mpi.backends.tli import TLIDrafter
 from dsi_mpi.decoding.acceptance import Sampling
 from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
@@ -32,8 +33,10 @@ from dsi_mpi.mpi.polling import BackoffPoller
 PROMPT = [1, 2, 3]
 
 
-# ngram: a point-mass q, and often no proposal at all; noisy_head: q zero outside the tokens its head keeps
-DRAFTERS = ("noisy", "noisy_head", "bad", "ngram")
+# ngram: a point-mass q, and often no proposal at all; noisy_head: q zero outside the tokens its head keeps;
+# cross: a drafter of another vocabulary (token-level intersection: q zero outside the shared tokens, target
+# tokens it lacks re-encoded from text), present where MODELS.json names it
+DRAFTERS = ("noisy", "noisy_head", "bad", "ngram", "cross")
 
 
 def load(folder):
@@ -56,8 +59,11 @@ def run_setting(channel, models, name, rule, samples, new_tokens, counts) -> Non
         )
         plain[json.dumps(rec.tokens)] += 1
     decoder = SpeculativeDecoder(channel, None, list(range(1, channel.comm.Get_size())), (), False, rule=rule)
-    for drafter in DRAFTERS:
+    for drafter in (d for d in DRAFTERS if d == "ngram" or d in models):
         decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
+        vocab_map = vocabulary_map(models["target"], models[drafter]) if drafter == "cross" else None
+        if vocab_map is not None:
+            decoder.drafter = TLIDrafter(decoder.drafter, vocab_map)
         for policy, k in (("si", 2), ("dsi", 3), ("dsi", 0)):  # k 0: adaptive speculation
             c = counts.setdefault(f"{policy}-k{k}/{drafter}/{name}", collections.Counter())
             for key in range(samples):

@@ -143,7 +143,6 @@ BAD_INPUTS = [
     ({"decoding": {"lookahed": 3}}, "unknown config key decoding.lookahed"),
     ({"decoding": {"lookahead": 0}}, 'decoding.lookahead must be "adaptive", "auto" or an integer >= 1'),
     ({"models": {"target": "/nonexistent/model"}}, "target model folder not found: /nonexistent/model"),
-    ({"models": {"drafter": "@other_vocab"}}, "drafter vocabulary"),
     ({"prompts": {"path": "/nonexistent/p.jsonl"}}, "prompt set not found"),
 ]
 

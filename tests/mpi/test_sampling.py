@@ -1,8 +1,9 @@
 """Sampling is lossless in distribution: thousands of short generations with nonsi, si and dsi (a decent
-and a badly wrong drafter; plain and warped settings) match the target's exact distribution of the first
-two tokens (and with the n-gram drafter, whose q is a point mass), computed here from the target's logits with Hugging Face's own warpers. Chi-square tests at
-a 1e-3 level per comparison; the p-values of a correct implementation are uniform, so a failure here
-means a real bias (or one in a thousand bad luck, fixed by the seeds: the test is deterministic)."""
+and a badly wrong drafter, a drafter of another vocabulary; plain and warped settings) match the target's
+exact distribution of the first two tokens (and with the n-gram drafter, whose q is a point mass), computed
+here from the target's logits with Hugging Face's own warpers. Chi-square tests at a 1e-3 level per
+comparison; the p-values of a correct implementation are uniform, so a failure here means a real bias (or
+one in a thousand bad luck, fixed by the seeds: the test is deterministic)."""
 
 import itertools
 import json
@@ -44,8 +45,10 @@ def exact_distribution(target_folder, prompt, setting, vocab):
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory):
     from tiny_models import build_small_vocab_models
+    from tiny_vocabs import add_small_cross_drafter
 
-    return build_small_vocab_models(tmp_path_factory.mktemp("small_vocab"))
+    root = tmp_path_factory.mktemp("small_vocab")
+    return add_small_cross_drafter(build_small_vocab_models(root), root)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_sampled_outputs_follow_the_target_distribution(small_models, counts, se
     expected = np.array([exact[o] for o in outcomes]) * SAMPLES
     big = expected >= 5  # pool rare outcomes into one cell
     mine = {name: counter for name, counter in counts.items() if name.endswith(f"/{setting}")}
-    assert len(mine) == 13  # nonsi, and si, dsi and adaptive dsi for each of 4 drafters
+    assert len(mine) == 16  # nonsi, and si, dsi and adaptive dsi for each of 5 drafters
     for name, counter in mine.items():
         observed = np.array([counter.get(json.dumps(list(o)), 0) for o in outcomes], dtype=float)
         assert observed.sum() == SAMPLES
