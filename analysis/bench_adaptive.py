@@ -1,6 +1,6 @@
 """Adaptive speculation against fixed lookaheads on real models (issue #13's real-model bars).
 
-usage: python analysis/bench_adaptive.py [--config inputs/configs/smollm2.toml] [--drafter SPEC]
+usage: python -m analysis.bench_adaptive [--config inputs/configs/smollm2.toml] [--drafter SPEC]
                                          [--lookaheads 1 2 3 4] [--np 2] [--limit 8] [--tokens 48]
                                          [--out results/bench_adaptive]
 
@@ -18,8 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import ROOT, job_command, job_env
-
+from analysis.jobs import ROOT, job_command, job_env
 from dsi_mpi.io.records import Event
 from dsi_mpi.io.results import read_results
 from dsi_mpi.reporting import metrics as mt

@@ -1,6 +1,6 @@
 """CPU benchmark of the compiled backend (models.backend = "compiled") against eager, on the default pair.
 
-usage: PYTHONPATH=. python analysis/bench_compiled.py [--rounds 5] [--steps 40] [--jobs] [--json F]
+usage: python -m analysis.bench_compiled [--rounds 5] [--steps 40] [--jobs] [--json F]
 
 1. Per-token decode latency of the default target (one-token forwards after a 24-token prompt), eager and
    compiled, interleaved round by round in one process, one process per cancel-check granularity
@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from analysis.jobs import ROOT, job_command, job_env
+
 TARGET = ROOT / "inputs/models/target"
 
 
@@ -75,8 +76,9 @@ def latency_all(rounds: int, steps: int, segment_options: list[int]) -> list[dic
     """One process per granularity (see `latency`)."""
     rows = []
     for segments in segment_options:
-        command = [sys.executable, __file__, "--one", str(segments), "--rounds", str(rounds), "--steps", str(steps)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        command = [sys.executable, "-m", "analysis.bench_compiled", "--one", str(segments)]
+        command += ["--rounds", str(rounds), "--steps", str(steps)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
         out = subprocess.run(command, check=True, cwd=ROOT, env=env, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -85,13 +87,11 @@ def latency_all(rounds: int, steps: int, segment_options: list[int]) -> list[dic
 
 def run_job(backend: str, out: Path, extra: list[str]) -> float:
     """`make run`'s command with models.backend set; returns its wall seconds (load and compile included)."""
-    mpiexec = os.environ.get("MPIEXEC", str(Path(sys.executable).parent / "mpiexec"))
-    command = [mpiexec, "-n", "2", sys.executable, "-m", "dsi_mpi", "run", "inputs/configs/default.toml"]
-    command += ["--set", f'models.backend="{backend}"', "--set", f"output.path={json.dumps(str(out))}", *extra]
+    settings = {"models.backend": f'"{backend}"', "output.path": json.dumps(str(out))}
+    command = job_command(2, "inputs/configs/default.toml", settings) + extra
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    subprocess.run(command, check=True, cwd=ROOT, env=env)
+    subprocess.run(command, check=True, cwd=ROOT, env=job_env(threads=1))
     return time.perf_counter() - start
 
 

@@ -1,6 +1,6 @@
 """Throughput of G DSI instances in one job (runtime.instances), LATENCY EMULATION (sleeps), side by side.
 
-usage: python analysis/bench_instances.py [--instances 1 2 4 8] [--stages P] [--prompts 64] [--out FILE.json]
+usage: python -m analysis.bench_instances [--instances 1 2 4 8] [--stages P] [--prompts 64] [--out FILE.json]
 
 Each G runs the same emulated job (instances of a drafter + 1 verifier, target 30 ms per forward,
 drafter 6 ms per token, acceptance 0.6, prompts of 8..64 generated tokens drawn per prompt by
@@ -22,57 +22,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from analysis.jobs import job_command, job_env, run_bounded
+from dsi_mpi.io.config import write_config
+from dsi_mpi.io.results import read_results
+from dsi_mpi.reporting.throughput import ideal_wall_s, list_schedule_wall_s, throughput
 
-from dsi_mpi.io.results import read_results  # noqa: E402
-from dsi_mpi.reporting.metrics import ideal_wall_s, list_schedule_wall_s, throughput  # noqa: E402
-
-CONFIG = """\
-[models]
-kind = "emulated"
-[decoding]
-algorithms = ["dsi"]
-lookahead = 4
-max_new_tokens = 64
-warmup_prompts = 0
-[emulation]
-target_ttft_s = 0.05
-target_tpot_s = 0.03
-drafter_ttft_s = 0.01
-drafter_tpot_s = 0.006
-acceptance = 0.6
-prompt_tokens = 32
-min_new_tokens = 8
-[prompts]
-path = "{prompts}"
-[output]
-path = "{out}"
-overwrite = true
-[runtime]
-timeout_s = 60.0
-"""
+JOB = {  # what write_config writes for each G; the prompt set and the output path are added per run
+    "models": {"kind": "emulated"},
+    "decoding": {"algorithms": ["dsi"], "lookahead": 4, "max_new_tokens": 64, "warmup_prompts": 0},
+    "emulation": {
+        "target_ttft_s": 0.05,
+        "target_tpot_s": 0.03,
+        "drafter_ttft_s": 0.01,
+        "drafter_tpot_s": 0.006,
+        "acceptance": 0.6,
+        "prompt_tokens": 32,
+        "min_new_tokens": 8,
+    },
+    "runtime": {"timeout_s": 60.0},
+}
 
 
 def run(g: int, workdir: Path, prompts: Path, stages: int = 1) -> list[dict]:
     out = workdir / f"g{g}.h5"
-    config = workdir / f"g{g}.toml"
-    config.write_text(CONFIG.format(prompts=prompts, out=out))
+    where = {"prompts": {"path": str(prompts)}, "output": {"path": str(out), "overwrite": True}}
+    config = write_config(workdir / f"g{g}.toml", JOB | where)
     size = 1 + stages
     ranks = size if g == 1 else 1 + size * g
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "dsi_mpi", "-q", "run", str(config)]
-    command += ["--set", f"runtime.instances={g}", "--set", f"runtime.pipeline_stages={stages}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"G = {g} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    settings = {"runtime.instances": g, "runtime.pipeline_stages": stages}
+    status = run_bounded(job_command(ranks, config, settings, quiet=True), job_env(threads=1), 900, quiet=True)
+    if status != 0:
+        raise SystemExit(f"G = {g} failed ({'timed out' if status is None else status}): its errors are above")
     meta, records = read_results(str(out))
     layout = json.loads(meta["scheduler"])["layout"]
     shapes = {tuple(len(group["stages"]) for group in entry["groups"]) for entry in layout}

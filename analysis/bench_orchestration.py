@@ -1,6 +1,6 @@
 """Lean orchestration: dsi-mpi's si against Hugging Face assisted generation, and the time outside forwards.
 
-usage: python analysis/bench_orchestration.py [--config inputs/configs/benchmark.toml] [--runs 3]
+usage: python -m analysis.bench_orchestration [--config inputs/configs/benchmark.toml] [--runs 3]
                                               [--lookahead 4] [--np 2] [--out results/bench_orchestration]
                                               [--set KEY=VALUE ...]
 
@@ -20,8 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import ROOT, job_command, job_env
-
+from analysis.jobs import ROOT, job_command, job_env
 from dsi_mpi.io.results import read_results
 from dsi_mpi.reporting import metrics as mt
 

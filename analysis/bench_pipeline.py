@@ -1,10 +1,10 @@
 """Pipelined verifier groups, measured: one P-stage group against P full replicas, and a real 2-stage group.
 
-usage: python analysis/bench_pipeline.py emulated [--stages 2 4 7] [--tokens 100] [--prompts 4] [--lookahead K]
-       python analysis/bench_pipeline.py real [--tokens 48] [--prompts 4]
-       python analysis/bench_pipeline.py memory MODEL_FOLDER [--stages 4] [--tokens 160]
-       python analysis/bench_pipeline.py layouts        (the README's time-model table)
-       python analysis/bench_pipeline.py cluster        (the README's "which layout for my cluster" table)
+usage: python -m analysis.bench_pipeline emulated [--stages 2 4 7] [--tokens 100] [--prompts 4] [--lookahead K]
+       python -m analysis.bench_pipeline real [--tokens 48] [--prompts 4]
+       python -m analysis.bench_pipeline memory MODEL_FOLDER [--stages 4] [--tokens 160]
+       python -m analysis.bench_pipeline layouts        (docs/pipelines.md's time-model table)
+       python -m analysis.bench_pipeline cluster        (docs/pipelines.md's "which layout for my cluster" table)
 
 emulated: LATENCY EMULATION (forwards are sleeps; ranks, messages, scheduling and cancellation are real):
 target 30 ms per forward, c = 0.1, acceptance 0.8, one drafter. For each P, two jobs on P + 1 ranks run
@@ -12,7 +12,7 @@ nonsi, si and dsi on the same emulated prompts: P plain verifiers (each the whol
 of P stages (each stage sleeps 30/P ms and sends real activation messages of emulation.hidden_size floats
 per token). Speedups are over the replicas' nonsi (the target on one rank); the model's prediction is the
 simulator on each run's own draws, with the group as P replicas whose forward is longer by the P - 1
-measured hops (dsi_mpi.simulator.pipeline_setting), and "calibrated": at the latencies and message cost
+measured hops (dsi_mpi.timemodel.simulator.pipeline_setting), and "calibrated": at the latencies and message cost
 each run measured (`calibrated`).
 real: the default models, rank 0 + one 2-stage group (3 ranks): per-stage busy fractions, the hop of an
 activation message, and how long the two stages computed different tasks at the same time.
@@ -33,37 +33,46 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from analysis.jobs import ROOT, job_command, job_env
+from analysis.model_vs_machine import predict as on_draws
+
 TPOT, C, A, SEED, PROMPT_TOKENS = 0.03, 0.1, 0.8, 0, 16
 
 
 def run_job(ranks: int, settings: dict, out: Path) -> list[dict]:
     from dsi_mpi.io.results import read_results
 
-    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "dsi_mpi"]
-    command += ["-q", "run", str(ROOT / "inputs/configs/default.toml")]
     settings = settings | {"output.path": json.dumps(str(out)), "output.overwrite": "true"}
-    for key, value in settings.items():
-        command += ["--set", f"{key}={value}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    subprocess.run(command, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, timeout=1200)
+    command = job_command(ranks, ROOT / "inputs/configs/default.toml", settings, quiet=True)
+    subprocess.run(command, check=True, cwd=ROOT, env=job_env(threads=1), stdout=subprocess.DEVNULL, timeout=1200)
     return read_results(str(out))[1]
 
 
-def mean_wall(records: list[dict], algorithm: str) -> float:
-    return float(np.mean([r["wall_s"] for r in records if r["algorithm"] == algorithm]))
+def speedup(records: list[dict], algorithm: str, base_records: list[dict], base: str) -> float:
+    """`algorithm` of `records` over `base` of `base_records` (two jobs on the same prompts, or one), by
+    reporting.metrics.speedup: on the prompts both completed."""
+    from dsi_mpi.reporting import metrics as mt
+
+    pick = lambda recs, name: [r for r in recs if r["algorithm"] == name]
+    return mt.speedup({"this": pick(records, algorithm), "base": pick(base_records, base)}, "this", "base")
+
+
+def ms_per_token(records: list[dict], algorithm: str) -> float:
+    """reporting.metrics' ms per token of one algorithm's records."""
+    from dsi_mpi.reporting import metrics as mt
+
+    return mt.algorithm_metrics([r for r in records if r["algorithm"] == algorithm], 1)["ms_per_token"]
 
 
 def predict(k: int, stages: int, groups: int, hop_s: float, tokens: int) -> float:
-    """The simulator's dsi latency on the runs' own draws (emulated_match per position; every emulated
-    prompt has the same draws) for `groups` verifiers of `stages` stages."""
-    from dsi_mpi.backends.emulated import SLICES, emulated_match
-    from dsi_mpi.simulator import Latencies, latency_of_draw, pipeline_setting
+    """The simulator's dsi latency on the runs' own draws (analysis/model_vs_machine.py's `predict`) for
+    `groups` verifiers of `stages` stages at the nominal latencies."""
+    from dsi_mpi.backends.emulated import SLICES
+    from dsi_mpi.timemodel.simulator import Latencies, pipeline_setting
 
     ttft = TPOT * 5 / 3
     lat, sp = pipeline_setting(Latencies(C * ttft, C * TPOT, ttft, TPOT), stages, groups, hop_s)
-    match = [emulated_match(SEED, PROMPT_TOKENS + i, A) for i in range(tokens)]
-    return latency_of_draw("dsi", lat, match, k, sp, nonsi_thread=sp > 1, drafter_layers=SLICES)
+    return on_draws("dsi", lat, 0.0, 1, False, A, k, sp, tokens, seed=SEED, prompt_tokens=PROMPT_TOKENS, layers=SLICES)
 
 
 def calibrated(records: list[dict], k: int, sp: int, tokens: int) -> float:
@@ -72,20 +81,21 @@ def calibrated(records: list[dict], k: int, sp: int, tokens: int) -> float:
     group's verification time is its tasks' own, first stage start to last stage end, hops included, with
     SP = P slots. This takes the machine's overheads (sleep overshoot, wake-ups, 8 ranks on the cores) out
     of the comparison of rules."""
-    from dsi_mpi.backends.emulated import SLICES, emulated_match
+    from dsi_mpi.backends.emulated import SLICES
     from dsi_mpi.reporting import metrics as mt
     from dsi_mpi.reporting import time_model as tm
-    from dsi_mpi.virtual import run_simulated
+    from dsi_mpi.timemodel import inputs as ti
 
     m = tm.time_model_inputs(mt.by_algorithm(records))
-    match = [emulated_match(SEED, PROMPT_TOKENS + i, A) for i in range(tokens)]
-    extra = dict(nonsi_thread=sp > 1, drafter_layers=SLICES, message_s=m["message_s"], prompt_tokens=PROMPT_TOKENS)
-    return run_simulated("dsi", tm.model_latencies(m)[0], [match], k, sp, **extra)[0].wall_s
+    lat, message_s = ti.model_latencies(m)[0], m["message_s"]
+    return on_draws(
+        "dsi", lat, message_s, 1, False, A, k, sp, tokens, seed=SEED, prompt_tokens=PROMPT_TOKENS, layers=SLICES
+    )
 
 
 def emulated(args) -> int:
     from dsi_mpi.reporting.metrics import stage_hops
-    from dsi_mpi.simulator import Latencies, best_lookahead
+    from dsi_mpi.timemodel.simulator import Latencies, best_lookahead
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,18 +129,17 @@ def emulated(args) -> int:
             group = run_job(p + 1, base | {"runtime.pipeline_stages": p}, Path(tmp) / f"group{p}.h5")
             hops = stage_hops([r for r in group if r["algorithm"] == "dsi"])
             hop = float(np.median(hops)) if len(hops) else 0.0
-            nonsi = mean_wall(replicas, "nonsi")
             row = {
                 "stages": p,
                 "k": k,
-                "replicas_dsi_speedup": nonsi / mean_wall(replicas, "dsi"),
-                "group_dsi_speedup": nonsi / mean_wall(group, "dsi"),
-                "group_own_nonsi_speedup": mean_wall(group, "nonsi") / mean_wall(group, "dsi"),
+                "replicas_dsi_speedup": speedup(replicas, "dsi", replicas, "nonsi"),
+                "group_dsi_speedup": speedup(group, "dsi", replicas, "nonsi"),
+                "group_own_nonsi_speedup": speedup(group, "dsi", group, "nonsi"),
                 "median_hop_ms": 1e3 * hop,
-                "group_dsi_ms_per_token": 1e3 * mean_wall(group, "dsi") / args.tokens,
+                "group_dsi_ms_per_token": ms_per_token(group, "dsi"),
                 "model_ms_per_token": 1e3 * predict(k, p, 1, hop, args.tokens) / args.tokens,
                 "model_no_hops_ms_per_token": 1e3 * predict(k, p, 1, 0.0, args.tokens) / args.tokens,
-                "replicas_dsi_ms_per_token": 1e3 * mean_wall(replicas, "dsi") / args.tokens,
+                "replicas_dsi_ms_per_token": ms_per_token(replicas, "dsi"),
                 "replicas_model_ms_per_token": 1e3 * predict(k, 1, p, 0.0, args.tokens) / args.tokens,
                 "group_calibrated_ms_per_token": 1e3 * calibrated(group, k, p, args.tokens) / args.tokens,
                 "replicas_calibrated_ms_per_token": 1e3 * calibrated(replicas, k, p, args.tokens) / args.tokens,
@@ -186,9 +195,8 @@ def real(args) -> int:
     for r in records:
         by.setdefault(r["prompt_index"], {})[r["algorithm"]] = r["tokens"]
     same = all(len({json.dumps(v) for v in d.values()}) == 1 for d in by.values())
-    nonsi = mean_wall(records, "nonsi")
     print(
-        f"dsi/nonsi {nonsi / mean_wall(records, 'dsi'):.3f}x, si/nonsi {nonsi / mean_wall(records, 'si'):.3f}x; "
+        f"dsi/nonsi {speedup(records, 'dsi', records, 'nonsi'):.3f}x, si/nonsi {speedup(records, 'si', records, 'nonsi'):.3f}x; "
         f"every algorithm wrote the same tokens: {same}"
     )
     return 0
@@ -231,7 +239,7 @@ print(json.dumps({"stages": stages, "index": index, "params_bytes": param_bytes(
 
 
 def memory(args) -> int:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     rows = []
     for stages, index in [(1, 0)] + [(args.stages, i) for i in range(args.stages)]:
         out = subprocess.run(
@@ -278,7 +286,7 @@ def memory(args) -> int:
 def layouts(args) -> int:
     """The time model's dsi speedup over plain decoding for one pipeline of P, P/2 copies of 2 stages and P
     replicas (t = 30 ms, c = 0.1, a = 0.8, 200 tokens, best k each), for hops h."""
-    from dsi_mpi.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
+    from dsi_mpi.timemodel.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
 
     base, tokens = Latencies(C * TPOT, C * TPOT, TPOT, TPOT), 200
     print("| P devices | h | one pipeline of P | P/2 copies of 2 stages | P full replicas |")
@@ -315,14 +323,14 @@ def instances_that_fit(gpus_per_node: int, nodes: int, size: int, stages: int, g
 
 
 def cluster(args) -> int:
-    """The time model's answer to "which layout for my cluster" (README): for GPUs per node, nodes and the
+    """The time model's answer to "which layout for my cluster" (docs/pipelines.md): for GPUs per node, nodes and the
     GPUs the target needs (its fewest stages), every layout of instances (a drafter + m groups of P stages,
     or + m plain verifiers when the target fits one GPU) that fits, scored by the job's tokens per second
     against plain decoding with every GPU in use (one copy of the target per P_min GPUs). One rank per GPU,
     groups on one node (hop 0.05 ms), t = 30 ms, c = 0.1, a = 0.8, 200 tokens, best k each."""
     from functools import cache
 
-    from dsi_mpi.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
+    from dsi_mpi.timemodel.simulator import Latencies, best_lookahead, nonsi_latency, pipeline_setting
 
     base, tokens = Latencies(C * TPOT, C * TPOT, TPOT, TPOT), 200
 

@@ -2,9 +2,9 @@
 then plain decoding given every core of the node (a job of nonsi alone at threads = cores, each backend), so
 that nobody can say dsi only wins by using more hardware.
 
-usage: python analysis/bench_real_models.py [--config inputs/configs/smollm2.toml] [--np 2] [--limit 8]
+usage: python -m analysis.bench_real_models [--config inputs/configs/smollm2.toml] [--np 2] [--limit 8]
                                             [--tokens 48] [--set section.key=value ...] [--out DIR]
-       python analysis/bench_real_models.py --config inputs/configs/default.toml --algorithms nonsi si dsi
+       python -m analysis.bench_real_models --config inputs/configs/default.toml --algorithms nonsi si dsi
 
 Every figure comes from dsi_mpi.reporting (analysis/benchmark.py's `measure`); every job runs the same prompts
 with the same models and writes its own file under --out. The all-cores jobs use 2 ranks (rank 0 only waits:
@@ -21,8 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark import measure, run_job
-
+from analysis.benchmark import measure, run_job
 from dsi_mpi.io.results import read_results
 from dsi_mpi.reporting import metrics as mt
 from dsi_mpi.reporting.report import summary_table

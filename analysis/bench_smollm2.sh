@@ -13,7 +13,7 @@ common=(--config inputs/configs/smollm2.toml --set "prompts.limit=$LIMIT" --set 
 bench() {  # name, ranks, drafter, algorithms...
   local name=$1 np=$2 drafter=$3; shift 3
   echo "=== $name: $np ranks, drafter $drafter"
-  "$PY" analysis/benchmark.py "${common[@]}" --np "$np" --set "models.drafter=\"$drafter\"" --algorithms "$@" \
+  "$PY" -m analysis.benchmark "${common[@]}" --np "$np" --set "models.drafter=\"$drafter\"" --algorithms "$@" \
     --out "$OUT/$name.h5" --json "$OUT/$name.json"
 }
 bench distilled_2ranks 2 inputs/models/smollm2-drafter nonsi si hf_assisted dsi

@@ -1,8 +1,8 @@
 """Speed benchmark: nonsi, si, hf_assisted and dsi in ONE job on the same prompts, then the ratios.
 
-usage: python analysis/benchmark.py [--config inputs/configs/benchmark.toml] [--np 2] [--lookahead 5]
+usage: python -m analysis.benchmark [--config inputs/configs/benchmark.toml] [--np 2] [--lookahead 5]
                                     [--set section.key=value ...] [--out results/benchmark.h5] [--json F]
-       python analysis/benchmark.py --results results/benchmark.h5     (analyse an existing file only)
+       python -m analysis.benchmark --results results/benchmark.h5     (analyse an existing file only)
 
 Prints per-token latency of every algorithm, the ratios dsi/si, dsi/nonsi, dsi/hf_assisted (as
 speedups: baseline time / dsi time, above 1 = dsi faster), and the measured inputs of the paper's time
@@ -20,8 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import ROOT, job_command, job_env
-
+from analysis.jobs import ROOT, job_command, job_env
 from dsi_mpi.reporting import metrics as mt
 from dsi_mpi.reporting import time_model as tm
 

@@ -1,6 +1,6 @@
 """Real speculation parallelism on one node's CPU cores: 1 drafter + V verifiers running real forwards at once.
 
-usage: PYTHONPATH=. python analysis/cpu_parallelism.py [--tiny] [--out DIR] [--budget 140] [--verifiers 1,2,4,7]
+usage: python -m analysis.cpu_parallelism [--tiny] [--out DIR] [--budget 140] [--verifiers 1,2,4,7]
        [--threads 2] [--acceptance 0.7] [--lookahead 5] ...   (analysis/gpu_check.sh runs it after gpu_check.py)
 
 Why: on 2 cores (where dsi-mpi is built) verifiers never really ran at once; a 16-core node holds 1 + 7 ranks of
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import (
+from analysis.jobs import (
     ROOT,
     add_sized_options,
     cpu_model,
@@ -35,10 +35,10 @@ from jobs import (
     run_bounded,
     sized_defaults,
 )
-from model_vs_machine import predict
-
+from analysis.model_vs_machine import predict
 from dsi_mpi.reporting import metrics as mt
 from dsi_mpi.reporting import time_model as tm
+from dsi_mpi.timemodel import inputs as ti
 
 # SmolLM2-135M's architecture (its config.json), random weights: no download, no weights file.
 SMOLLM2_135M = dict(
@@ -131,7 +131,7 @@ def measure(v: int, path: Path, args) -> dict:
     row["inputs"] = inputs
     layers = int(json.loads(meta["drafter"]).get("layers", 1))
     for alg in ("nonsi", "si", "dsi"):
-        lat = tm.model_latencies(inputs)[1 if alg == "nonsi" else 0]
+        lat = ti.model_latencies(inputs)[1 if alg == "nonsi" else 0]
         job = (figures[alg]["prompts"], 1, args.acceptance, args.lookahead, v, args.new_tokens)
         seconds = predict(
             alg, lat, inputs["message_s"], *job, seed=SEED, prompt_tokens=args.prompt_tokens, layers=layers

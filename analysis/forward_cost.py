@@ -1,7 +1,7 @@
 """The benchmark of record for what one verification costs: T(n), a forward of n new tokens over a KV cache, for
 each backend and dtype, against the memory floor measured on the same core.
 
-usage: python analysis/forward_cost.py [--model inputs/models/smollm2-135m-instruct] [--context 40]
+usage: python -m analysis.forward_cost [--model inputs/models/smollm2-135m-instruct] [--context 40]
                                        [--tokens 1 2 ... 9] [--rounds 8] [--threads 1]
                                        [--variants eager:float32 packed:float32 packed:bfloat16 ...] [--json FILE]
 
@@ -28,6 +28,7 @@ import torch
 
 from dsi_mpi.backends.cpu import cpu_facts
 from dsi_mpi.backends.loading import build_runner
+from dsi_mpi.io.config import validate
 
 BUFFER_BYTES = 1 << 30  # the bandwidth probe's buffer: far past any L3
 
@@ -57,7 +58,9 @@ def streamed_bytes(runner) -> int:
 def build(model: str, variant: str, capacity: int):
     backend, dtype = variant.split(":")
     models = {"kind": "hf", "target": model, "dtype": dtype, "device": "cpu", "backend": backend}
-    return build_runner("target", {"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}})
+    return build_runner(
+        "target", validate({"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}})
+    )
 
 
 def time_variants(runners: dict, context: int, tokens: list[int], rounds: int) -> dict:

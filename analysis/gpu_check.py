@@ -1,6 +1,6 @@
 """The device check: the paper's model shapes, eager vs compiled, and nonsi / si / dsi, within a time budget.
 
-usage: PYTHONPATH=. python analysis/gpu_check.py [--tiny] [--out DIR] [--budget 330] [--verifiers 2]
+usage: python -m analysis.gpu_check [--tiny] [--out DIR] [--budget 330] [--verifiers 2]
        [--acceptance 0.8,0.6] [--buckets 1,8] ...   (analysis/gpu_check.sh runs it, then analysis/cpu_parallelism.py)
 
 1. Builds random-weight Llama models from the configs in inputs/models/paper_shapes (Vicuna-7B's shape as
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import (
+from analysis.jobs import (
     ROOT,
     add_sized_options,
     cpu_model,
@@ -125,9 +125,11 @@ def latency(folder: Path, device: str, dtype: str, segments: int, steps: int) ->
     from dsi_mpi.backends.compiled import CompiledRunner
     from dsi_mpi.backends.hf import HFRunner
     from dsi_mpi.backends.loading import _load_model
+    from dsi_mpi.io.config import validate
 
     dev = torch.device(device)
-    model = _load_model(str(folder), "model", {"dtype": dtype}, dev, random_weights=True).eval()
+    models = validate({"models": {"dtype": dtype}}).models
+    model = _load_model(str(folder), "model", models, dev, random_weights=True).eval()
     eager = HFRunner(model)
     t0 = time.perf_counter()
     compiled = CompiledRunner(model, capacity=64 + steps, segments=segments, max_bucket=1)

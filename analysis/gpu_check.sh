@@ -22,9 +22,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 py="${PYTHON:-python3}" gpu_budget="${GPU_BUDGET:-330}" cpu_budget="${CPU_BUDGET:-130}"
 mkdir -p "$out"
-timeout $((gpu_budget + 40)) "$py" analysis/gpu_check.py "${tiny[@]}" --budget "$gpu_budget" --out "$out"
+timeout $((gpu_budget + 40)) "$py" -m analysis.gpu_check "${tiny[@]}" --budget "$gpu_budget" --out "$out"
 gpu_status=$?
-timeout $((cpu_budget + 30)) "$py" analysis/cpu_parallelism.py "${tiny[@]}" --budget "$cpu_budget" --out "$out"
+timeout $((cpu_budget + 30)) "$py" -m analysis.cpu_parallelism "${tiny[@]}" --budget "$cpu_budget" --out "$out"
 cpu_status=$?
 echo "gpu_check.py exit $gpu_status, cpu_parallelism.py exit $cpu_status; outputs in $out" >&2
 exit $((gpu_status || cpu_status))

@@ -1,6 +1,6 @@
 """Figure-1 style heatmaps (Timor et al.) from our simulator: who is faster, over drafter speed and accuracy.
 
-usage: python analysis/heatmaps.py --out DIR [--tokens 1000] [--trials N] [--quick]
+usage: python -m analysis.heatmaps --out DIR [--tokens 1000] [--trials N] [--quick]
                                    [--verifiers needed|best] [--nonsi-thread] [--drafter-layers L] [--jobs J]
 
 Each pixel is one (c, a): c = drafter TPOT / target TPOT, a = acceptance rate. Every algorithm runs at its
@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dsi_mpi import simulator as S  # noqa: E402
+from dsi_mpi.timemodel import simulator as S
 
 C_GRID = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(19)]  # 0.01, 0.05, 0.1, ..., 1.0
 A_GRID = [0.01] + [round(0.05 * i, 2) for i in range(1, 20)] + [0.99]  # 0.01, 0.05, ..., 0.95, 0.99

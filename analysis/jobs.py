@@ -38,10 +38,11 @@ def launcher_flags(launcher: str) -> tuple[str, ...]:
     return ("--oversubscribe", "--bind-to", "none") + (("--allow-run-as-root",) if os.geteuid() == 0 else ())
 
 
-def job_command(ranks: int, config: str | Path, settings: dict) -> list[str]:
-    """`mpiexec -n RANKS python -m dsi_mpi run CONFIG --set key=value ...`."""
+def job_command(ranks: int, config: str | Path, settings: dict, quiet: bool = False) -> list[str]:
+    """`mpiexec -n RANKS python -m dsi_mpi [-q] run CONFIG --set key=value ...` (quiet: warnings and errors only)."""
     launcher = mpiexec()
-    command = [launcher, *launcher_flags(launcher), "-n", str(ranks), sys.executable, "-m", "dsi_mpi", "run"]
+    command = [launcher, *launcher_flags(launcher), "-n", str(ranks), sys.executable, "-m", "dsi_mpi"]
+    command += ["-q", "run"] if quiet else ["run"]
     command.append(str(config))
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
@@ -49,11 +50,10 @@ def job_command(ranks: int, config: str | Path, settings: dict) -> list[str]:
 
 
 def job_env(fault: str | None = None, threads: int | None = None) -> dict:
-    """The caller's environment with `threads` torch threads per rank (default: OMP_NUM_THREADS, else 1), the
-    dsi-mpi package on the path, Open MPI's settings for root and containers (no cross-memory attach there), and
-    DSI_MPI_FAULT only if given."""
+    """The caller's environment with `threads` torch threads per rank (default: OMP_NUM_THREADS, else 1), Open
+    MPI's settings for root and containers (no cross-memory attach there), and DSI_MPI_FAULT only if given. (The
+    package is installed; jobs start in the repository root, whose dsi_mpi `python -m` finds first.)"""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.environ.get("OMP_NUM_THREADS", "1")))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     env.pop("DSI_MPI_FAULT", None)
@@ -62,11 +62,13 @@ def job_env(fault: str | None = None, threads: int | None = None) -> dict:
     return env
 
 
-def run_bounded(command: list[str], env: dict, seconds: float) -> int | None:
+def run_bounded(command: list[str], env: dict, seconds: float, quiet: bool = False) -> int | None:
     """Run `command` from the repository root for at most `seconds`: its exit status, or None if it ran out of
-    time (then it is stopped: SIGTERM, which mpiexec passes to its ranks, and SIGKILL to its group 10 s later)."""
+    time (then it is stopped: SIGTERM, which mpiexec passes to its ranks, and SIGKILL to its group 10 s later).
+    quiet: its stdout (a job's summary table) is dropped; its errors still show."""
     print("+", " ".join(command), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    stdout = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=stdout)
     try:
         return proc.wait(timeout=max(seconds, 1.0))
     except subprocess.TimeoutExpired:

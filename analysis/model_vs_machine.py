@@ -1,12 +1,12 @@
 """Model versus machine: emulated MPI runs of dsi-mpi against the simulator's prediction.
 
-usage: python analysis/model_vs_machine.py [--out results/model_vs_machine] [--tokens 200] [--prompts 2]
+usage: python -m analysis.model_vs_machine [--out results/model_vs_machine] [--tokens 200] [--prompts 2]
                                            [--target-tpot 0.03] [--warmup 1] [--quick]
 
 Every grid point (c, a, k, verifiers; analysis/model_vs_machine_grid.csv, lookahead 0 = adaptive
 speculation) is a real MPI job in LATENCY EMULATION mode (`[models] kind = "emulated"`: forwards are
 sleeps, acceptance is drawn i.i.d.; ranks, messages, scheduling, cancellation and records are the real
-code) running nonsi, si and dsi on the same emulated prompts. The simulator (dsi_mpi/simulator.py: the
+code) running nonsi, si and dsi on the same emulated prompts. The simulator (dsi_mpi/timemodel/simulator.py: the
 coordinator itself on a simulated clock) gets the same acceptance draws, lookahead, verifiers and prompts,
 twice: with the nominal latencies ("predicted"), and with the latencies and message cost the run itself
 measured (reporting.time_model.time_model_inputs: "calibrated"; at adaptive points the median over JITTER
@@ -27,10 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs import ROOT, emulated_prompts, job_command, job_env
-
+from analysis.jobs import ROOT, emulated_prompts, job_command, job_env
 from dsi_mpi.reporting import metrics as mt
 from dsi_mpi.reporting import time_model as tm
+from dsi_mpi.timemodel import inputs as ti
 
 GRID_FILE = Path(__file__).with_name("model_vs_machine_grid.csv")  # c, acceptance, lookahead, verifiers, quick
 
@@ -80,7 +80,7 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
     meta, records = read_results(str(out))
     figures = mt.compare(records, mt.job_shape(meta, records)["verifiers"])
     row = {"c": c, "a": a, "k": k, "verifiers": v, "tokens": args.tokens, "target_tpot_s": tpot}
-    from dsi_mpi.simulator import Latencies
+    from dsi_mpi.timemodel.simulator import Latencies
 
     nominal = Latencies(drafter_ttft=c * ttft, drafter_tpot=c * tpot, target_ttft=ttft, target_tpot=tpot)
     measured = tm.time_model_inputs(mt.by_algorithm(records))
@@ -89,7 +89,7 @@ def run_point(c, a, k, v, args, workdir: Path) -> dict:
         job = (figures[alg]["prompts"], args.warmup, a, k, v, args.tokens)
         row[f"predicted_{alg}_s"] = predict(alg, nominal, 0.0, *job)
         if measured is not None:
-            lat = tm.model_latencies(measured)[1 if alg == "nonsi" else 0]
+            lat = ti.model_latencies(measured)[1 if alg == "nonsi" else 0]
             jitter = JITTER if k == 0 and alg != "nonsi" else (1.0,)
             spread = sorted(
                 predict(alg, dataclasses.replace(lat, drafter_tpot=lat.drafter_tpot * f), measured["message_s"], *job)
@@ -111,8 +111,8 @@ def predict(alg, lat, message_s, prompts, warmup, a, k, v, tokens, seed=SEED, pr
     every prompt has the same draws). layers: the drafter's (0: the emulated drafter's SLICES), between
     which rank 0 reads replies."""
     from dsi_mpi.backends.emulated import SLICES, emulated_match
-    from dsi_mpi.simulator import nonsi_latency
-    from dsi_mpi.virtual import run_simulated
+    from dsi_mpi.timemodel.simulator import nonsi_latency
+    from dsi_mpi.timemodel.virtual import run_simulated
 
     if alg == "nonsi":
         return nonsi_latency(lat, tokens)

@@ -1,6 +1,6 @@
 """Soak test (outside CI): many prompts, random rank faults, resume until done; nothing lost or corrupted.
 
-usage: python analysis/soak.py [--prompts 60] [--ranks 4] [--rounds 40] [--seed 0] [--out results/soak.h5]
+usage: python -m analysis.soak [--prompts 60] [--ranks 4] [--rounds 40] [--seed 0] [--out results/soak.h5]
 
 LATENCY EMULATION runs (`[models] kind = "emulated"`, so outputs are known exactly) of nonsi, si and dsi.
 Each round injects one random FAULT (DSI_MPI_FAULT: a random rank raises, runs out of memory, is killed
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import h5py
-from jobs import ROOT, emulated_prompts, job_command, job_env
+
+from analysis.jobs import ROOT, emulated_prompts, job_command, job_env
 
 ALGORITHMS = ("nonsi", "si", "dsi")
 TOKENS, PROMPT_TOKENS, SEED = 24, 8, 5

@@ -9,15 +9,16 @@ usage:
   python -m dsi_mpi config-keys            (the README's table of every config key)
 
 -v / -q (repeatable, before the command or after `run`): more or less logging on every rank; by default
-rank 0 logs at INFO and the other ranks at WARNING (dsi_mpi/log.py).
+rank 0 logs at INFO and the other ranks at WARNING (dsi_mpi/io/log.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from dsi_mpi import log
+from dsi_mpi.io import log
 
 logger = log.get("cli")
 VERBOSITY = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": -2}
@@ -51,9 +52,12 @@ def _run(argv: list[str]) -> int:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.models.threads))
-    from dsi_mpi.job import run_job
+    from dsi_mpi.app.job import run_job
 
     return run_job(cfg)
+
+
+EXIT_READER_GONE = 141  # as a shell reports a tool stopped by SIGPIPE (128 + 13)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
+    try:
+        status = _read_command(command, rest)
+        sys.stdout.flush()  # inside the try: a reader gone before the last flush is the same case
+    except BrokenPipeError:
+        # The reader of our stdout went away (`report X.h5 | head`): exit quietly, as a command-line tool does.
+        # Python would flush stdout again at exit and complain, so it is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_READER_GONE
+    return status
+
+
+def _read_command(command: str, rest: list[str]) -> int:
+    """The commands that read results or print tables (everything but `run`)."""
     if command == "report":
         from dsi_mpi.reporting.report import main as report_main
 
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return plot_main(rest)
     if command == "simulate":
-        from dsi_mpi.simulator import main as simulate_main
+        from dsi_mpi.timemodel.simulator import main as simulate_main
 
         return simulate_main(rest)
     if command == "config-keys":

@@ -15,10 +15,14 @@ times are a real machine's for that model shape, and only which drafts stand is 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dsi_mpi.backends.base import ModelRunner
+
+if TYPE_CHECKING:
+    from dsi_mpi.io.config import EmulationConfig
 
 SLICES = 8  # emulated "layers" per forward: the granularity at which a stale forward can stop
 OVERSLEEP_S = 1.5e-4  # time.sleep overshoots by about this here; the rest of a forward is waited out exactly
@@ -46,16 +50,16 @@ def emulated_prompt(seed: int, prompt_index: int, length: int, vocab_size: int) 
 class EmulatedRunner(ModelRunner):
     """role "target" returns the target's tokens; role "drafter" returns i.i.d.-accepted guesses."""
 
-    def __init__(self, role: str, emulation: dict, seed: int):
+    def __init__(self, role: str, emulation: EmulationConfig, seed: int):
         super().__init__()
         if role not in ("target", "drafter"):
             raise ValueError(role)
         self.role = role
         self.seed = seed
-        self.vocab_size = int(emulation["vocab_size"])
-        self.acceptance = float(emulation["acceptance"])
-        self.ttft = float(emulation[f"{role}_ttft_s"])
-        self.tpot = float(emulation[f"{role}_tpot_s"])
+        self.vocab_size = int(emulation.vocab_size)
+        self.acceptance = float(emulation.acceptance)
+        self.ttft = float(getattr(emulation, f"{role}_ttft_s"))
+        self.tpot = float(getattr(emulation, f"{role}_tpot_s"))
         self.n_layers = SLICES
 
     def _forward(self, tokens: list[int], n_out: int) -> int:
@@ -89,7 +93,7 @@ class EmulatedAcceptanceRunner(EmulatedRunner):
     """EMULATED ACCEPTANCE: every forward runs `model_runner` on the tokens (for its time, and its layer
     callbacks, so cancellation is real); the tokens returned are EmulatedRunner's."""
 
-    def __init__(self, role: str, emulation: dict, seed: int, model_runner: ModelRunner):
+    def __init__(self, role: str, emulation: EmulationConfig, seed: int, model_runner: ModelRunner):
         super().__init__(role, emulation, seed)
         self.inner = model_runner
         self.n_layers = model_runner.n_layers
@@ -114,10 +118,10 @@ class EmulatedStage(EmulatedRunner):
     of `emulation.hidden_size` floats per token (zeros), so the messages between stages cost what real ones
     of that size cost. The last stage gives the emulated target's tokens."""
 
-    def __init__(self, emulation: dict, seed: int, stages: int, index: int):
+    def __init__(self, emulation: EmulationConfig, seed: int, stages: int, index: int):
         super().__init__("target", emulation, seed)
         self.ttft, self.tpot = self.ttft / stages, self.tpot / stages
-        self.hidden_size = int(emulation["hidden_size"])
+        self.hidden_size = int(emulation.hidden_size)
         self.first, self.last = index == 0, index == stages - 1
         self.incoming = None
 

@@ -2,7 +2,7 @@
 
 Why: in bf16 a forward's rounding depends on the kernels that compute it, so the packed backend in bf16 and
 Hugging Face's `generate` in bf16 may pick different tokens where the model's two best tokens are nearly tied.
-The project's rule (README "Lossless in bf16"): si and dsi commit only tokens the target chose at the numerics
+The project's rule (docs/lossless.md, "Lossless in bf16"): si and dsi commit only tokens the target chose at the numerics
 of its own verification (on the packed backend, bit for bit plain decoding's: its kernels are batch
 invariant), and every divergence from `generate` in the same dtype must be a near-tie: at the first position
 where the two texts differ, the fp32 model's logits of the two tokens are within NEAR_TIE of each other.

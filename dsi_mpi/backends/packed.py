@@ -1,7 +1,7 @@
 """Packed backend: a lean forward of Llama-family models on a CPU core, weights packed once, a static KV cache.
 
 Why: on a CPU a verification of k + 1 tokens must cost about what one token costs, or speculation does not pay
-(the README's "Backends" section has the measurements). Hugging Face's eager forward gives oneDNN/MKL unpacked
+(docs/backends.md has the measurements). Hugging Face's eager forward gives oneDNN/MKL unpacked
 weights (2+ rows repack every matrix on every call) and spends a sizeable share of a small model's step outside
 its matrix products (module calls, mask building, cache bookkeeping). This runner computes the same function
 with: the query/key/value and gate/up matrices fused into one product each, every matrix packed once

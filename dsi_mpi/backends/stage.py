@@ -19,25 +19,10 @@ import torch
 from transformers import DynamicCache
 
 from dsi_mpi.backends.base import ModelRunner
+from dsi_mpi.backends.checks import layer_count
 from dsi_mpi.backends.hf import HFRunner, cache_keyword, check_config_layers, decoder_layers
-from dsi_mpi.backends.loading import _layer_count as layer_count
 from dsi_mpi.backends.split import Checkpoint, SplitError, layer_prefix, stage_ranges
 from dsi_mpi.io.config import ConfigError
-
-SPLITTABLE = ("llama", "mistral", "qwen2", "qwen3", "phi3")  # checked against the full model in tests
-
-
-def check_splittable(config, stages: int, name: str) -> None:
-    """Refuse, on the config alone, a target that cannot be cut into `stages` stages."""
-    kind = getattr(config, "model_type", type(config).__name__)
-    if kind not in SPLITTABLE:
-        raise ConfigError(
-            f"runtime.pipeline_stages = {stages}: the layers of target {name!r} ({kind}) cannot be split into "
-            f"pipeline stages (supported: {', '.join(SPLITTABLE)})"
-        )
-    n = layer_count(config)
-    if stages > n:
-        raise ConfigError(f"runtime.pipeline_stages = {stages} but target {name!r} has only {n} decoder layers")
 
 
 def _no_init():

@@ -1,8 +1,8 @@
 """Acceptance rules: which drafts stand, and which token the target puts where they stop.
 
 Two rules share one interface, used by the verifier (`verify`) and the coordinator (the rest):
-- Greedy: a draft stands while it equals the target's argmax; the target's argmax replaces the first
-  that does not, and follows a fully accepted block.
+- Greedy: a draft stands (is accepted) while it equals the target's argmax; the target's argmax replaces
+  the first that does not (the recovered token), and follows a fully accepted block (the bonus token).
 - Sampling (Leviathan et al. 2023; Chen et al. 2023): draft x drawn from the drafter's q stands with
   probability min(1, p(x)/q(x)); the first that does not is replaced by a draw from norm(max(0, p - q));
   after a fully accepted block the next token is drawn from p. This keeps the target's distribution
@@ -13,7 +13,7 @@ Two rules share one interface, used by the verifier (`verify`) and the coordinat
 A verification result always describes the first position at which drafts stop standing, `j`: greedy
 results carry the target's argmax at every position (j is found by comparing); sampling results carry j
 itself (the verifier ran the tests: it has p, and the task carries q(x) of each draft) and p at
-position j, from which the coordinator draws the replacement (it holds q there) or the next token.
+position j, from which the coordinator draws the recovered token (it holds q there) or the bonus token.
 
 A drafter may propose nothing (`draft` returns None: the n-gram drafter found no match), and a drafter
 with `point_mass = True` proposes one token with certainty: its q is 1 there and 0 elsewhere, so a draft
@@ -35,8 +35,8 @@ class Stream(IntEnum):
 
     DRAFTING = 1  # the drafter's draw of a draft token from q
     ACCEPTANCE = 2  # the test min(1, p(x)/q(x)) of a draft
-    RECOVERED = 3  # the draw from norm(max(0, p - q)) that replaces a rejected draft
-    TARGET = 4  # a draw from p: nonsi's next token, or the bonus token after a fully accepted block
+    RECOVERED = 3  # the draw from norm(max(0, p - q)): the recovered token that replaces a rejected draft
+    TARGET = 4  # the target's own draw from p: the bonus token after a fully accepted block, or nonsi's token
 
 
 def uniform(seed: int, key: int, position: int, purpose: Stream) -> float:
@@ -106,10 +106,10 @@ class Greedy:
     def check(self, result, j: int, position: int, draft: int, key: int) -> bool:
         return draft == int(result[j])
 
-    def replacement(self, result, j: int, position: int, key: int) -> int:
+    def recovered(self, result, j: int, position: int, key: int) -> int:
         return int(result[j])
 
-    def fresh(self, result, j: int, position: int, key: int) -> int:
+    def bonus(self, result, j: int, position: int, key: int) -> int:
         return int(result[j])
 
     def forget(self, position: int) -> None:
@@ -179,11 +179,11 @@ class Sampling:
         p = payload_to_floats(result[1:])
         return uniform(self.seed, key, position, Stream.ACCEPTANCE) * self.q[position][draft] < p[draft]
 
-    def replacement(self, result, j: int, position: int, key: int) -> int:
+    def recovered(self, result, j: int, position: int, key: int) -> int:
         r = residual(payload_to_floats(result[1:]), self.q[position])
         return draw(r, uniform(self.seed, key, position, Stream.RECOVERED))
 
-    def fresh(self, result, j: int, position: int, key: int) -> int:
+    def bonus(self, result, j: int, position: int, key: int) -> int:
         return draw(payload_to_floats(result[1:]), uniform(self.seed, key, position, Stream.TARGET))
 
     def forget(self, position: int) -> None:

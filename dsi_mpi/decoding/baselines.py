@@ -156,6 +156,6 @@ def _hf_generate(channel: Channel, target, prompt: list[int], msg, rule, assista
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise RuntimeError(
             f"hf_assisted: Hugging Face's Universal Assisted Generation failed ({type(err).__name__}: {first}); "
-            "it loses track of the drafter's cache with some pairs (README: Drafters of another vocabulary): "
+            "it loses track of the drafter's cache with some pairs (docs/drafters.md): "
             "leave hf_assisted out of decoding.algorithms for this pair"
         ) from None

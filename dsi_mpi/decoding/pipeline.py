@@ -8,7 +8,7 @@ of every stage's forward. CANCELs from rank 0 reach every stage: before each tas
 waiting, and a task or activation of an older epoch is dropped on sight (nothing computed, the cache left
 as it is); a forward under way stops between layers and its cache is rolled back to the task's base. A
 dropped task still travels on as a small "dropped" ACTIVATION, so that every task gets exactly one reply,
-whose stage records tell rank 0 what each stage's cache now holds (dsi_mpi/decoding/placement.py).
+whose stage records tell rank 0 what each stage's cache now holds (dsi_mpi/decoding/slots.py).
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
-"""What the coordinator tracks per block of drafts and per verification task, and the row each task leaves
-in the results file's tasks table (dsi_mpi/io/records.py TASK_DTYPE)."""
+"""What the coordinator tracks per block of drafts and per verification task, the row each task leaves in
+the results file's tasks table (dsi_mpi/io/records.py TASK_DTYPE), and the ledger of tasks sent: their
+numbers, their one reply each, the CANCELs that drop stale ones, and the epoch (`TaskLedger`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dsi_mpi.decoding.slots import VerifierSlots
 from dsi_mpi.io.records import Outcome
 from dsi_mpi.mpi import protocol
+
+if TYPE_CHECKING:  # the simulator runs the coordinator without MPI (dsi_mpi/timemodel/virtual.py)
+    from dsi_mpi.mpi.channel import Channel
 
 
 @dataclass
@@ -59,3 +65,85 @@ def split_stage_records(payload: np.ndarray, n_stages: int) -> tuple[np.ndarray,
     if not n:
         return payload, []
     return payload[: len(payload) - n], payload[len(payload) - n :].reshape(-1, 4).tolist()
+
+
+class TaskLedger:
+    """Rank 0's verification tasks and the verifiers they go to, kept from prompt to prompt (the verifiers'
+    caches outlive a prompt): a task number for each task, sent to its verifier's first rank and held in
+    flight until its one reply (RESULT or ABORTED) comes from the last, checked against what was sent; a
+    CANCEL to every rank of a verifier that holds stale tasks. The epoch rises whenever the text loses
+    speculation (a rejection, a restart, a prompt's end): a task of an older epoch is stale."""
+
+    def __init__(self, channel: Channel, layout, offsets_us: dict[int, int] | None = None):
+        self.channel = channel
+        self.slots = VerifierSlots(layout)  # plain ranks, or tuples of stage ranks (pipelined groups)
+        self.offsets_us = offsets_us or {}  # verifier clock - rank 0 clock (dsi_mpi.mpi.clock)
+        self.inflight: dict[int, Task] = {}  # task id -> task awaiting its one reply
+        self.epoch = 0
+        self.next_task_id = 0
+
+    @property
+    def verifiers(self) -> list[int]:
+        return self.slots.ids
+
+    def new_task_id(self) -> int:
+        self.next_task_id += 1
+        return self.next_task_id - 1
+
+    def send(self, verifier: int, block: Block | None, sequence: list[int], base: int, key: int, extras) -> Task:
+        """Send a task of the current epoch: the tokens of `sequence` after `base`, then the rule's extras."""
+        task = Task(self.new_task_id(), verifier, self.epoch, sequence, block)
+        self.channel.send(
+            self.slots.ranks(verifier)[0],
+            protocol.TASK,
+            sequence[base:] + extras,
+            task_id=task.task_id,
+            epoch=self.epoch,
+            base=base,
+            n_out=(len(block.drafts) if block else 0) + 1,
+            key=key,
+            n_extras=len(extras),
+            plain=block.plain if block else 0,
+        )
+        self.inflight[task.task_id] = task
+        self.slots.sent(task, base)
+        return task
+
+    def take_reply(self):
+        """One waiting reply as (task, source, message), or None; a reply that is not one a task in flight
+        awaits, from the rank it awaits it from, is a ProtocolError."""
+        got = self.channel.poll()
+        if got is None:
+            return None
+        source, msg = got
+        if msg.kind not in (protocol.RESULT, protocol.ABORTED):
+            raise protocol.ProtocolError(f"rank {source} sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
+        task = self.inflight.get(msg.task_id)
+        if task is None or task.epoch != msg.epoch:
+            raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
+        plain = task.block.plain if task.block is not None else 0
+        if plain and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the last: cached too
+            task.sequence = task.sequence + [int(t) for t in msg.payload[: plain - 1]]
+        problem = self.slots.replied(task, source, msg)
+        if problem:
+            raise protocol.ProtocolError(problem)
+        del self.inflight[msg.task_id]
+        return task, source, msg
+
+    def verifier_time(self, rank: int, us: int, t0: float) -> float:
+        """A verifier's timestamp on rank 0's time axis, in seconds from `t0` (the run's start)."""
+        return (us - self.offsets_us.get(rank, 0)) * 1e-6 - t0
+
+    def cancel(self, tasks: list[Task]) -> None:
+        """Tell the verifiers of `tasks` to drop everything older than the epoch: one CANCEL per verifier, to
+        each of its ranks."""
+        told: set[int] = set()
+        for task in tasks:
+            if task.verifier not in told:
+                told.add(task.verifier)
+                for rank in self.slots.ranks(task.verifier):
+                    self.channel.send(rank, protocol.CANCEL, epoch=self.epoch)
+
+    def waiting_for(self) -> str:
+        ranks = self.slots.busy_ranks()
+        return f"verification results from rank(s) {ranks}" if ranks else ""

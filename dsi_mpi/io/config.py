@@ -41,7 +41,7 @@ def _section_view(section: str) -> type:
     return view
 
 
-# The typed views: `cfg.decoding.lookahead` etc. (new code uses these; `cfg["decoding"]["lookahead"]` still works).
+# The typed views: `cfg.decoding.lookahead` etc., the one way the package reads a config.
 ModelsConfig, DecodingConfig, PromptsConfig, OutputConfig, RuntimeConfig, EmulationConfig = (
     _section_view(s) for s in ("models", "decoding", "prompts", "output", "runtime", "emulation")
 )
@@ -58,14 +58,15 @@ assert tuple(VIEWS) == SECTIONS, "a section of KEYS has no typed view"
 
 @dataclass
 class Config:
-    """Resolved configuration: `values[section][name]` (also `cfg[section][name]`), typed views per section
-    (`cfg.decoding`, `cfg.runtime`, ...), plus where it came from."""
+    """Resolved configuration: typed views per section (`cfg.decoding`, `cfg.runtime`, ...), read-only, made
+    from `values[section][name]` (what the file and the overrides said, with defaults), plus where it came from."""
 
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
 
-    def __getitem__(self, section: str) -> dict[str, Any]:
-        return self.values[section]
+    def replace(self, section: str, **changes) -> Config:
+        """A copy with some keys of one section changed (validated like a file)."""
+        return validate(self.values | {section: self.values[section] | changes}, self.source)
 
     def view(self, section: str):
         values = {n: tuple(v) if isinstance(v, list) else v for n, v in self.values[section].items()}
@@ -204,88 +205,125 @@ def validate(raw: dict[str, Any], source: str = "<dict>") -> Config:
     return Config(values, source)
 
 
-def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
-    m, d, e, r = v["models"], v["decoding"], v["emulation"], v["runtime"]
-    need(m["kind"] in ("hf", "emulated"), f'models.kind must be "hf" or "emulated", got {m["kind"]!r}')
-    need(
+
+def _check_ranges(v: dict[str, dict[str, Any]]) -> None:
+    """Values each key's type admits but the job does not, and keys that exclude each other: one line each."""
+    _check_models(v["models"])
+    _check_decoding(v["decoding"])
+    _check_prompts_and_output(v["prompts"], v["output"])
+    _check_runtime(v["runtime"])
+    _check_emulation(v["emulation"], v["decoding"])
+    _check_drafter(v["models"], v["decoding"])
+
+
+def _check_models(m: dict[str, Any]) -> None:
+    _need(m["kind"] in ("hf", "emulated"), f'models.kind must be "hf" or "emulated", got {m["kind"]!r}')
+    _need(
         m["dtype"] in ("float32", "bfloat16", "float16", "auto"),
         f'models.dtype must be float32, bfloat16, float16 or "auto", got {m["dtype"]!r}',
     )
-    need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
-    need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
-    need(len(d["algorithms"]) > 0, "decoding.algorithms must name at least one algorithm")
-    for name in d["algorithms"]:
-        need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
-    need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
-    need(
-        d["lookahead"] in ("adaptive", "auto") or isinstance(d["lookahead"], int) and d["lookahead"] >= 1,
-        f'decoding.lookahead must be "adaptive", "auto" or an integer >= 1, got {d["lookahead"]!r}',
-    )
-    need(
-        d["verifiers"] == "auto" or isinstance(d["verifiers"], int) and d["verifiers"] >= 0,
-        f'decoding.verifiers must be an integer >= 0 or "auto", got {d["verifiers"]!r}',
-    )
-    need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
-    need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
-    need(d["temperature"] > 0, f"decoding.temperature must be > 0, got {d['temperature']}")
-    need(d["top_k"] >= 0, f"decoding.top_k must be >= 0, got {d['top_k']}")
-    need(0 < d["top_p"] <= 1, f"decoding.top_p must be in (0, 1], got {d['top_p']}")
-    p = v["prompts"]
-    need(p["limit"] >= 0, "prompts.limit must be >= 0")
-    need(
-        p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
-        f"prompts.shard_index must be in [0, shard_count), got {p['shard_index']} of {p['shard_count']}",
-    )
-    need(
-        not (v["output"]["overwrite"] and v["output"]["resume"]),
-        "output.overwrite and output.resume exclude each other",
-    )
-    need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
-    spin = r["poll_spin_s"]
-    need(spin == "auto" or not isinstance(spin, str), f'runtime.poll_spin_s must be "auto" or seconds, got {spin!r}')
-    need(spin == "auto" or spin >= 0, f"runtime.poll_spin_s must be >= 0, got {spin}")
-    need(r["poll_max_sleep_s"] > 0, f"runtime.poll_max_sleep_s must be > 0, got {r['poll_max_sleep_s']}")
-    need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
-    need(
+    _need(m["device"] in ("cpu", "cuda"), f'models.device must be "cpu" or "cuda", got {m["device"]!r}')
+    _need(m["threads"] >= 1, f"models.threads must be >= 1, got {m['threads']}")
+    _need(
         m["backend"] in BACKENDS,
         f"models.backend must be one of {', '.join(map(repr, BACKENDS))}, got {m['backend']!r}",
     )
-    need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
-    need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
-    need(all(b >= 1 for b in m["compile_buckets"]), f"models.compile_buckets must be >= 1, got {m['compile_buckets']}")
-    need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
-    need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
-    need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")
-    need(r["pipeline_groups"] >= 0, f"runtime.pipeline_groups must be >= 0, got {r['pipeline_groups']}")
-    need(e["hidden_size"] >= 1, f"emulation.hidden_size must be >= 1, got {e['hidden_size']}")
-    need(
+    _need(m["compile_segments"] >= 1, f"models.compile_segments must be >= 1, got {m['compile_segments']}")
+    _need(m["compile_max_bucket"] >= 1, f"models.compile_max_bucket must be >= 1, got {m['compile_max_bucket']}")
+    _need(all(b >= 1 for b in m["compile_buckets"]), f"models.compile_buckets must be >= 1, got {m['compile_buckets']}")
+
+
+def _check_decoding(d: dict[str, Any]) -> None:
+    _need(len(d["algorithms"]) > 0, "decoding.algorithms must name at least one algorithm")
+    for name in d["algorithms"]:
+        _need(name in ALGORITHMS, f"decoding.algorithms: unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
+    _need(len(set(d["algorithms"])) == len(d["algorithms"]), "decoding.algorithms lists an algorithm twice")
+    _need(
+        d["lookahead"] in ("adaptive", "auto") or isinstance(d["lookahead"], int) and d["lookahead"] >= 1,
+        f'decoding.lookahead must be "adaptive", "auto" or an integer >= 1, got {d["lookahead"]!r}',
+    )
+    _need(
+        d["verifiers"] == "auto" or isinstance(d["verifiers"], int) and d["verifiers"] >= 0,
+        f'decoding.verifiers must be an integer >= 0 or "auto", got {d["verifiers"]!r}',
+    )
+    _need(d["max_new_tokens"] >= 1, f"decoding.max_new_tokens must be >= 1, got {d['max_new_tokens']}")
+    _need(d["warmup_prompts"] >= 0, "decoding.warmup_prompts must be >= 0")
+    _need(d["temperature"] > 0, f"decoding.temperature must be > 0, got {d['temperature']}")
+    _need(d["top_k"] >= 0, f"decoding.top_k must be >= 0, got {d['top_k']}")
+    _need(0 < d["top_p"] <= 1, f"decoding.top_p must be in (0, 1], got {d['top_p']}")
+
+
+def _check_prompts_and_output(p: dict[str, Any], o: dict[str, Any]) -> None:
+    _need(p["limit"] >= 0, "prompts.limit must be >= 0")
+    _need(
+        p["shard_count"] >= 1 and 0 <= p["shard_index"] < p["shard_count"],
+        f"prompts.shard_index must be in [0, shard_count), got {p['shard_index']} of {p['shard_count']}",
+    )
+    _need(not (o["overwrite"] and o["resume"]), "output.overwrite and output.resume exclude each other")
+
+
+def _check_runtime(r: dict[str, Any]) -> None:
+    _need(r["timeout_s"] > 0, "runtime.timeout_s must be > 0")
+    spin = r["poll_spin_s"]
+    _need(spin == "auto" or not isinstance(spin, str), f'runtime.poll_spin_s must be "auto" or seconds, got {spin!r}')
+    _need(spin == "auto" or spin >= 0, f"runtime.poll_spin_s must be >= 0, got {spin}")
+    _need(r["poll_max_sleep_s"] > 0, f"runtime.poll_max_sleep_s must be > 0, got {r['poll_max_sleep_s']}")
+    _need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
+    _need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
+    _need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")
+    _need(r["pipeline_groups"] >= 0, f"runtime.pipeline_groups must be >= 0, got {r['pipeline_groups']}")
+
+
+def _check_emulation(e: dict[str, Any], d: dict[str, Any]) -> None:
+    _need(e["forwards"] in ("sleep", "model"), f'emulation.forwards must be "sleep" or "model", got {e["forwards"]!r}')
+    _need(e["hidden_size"] >= 1, f"emulation.hidden_size must be >= 1, got {e['hidden_size']}")
+    _need(
         0 <= e["min_new_tokens"] <= d["max_new_tokens"],
         f"emulation.min_new_tokens must be in [0, decoding.max_new_tokens], got {e['min_new_tokens']}",
     )
-    need(0.0 <= e["acceptance"] <= 1.0, f"emulation.acceptance must be in [0, 1], got {e['acceptance']}")
-    need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
+    _need(0.0 <= e["acceptance"] <= 1.0, f"emulation.acceptance must be in [0, 1], got {e['acceptance']}")
+    _need(e["vocab_size"] >= 2 and e["prompt_tokens"] >= 1, "emulation.vocab_size >= 2 and prompt_tokens >= 1")
     for name in ("target_ttft_s", "target_tpot_s", "drafter_ttft_s", "drafter_tpot_s"):
-        need(e[name] >= 0, f"emulation.{name} must be >= 0")
+        _need(e[name] >= 0, f"emulation.{name} must be >= 0")
+
+
+def _check_drafter(m: dict[str, Any], d: dict[str, Any]) -> None:
+    """models.drafter parses, and fits the algorithms and models.kind."""
     try:
         drafter = parse_drafter(m["drafter"])
     except DrafterSpecError as err:
         raise ConfigError(str(err)) from None
-    need(
+    _need(
         "hf_assisted" not in d["algorithms"] or drafter.needs_weights,
         'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)',
     )
     if m["kind"] == "emulated":
-        need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
+        _need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
         for name in ("hf_assisted", "hf_prompt_lookup"):
-            need(name not in d["algorithms"], f'{name} needs real models (models.kind = "hf")')
-        need(
+            _need(name not in d["algorithms"], f'{name} needs real models (models.kind = "hf")')
+        _need(
             not d["do_sample"],
             'sampling needs real models: LATENCY EMULATION draws acceptance i.i.d. (models.kind = "hf")',
         )
+
+
+def write_config(path: str | Path, sections: dict[str, dict[str, Any]], check: bool = True) -> Path:
+    """A TOML config file of `sections` ({section: {key: value}}), validated first so that a typo fails here, not
+    in the job (check=False: written as it is, for tests of what the job says about a bad config): how tests and
+    analysis scripts write the jobs they start."""
+    if check:
+        validate(sections)
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{name} = {_toml_value(value)}" for name, value in values.items()]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def keys_markdown() -> str:

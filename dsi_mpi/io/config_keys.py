@@ -41,8 +41,8 @@ KEYS: tuple[Key, ...] = (
             str,
             "inputs/models/drafter",
             "drafter: a hub id or local folder of a model with the target's vocabulary or, with its own tokenizer, "
-            "another one that shares at least half the smaller vocabulary (drafting the shared tokens: README "
-            '"Drafters of another vocabulary"); a `draft_vocab.json` '
+            "another one that shares at least half the smaller vocabulary (drafting the shared tokens: "
+            "docs/drafters.md); a `draft_vocab.json` "
             "in the folder gives it a frequency-ranked head (only those token ids are scored, "
             '`dsi_mpi/backends/draft_vocab.py`); "ngram" or '
             '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
@@ -54,7 +54,7 @@ KEYS: tuple[Key, ...] = (
             "float32",
             'float32, bfloat16, float16, or "auto": bfloat16 where products in it are native (a CPU with '
             "avx512_bf16 or amx_bf16, a GPU that supports it), else float32 (the dtype run is recorded in "
-            "`backends`; README: Lossless in bf16)",
+            "`backends`; docs/lossless.md: Lossless in bf16)",
         ),
         ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
         ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),
@@ -103,7 +103,7 @@ KEYS: tuple[Key, ...] = (
             (int, str),
             "adaptive",
             'draft tokens per verification task: "adaptive" (k chosen before each block from the measured '
-            'acceptance and latencies, down to 0 = plain decoding; README "Adaptive speculation"), a fixed k >= 1 '
+            "acceptance and latencies, down to 0 = plain decoding; docs/adaptive.md), a fixed k >= 1 "
             '(for experiments), or "auto": the planner fixes each algorithm\'s best k from a short calibration',
         ),
         (
@@ -191,7 +191,7 @@ KEYS: tuple[Key, ...] = (
             1,
             "independent DSI instances in the job (G); G >= 2: rank 0 hands out prompts and writes the results, "
             "ranks 1..N-1 form G instances of (N-1)/G ranks each (a drafter and its verifiers or pipeline groups, "
-            "every group on one node), node-local where they fit (README: Many instances)",
+            "every group on one node), node-local where they fit (docs/pipelines.md)",
         ),
     ),
     *_section(

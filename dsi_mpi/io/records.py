@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -99,6 +100,9 @@ class Event(IntEnum):
         return self.name.lower()
 
 
+TABLES = ("tasks", "cancellations", "events", "stages")  # the RunRecord fields that hold table rows
+
+
 @dataclass
 class RunRecord:
     algorithm: str
@@ -143,8 +147,17 @@ class RunRecord:
     def stage_table(self) -> np.ndarray:
         return np.array(self.stages, dtype=STAGE_DTYPE)
 
+    def to_message(self) -> dict:
+        """Every field as plain values, for the scheduler's JSON messages (`from_message` reverses it exactly:
+        JSON keeps every float as it was, NaN included)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_message(cls, values: dict) -> RunRecord:
+        return cls(**{k: [tuple(row) for row in v] if k in TABLES else v for k, v in values.items()})
+
     def as_dict(self) -> dict:
-        """The shape `read_results` gives a record: scalars, token lists and the three tables as arrays."""
+        """The shape `read_results` gives a record: scalars, token lists and the four tables as arrays."""
         return {
             "algorithm": self.algorithm,
             "prompt_index": self.prompt_index,

@@ -3,18 +3,19 @@
 NAME.partial), so a job that fails before that leaves the previous results as they were.
 
 With several instances (runtime.instances) rank 0 is the scheduler and writes every instance's records, sent
-to it as each prompt completes (dsi_mpi/batch.py); the same layout, plus where each prompt ran.
+to it as each prompt completes (dsi_mpi/app/feeds.py); the same layout, plus where each prompt ran.
 
-Layout (read back by `read_results`; README.md's "Results file (HDF5)" documents every name, and a test
+Layout (read back by `read_results`; docs/results.md documents every name, and a test
 keeps the two in sync):
-    /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: versions,
+    /                      attrs: format, config_toml, config_digest, created, and the METADATA keys: backends
+                                  (JSON, per rank: the backend and dtype it ran, why it fell back), versions,
                                   git_commit, ranks (JSON: rank, host, role, device, poll_spin_s,
                                   node_threads, node_cores; gpu on CUDA), algorithms, argv,
                                   slurm_job_id, clock_offsets_us, planner (only with "auto"), drafter (JSON: kind,
                                   model, params, layers, head_tokens, vocabulary), scheduler (JSON: policy, instances, layout); merged_from
                                   (merge)
     /prompts/<index:05d>   attrs: id, text, complete (set once every algorithm of the prompt is written), and
-                                  PLACEMENT: instance, instance_ranks, instance_hosts, job_start, started_s, finished_s
+                                  WHERE_RAN: instance, instance_ranks, instance_hosts, job_start, started_s, finished_s
         prompt_tokens      int64[n]
         <algorithm>/       attrs: RunRecord.scalars(): lookahead, verifiers, wall_s, ttft_s, drafted, draft_misses, draft_s,
                                   drafter_prefill_s, compared, accepted, rejections, restarts, tasks_sent,
@@ -59,7 +60,7 @@ METADATA = (
 # instance (its index), instance_ranks / instance_hosts (world rank and host of each of its ranks, coordinator
 # first), job_start (unix time the job started: tells resumed jobs apart), started_s / finished_s (seconds
 # from job_start, on the writer's clock, when the prompt was handed out and when its last record arrived).
-PLACEMENT = ("instance", "instance_ranks", "instance_hosts", "job_start", "started_s", "finished_s")
+WHERE_RAN = ("instance", "instance_ranks", "instance_hosts", "job_start", "started_s", "finished_s")
 
 
 class ResultsWriter:
@@ -119,7 +120,7 @@ class ResultsWriter:
         """Versions, hosts, ranks: known only once every rank has started."""
         unknown = sorted(set(metadata) - set(METADATA))
         if unknown:
-            raise ValueError(f"results metadata {unknown} not in results.METADATA (document them in the README)")
+            raise ValueError(f"results metadata {unknown} not in results.METADATA (document them in docs/results.md)")
         for key, value in metadata.items():
             self.metadata[key] = value if isinstance(value, str) else json.dumps(value)
             self.file.attrs[key] = self.metadata[key]
@@ -150,12 +151,12 @@ class ResultsWriter:
             os.replace(self.pending, self.path)
             self.pending = None
 
-    def mark_complete(self, prompt, placement: dict | None = None) -> None:
-        """The prompt's records are all written: record where it ran (PLACEMENT), then mark it complete."""
+    def mark_complete(self, prompt, where: dict | None = None) -> None:
+        """The prompt's records are all written: record where it ran (WHERE_RAN), then mark it complete."""
         attrs = self.file[f"prompts/{prompt.index:05d}"].attrs
-        for key, value in (placement or {}).items():
-            if key not in PLACEMENT:
-                raise ValueError(f"prompt attribute {key!r} not in results.PLACEMENT (document it in the README)")
+        for key, value in (where or {}).items():
+            if key not in WHERE_RAN:
+                raise ValueError(f"prompt attribute {key!r} not in results.WHERE_RAN (document it in docs/results.md)")
             attrs[key] = value
         attrs["complete"] = True
         self.file.flush()
@@ -193,7 +194,7 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
                     "complete": is_complete(group),
                 }
                 rec.update({k: v.item() if hasattr(v, "item") else v for k, v in run.attrs.items()})
-                rec.update(_placement(group.attrs))
+                rec.update(_where_ran(group.attrs))
                 rec["tokens"] = run["tokens"][()].tolist()
                 rec["commit_times"] = run["commit_times"][()].tolist()
                 rec["tasks"] = run["tasks"][()]
@@ -204,10 +205,10 @@ def read_results(path: str, complete_only: bool = True) -> tuple[dict, list[dict
     return meta, records
 
 
-def _placement(attrs) -> dict:
-    """The PLACEMENT attributes of a prompt group as plain Python values (lists for the per-rank ones)."""
+def _where_ran(attrs) -> dict:
+    """The WHERE_RAN attributes of a prompt group as plain Python values (lists for the per-rank ones)."""
     out = {}
-    for key in PLACEMENT:
+    for key in WHERE_RAN:
         if key not in attrs:
             continue
         value = attrs[key]

@@ -50,11 +50,16 @@ class Channel:
         """Wait (polling with back-off, under the watchdog) for one message."""
         return self.poller.wait_for(lambda: self.poll(source, tag), what, timeout_s)
 
-    def flush(self) -> None:
-        """Wait until every send has left this rank (before reusing nothing, before exiting)."""
+    def flush(self, what: str = "sends to complete", timeout_s: float | None = None) -> None:
+        """Wait until every send has left this rank (before exiting)."""
 
         def all_sent():
             self._reap()
             return True if not self._sends else None
 
-        self.poller.wait_for(all_sent, "sends to complete")
+        self.poller.wait_for(all_sent, what, timeout_s)
+
+    def send_json(self, dest: int, kind: int, value=None, **fields) -> None:
+        """One of the scheduler's messages: `value` as JSON (protocol.pack_json)."""
+        payload, n_bytes = protocol.pack_json(value)
+        self.send(dest, kind, payload, n_bytes=n_bytes, **fields)

@@ -1,6 +1,6 @@
 """Split one job into G independent DSI instances (runtime.instances = G >= 2), node-local where they fit.
 
-World rank 0 is the scheduler and writer (dsi_mpi/batch.py); ranks 1..N-1 form G instances of
+World rank 0 is the scheduler and writer (dsi_mpi/app/feeds.py); ranks 1..N-1 form G instances of
 S = (N-1)/G ranks each: a drafter (the instance's rank 0, its coordinator) and S - 1 verifier ranks. With
 runtime.pipeline_stages = P > 1, m of them are pipelined groups of P ranks (runtime.pipeline_groups per
 instance, 0: every verifier rank), the instance's ranks 1..mP in order; the rest hold the whole target.
@@ -15,7 +15,7 @@ node-local communicator, MPI.COMM_TYPE_SHARED):
 Instances that span nodes, and groups that do, are named at start-up. Three communicators come out of it:
   * `comm`: the instance's own (its rank 0 is the drafter and coordinator): the only one its ranks decode
     over, ranked in the order above, so its pipeline layout is the same in every instance (`layout`);
-  * `queue`: the scheduler (rank 0 there) and the G coordinators (rank g + 1): prompts and records;
+  * `queue`: the scheduler (rank 0 there) and the G coordinators (instance i's at rank i + 1): prompts and records;
   * `faults`: a duplicate of the world, on which a failing rank tells the scheduler before the job aborts.
 """
 
@@ -168,7 +168,7 @@ def split(world: MPI.Comm, poller: BackoffPoller, instances: int, stages: int = 
     missing rank."""
     rank = world.Get_rank()
     members, spanning, split_groups = assign(node_ids(world, poller), instances, stages, groups)
-    instance = next((i for i, g in enumerate(members) if rank in g), -1)
+    instance = next((i for i, ranks in enumerate(members) if rank in ranks), -1)
     key = members[instance].index(rank) if instance >= 0 else 0  # the drafter is its instance's rank 0
     comm = world.Split(instance if instance >= 0 else MPI.UNDEFINED, key=key)
     in_queue = rank == 0 or (instance >= 0 and members[instance][0] == rank)

@@ -1,7 +1,7 @@
 """Waiting without burning a core, and never forever.
 
 A blocking MPI wait spins at 100% CPU on every MPI runtime, and with more ranks than cores that spin
-steals the core a working rank needs (shared/notes/PLATFORM.md: 8-16 ms per message under MPICH).
+steals the core a working rank needs (measured here: 8-16 ms per message under MPICH).
 So every wait in dsi-mpi is a poll: test, spin briefly, then sleep with a doubling back-off, and give
 up with `WatchdogTimeout` once the deadline passes.
 
@@ -71,10 +71,6 @@ class BackoffPoller:
     def complete(self, request, what: str, timeout_s: float | None = None) -> None:
         """Wait for a nonblocking MPI request (anything with `Test()`) to complete, under the watchdog."""
         self.wait_for(lambda: True if request.Test() else None, what, timeout_s)
-
-    def nap(self, sleep_s: float) -> None:
-        """One short idle step for loops that poll several things themselves."""
-        time.sleep(min(sleep_s, self.max_sleep_s))
 
 
 def poller_from_config(runtime: RuntimeConfig) -> BackoffPoller:

@@ -1,4 +1,4 @@
-"""The message protocol between the coordinator (rank 0) and the verifiers (ranks 1..N-1).
+"""The message protocol: the coordinator (rank 0) and the verifiers (ranks 1..N-1), and the scheduler.
 
 Every message is one flat numpy int64 array sent with the uppercase (buffer) mpi4py calls, with the
 MPI tag equal to its kind:
@@ -15,6 +15,11 @@ MPI tag equal to its kind:
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
 | ACTIVATION | stage -> next stage | task_id, epoch, base, n_out, key, n_extras, n_tokens, cache_len, n_stages, dropped, n_hidden | tokens, extras, stage records, hidden states |
+| SETUP     | scheduler -> coordinator | n_bytes                               | JSON: eos ids, warm-up prompts |
+| REQUEST   | coordinator -> scheduler | n_bytes                               | JSON: the finished prompt's records, metadata |
+| ASSIGN    | scheduler -> coordinator | n_bytes                               | JSON: the next prompt, or null: none left |
+| NOTICE    | failing rank -> scheduler | code (exit status), n_bytes          | JSON: where, what failed |
+| ACK       | scheduler -> failing rank | (none)                               | (none)                   |
 
 A TASK tells the verifier to keep the first `base` tokens of its KV cache, run the target on the payload's
 tokens and judge the last n_out - 1 of them (the drafts) by the acceptance rule (dsi_mpi/decoding/acceptance.py):
@@ -32,6 +37,9 @@ int64 words) and only the last stage replies. A stage record is 4 integers [rank
 end_us] (status: STAGE_COMPUTED, STAGE_ABORTED mid-forward, STAGE_DROPPED unseen), one per stage so far;
 `cache_len` is the least any stage so far keeps; `dropped` = 1: an earlier stage abandoned the task, pass
 the news on (no hidden states). Plain verifiers reply with n_stages = 0.
+The last five are the scheduler's (runtime.instances >= 2, dsi_mpi/app/scheduler.py), on their own
+communicators: their payload is UTF-8 JSON packed into int64 words (`pack_json`; `n_bytes` is its length),
+read back by `unpack_json`, never by unpickling.
 An epoch rises at every rejection: anything of an older epoch is stale and is dropped on sight.
 Decoding checks the magic, the kind against the tag, the counts against the received size and the
 field ranges, and raises ProtocolError naming the sender on any mismatch: nothing malformed is applied.
@@ -39,8 +47,10 @@ field ranges, and raises ProtocolError naming the sender on any mismatch: nothin
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -59,10 +69,15 @@ class Kind(IntEnum):
     TOKENS = 6
     STOP = 7
     ACTIVATION = 8
+    SETUP = 9
+    REQUEST = 10
+    ASSIGN = 11
+    NOTICE = 12
+    ACK = 13
 
 
 # The kinds at module level too (`protocol.TASK` is `Kind.TASK`, as `signal.SIGINT` is `Signals.SIGINT`).
-TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP, ACTIVATION = Kind
+TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP, ACTIVATION, SETUP, REQUEST, ASSIGN, NOTICE, ACK = Kind
 KIND_NAMES = {kind: kind.name for kind in Kind}
 FIELDS = {
     TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras", "plain"),
@@ -85,7 +100,13 @@ FIELDS = {
         "dropped",
         "n_hidden",
     ),
+    SETUP: ("n_bytes",),
+    REQUEST: ("n_bytes",),
+    ASSIGN: ("n_bytes",),
+    NOTICE: ("code", "n_bytes"),
+    ACK: (),
 }
+JSON_KINDS = (SETUP, REQUEST, ASSIGN, NOTICE)
 STAGE_RECORD = 4  # [rank, status, start_us, end_us]
 STAGE_COMPUTED, STAGE_ABORTED, STAGE_DROPPED = 0, 1, 2
 BASELINE_ALGORITHMS = {"nonsi": 1, "hf_assisted": 2, "hf_prompt_lookup": 3}
@@ -124,6 +145,18 @@ def encode(kind: Kind, payload=(), **fields) -> np.ndarray:
 def decode(buf: np.ndarray, tag: int, source: int) -> Message:
     """Check and unpack a received buffer; raise ProtocolError naming the sender if anything is off."""
     where = f"message from rank {source} with tag {tag}"
+    kind, fields, payload = _header(buf, tag, where)
+    for name, value in fields.items():
+        if value < 0:
+            raise ProtocolError(f"{where}: {KIND_NAMES[kind]} field {name} is negative ({value})")
+    problem = _check_payload(kind, fields, len(payload))
+    if problem:
+        raise ProtocolError(f"{where}: {problem}")
+    return Message(Kind(kind), fields, payload)
+
+
+def _header(buf: np.ndarray, tag: int, where: str) -> tuple[int, dict, np.ndarray]:
+    """The kind, the fields and the payload, once the header's magic, kind and counts are right."""
     if len(buf) < HEADER:
         raise ProtocolError(f"{where}: {len(buf)} integers, shorter than the {HEADER}-integer header")
     magic, kind, n_fields, n_payload = (int(x) for x in buf[:HEADER])
@@ -140,22 +173,44 @@ def decode(buf: np.ndarray, tag: int, source: int) -> Message:
             f"payload but {len(buf)} integers arrived"
         )
     fields = {n: int(v) for n, v in zip(names, buf[HEADER : HEADER + n_fields])}
-    for name, value in fields.items():
-        if value < 0:
-            raise ProtocolError(f"{where}: {KIND_NAMES[kind]} field {name} is negative ({value})")
-    payload = buf[HEADER + n_fields :]
-    if kind == TASK and (fields["n_out"] < 1 or fields["n_out"] + fields["n_extras"] > n_payload):
-        raise ProtocolError(
-            f"{where}: TASK asks for {fields['n_out']} outputs and {fields['n_extras']} extras "
-            f"from a payload of {n_payload}"
-        )
-    records = STAGE_RECORD * fields.get("n_stages", 0)
+    return kind, fields, buf[HEADER + n_fields :]
+
+
+def _check_payload(kind: int, f: dict, n_payload: int) -> str | None:
+    """What is wrong with a payload of this size for these fields, if anything."""
+    records = STAGE_RECORD * f.get("n_stages", 0)
+    if kind == TASK and (f["n_out"] < 1 or f["n_out"] + f["n_extras"] > n_payload):
+        return f"TASK asks for {f['n_out']} outputs and {f['n_extras']} extras from a payload of {n_payload}"
     if kind == RESULT and n_payload < 1 + records:
-        raise ProtocolError(f"{where}: RESULT carries no tokens")
+        return "RESULT carries no tokens"
     if kind == ABORTED and n_payload != records:
-        raise ProtocolError(f"{where}: ABORTED carries {n_payload} integers for {fields['n_stages']} stage records")
+        return f"ABORTED carries {n_payload} integers for {f['n_stages']} stage records"
     if kind == ACTIVATION:
-        parts = fields["n_tokens"] + fields["n_extras"] + records + fields["n_hidden"]
-        if parts != n_payload or fields["n_out"] < 1 or not fields["dropped"] and fields["n_out"] > fields["n_tokens"]:
-            raise ProtocolError(f"{where}: ACTIVATION parts ({parts} integers, n_out {fields['n_out']}) do not fit")
-    return Message(Kind(kind), fields, payload)
+        parts = f["n_tokens"] + f["n_extras"] + records + f["n_hidden"]
+        if parts != n_payload or f["n_out"] < 1 or not f["dropped"] and f["n_out"] > f["n_tokens"]:
+            return f"ACTIVATION parts ({parts} integers, n_out {f['n_out']}) do not fit"
+    if kind in JSON_KINDS and n_payload != -(-f["n_bytes"] // 8):
+        return f"{KIND_NAMES[kind]} says {f['n_bytes']} bytes but carries {n_payload} integers"
+    return None
+
+
+def pack_json(value: Any) -> tuple[np.ndarray, int]:
+    """A JSON value as (int64 words, its length in bytes): the payload and n_bytes of the scheduler's kinds.
+    NaN travels as JSON's NaN; numpy numbers as Python's."""
+    data = json.dumps(value, default=_plain).encode()
+    return np.frombuffer(data + b"\0" * (-len(data) % 8), dtype=np.int64), len(data)
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def unpack_json(msg: Message) -> Any:
+    """The JSON value of a scheduler message (ProtocolError if it is not JSON)."""
+    data = np.ascontiguousarray(msg.payload, dtype=np.int64).tobytes()[: msg.n_bytes]
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ProtocolError(f"{KIND_NAMES[msg.kind]} message is not JSON: {err}") from None

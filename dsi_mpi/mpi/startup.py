@@ -51,7 +51,7 @@ def gather_rank_info(comm: MPI.Comm, poller: BackoffPoller, role: str, device: s
     mine = {"rank": comm.Get_rank(), "host": host_name(), "role": role, "device": device, "pid": os.getpid()}
     mine.update(extra)
     if comm.Get_rank() != 0:
-        comm.isend(mine, dest=0, tag=INFO_TAG).wait()
+        poller.complete(comm.isend(mine, dest=0, tag=INFO_TAG), "rank 0 to take this rank's start-up report")
         return None
     infos = [mine]
     for source in range(1, comm.Get_size()):

@@ -1,6 +1,6 @@
 """Why a run was fast or slow: sentences built from the figures of dsi_mpi.reporting.metrics.
 
-Every sentence is computed from the data (and from the paper's time model, dsi_mpi.simulator, fed with
+Every sentence is computed from the data (and from the paper's time model, dsi_mpi.timemodel.simulator, fed with
 the measured latencies): a sentence whose inputs are missing is left out rather than guessed.
 """
 
@@ -10,6 +10,7 @@ import math
 
 from dsi_mpi.reporting import metrics as mt
 from dsi_mpi.reporting import time_model as tm
+from dsi_mpi.timemodel import inputs as ti
 
 NAN = math.nan
 SAME = 0.1  # ratios within 10% of 1 are called "the same"
@@ -46,9 +47,9 @@ def explain(records: list[dict], meta: dict) -> list[str]:
 
 
 def _model(predicted: dict) -> dict:
-    """metrics.predictions' latencies and speedups, plus the time model's inputs they came from."""
+    """time_model.predictions' latencies and speedups, plus the time model's inputs they came from."""
     m = predicted["inputs"]
-    return {"lat": tm.model_latencies(m)[0], "a": tm.model_acceptance(m), "speedup": predicted["speedup"]} | (
+    return {"lat": ti.model_latencies(m)[0], "a": ti.model_acceptance(m), "speedup": predicted["speedup"]} | (
         predicted["latency"]
     )
 
@@ -142,7 +143,7 @@ def _dsi_slower(m, model, figures, k, V, N, nonsi_thread, layers) -> str | None:
             f"speed, so the loss comes from costs outside the model (messages, wake-ups, shared cores)"
         )
     why = "runtime.nonsi_thread is off" if not nonsi_thread else "with one verifier there is no spare one for it"
-    from dsi_mpi.simulator import simulate
+    from dsi_mpi.timemodel.simulator import simulate
 
     thread = simulate(
         "dsi",
@@ -152,7 +153,7 @@ def _dsi_slower(m, model, figures, k, V, N, nonsi_thread, layers) -> str | None:
         max(V, 2),
         N,
         seed=0,
-        trials=tm.TRIALS,
+        trials=ti.TRIALS,
         nonsi_thread=True,
         drafter_layers=layers,
     )
@@ -172,7 +173,7 @@ def _utilisation(m, figures, k, V) -> str | None:
     u = d["verifier_utilisation"]
     text = f"dsi kept {u * V:.1f} of {V} verifier(s) busy on average (utilisation {u:.0%})"
     if m and k:
-        from dsi_mpi.simulator import min_verifiers_without_queueing
+        from dsi_mpi.timemodel.simulator import min_verifiers_without_queueing
 
         need = min_verifiers_without_queueing(m["c"], k)
         text += (
@@ -255,7 +256,7 @@ def _lookahead(m, model, k, V, N, nonsi_thread, layers) -> str | None:
     """The k the time model prefers at the measured c and acceptance, and what it would gain."""
     if not model:
         return None
-    from dsi_mpi.simulator import best_lookahead
+    from dsi_mpi.timemodel.simulator import best_lookahead
 
     parts = []
     for a, n in (("si", 1), ("dsi", V)):

@@ -29,6 +29,8 @@ CURVE_COLORS = {
     "dsi": "#000000",
 }
 
+MS = 1e3  # the charts' time unit: milliseconds
+
 
 def pyplot():
     """matplotlib with the Agg backend, imported only when a picture is drawn."""
@@ -72,7 +74,7 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     plt = pyplot()
     verifiers = mt.job_shape(meta, [rec])["verifiers"]
     data = gantt_data(rec, verifiers)
-    lanes, ms = data["lanes"], 1e3
+    lanes = data["lanes"]
     fig, (top, bottom) = plt.subplots(
         2,
         1,
@@ -80,6 +82,27 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
         figsize=(13, 2.2 + 0.75 * len(lanes) + 2.6),
         gridspec_kw={"height_ratios": [0.75 * len(lanes) + 0.6, 2.6]},
     )
+    _draw_bars(top, data)
+    cancels = _draw_markers(top, bottom, data)
+    _label_lanes(top, rec, data, verifiers)
+    _draw_curves(bottom, rec, others)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    counts = {rank: {name: len(spans) for name, spans in kinds.items()} for rank, kinds in data["bars"].items()}
+    return {
+        "path": str(path),
+        "lanes": lanes,
+        "bars_per_lane": counts,
+        "derived_waits": data["derived_waits"],
+        "markers": len(data["markers"]["reject"]) + len(cancels),
+        "markers_by_kind": {k: len(v) for k, v in data["markers"].items()},
+        "commits": len(rec["commit_times"]),
+    }
+
+
+def _draw_bars(top, data: dict) -> None:
+    """Each rank's lane: a bar per event, coloured by kind, each kind named once in the legend."""
     colors = {k.label: c for k, (_, c) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[1]}
     labels = {k.label: n for k, (n, _) in BAR_KINDS.items()} | {"verify_stale": STALE_VERIFY[0]}
     if data["derived_waits"]:
@@ -87,7 +110,7 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     seen = set()
     for rank, kinds in data["bars"].items():
         for name, spans in kinds.items():
-            spans_ms = [(t * ms, max(d * ms, 0.05)) for t, d in spans]
+            spans_ms = [(t * MS, max(d * MS, 0.05)) for t, d in spans]
             top.broken_barh(
                 spans_ms,
                 (-rank - 0.35, 0.7),
@@ -97,15 +120,19 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
                 label=None if name in seen else labels[name],
             )
             seen.add(name)
+
+
+def _draw_markers(top, bottom, data: dict) -> list:
+    """Rejections as dashed lines across both panels, CANCELs as crosses on their verifier's lane."""
     for t in data["markers"]["reject"]:
         for ax in (top, bottom):
-            ax.axvline(t * ms, color="#d62728", linewidth=0.8, alpha=0.6, linestyle="--")
+            ax.axvline(t * MS, color="#d62728", linewidth=0.8, alpha=0.6, linestyle="--")
     if data["markers"]["reject"]:
         top.plot([], [], color="#d62728", linestyle="--", label="rejection")
     cancels = data["markers"]["cancel_sent"]
     if cancels:
         top.scatter(
-            [t * ms for t, _ in cancels],
+            [t * MS for t, _ in cancels],
             [-v for _, v in cancels],
             marker="x",
             color="black",
@@ -113,6 +140,12 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
             zorder=5,
             label="cancel sent to this verifier",
         )
+    return cancels
+
+
+def _label_lanes(top, rec: dict, data: dict, verifiers: int) -> None:
+    """Lane names (with each verifier's busy share where events say it), the legend and the title."""
+    lanes = data["lanes"]
     busy = mt.rank_utilisation(rec, verifiers)
     names = ["rank 0\ndrafter + coordinator"] + [
         f"rank {r} verifier\nbusy {busy[r - 1]:.0%}"
@@ -136,13 +169,17 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     top.set_title(
         f"{rec['algorithm']}: prompt {rec['prompt_index']} ({rec['prompt_id']}), {len(rec['tokens'])} "
-        f"tokens in {rec['wall_s'] * ms:.1f} ms ({mt.prompt_ms_per_token(rec):.2f} ms/token), "
-        f"first token {rec['ttft_s'] * ms:.1f} ms",
+        f"tokens in {rec['wall_s'] * MS:.1f} ms ({mt.prompt_ms_per_token(rec):.2f} ms/token), "
+        f"first token {rec['ttft_s'] * MS:.1f} ms",
         fontsize=10,
     )
+
+
+def _draw_curves(bottom, rec: dict, others: list[dict]) -> None:
+    """Tokens committed over time: this run thick, the prompt's other algorithms thin."""
     for run in [*others, rec]:
-        t, mine = np.asarray(run["commit_times"]) * ms, run is rec
-        label = f"{run['algorithm']}{' (this run)' if mine else ''}: {run['wall_s'] * ms:.0f} ms"
+        t, mine = np.asarray(run["commit_times"]) * MS, run is rec
+        label = f"{run['algorithm']}{' (this run)' if mine else ''}: {run['wall_s'] * MS:.0f} ms"
         bottom.step(
             np.concatenate(([0], t)),
             np.arange(len(t) + 1),
@@ -158,19 +195,6 @@ def draw_gantt(rec: dict, meta: dict, path: Path, others: list[dict] = ()) -> di
     bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     bottom.grid(alpha=0.3)
     bottom.set_xlim(0, None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    counts = {rank: {name: len(spans) for name, spans in kinds.items()} for rank, kinds in data["bars"].items()}
-    return {
-        "path": str(path),
-        "lanes": lanes,
-        "bars_per_lane": counts,
-        "derived_waits": data["derived_waits"],
-        "markers": len(data["markers"]["reject"]) + len(cancels),
-        "markers_by_kind": {k: len(v) for k, v in data["markers"].items()},
-        "commits": len(rec["commit_times"]),
-    }
 
 
 def gantt(path: str, out: str, prompt: int | None = None, algorithm: str | None = None) -> list[dict]:

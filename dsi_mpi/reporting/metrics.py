@@ -34,22 +34,11 @@ The time model's inputs and predictions: dsi_mpi/reporting/time_model.py.
 What the figures stand on (`rank_table`, `shared_gpus`): GPUs that several ranks shared (same host, same
 physical GPU); there si and dsi are a functional check, not a speed (report.job_notes says so under a table).
 
-Job throughput (`throughput`), from the prompts' placement attributes (results.PLACEMENT; None without):
-- a prompt's span = finished_s - started_s (handed out to its last record written, every algorithm);
-  a job's wall_s = last finished_s - first started_s over its prompts (jobs told apart by job_start, so a
-  resumed file counts each job's own time);
-- tokens_per_s = every generated token (all algorithms) / the sum of the jobs' wall_s;
-- per instance index: tokens, prompts, busy_s (sum of its spans), tokens_per_s = its tokens / the wall_s of
-  the jobs it ran in (so the instances' figures add up to the job's), utilisation = busy_s / that wall_s.
-- busy_s = the sum of every span (the work); busy_tokens_per_s = the sum over instances of tokens / busy_s,
-  the rate G instances deliver while each has a prompt (tokens_per_s falls below it only by the idle
-  time at the job's start and end: the balance, which `ideal_wall_s` bounds).
-- `ideal_wall_s(records, G)`: total work / G + the longest prompt, where work = the prompts' spans.
+Job throughput, from where and when each prompt ran: dsi_mpi/reporting/throughput.py.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 
@@ -163,12 +152,13 @@ def _total(recs: list[dict], name: str) -> int:
     return sum(r.get(name, 0) for r in recs)
 
 
-def _ratio(num: float, den: float) -> float:
+def ratio(num: float, den: float) -> float:
+    """num / den, NaN where den is 0."""
     return num / den if den else NAN
 
 
 def acceptance(recs: list[dict]) -> float:
-    return _ratio(_total(recs, "accepted"), _total(recs, "compared"))
+    return ratio(_total(recs, "accepted"), _total(recs, "compared"))
 
 
 def verifications(tasks: np.ndarray | None) -> np.ndarray:
@@ -189,7 +179,7 @@ def acceptance_histogram(recs: list[dict]) -> list[int]:
 
 def prompt_ms_per_token(rec: dict) -> float:
     """One record's wall time per generated token, in ms (algorithm_metrics' ms_per_token of one prompt)."""
-    return _ratio(1e3 * rec["wall_s"], len(rec["tokens"]))
+    return ratio(1e3 * rec["wall_s"], len(rec["tokens"]))
 
 
 def rank_utilisation(rec: dict, verifiers: int) -> np.ndarray:
@@ -216,15 +206,15 @@ def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
         "prompts": len(recs),
         "tokens": tokens,
         "wall_s": wall,
-        "tokens_per_s": _ratio(tokens, wall),
-        "ms_per_token": _ratio(1e3 * wall, tokens),
+        "tokens_per_s": ratio(tokens, wall),
+        "ms_per_token": ratio(1e3 * wall, tokens),
         "ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in recs])) if recs else NAN,
         "acceptance": acceptance(recs),
         "accepted_tokens": accepted,
         "recovered_tokens": rejections,
         "bonus_tokens": tokens - accepted - rejections if _total(recs, "compared") else 0,
-        "accepted_per_verification": _ratio(accepted, applied),
-        "mean_acceptance_length": 1 + _ratio(accepted, applied),
+        "accepted_per_verification": ratio(accepted, applied),
+        "mean_acceptance_length": 1 + ratio(accepted, applied),
         "acceptance_histogram": acceptance_histogram(recs),
         "verifier_utilisation": NAN,
         "stale_fraction": NAN,
@@ -245,8 +235,8 @@ def algorithm_metrics(recs: list[dict], verifiers: int) -> dict:
         busy = sum(verifier_busy(r, verifiers).sum() for r in recs)
         m["verifier_utilisation"] = float(busy / (verifiers * wall))
     outside = sum(outside_forwards_s(r) for r in recs) if recs else NAN
-    m["outside_forwards_share"] = _ratio(outside, wall)
-    m["outside_forwards_ms_per_verification"] = _ratio(1e3 * outside, applied)
+    m["outside_forwards_share"] = ratio(outside, wall)
+    m["outside_forwards_ms_per_verification"] = ratio(1e3 * outside, applied)
     return m
 
 
@@ -303,72 +293,6 @@ def cache_reuse(recs: list[dict]) -> dict:
         "tokens_computed": int(tasks["computed"].sum()),
         "tokens_reused": int(tasks["reused"].sum()),
     }
-
-
-def _spans(records: list[dict]) -> dict:
-    """job_start -> {prompt index: (instance, started_s, finished_s)} over the records that have placement."""
-    jobs: dict = {}
-    for r in records:
-        if "finished_s" in r and "instance" in r:
-            jobs.setdefault(r.get("job_start", 0.0), {})[r["prompt_index"]] = (
-                int(r["instance"]),
-                r["started_s"],
-                r["finished_s"],
-            )
-    return jobs
-
-
-def throughput(records: list[dict]) -> dict | None:
-    """Generated tokens per second of job time, overall and per instance (module docstring); None if no
-    record says where it ran."""
-    jobs = _spans(records)
-    if not jobs:
-        return None
-    walls = {job: max(f for _, _, f in p.values()) - min(s for _, s, _ in p.values()) for job, p in jobs.items()}
-    per: dict[int, dict] = {}
-    for job, prompts in jobs.items():
-        for instance, start, end in prompts.values():
-            g = per.setdefault(instance, {"prompts": 0, "tokens": 0, "busy_s": 0.0, "jobs": set()})
-            g["prompts"] += 1
-            g["busy_s"] += end - start
-            g["jobs"].add(job)
-    placed = {(r.get("job_start", 0.0), r["prompt_index"]) for r in records if "finished_s" in r}
-    total = 0
-    for r in records:
-        if (r.get("job_start", 0.0), r["prompt_index"]) in placed:
-            total += len(r["tokens"])
-            per[int(r["instance"])]["tokens"] += len(r["tokens"])
-    for g in per.values():
-        wall = sum(walls[job] for job in g.pop("jobs"))
-        g["wall_s"] = wall
-        g["tokens_per_s"] = _ratio(g["tokens"], wall)
-        g["utilisation"] = _ratio(g["busy_s"], wall)
-    wall = sum(walls.values())
-    return {
-        "tokens": total,
-        "wall_s": wall,
-        "tokens_per_s": _ratio(total, wall),
-        "busy_s": sum(g["busy_s"] for g in per.values()),
-        "busy_tokens_per_s": sum(_ratio(g["tokens"], g["busy_s"]) for g in per.values()),
-        "instances": dict(sorted(per.items())),
-    }
-
-
-def ideal_wall_s(records: list[dict], instances: int) -> float:
-    """The job time of a perfect balance of these records' prompts over `instances`: work / G + longest."""
-    spans = [end - start for prompts in _spans(records).values() for _, start, end in prompts.values()]
-    return sum(spans) / instances + max(spans) if spans else NAN
-
-
-def list_schedule_wall_s(records: list[dict], instances: int) -> float:
-    """The job time of these records' prompts handed out in prompt order, each to the first instance that is
-    free, with no overhead: the best a scheduler that cannot know generation lengths does on this order
-    (work / G + longest is reachable only by knowing them)."""
-    spans = [(p, end - start) for prompts in _spans(records).values() for p, (_, start, end) in prompts.items()]
-    free = [0.0] * instances
-    for _, span in sorted(spans):
-        heapq.heappush(free, heapq.heappop(free) + span)
-    return max(free) if spans else NAN
 
 
 def stage_hops(recs: list[dict]) -> np.ndarray:

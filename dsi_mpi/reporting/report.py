@@ -22,8 +22,8 @@ from dsi_mpi.reporting.metrics import (
     rank_table,
     shared_gpus,
     stale_work,
-    throughput,
 )
+from dsi_mpi.reporting.throughput import throughput
 
 USAGE = "python -m dsi_mpi report RESULTS.h5 [--json]"
 
@@ -115,9 +115,9 @@ def throughput_lines(records: list[dict]) -> list[str]:
         return []
     lines = [f"throughput: {t['tokens_per_s']:.1f} generated tok/s ({t['tokens']} tokens in {t['wall_s']:.2f} s)"]
     if len(t["instances"]) > 1:
-        for g, m in t["instances"].items():
+        for instance, m in t["instances"].items():
             lines.append(
-                f"  instance {g}: {m['tokens_per_s']:.1f} tok/s, {m['prompts']} prompts, "
+                f"  instance {instance}: {m['tokens_per_s']:.1f} tok/s, {m['prompts']} prompts, "
                 f"{m['tokens']} tokens, busy {100 * m['utilisation']:.0f}%"
             )
     return lines

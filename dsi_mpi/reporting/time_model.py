@@ -1,5 +1,7 @@
 """The paper's time model at a file's measured inputs: what it predicts for the file's own setting, so that a
-run's measured speedups can be set against the model's (report, explain, the planner, analysis/).
+run's measured speedups can be set against the model's (report, explain, the planner's calibration,
+analysis/). The inputs are measured here, from records, one estimator each; the model runs in
+dsi_mpi/timemodel/.
 
 The time model's inputs (`time_model_inputs`), one estimator each:
 - target_ttft_s: median over nonsi's prompts of its first-token time (the target's prefill).
@@ -22,14 +24,12 @@ The time model's inputs (`time_model_inputs`), one estimator each:
 - message_s: median over si's applied verification tasks (else dsi's) of (reply_s - sent_s - busy_s) / 2:
   what one message costs the rank that sleeps in its poller waiting for it (the back-off's wake-up plus the
   transfer; the paper's model has none). The simulator charges it only to a waiting rank (an idle verifier,
-  rank 0 waiting for a reply: dsi_mpi/virtual.py). si's trips, because in si both ends wait every time:
+  rank 0 waiting for a reply: dsi_mpi/timemodel/virtual.py). si's trips, because in si both ends wait every time:
   dsi's rank 0 often reads a reply between two of the drafter's layers, a delay the simulator plays out
   itself (measured: with 7 verifiers, pooling dsi's trips made the calibrated si prediction 17% slower than
   with 1, for the same si run).
 - c = drafter_tpot_s / target_tpot_s (the paper's ratio of per-token latencies).
-The time model charges T(n) per target forward of n tokens of si and dsi (T(1) and the ratios T(n) / T(1) of
-verify_by_tokens_s; flat at verify_forward_s where T(1) was not measured), target_tpot_s per nonsi step
-(`model_latencies`), at the clamped acceptance (`model_acceptance`).
+How the model is run at these inputs: dsi_mpi/timemodel/inputs.py.
 
 The time model's predictions for a file (`predictions`) use that file's own setting (`run_setting`): each
 algorithm's lookahead and dsi's verifier count as its records say, the median number of tokens generated
@@ -46,9 +46,9 @@ import numpy as np
 
 from dsi_mpi.io.records import Event, Outcome
 from dsi_mpi.reporting import metrics as mt
+from dsi_mpi.timemodel.inputs import predicted_latencies
 
 NAN = math.nan
-TRIALS = 200  # Monte Carlo trials of the time model's dsi prediction
 
 
 def _median(values) -> float:
@@ -106,44 +106,6 @@ def _forward_by_tokens(tasks: np.ndarray | None) -> dict[int, float]:
     return out
 
 
-def verify_ratios(by_tokens: dict[int, float]) -> tuple[float, ...]:
-    """T(n) / T(1) for n = 2 .. the largest measured, sizes not measured read linearly between measured ones;
-    () without T(1)."""
-    if 1 not in by_tokens or len(by_tokens) < 2:
-        return ()
-    sizes = sorted(by_tokens)
-    values = np.interp(range(2, sizes[-1] + 1), sizes, [by_tokens[n] for n in sizes])
-    return tuple(float(v / by_tokens[1]) for v in values)
-
-
-def model_latencies(m: dict):
-    """(speculative, plain) simulator Latencies: si/dsi pay verify_forward_s per target forward, nonsi
-    target_tpot_s per step."""
-    from dsi_mpi.simulator import Latencies
-
-    by_tokens = {int(n): s for n, s in m.get("verify_by_tokens_s", {}).items()}
-    ratios = verify_ratios(by_tokens)
-    spec = Latencies(
-        drafter_ttft=m["drafter_ttft_s"],
-        drafter_tpot=m["drafter_tpot_s"],
-        target_ttft=m["target_ttft_s"],
-        target_tpot=by_tokens[1] if ratios else m["verify_forward_s"],
-        verify_ratios=ratios,
-    )
-    plain = Latencies(
-        drafter_ttft=m["drafter_ttft_s"],
-        drafter_tpot=m["drafter_tpot_s"],
-        target_ttft=m["target_ttft_s"],
-        target_tpot=m["target_tpot_s"],
-    )
-    return spec, plain
-
-
-def model_acceptance(m: dict) -> float:
-    """The measured acceptance clamped to [0, 1], as the time model takes it."""
-    return min(max(m["acceptance"], 0.0), 1.0)
-
-
 def _drafter_layers(meta: dict) -> int:
     try:
         return max(1, int(json.loads(meta["drafter"]).get("layers", 1)))
@@ -164,35 +126,6 @@ def run_setting(meta: dict, records: list[dict]) -> dict:
         "tokens": max(1, int(np.median([len(r["tokens"]) for r in records]))) if records else 1,
         "nonsi_thread": shape["nonsi_thread"],
         "drafter_layers": _drafter_layers(meta),
-    }
-
-
-def predicted_latencies(m: dict, setting: dict, trials: int = TRIALS) -> dict:
-    """The time model at the measured inputs: nonsi exactly, si by its exact expectation, dsi by Monte Carlo
-    with the coordinator's rules (the non-SI thread only with a spare verifier, as the coordinator)."""
-    from dsi_mpi.simulator import nonsi_latency, si_expected_latency, simulate
-
-    spec, plain = model_latencies(m)
-    a, V, N = model_acceptance(m), setting["verifiers"], setting["tokens"]
-    dsi = simulate(
-        "dsi",
-        spec,
-        a,
-        setting["lookahead"]["dsi"],
-        V,
-        N,
-        seed=0,
-        trials=trials,
-        nonsi_thread=setting["nonsi_thread"] and V > 1,
-        drafter_layers=setting["drafter_layers"],
-        message_s=m.get("message_s", 0.0),
-    )
-    return {
-        "nonsi": nonsi_latency(plain, N),
-        "si": si_expected_latency(spec, a, setting["lookahead"]["si"], N)
-        if setting["lookahead"]["si"]
-        else simulate("si", spec, a, 0, 1, N, seed=0, trials=trials, message_s=m.get("message_s", 0.0)).mean_latency,
-        "dsi": dsi.mean_latency,
     }
 
 

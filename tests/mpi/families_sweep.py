@@ -22,7 +22,7 @@ from sweep_common import channel, reference, sweep_rows
 from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.decoding.coordinator import SpeculativeDecoder
 from dsi_mpi.decoding.verifier import Verifier, stop_verifiers
-from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.config import ConfigError, validate
 
 PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]]
 MODELS: dict = {}  # [models] keys from the command line
@@ -30,7 +30,7 @@ MODELS: dict = {}  # [models] keys from the command line
 
 def runner(role: str, folder: str):
     models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu", **MODELS}
-    return build_runner(role, {"models": models}, longest_prompt=max(map(len, PROMPTS)))
+    return build_runner(role, validate({"models": models}), longest_prompt=max(map(len, PROMPTS)))
 
 
 def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens, drafters=("noisy", "other")):
@@ -51,7 +51,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens, dra
     rows = []
     try:
         refs = [reference(target.model, p, new_tokens) for p in PROMPTS]
-        decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), eos)
+        decoder = SpeculativeDecoder(channel, None, list(range(1, comm.Get_size())), eos_ids=eos)
         for drafter_name, folder in (("noisy", folders["noisy"]), ("other", bad_folder)):
             if drafter_name not in drafters:
                 continue

@@ -20,8 +20,9 @@ from mpi4py import MPI
 from sweep_common import channel, reference, sweep_rows
 from transformers import AutoModelForCausalLM
 
+from dsi_mpi.backends.checks import vocabulary_map
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers, vocabulary_map
+from dsi_mpi.backends.loading import restrict_drafter_head, truncate_layers
 from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.backends.packed import PackedRunner, packable
 from dsi_mpi.backends.tli import TLIDrafter
@@ -65,7 +66,7 @@ def main():
         return
     rows = []
     try:
-        decoder = SpeculativeDecoder(chan, None, list(range(1, comm.Get_size())), (eos,))
+        decoder = SpeculativeDecoder(chan, None, list(range(1, comm.Get_size())), eos_ids=(eos,))
         prompts = job.get("prompts", PROMPTS)
         for group in job["groups"]:
             n = group["new_tokens"]

@@ -102,7 +102,8 @@ def run_phase(channel, models, layouts, rule, eos, refs, lookaheads, new_tokens,
     rows = []
     try:
         decoders = [
-            SpeculativeDecoder(channel, None, [tuple(g) for g in layout], (eos,), rule=rule) for layout in layouts
+            SpeculativeDecoder(channel, None, [tuple(g) for g in layout], eos_ids=(eos,), rule=rule)
+            for layout in layouts
         ]
         for n, decoder in enumerate(decoders):
             share_epoch(decoder, decoders)
@@ -110,8 +111,8 @@ def run_phase(channel, models, layouts, rule, eos, refs, lookaheads, new_tokens,
             for i, prompt in enumerate(PROMPTS):
                 run = RunSettings(new_tokens, key=i)
                 rec = RunRecord("nonsi", i, str(i))
-                if len(decoder.slots.ranks(first)) > 1:
-                    nonsi_on_group(decoder, first, prompt, rec, run)
+                if len(decoder.ledger.slots.ranks(first)) > 1:
+                    nonsi_on_group(decoder.ledger, rule, (eos,), first, prompt, rec, run)
                 else:
                     run_baseline(channel, first, "nonsi", prompt, rec, run)
                 rows.append(
@@ -163,8 +164,8 @@ def run_phase(channel, models, layouts, rule, eos, refs, lookaheads, new_tokens,
 def share_epoch(decoder, decoders) -> None:
     """Decoders taking turns on the same ranks: the verifiers have seen every decoder's CANCELs, so the next
     one goes on from the highest epoch, and assumes nothing about their caches."""
-    decoder.epoch = max(d.epoch for d in decoders)
-    decoder.slots.forget()
+    decoder.ledger.epoch = max(d.ledger.epoch for d in decoders)
+    decoder.ledger.slots.forget()
 
 
 def max_in_flight(rec) -> int:

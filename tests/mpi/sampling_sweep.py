@@ -17,8 +17,9 @@ import torch
 from mpi4py import MPI
 from transformers import AutoModelForCausalLM
 
+from dsi_mpi.backends.checks import vocabulary_map
 from dsi_mpi.backends.hf import HFRunner
-from dsi_mpi.backends.loading import restrict_drafter_head, vocabulary_map
+from dsi_mpi.backends.loading import restrict_drafter_head
 from dsi_mpi.backends.ngram import NGramDrafter
 from dsi_mpi.backends.tli import TLIDrafter
 from dsi_mpi.decoding.acceptance import Sampling
@@ -58,7 +59,7 @@ def run_setting(channel, models, name, rule, samples, new_tokens, counts) -> Non
             RunSettings(new_tokens, stop_at_eos=False, key=key),
         )
         plain[json.dumps(rec.tokens)] += 1
-    decoder = SpeculativeDecoder(channel, None, list(range(1, channel.comm.Get_size())), (), False, rule=rule)
+    decoder = SpeculativeDecoder(channel, None, list(range(1, channel.comm.Get_size())), rule=rule)
     for drafter in (d for d in DRAFTERS if d == "ngram" or d in models):
         decoder.drafter = NGramDrafter(1, 6) if drafter == "ngram" else HFRunner(load(models[drafter]))
         vocab_map = vocabulary_map(models["target"], models[drafter]) if drafter == "cross" else None

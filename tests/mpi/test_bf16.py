@@ -6,7 +6,7 @@ import json
 
 import h5py
 import torch
-from test_run import PROMPTS, write_job
+from helpers import PROMPTS, write_job
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dsi_mpi.backends.near_ties import first_divergence

@@ -6,7 +6,7 @@ Kept cheap: tiny models, buckets 1 and 2 only (longer inputs in chunks), one lau
 
 import json
 
-from conftest import ROOT
+from helpers import ROOT
 from tiny_families import build_families
 
 FAMILIES = ("llama", "qwen2", "gpt2")  # Mistral compiles through Qwen2's code path (CI time)

@@ -10,7 +10,7 @@ import json
 
 import h5py
 import pytest
-from conftest import ROOT
+from helpers import ROOT, reference, write_job
 
 TEXTS = ["def add(a, b):\n    return", "import os\nclass Path:\n", "    for key in sorted(items):\n"]
 
@@ -30,7 +30,7 @@ def prompt_ids(target: str) -> list[list[int]]:
 
 
 def test_si_and_dsi_with_a_drafter_of_another_vocabulary_equal_hf_generate(pair_models, tmp_path):
-    from conftest import launch
+    from helpers import launch
 
     group = {"name": "cross", "drafters": {d: pair_models[d] for d in ("bpe", "sp")}, "policies": ["si", "dsi"]}
     group |= {"lookaheads": [0, 1, 2, 3, 5], "new_tokens": 24}
@@ -50,22 +50,9 @@ def test_si_and_dsi_with_a_drafter_of_another_vocabulary_equal_hf_generate(pair_
     assert sum(r["stale"] for r in rows if r["policy"] == "dsi") > 0
 
 
-def write_job(tmp_path, target: str, drafter: str, algorithms) -> str:
-    (tmp_path / "prompts.jsonl").write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(TEXTS))
-    )
-    sections = {
-        "models": {"target": target, "drafter": drafter},
-        "decoding": {"algorithms": algorithms, "lookahead": 3, "max_new_tokens": 20, "warmup_prompts": 0},
-        "prompts": {"path": str(tmp_path / "prompts.jsonl")},
-        "output": {"path": str(tmp_path / "out.h5")},
-        "runtime": {"timeout_s": 60.0},
-    }
-    text = "".join(
-        f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for s, values in sections.items()
-    )
-    (tmp_path / "job.toml").write_text(text)
-    return str(tmp_path / "job.toml")
+def cross_vocab_job(tmp_path, target: str, drafter: str, algorithms) -> str:
+    prompts = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(TEXTS)]
+    return write_job(tmp_path, {"target": target, "noisy": drafter}, prompts, decoding={"algorithms": algorithms})
 
 
 def test_the_cli_runs_every_algorithm_with_a_drafter_of_another_vocabulary(tiny_models, run_mpi, tmp_path):
@@ -74,12 +61,11 @@ def test_the_cli_runs_every_algorithm_with_a_drafter_of_another_vocabulary(tiny_
     target and a drafter over the embedded BPE. (UAG in transformers 5.25 crashes on other prompts, e.g.
     "x = 1\n", and with drafters that write a text in more tokens than the target: README "Drafters of
     another vocabulary". A failure of hf_assisted alone after a transformers upgrade points there.)"""
-    from test_run import reference
     from tiny_vocabs import add_bpe_drafter
 
     algorithms = ["nonsi", "si", "dsi", "hf_assisted"]
     drafter = add_bpe_drafter(tiny_models["target"], tmp_path / "drafter")
-    config = write_job(tmp_path, tiny_models["target"], drafter, algorithms)
+    config = cross_vocab_job(tmp_path, tiny_models["target"], drafter, algorithms)
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with h5py.File(tmp_path / "out.h5") as f:
@@ -95,7 +81,7 @@ def test_the_cli_runs_every_algorithm_with_a_drafter_of_another_vocabulary(tiny_
 
 
 def test_a_pair_sharing_too_few_tokens_is_one_line_and_every_rank_exits(pair_models, run_mpi, tmp_path):
-    config = write_job(tmp_path, pair_models["target"], pair_models["disjoint"], ["nonsi", "si", "dsi"])
+    config = cross_vocab_job(tmp_path, pair_models["target"], pair_models["disjoint"], ["nonsi", "si", "dsi"])
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)
     assert proc.returncode == 2
     assert "vocabularies share 6 tokens of 306 and 2048" in proc.stderr, proc.stderr[-2000:]

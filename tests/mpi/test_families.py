@@ -7,7 +7,7 @@ and a bad one of another family. One mpiexec runs all families; the sweep proves
 import json
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from tiny_families import FAMILIES, WINDOW, build_families
 
 # Families this backend refuses at load in some supported transformers release: {family: reason}. None now.

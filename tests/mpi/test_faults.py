@@ -5,9 +5,8 @@ marked incomplete, and a resumed run finishes the rest with the same results."""
 import re
 import time
 
-import h5py
 import pytest
-from test_run import write_job
+from helpers import open_when_unlocked, placeholder_prompts, write_job
 
 from dsi_mpi.io.results import is_complete, read_results
 
@@ -22,28 +21,14 @@ EMULATION = {
 
 
 def emulated_job(tmp_path, prompts: int = 6, timeout_s: float = 30.0) -> str:
-    config = write_job(
+    return write_job(
         tmp_path,
-        {"target": "unused", "noisy": "unused"},
+        prompt_set=placeholder_prompts(prompts),
         models={"kind": "emulated"},
         decoding={"algorithms": ["nonsi", "si", "dsi"], "max_new_tokens": 24, "warmup_prompts": 0},
         emulation=EMULATION,
         runtime={"timeout_s": timeout_s},
     )
-    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"id": "q{i}", "prompt": "x"}}\n' for i in range(prompts)))
-    return config
-
-
-def open_when_unlocked(path, seconds: float = 10.0):
-    """A rank killed by the MPI runtime can still hold the file lock for a moment after mpiexec returns."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return h5py.File(path, "r")
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def complete_prompts(path) -> dict[int, list]:

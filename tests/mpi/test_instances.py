@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import h5py
-from test_faults import open_when_unlocked
-from test_run import write_job
+from helpers import open_when_unlocked, placeholder_prompts, write_job
 
 from dsi_mpi.io.results import is_complete, read_results
 
@@ -25,17 +24,15 @@ EMULATION = {
 
 
 def emulated_job(tmp_path, name: str, prompts: int = 12, timeout_s: float = 30.0) -> str:
-    config = write_job(
+    return write_job(
         tmp_path,
-        {"target": "unused", "noisy": "unused"},
+        prompt_set=placeholder_prompts(prompts),
         models={"kind": "emulated"},
         decoding={"algorithms": ["nonsi", "dsi"], "max_new_tokens": 24, "warmup_prompts": 0},
         emulation=EMULATION,
         output={"path": str(tmp_path / f"{name}.h5")},
         runtime={"timeout_s": timeout_s},
     )
-    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"id": "q{i}", "prompt": "x"}}\n' for i in range(prompts)))
-    return config
 
 
 def tokens_of(path) -> dict:

@@ -8,7 +8,7 @@ case of that rank count. The sweep also proves it exercised rejections, stale re
 import json
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 MODEL_DRAFTERS = ("copy", "noisy", "gpt2")
 NO_TRAINING = {"ngram1": "ngram:n=1", "ngram3": "ngram:n=3", "truncated": "truncated:layers=1"}
@@ -39,7 +39,7 @@ def groups(tiny_models, ranks: int) -> list[dict]:
 
 def run_sweep(job: dict, ranks: int, tmp) -> dict:
     """lossless_sweep.py once; every row must equal generate()'s tokens. Returns {group name: rows}."""
-    from conftest import launch
+    from helpers import launch
 
     (tmp / "sweep.json").write_text(json.dumps(job))
     out = tmp / "rows.json"

@@ -1,7 +1,6 @@
 """A real emulated MPI job (3 ranks, 2 prompts), then gantt, table and distributions checked against its file."""
 
 import csv
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -21,33 +20,17 @@ ALGORITHMS = ["nonsi", "si", "dsi"]
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from conftest import launch
+    from helpers import launch, write_job
 
     folder = tmp_path_factory.mktemp("plots_run")
-    (folder / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
-    (folder / "job.toml").write_text(f"""
-[models]
-kind = "emulated"
-[decoding]
-algorithms = {json.dumps(ALGORITHMS)}
-lookahead = 3
-max_new_tokens = 30
-seed = 5
-[prompts]
-path = "{folder / "prompts.jsonl"}"
-[output]
-path = "{folder / "out.h5"}"
-[runtime]
-timeout_s = 60.0
-[emulation]
-target_tpot_s = 0.006
-target_ttft_s = 0.01
-drafter_tpot_s = 0.0015
-drafter_ttft_s = 0.003
-acceptance = 0.6
-prompt_tokens = 16
-""")
-    proc = launch(["-m", "dsi_mpi", "run", str(folder / "job.toml")], ranks=3, timeout=120)
+    emulation = {"target_tpot_s": 0.006, "target_ttft_s": 0.01, "drafter_tpot_s": 0.0015, "drafter_ttft_s": 0.003}
+    config = write_job(
+        folder,
+        models={"kind": "emulated"},
+        decoding={"algorithms": ALGORITHMS, "max_new_tokens": 30, "seed": 5, "warmup_prompts": 1},
+        emulation=emulation | {"acceptance": 0.6, "prompt_tokens": 16},
+    )
+    proc = launch(["-m", "dsi_mpi", "run", config], ranks=3, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder / "stdout.txt").write_text(
         proc.stdout
@@ -83,7 +66,7 @@ def test_gantt_lanes_and_bars_match_the_file(results, tmp_path):
         if d["algorithm"] == "nonsi":
             assert d["derived_waits"] and d["bars_per_lane"][0]["wait"] == len(np.unique(run["commit_times"]))
             continue
-        bars = ("drafter_prefill", "draft", "draft_interrupted", "verify", "verify_aborted", "wait")
+        bars = ("drafter_prefill", "draft", "draft_catch_up", "draft_interrupted", "verify", "verify_aborted", "wait")
         want = Counter((int(e["rank"]), Event(int(e["kind"])).label) for e in ev if Event(int(e["kind"])).label in bars)
         got = Counter()  # stale results are verify events drawn in a lighter shade
         for rank, kinds in d["bars_per_lane"].items():

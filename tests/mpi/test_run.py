@@ -5,45 +5,7 @@ import time
 
 import h5py
 import pytest
-import torch
-
-PROMPTS = [{"id": "p0", "prompt": "def add(a, b):\n    return"}, {"id": "p1", "prompt": "import os\n"}]
-
-
-def write_job(tmp_path, model_paths: dict, **sections) -> str:
-    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
-    text = {
-        "models": {"target": model_paths["target"], "drafter": model_paths["noisy"]},
-        # no untimed warm-up prompt: these tests check outputs, not speed (test_plots_from_run keeps one)
-        "decoding": {
-            "algorithms": ["nonsi", "si", "dsi", "hf_assisted"],
-            "lookahead": 3,
-            "max_new_tokens": 20,
-            "warmup_prompts": 0,
-        },
-        "prompts": {"path": str(tmp_path / "prompts.jsonl")},
-        "output": {"path": str(tmp_path / "out.h5")},
-        "runtime": {"timeout_s": 60.0},
-    }
-    for section, values in sections.items():
-        text.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in text.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "job.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def reference(target_folder: str, prompt_tokens, n: int) -> list[int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(target_folder).eval()
-    ids = torch.tensor([prompt_tokens])
-    return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n)[
-        0, len(prompt_tokens) :
-    ].tolist()
+from helpers import reference, write_job
 
 
 def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_path):
@@ -153,7 +115,7 @@ def test_bad_input_is_one_clear_line_and_every_rank_exits(tiny_models, run_mpi, 
         for key, value in section.items():
             if isinstance(value, str) and value.startswith("@"):
                 section[key] = tiny_models[value[1:]]
-    config = write_job(tmp_path, tiny_models, **override)
+    config = write_job(tmp_path, tiny_models, check=False, **override)
     start = time.monotonic()
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=2, timeout=90)  # rank 0 and a verifier: both exit
     assert proc.returncode != 0

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 from scipy.stats import chisquare
 
 SAMPLES = 700  # per configuration; 10 configurations x 2 settings = 14000 generations, as before adaptive
@@ -54,7 +54,7 @@ def small_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def counts(small_models, tmp_path_factory):
     """Both settings in one launch of sampling_sweep.py: {name: {outcome: count}}."""
-    from conftest import launch
+    from helpers import launch
 
     tmp = tmp_path_factory.mktemp("sampling")
     (tmp / "models.json").write_text(json.dumps(dict(small_models, settings=SETTINGS)))

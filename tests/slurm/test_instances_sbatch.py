@@ -6,7 +6,7 @@ import json
 
 import h5py
 import pytest
-from test_sbatch import sbatch_wait, serve_cluster, write_config
+from sbatch_jobs import emulated_job, sbatch_wait, serve_cluster
 
 from dsi_mpi.io.results import is_complete, read_results
 
@@ -20,7 +20,7 @@ def two_nodes():
 
 
 def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tmp_path):
-    config = write_config(tmp_path, n_prompts=8, decoding={"algorithms": ["dsi"]}, emulation={"min_new_tokens": 4})
+    config = emulated_job(tmp_path, n_prompts=8, decoding={"algorithms": ["dsi"]}, emulation={"min_new_tokens": 4})
     options = ["--nodes=2", "--ntasks-per-node=2"]  # 2 instances of 2 ranks, one per node, + the scheduler
     kill = {"DSI_MPI_FAULT": "rank=4,after=8,kind=kill"}  # instance 1's verifier, on the second node
     result, _, logs = sbatch_wait(two_nodes, tmp_path, options, "instances.sbatch", [config], env=kill)
@@ -45,7 +45,7 @@ def test_instances_over_two_nodes_fail_on_a_killed_rank_and_resume(two_nodes, tm
 
 
 def test_pipelined_instances_over_two_nodes_keep_each_instance_on_its_node(two_nodes, tmp_path):
-    config = write_config(tmp_path, n_prompts=4, decoding={"algorithms": ["nonsi", "dsi"]})
+    config = emulated_job(tmp_path, n_prompts=4, decoding={"algorithms": ["nonsi", "dsi"]})
     options = ["--nodes=2", "--ntasks-per-node=3"]  # 2 instances of a drafter + one 2-stage group, + the scheduler
     result, _, logs = sbatch_wait(
         two_nodes, tmp_path, options, "instances.sbatch", [config], env={"PIPELINE_STAGES": "2"}

@@ -5,47 +5,18 @@ where that is a failure. Every client command runs with a timeout that kills its
 """
 
 import json
-import os
-import re
-import signal
 import sys
 from pathlib import Path
 
 import h5py
 import pytest
-from conftest import launch
-from local_slurm import LocalSlurm
+from helpers import launch
+from sbatch_jobs import ALGORITHMS, emulated_job, sbatch_wait, serve_cluster
 
 from dsi_mpi.io.results import read_results
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "slurm"
-ALGORITHMS = ["nonsi", "si", "dsi"]
 pytestmark = pytest.mark.timeout(150)
-
-
-def serve_cluster(**options):
-    """The body of a cluster fixture: start a LocalSlurm(**options), yield it, and stop its daemons by PID
-    even when a test fails or SIGTERM comes; skip where SLURM cannot start here (fail under CI)."""
-    cluster = LocalSlurm(**options)
-    try:
-        cluster.start()
-    except BaseException as err:  # noqa: BLE001 - whatever stops SLURM here: clean up, say why
-        cluster.stop()
-        if not isinstance(err, Exception):
-            raise
-        reason = f"local SLURM cluster unavailable: {type(err).__name__}: {err}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield cluster
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        leftovers = cluster.stop()
-        if leftovers:
-            print(f"local SLURM: killed {len(leftovers)} leftover job processes: {leftovers}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -54,62 +25,8 @@ def slurm_cluster():
     yield from serve_cluster(cpus=4)
 
 
-def _interrupt(signum, frame):
-    """SIGTERM (a CI time-out, `timeout`) ends the session like Ctrl-C, so the daemons are still stopped."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def write_config(tmp_path: Path, n_prompts: int, **sections) -> Path:
-    """A tiny emulated job: n_prompts prompts, 20 tokens, millisecond latencies."""
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(n_prompts)))
-    values = {
-        "models": {"kind": "emulated"},
-        "decoding": {"algorithms": ALGORITHMS, "max_new_tokens": 20, "warmup_prompts": 0},
-        "emulation": {
-            "target_ttft_s": 0.004,
-            "target_tpot_s": 0.002,
-            "drafter_ttft_s": 0.001,
-            "drafter_tpot_s": 0.0005,
-            "prompt_tokens": 8,
-        },
-        "prompts": {"path": str(prompts)},
-        "output": {"path": str(tmp_path / "out.h5")},
-        "runtime": {"timeout_s": 30.0},
-    }
-    for section, extra in sections.items():
-        values.setdefault(section, {}).update(extra)
-    text = "".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for s, kv in values.items())
-    path = tmp_path / "job.toml"
-    path.write_text(text)
-    return path
-
-
-def sbatch_wait(
-    cluster: LocalSlurm,
-    tmp_path: Path,
-    options: list[str],
-    script: str,
-    args: list,
-    env: dict | None = None,
-    timeout: float = 100,
-):
-    """`sbatch --wait OPTIONS slurm/SCRIPT ARGS` from the repo root; returns (result, job id, job logs)."""
-    result = cluster.client(
-        ["sbatch", "--wait", f"--output={tmp_path}/job-%A_%a.out", *options, str(SCRIPTS / script), *map(str, args)],
-        timeout=timeout,
-        cwd=ROOT,
-        env={"DSI_MPI_PYTHON": sys.executable, **(env or {})},
-    )
-    found = re.search(r"Submitted batch job (\d+)", result.stdout)
-    logs = "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("job-*.out"))
-    )
-    return result, (found.group(1) if found else None), f"sbatch: {result.stderr.strip()}\n{logs}"
-
-
 def test_single_node_job_writes_results(slurm_cluster, tmp_path):
-    config = write_config(tmp_path, n_prompts=2)
+    config = emulated_job(tmp_path, n_prompts=2)
     result, job_id, logs = sbatch_wait(
         slurm_cluster, tmp_path, ["--ntasks=3"], "single_node.sbatch", [config, "--set", "decoding.lookahead=3"]
     )
@@ -130,7 +47,7 @@ def test_single_node_job_writes_results(slurm_cluster, tmp_path):
 
 
 def test_array_shards_merge_and_resume(slurm_cluster, tmp_path):
-    config = write_config(tmp_path, n_prompts=3)
+    config = emulated_job(tmp_path, n_prompts=3)
     prefix = tmp_path / "shard"
     options = ["--array=0-1", "--ntasks=2"]  # two 2-rank tasks fit the 4-CPU node side by side
     result, _, logs = sbatch_wait(
@@ -163,7 +80,7 @@ def test_array_shards_merge_and_resume(slurm_cluster, tmp_path):
 
 
 def test_array_sweeps_lookahead_and_verifiers(slurm_cluster, tmp_path):
-    config = write_config(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"], "max_new_tokens": 10})
+    config = emulated_job(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"], "max_new_tokens": 10})
     result, _, logs = sbatch_wait(
         slurm_cluster,
         tmp_path,
@@ -180,7 +97,7 @@ def test_array_sweeps_lookahead_and_verifiers(slurm_cluster, tmp_path):
 
 
 def test_multi_node_script_runs_on_one_node(slurm_cluster, tmp_path):
-    config = write_config(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"]})
+    config = emulated_job(tmp_path, n_prompts=1, decoding={"algorithms": ["dsi"]})
     result, _, logs = sbatch_wait(
         slurm_cluster, tmp_path, ["--nodes=1", "--ntasks-per-node=2"], "multi_node.sbatch", [config]
     )
@@ -202,7 +119,7 @@ def test_multi_node_script_runs_on_one_node(slurm_cluster, tmp_path):
     ],
 )
 def test_failing_job_fails_sbatch_wait(slurm_cluster, tmp_path, script, options, args, words):
-    config = write_config(tmp_path, n_prompts=1)
+    config = emulated_job(tmp_path, n_prompts=1)
     result, _, logs = sbatch_wait(slurm_cluster, tmp_path, options, script, [config, *args], timeout=60)
     assert result.returncode != 0, logs
     assert words in logs

@@ -4,7 +4,7 @@ themselves are tested through a real MPI run in tests/mpi/test_compiled.py and b
 
 import pytest
 import torch
-from conftest import zero_latency_emulation
+from helpers import zero_latency_emulation
 
 from dsi_mpi.backends import compiled
 from dsi_mpi.backends.compiled import buckets_up_to, logit_bound, logits_mismatch, segment_starts, static_cache
@@ -38,9 +38,10 @@ def test_backend_keys_are_checked():
 
 
 def test_cache_capacity_covers_prompt_new_tokens_and_a_block():
-    cfg = {"decoding": {"lookahead": 4, "max_new_tokens": 10}}
-    assert cache_capacity(cfg, 30) >= 30 + 10 + 4 + 1
-    assert cache_capacity({"decoding": {"lookahead": "auto", "max_new_tokens": 10}}, 30) >= 30 + 10 + 20
+    fixed = validate({"decoding": {"lookahead": 4, "max_new_tokens": 10}}).decoding
+    assert cache_capacity(fixed, 30) >= 30 + 10 + 4 + 1
+    auto = validate({"decoding": {"lookahead": "auto", "max_new_tokens": 10}}).decoding
+    assert cache_capacity(auto, 30) >= 30 + 10 + 20
 
 
 def test_a_model_that_cannot_compile_runs_eager_and_says_so(tiny_models, monkeypatch):
@@ -49,12 +50,12 @@ def test_a_model_that_cannot_compile_runs_eager_and_says_so(tiny_models, monkeyp
 
     monkeypatch.setattr(compiled.CompiledRunner, "__init__", refuse)
     models = {"kind": "hf", "target": tiny_models["target"], "dtype": "float32", "device": "cpu"}
-    runner = build_runner("target", {"models": dict(models, backend="compiled")})
+    runner = build_runner("target", validate({"models": dict(models, backend="compiled")}))
     assert isinstance(runner, HFRunner)
     info = runner.compile_info
     assert info["backend"] == "eager" and info["requested"] == "compiled" and info["dtype"] == "float32"
     assert info["fallback"] == "compiled: RuntimeError: no static cache for this one"
-    eager = build_runner("target", {"models": dict(models, backend="eager")}).compile_info
+    eager = build_runner("target", validate({"models": dict(models, backend="eager")})).compile_info
     assert eager["backend"] == "eager" and "fallback" not in eager
 
 
@@ -72,7 +73,7 @@ def test_out_of_memory_is_raised_never_a_fallback(tiny_models, monkeypatch):
     for refuse in (wrapped_oom, lambda self, *a, **k: (_ for _ in ()).throw(MemoryError("host"))):
         monkeypatch.setattr(compiled.CompiledRunner, "__init__", refuse)
         with pytest.raises((RuntimeError, MemoryError)) as caught:
-            build_runner("target", {"models": models})
+            build_runner("target", validate({"models": models}))
         assert not isinstance(caught.value, compiled.UnsupportedModel)
 
 

@@ -11,8 +11,10 @@ def write(tmp_path, text):
 
 def test_defaults_are_valid_and_complete():
     cfg = validate({})
-    assert cfg["decoding"]["algorithms"] == ["nonsi", "si", "dsi"]
-    assert all(k.name in cfg[k.section] for k in KEYS)
+    assert cfg.decoding.algorithms == ("nonsi", "si", "dsi")
+    assert all(hasattr(getattr(cfg, k.section), k.name) for k in KEYS)
+    with pytest.raises(TypeError):  # read through the typed views only
+        cfg["decoding"]
 
 
 def test_overrides_parse_toml_values(tmp_path):
@@ -20,9 +22,9 @@ def test_overrides_parse_toml_values(tmp_path):
         write(tmp_path, "[decoding]\nlookahead = 3\n"),
         ["decoding.lookahead=7", 'decoding.algorithms=["dsi"]', "models.target=some/folder/x"],
     )
-    assert cfg["decoding"]["lookahead"] == 7
-    assert cfg["decoding"]["algorithms"] == ["dsi"]
-    assert cfg["models"]["target"] == "some/folder/x"
+    assert cfg.decoding.lookahead == 7
+    assert cfg.decoding.algorithms == ("dsi",)
+    assert cfg.models.target == "some/folder/x"
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,14 @@ def test_spin_is_long_only_where_every_thread_has_a_core(tmp_path):
     assert load_config(write(tmp_path, "[runtime]\npoll_spin_s = 0\n")).runtime.poll_spin_s == 0.0
     # until the node is known (start-up collectives), "auto" spins briefly
     assert poller_from_config(load_config(write(tmp_path, "")).runtime).spin_s == SPIN_SHARED_CORES_S
+
+
+def test_write_config_writes_what_load_config_reads(tmp_path):
+    from dsi_mpi.io.config import write_config
+
+    sections = {"decoding": {"lookahead": 3, "algorithms": ["si"]}, "runtime": {"poll_spin_s": 1e-05}}
+    cfg = load_config(write_config(tmp_path / "job.toml", sections))
+    assert cfg.decoding.lookahead == 3 and cfg.decoding.algorithms == ("si",) and cfg.runtime.poll_spin_s == 1e-05
+    assert cfg.replace("decoding", lookahead=5).decoding.lookahead == 5 and cfg.decoding.lookahead == 3
+    with pytest.raises(ConfigError, match="unknown config key decoding.lookahed"):
+        write_config(tmp_path / "bad.toml", {"decoding": {"lookahed": 3}})

@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
-from dsi_mpi.backends.loading import build_runner, check_pair, drafter_vocabulary, vocabulary_map
+from dsi_mpi.backends.checks import check_pair, drafter_vocabulary, vocabulary_map
+from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.backends.tli import TLIDrafter
 from dsi_mpi.backends.vocab_map import MIN_SHARED, _byte_level_alphabet, build_vocab_map
-from dsi_mpi.io.config import ConfigError
+from dsi_mpi.io.config import ConfigError, validate
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -28,9 +29,9 @@ def pair_models(tmp_path_factory):
     return build_cross_vocab_models(tmp_path_factory.mktemp("cross_vocab"))
 
 
-def _cfg(target: str, drafter: str) -> dict:
+def _cfg(target: str, drafter: str):
     models = {"kind": "hf", "target": target, "drafter": drafter, "dtype": "float32", "device": "cpu", "threads": 1}
-    return {"models": models}
+    return validate({"models": models})
 
 
 def wrapped(pair_models, name: str) -> TLIDrafter:
@@ -67,13 +68,13 @@ def test_tokens_match_by_the_bytes_they_stand_for():
 
 def test_a_pair_sharing_too_few_tokens_is_one_line_naming_the_sizes(pair_models):
     with pytest.raises(ConfigError, match=r"share 6 tokens of 306 and 2048 \(2.0% of the smaller\)") as err:
-        check_pair({"target": pair_models["target"], "drafter": pair_models["disjoint"]})
+        check_pair(_cfg(pair_models["target"], pair_models["disjoint"]).models)
     assert "\n" not in str(err.value) and "at least 50%" in str(err.value)
 
 
 def test_a_drafter_without_a_usable_tokenizer_is_one_line_naming_the_sizes(pair_models, tmp_path):
     with pytest.raises(ConfigError, match=r"\(700 vocabulary rows; the target has 2048\) has no usable tokenizer"):
-        check_pair({"target": pair_models["target"], "drafter": pair_models["no_tokenizer"]})
+        check_pair(_cfg(pair_models["target"], pair_models["no_tokenizer"]).models)
     from tiny_vocabs import bpe_drafter_tokenizer
     from tokenizers import decoders
 
@@ -90,7 +91,7 @@ def test_hf_assisted_needs_different_vocabulary_sizes(pair_models, tmp_path):
     tokenizer = bpe_drafter_tokenizer()
     _llama(2048, tokenizer, seed=1).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    models = {"target": pair_models["target"], "drafter": str(tmp_path)}
+    models = _cfg(pair_models["target"], str(tmp_path)).models
     check_pair(models, ["si", "dsi"])
     with pytest.raises(ConfigError, match=r"vocabulary sizes differ \(both 2048\)"):
         check_pair(models, ["si", "hf_assisted"])
@@ -103,9 +104,9 @@ def test_one_tokenizer_with_more_rows_is_an_identity_mapping(tiny_models):
     assert isinstance(runner, TLIDrafter) and runner.vocab_size == 257
     assert runner.map.drafter_ids.tolist() == runner.map.target_ids.tolist() == list(range(257))
     assert vocabulary_map(tiny_models["target"], tiny_models["noisy"]) is None
-    assert drafter_vocabulary(_cfg(tiny_models["target"], tiny_models["noisy"]), None) == {"method": "shared"}
-    assert drafter_vocabulary(_cfg(tiny_models["target"], "ngram"), None) == {"method": "shared"}
-    assert drafter_vocabulary(_cfg(tiny_models["target"], tiny_models["other_vocab"]), None)["shared"] == 257
+    assert drafter_vocabulary(_cfg(tiny_models["target"], tiny_models["noisy"]).models, None) == {"method": "shared"}
+    assert drafter_vocabulary(_cfg(tiny_models["target"], "ngram").models, None) == {"method": "shared"}
+    assert drafter_vocabulary(_cfg(tiny_models["target"], tiny_models["other_vocab"]).models, None)["shared"] == 257
 
 
 def _text(runner: TLIDrafter, ids) -> bytes:

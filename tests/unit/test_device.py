@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import zero_latency_emulation
 
 from dsi_mpi.backends.base import ModelRunner
 from dsi_mpi.backends.emulated import EmulatedAcceptanceRunner
@@ -64,10 +65,7 @@ def test_every_forward_ends_with_a_sync_of_its_device(fake_sync):
 
 
 def test_emulated_acceptance_syncs_the_real_forward(fake_sync):
-    emulation = {"vocab_size": 50, "acceptance": 0.5} | {
-        f"{r}_{t}_s": 0 for r in ("target", "drafter") for t in ("ttft", "tpot")
-    }
-    runner = EmulatedAcceptanceRunner("target", emulation, 0, QueuedRunner(fake_sync))
+    runner = EmulatedAcceptanceRunner("target", zero_latency_emulation(), 0, QueuedRunner(fake_sync))
     runner.greedy([1, 2, 3], 2)
     assert fake_sync[:3] == ["layer queued", "layer queued", "sync cuda:1"]  # before the emulated tokens exist
 
@@ -126,10 +124,7 @@ def test_the_summary_table_says_what_its_figures_stand_on():
 def test_the_hbm_floor_knows_the_sxm_h100_by_its_name(monkeypatch):
     """nvidia-smi calls the SXM H100 "NVIDIA H100 80GB HBM3": 3.35 TB/s, not the PCIe part's 2.0 (a floor 1.7x
     too slow); an H100 the table does not know gets no floor rather than a wrong one."""
-    from conftest import ROOT
-
-    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
-    from gpu_check import bandwidth
+    from analysis.gpu_check import bandwidth
 
     assert bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
     assert bandwidth("NVIDIA H100 PCIe") == 2.0e12 and bandwidth("NVIDIA H100 NVL") == 3.9e12

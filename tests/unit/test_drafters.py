@@ -18,18 +18,10 @@ def test_spec_syntax():
     assert not parse_drafter("ngram").needs_weights and parse_drafter("truncated:layers=1").needs_weights
 
 
-def _drafter_cfg(tiny_models, drafter: str) -> dict:
+def _drafter_cfg(tiny_models, drafter: str):
     """A config whose models section build_runner("drafter", ...) can load: the tiny target and `drafter`."""
-    return {
-        "models": {
-            "kind": "hf",
-            "target": tiny_models["target"],
-            "drafter": drafter,
-            "dtype": "float32",
-            "device": "cpu",
-            "threads": 1,
-        }
-    }
+    models = {"kind": "hf", "target": tiny_models["target"], "drafter": drafter, "dtype": "float32", "device": "cpu"}
+    return validate({"models": models | {"threads": 1}})
 
 
 @pytest.mark.parametrize(

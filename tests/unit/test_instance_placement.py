@@ -10,8 +10,8 @@ from dsi_mpi.io.prompts import Prompt
 from dsi_mpi.io.records import RunRecord
 from dsi_mpi.io.results import ResultsWriter, read_results
 from dsi_mpi.mpi.instances import assign, check_size, instance_layout
-from dsi_mpi.reporting.metrics import ideal_wall_s, list_schedule_wall_s, throughput
 from dsi_mpi.reporting.report import throughput_lines
+from dsi_mpi.reporting.throughput import ideal_wall_s, list_schedule_wall_s, throughput
 
 
 def test_instances_stay_within_their_node():

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from dsi_mpi import log
+from dsi_mpi.io import log
 
 
 @pytest.mark.parametrize("variable", log.RANK_VARIABLES)

@@ -70,7 +70,7 @@ def write_shard(path, indices, cfg=None, incomplete=()) -> str:
 
 def run_cli(*args, timeout=60) -> subprocess.CompletedProcess:
     """`python -m dsi_mpi ARGS` without MPI, bounded by conftest.launch's timeout."""
-    from conftest import launch
+    from helpers import launch
 
     return launch(["-m", "dsi_mpi", *args], timeout=timeout)
 

@@ -12,6 +12,7 @@ from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
 from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.backends.packed import PackedRunner, packable
 from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows
+from dsi_mpi.io.config import validate
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +28,8 @@ def _load(folder, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
 
 
-def _models(folder: str, **extra) -> dict:
-    return {"models": {"kind": "hf", "target": folder, "dtype": "float32", "device": "cpu", **extra}}
+def _models(folder: str, **extra):
+    return validate({"models": {"kind": "hf", "target": folder, "dtype": "float32", "device": "cpu", **extra}})
 
 
 def test_chunked_logits_equal_hugging_face_within_float_rounding(tiny_models):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dsi_mpi.backends.split import SplitError, balanced_split
-from dsi_mpi.decoding.placement import VerifierSlots, plan_layout
+from dsi_mpi.decoding.slots import VerifierSlots, plan_layout
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.mpi import protocol
 
@@ -111,7 +111,7 @@ def test_stages_compute_exactly_the_whole_model(family, tmp_path):
 def test_architectures_that_cannot_be_split_are_refused_on_the_config():
     from transformers import GPT2Config, LlamaConfig
 
-    from dsi_mpi.backends.stage import check_splittable
+    from dsi_mpi.backends.checks import check_splittable
 
     with pytest.raises(ConfigError, match=r"\(gpt2\) cannot be split"):
         check_splittable(GPT2Config(), 2, "x")

@@ -19,9 +19,16 @@ def test_round_trip_every_kind():
         protocol.ACTIVATION: dict(
             zip(protocol.FIELDS[protocol.ACTIVATION], (3, 2, 1, 2, 0, 0, 2, 4, 0, 0, 1), strict=True)
         ),
+        protocol.SETUP: dict(n_bytes=20),
+        protocol.REQUEST: dict(n_bytes=24),
+        protocol.ASSIGN: dict(n_bytes=17),
+        protocol.NOTICE: dict(code=2, n_bytes=19),
+        protocol.ACK: {},
     }
     for kind, f in fields.items():
-        payload = [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT, protocol.ACTIVATION) else []
+        payload = (
+            [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT, protocol.ACTIVATION, *protocol.JSON_KINDS) else []
+        )
         msg = decode(encode(kind, payload, **f), kind, 1)
         assert msg.kind == kind and msg.fields == f and msg.payload.tolist() == payload
 
@@ -75,3 +82,24 @@ def test_stage_records_must_fit():
     act = dict(task_id=1, epoch=0, base=0, n_out=1, key=0, n_extras=0, n_tokens=2, cache_len=0, n_stages=1)
     with pytest.raises(ProtocolError, match="do not fit"):
         decode(encode(protocol.ACTIVATION, [0] * 7, dropped=0, n_hidden=2, **act), protocol.ACTIVATION, 2)
+
+
+def test_the_schedulers_messages_carry_json_exactly():
+    """Records travel to the scheduler as JSON (never pickled): every float as it was, NaN included."""
+    from dsi_mpi.io.records import RunRecord
+
+    record = RunRecord("dsi", 3, "p3", tokens=[5, 6], commit_times=[0.1, 1 / 3])
+    record.tasks.append((0, 1, 0, 8, 2, 0, 3, 0, 0.25, float("nan"), 2.0, 2.5, 1e-9, 1, 2))
+    value = {"done": [3, [record.to_message()]], "metadata": {"clock_offsets_us": {1: -5}}}
+    words, n_bytes = protocol.pack_json(value)
+    msg = decode(encode(protocol.REQUEST, words, n_bytes=n_bytes), protocol.REQUEST, 1)
+    back = protocol.unpack_json(msg)
+    again = RunRecord.from_message(back["done"][1][0])
+    assert again.commit_times == record.commit_times and again.tasks[0][:9] == record.tasks[0][:9]
+    assert np.isnan(again.tasks[0][9]) and again.task_table().tobytes() != b""
+    assert back["metadata"] == {"clock_offsets_us": {"1": -5}}
+    with pytest.raises(ProtocolError, match="says 30 bytes"):
+        decode(encode(protocol.SETUP, words, n_bytes=30), protocol.SETUP, 1)
+    bad = decode(encode(protocol.SETUP, [0x7B7B7B7B], n_bytes=4), protocol.SETUP, 1)
+    with pytest.raises(ProtocolError, match="not JSON"):
+        protocol.unpack_json(bad)

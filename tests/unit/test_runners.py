@@ -4,7 +4,7 @@ forwards leave a cache that still gives the right answers; emulation is reproduc
 import numpy as np
 import pytest
 import torch
-from conftest import zero_latency_emulation
+from helpers import zero_latency_emulation
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends import common_prefix_len
@@ -80,7 +80,7 @@ def test_cached_logits_equal_a_full_forward(target):
 
 
 def test_unsupported_transformers_release_is_refused():
-    from dsi_mpi.backends.loading import check_transformers_version
+    from dsi_mpi.backends.checks import check_transformers_version
     from dsi_mpi.io.config import ConfigError
 
     check_transformers_version("5.17.0")
@@ -109,7 +109,7 @@ def test_architecture_that_cannot_crop_its_cache_is_a_one_line_config_error(tmp_
     import transformers
 
     from dsi_mpi.backends.loading import build_runner
-    from dsi_mpi.io.config import ConfigError
+    from dsi_mpi.io.config import ConfigError, validate
 
     sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2)
     if arch == "Lfm2":
@@ -120,7 +120,7 @@ def test_architecture_that_cannot_crop_its_cache_is_a_one_line_config_error(tmp_
         sizes.update(state_size=4)
     model_cls = "MambaForCausalLM" if arch == "Mamba" else f"{arch}ForCausalLM"
     getattr(transformers, model_cls)(getattr(transformers, f"{arch}Config")(**sizes)).save_pretrained(tmp_path / arch)
-    cfg = {"models": {"kind": "hf", "target": str(tmp_path / arch), "dtype": "float32", "device": "cpu"}}
+    cfg = validate({"models": {"kind": "hf", "target": str(tmp_path / arch), "dtype": "float32", "device": "cpu"}})
     with pytest.raises(ConfigError) as err:
         build_runner("target", cfg)
     message = str(err.value)

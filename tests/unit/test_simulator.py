@@ -1,5 +1,5 @@
-"""Tests of the offline time-model simulator (dsi_mpi/simulator.py, which runs the coordinator itself on a
-simulated clock: dsi_mpi/virtual.py). The closed forms (nonsi, si's exact expectation) must agree with it;
+"""Tests of the offline time-model simulator (dsi_mpi/timemodel/simulator.py, which runs the coordinator itself on a
+simulated clock: dsi_mpi/timemodel/virtual.py). The closed forms (nonsi, si's exact expectation) must agree with it;
 properties then check what "DSI is never slower" means under the coordinator's rules, with a fixed k (see
 test_never_slower_* and test_known_cases_*: what holds and what does not) and with adaptive speculation.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsi_mpi import simulator as S
+from dsi_mpi.timemodel import simulator as S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,7 +178,7 @@ def test_adaptive_speculation_falls_back_to_plain_decoding():
     nonsi costs, even with one verifier."""
     from dsi_mpi.decoding.adaptive import PROBE_DRAFTS
     from dsi_mpi.io.records import Event
-    from dsi_mpi.virtual import run_simulated
+    from dsi_mpi.timemodel.virtual import run_simulated
 
     lat, N = S.latencies_from_c(0.5, 0.03, 0.05), 64
     draws = S._draws(0.0, N, 0, 3)
@@ -244,14 +244,15 @@ def test_cli(capsys):
 def test_heatmap_script_quick(tmp_path):
     cmd = [
         sys.executable,
-        str(ROOT / "analysis" / "heatmaps.py"),
+        "-m",
+        "analysis.heatmaps",
         "--out",
         str(tmp_path),
         "--quick",
         "--verifiers",
         "best",
     ]
-    env = {"PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path)}
+    env = {"MPLCONFIGDIR": str(tmp_path)}  # run from the repository root: its dsi_mpi and analysis
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=120)
     png = tmp_path / "heatmaps.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -270,7 +271,7 @@ def test_a_message_costs_only_the_rank_that_waits_for_it():
     """si waits at both ends of every trip (an idle verifier, rank 0 for the reply): two wake-ups per
     verification. dsi's rank 0 reads replies between drafter layers and its verifiers are often busy, so
     it pays fewer (charging every message in transit predicted dsi 6% slow at c 0.9, a 0.3, V 7)."""
-    from dsi_mpi.virtual import run_simulated
+    from dsi_mpi.timemodel.virtual import run_simulated
 
     lat = S.Latencies(drafter_ttft=0.002, drafter_tpot=0.001, target_ttft=0.02, target_tpot=0.01)
     m = 0.001

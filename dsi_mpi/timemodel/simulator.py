@@ -3,7 +3,7 @@
 Why: the MPI coordinator (decoding/coordinator.py) is costly to run, so its latency is predicted here
 first (the planner does, and `explain` sets runs against it) and emulated MPI runs are checked against
 these numbers. The rules are not re-implemented: `simulate` runs the coordinator itself, unchanged, on a
-simulated clock with simulated drafter and verifiers (dsi_mpi/virtual.py), so every rule the coordinator
+simulated clock with simulated drafter and verifiers (dsi_mpi/timemodel/virtual.py), so every rule the coordinator
 has (blocks, dispatch order, the non-SI thread only with a spare verifier, interruptible drafting,
 cancellation between verifier layers, adaptive speculation) is the simulator's too, in every corner.
 Latencies are the paper's: a target forward costs TTFT from an empty cache, else TPOT whatever its
@@ -120,7 +120,7 @@ def simulate(
     message_s: float = 0.0,
 ) -> SimulationResult:
     """Monte Carlo latency of one algorithm ("nonsi", "si", "dsi") over `trials` seeded trials, each one
-    prompt run by the coordinator itself on the simulated clock (dsi_mpi/virtual.py).
+    prompt run by the coordinator itself on the simulated clock (dsi_mpi/timemodel/virtual.py).
 
     lookahead 0: adaptive speculation (the coordinator's default), which first learns on one more untimed
     draw, as a job does on its warm-up prompt. si ignores `verifiers` (it uses one). max_blocks_ahead: dsi
@@ -128,8 +128,8 @@ def simulate(
     runtime.nonsi_thread (the coordinator uses it only with 2+ verifiers). drafter_layers = L: replies are
     also read at L - 1 evenly spaced points inside each drafter step (the coordinator reads them between
     the drafter's layers; the emulated backend has 8 slices). message_s: what a message costs a rank waiting
-    for it (dsi_mpi/virtual.py)."""
-    from dsi_mpi.virtual import run_simulated
+    for it (dsi_mpi/timemodel/virtual.py)."""
+    from dsi_mpi.timemodel.virtual import run_simulated
 
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
@@ -173,7 +173,7 @@ def latency_of_draw(
 ) -> float:
     """The latency of ONE given draw (match[p]: does the draft of generated token p match?), e.g. the exact
     draws of an emulated run, so that model and machine are compared on the same luck."""
-    from dsi_mpi.virtual import run_simulated
+    from dsi_mpi.timemodel.virtual import run_simulated
 
     match = np.asarray(match, dtype=bool)
     if algorithm == "nonsi":

@@ -1,4 +1,4 @@
-"""The coordinator on a simulated clock: the engine of the time-model simulator (dsi_mpi/simulator.py).
+"""The coordinator on a simulated clock: the engine of the time-model simulator (dsi_mpi/timemodel/simulator.py).
 
 Why: a simulator that re-implements the coordinator's rules drifts from them (it did: it gave one verifier
 the non-SI thread that the coordinator keeps for two or more, and it knew nothing of adaptive speculation).
@@ -268,7 +268,7 @@ def run_simulated(
         return bool(draw[i]) if 0 <= i < len(draw) else True
 
     drafter = SimulatedDrafter(world.clock, lat.drafter_ttft, lat.drafter_tpot, int(drafter_layers), match)
-    decoder = SpeculativeDecoder(world, drafter, list(world.verifiers), stop_at_eos=False, clock=world.clock)
+    decoder = SpeculativeDecoder(world, drafter, list(world.verifiers), clock=world.clock)
     prompt = [1] * prompt_tokens
     records = []
     for i, draw in enumerate(([warmup] if warmup is not None else []) + list(draws)):

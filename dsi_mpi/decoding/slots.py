@@ -157,9 +157,9 @@ def check_pipeline(cfg, n_ranks: int) -> None:
             raise ConfigError("runtime.pipeline_groups needs runtime.pipeline_stages > 1")
         return
     if cfg.models.kind == "hf":
-        from dsi_mpi.backends.loading import check_stages
+        from dsi_mpi.backends.checks import check_stages
 
-        check_stages(cfg["models"], stages)
+        check_stages(cfg.models, stages)
     layout = plan_layout([0] * n_ranks, stages, groups)
     if all(len(g) > 1 for g in layout):
         for name in ("hf_assisted", "hf_prompt_lookup"):

@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from dsi_mpi import log
 from dsi_mpi.decoding.acceptance import rule_from_config
 from dsi_mpi.decoding.baselines import run_baseline
 from dsi_mpi.decoding.settings import RunSettings
+from dsi_mpi.io import log
 from dsi_mpi.io.config import ConfigError
 from dsi_mpi.io.drafter_spec import parse_drafter
 from dsi_mpi.io.prompts import load_prompts
@@ -47,24 +47,19 @@ class Session:
         return cls(cfg, prompts, tokens, eos_ids, writer)
 
     def run(self, channel, drafter, feed, clock_offsets_us: dict[int, int], fault_rank: int = 0, layout=None) -> None:
-        """Every algorithm on every prompt the feed hands out (dsi_mpi/batch.py: this rank's own list with
+        """Every algorithm on every prompt the feed hands out (dsi_mpi/app/feeds.py: this rank's own list with
         one instance, the scheduler's queue with several), each prompt's records back to the feed. layout:
         the verifiers, plain ranks or tuples of pipeline stage ranks (default: every rank plain)."""
         from dsi_mpi.decoding.coordinator import SpeculativeDecoder
-        from dsi_mpi.decoding.placement import plain_verifier
+        from dsi_mpi.decoding.slots import plain_verifier
 
         comm_size = channel.comm.Get_size()
         decoding = self.cfg.decoding
         layout = layout or list(range(1, comm_size))
         self.baseline_rank = plain_verifier([(v,) if isinstance(v, int) else tuple(v) for v in layout])
+        rule = rule_from_config(decoding)
         self.decoder = SpeculativeDecoder(
-            channel,
-            drafter,
-            layout,
-            self.eos_ids,
-            decoding.stop_at_eos,
-            clock_offsets_us,
-            rule_from_config(decoding),
+            channel, drafter, layout, eos_ids=self.eos_ids, clock_offsets_us=clock_offsets_us, rule=rule
         )
         self.channel, self.feed = channel, feed
         self.faults = FaultPlan(fault_rank)
@@ -104,11 +99,11 @@ class Session:
                 "hf_prompt_lookup": k,
                 "verifiers": min(v, verifier_budget) or verifier_budget,
             }
-        from dsi_mpi.decoding.planner import calibrate, plan
+        from dsi_mpi.timemodel.planner import plan
 
         first = self.prompts[0]
         measured = calibrate(self.decoder, self._baseline, self.prompt_tokens[first.index], decoding.stop_at_eos)
-        capacity = self.decoder.slots.capacity(self.decoder.verifiers[:1])  # tasks one verifier takes at once
+        capacity = self.decoder.ledger.slots.capacity(self.decoder.verifiers[:1])  # tasks one verifier takes at once
         choice = plan(measured, verifier_budget, decoding.max_new_tokens, k, v, self.cfg.runtime.nonsi_thread, capacity)
         self.feed.add_metadata({"planner": choice})
         logger.info(
@@ -145,7 +140,30 @@ class Session:
             return run_baseline(self.channel, self.baseline_rank, algorithm, tokens, record, run)
         from dsi_mpi.decoding.group_baseline import nonsi_on_group
 
-        return nonsi_on_group(self.decoder, self.decoder.verifiers[0], tokens, record, run)
+        decoder = self.decoder
+        return nonsi_on_group(decoder.ledger, decoder.rule, decoder.eos_ids, decoder.verifiers[0], tokens, record, run)
+
+
+CALIBRATION_TOKENS = 32
+CALIBRATION_LOOKAHEAD = 4
+
+
+def calibrate(decoder, baseline, prompt: list[int], stop_at_eos: bool) -> dict:
+    """The planner's measurements of the pair (`lookahead` or `verifiers` "auto"), on the job's own ranks,
+    models and first prompt, after one untimed pass: plain decoding where the job runs its baselines gives the
+    target's prefill and per-token latency; a short si run the drafter's per-token latency, the verification
+    forward time and the acceptance rate, each measured by the one estimator of
+    dsi_mpi.reporting.time_model.time_model_inputs. baseline(algorithm, prompt, record, run) runs nonsi."""
+    from dsi_mpi.reporting.time_model import time_model_inputs
+
+    run = RunSettings(max_new_tokens=CALIBRATION_TOKENS, lookahead=CALIBRATION_LOOKAHEAD, stop_at_eos=stop_at_eos)
+    for _ in range(2):  # the first pass warms every shape up; the second is measured
+        plain = baseline("nonsi", prompt, RunRecord("nonsi", -1, "calibration"), run)
+        si = decoder.generate("si", prompt, RunRecord("si", -1, "calibration"), run)
+    measured = time_model_inputs({"nonsi": [plain.as_dict()], "si": [si.as_dict()]})
+    if measured is None:
+        raise RuntimeError("planner: the calibration run measured no usable latencies (too few tokens?)")
+    return measured | {"tokens": CALIBRATION_TOKENS}
 
 
 def emulated_length(seed: int, prompt_index: int, low: int, high: int) -> int:
@@ -157,19 +175,19 @@ def emulated_length(seed: int, prompt_index: int, low: int, high: int) -> int:
 def _tokenize_for_target(cfg, prompts):
     from transformers import AutoConfig, GenerationConfig
 
-    from dsi_mpi.backends.loading import check_pair, check_transformers_version, load_tokenizer, resolve_model_path
+    from dsi_mpi.backends.checks import check_pair, check_transformers_version, load_tokenizer, resolve_model_path
 
-    models = cfg["models"]
+    models = cfg.models
     check_transformers_version()
-    check_pair(models, cfg["decoding"]["algorithms"])
-    tokenizer = load_tokenizer(models["target"], "target")
-    target_path = resolve_model_path(models["target"], "target")
+    check_pair(models, cfg.decoding.algorithms)
+    tokenizer = load_tokenizer(models.target, "target")
+    target_path = resolve_model_path(models.target, "target")
     limit = getattr(AutoConfig.from_pretrained(target_path), "max_position_embeddings", None)
     tokens = {}
     for p in prompts:
         ids = [int(t) for t in tokenizer(p.text)["input_ids"]]
-        k = cfg["decoding"]["lookahead"]
-        if limit and len(ids) + cfg["decoding"]["max_new_tokens"] + (k if isinstance(k, int) else 20) + 1 > limit:
+        k = cfg.decoding.lookahead
+        if limit and len(ids) + cfg.decoding.max_new_tokens + (k if isinstance(k, int) else 20) + 1 > limit:
             raise ConfigError(
                 f"prompt {p.id!r} has {len(ids)} tokens: with max_new_tokens and lookahead it exceeds "
                 f"the target's context of {limit} positions"

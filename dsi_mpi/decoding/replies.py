@@ -1,0 +1,103 @@
+"""Reading verification replies (RESULT or ABORTED), one at a time, for one prompt: each reply's times go
+into its task's row and the timeline (with the per-stage records of a pipelined group), it closes the
+cancellation a rejection opened, a verification's round trip goes to adaptive speculation, and a result of
+the current epoch is handed to the judge (decoding/judging.py), which applies whatever it makes ready. A
+reply for a stale task is only recorded. The ledger (decoding/tasks.py) has checked it against what was sent.
+"""
+
+from __future__ import annotations
+
+from dsi_mpi.decoding.judging import Judge
+from dsi_mpi.decoding.prompt_state import PromptState
+from dsi_mpi.decoding.tasks import Task, TaskLedger, split_stage_records
+from dsi_mpi.io.records import Event, Outcome
+from dsi_mpi.mpi import protocol
+
+
+class Replies:
+    """One prompt's replies (see the module docstring); `sampled`: the acceptance rule samples."""
+
+    def __init__(self, state: PromptState, ledger: TaskLedger, judge: Judge, sampled: bool):
+        self.p, self.ledger, self.judge, self.sampled = state, ledger, judge, sampled
+
+    def read_waiting(self) -> bool:
+        """Read every reply waiting; whether there was one."""
+        handled = False
+        while not self.p.done and self.read_one():
+            handled = True
+        return handled
+
+    def read_one(self) -> bool | None:
+        """Read one reply if one is waiting (None if not): record it, and apply what it makes ready."""
+        reply = self.ledger.take_reply()
+        if reply is None:
+            return None
+        task, source, msg = reply
+        verdict = self._record_reply(task, source, msg)
+        if msg.kind == protocol.ABORTED:
+            self._aborted(task, source)
+        elif task.block is not None:
+            self._result(task, source, verdict)
+        return True
+
+    def _record_reply(self, task: Task, source: int, msg):
+        """The reply's times in the task's row and the timeline, the cancellation it closes, the forward's
+        event; returns the verdict."""
+        p, ledger = self.p, self.ledger
+        now = p.now()
+        verdict = self._stage_records(task, msg)
+        start = ledger.verifier_time(ledger.slots.ranks(task.verifier)[0], msg.start_us, p.t0)
+        end = ledger.verifier_time(source, msg.end_us, p.t0)
+        task.row.update(reply_s=now, start_s=start, end_s=end, busy_s=end - start)
+        p.event(Event.RESULT_RECEIVED, now, now, task.task_id, source)
+        cancel = p.pending_cancels.pop(task.task_id, None)
+        if cancel is not None:
+            cancel.stopped_s, cancel.reply_s, cancel.busy_after_s = end, now, max(end - cancel.rejected_s, 0.0)
+            cancel.aborted = int(msg.kind == protocol.ABORTED)
+            p.record.cancellations.append(cancel.row())
+        if msg.kind == protocol.RESULT:
+            task.row.update(computed=msg.computed, reused=msg.reused)
+        if not msg.n_stages:
+            kind, value = (Event.VERIFY, msg.computed) if msg.kind == protocol.RESULT else (Event.VERIFY_ABORTED, 0)
+            p.event(kind, start, end, task.task_id, value, rank=source)
+        return verdict
+
+    def _aborted(self, task: Task, source: int) -> None:
+        """A verifier abandoned a task on a CANCEL: only a stale one may be."""
+        if task.epoch == self.ledger.epoch and task.block is not None:
+            raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
+        task.row["outcome"] = Outcome.ABANDONED
+
+    def _result(self, task: Task, source: int, verdict) -> None:
+        """A block's verdict: the round trip for adaptive speculation, then applied unless stale."""
+        p, block = self.p, task.block
+        if task.row["base"] > 0:  # not a prefill: a verification's time
+            round_trip = task.row["reply_s"] - task.row["sent_s"]
+            if not block.plain:  # a plain run decodes several tokens: not one verification's round trip
+                p.last_round_trip_s = round_trip
+            if p.adaptive is not None:
+                p.adaptive.observe_verification(round_trip, len(block.drafts) + 1, block.plain)
+        if task.epoch != self.ledger.epoch:
+            task.row["outcome"] = Outcome.STALE_RESULT
+            return
+        if (block.plain or not self.sampled) and len(verdict) != (block.plain or len(block.drafts) + 1):
+            raise protocol.ProtocolError(
+                f"rank {source} returned {len(verdict)} tokens for a block of {len(block.drafts)} drafts"
+            )
+        block.result = verdict
+        task.row["outcome"] = Outcome.USED
+        self.judge.apply_ready()
+
+    def _stage_records(self, task: Task, msg):
+        """A pipelined group's reply ends with one record per stage: keep them (the stages table, and each
+        stage's forward as an event of its own rank); return the verdict before them."""
+        p = self.p
+        verdict, stages = split_stage_records(msg.payload, msg.n_stages)
+        kinds = {protocol.STAGE_COMPUTED: Event.VERIFY, protocol.STAGE_ABORTED: Event.VERIFY_ABORTED}
+        for index, (rank, status, t0, t1) in enumerate(stages):
+            start, end = self.ledger.verifier_time(rank, t0, p.t0), self.ledger.verifier_time(rank, t1, p.t0)
+            p.record.stages.append((task.task_id, task.verifier, index, rank, status, start, end))
+            if status in kinds:
+                computed = msg.computed if msg.kind == protocol.RESULT else 0
+                p.event(kinds[status], start, end, task.task_id, computed, rank)
+        return verdict
