@@ -6,7 +6,8 @@
 - no function of dsi_mpi is longer than 60 lines, no module longer than 400; `make lint` runs ruff's McCabe
   check at 12, and dsi_mpi passes it;
 - analysis/ and tests/ never edit sys.path (the package is installed; pytest and `python -m analysis.NAME`
-  find the rest)."""
+  find the rest);
+- README.md is a user's page of at most 300 lines, and docs/ holds the rest, every page linked from it."""
 
 import ast
 import subprocess
@@ -275,3 +276,15 @@ def test_analysis_and_tests_never_edit_sys_path():
                 found[str(path.relative_to(ROOT))] = path_edits(path.read_text())
     assert not found, found
     assert path_edits("import sys\nsys.path.insert(0, 'x')\n") == [2]
+
+
+# ---------------------------------------------------------------- a README for users
+def test_readme_is_a_users_page_and_docs_hold_the_rest():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert len(pages) >= 8
+    for page in pages:
+        assert f"docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
+        first = next(line for line in page.read_text().splitlines()[1:] if line.strip())
+        assert not first.startswith("#"), f"docs/{page.name} does not open with what it is for"
