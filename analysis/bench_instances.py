@@ -8,7 +8,7 @@ emulation.min_new_tokens) under the venv's mpiexec with 1 + G x S ranks (G = 1: 
 ranks, no scheduler). S = 2, or with --stages P > 1 the verifier is one pipelined group of P stages
 (runtime.pipeline_stages: each stage sleeps 1/P of the target's latencies and sends real activation
 messages), S = 1 + P. Sleeps do not need cores, so this measures the machinery (queue, messages, writer,
-stages), not the CPU. Figures, all by dsi_mpi/reporting/metrics.py from each results file:
+stages), not the CPU. Figures, all by dsi_mpi/reporting/throughput.py from each results file:
 - tokens/s = generated tokens / job wall time (`throughput`); efficiency(G) = tokens/s(G) / (G x tokens/s(1));
 - ideal wall time(G) = the G = 1 run's work / G + its longest prompt (`ideal_wall_s` over the G = 1 records),
   and wall(G) / ideal(G);

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     print()
     print(
         f"lookahead {setting['lookahead']}, dsi verifiers {setting['verifiers']}, {m['prompts']} prompts x "
-        f"{cfg['decoding']['max_new_tokens']} tokens (time model at the median {setting['tokens']} generated)"
+        f"{cfg.decoding.max_new_tokens} tokens (time model at the median {setting['tokens']} generated)"
     )
     print(
         f"measured: target {1e3 * m['target_tpot_s']:.2f} ms/token (verify forward {1e3 * m['verify_forward_s']:.2f} ms), "
@@ -119,12 +119,12 @@ def main(argv=None) -> int:
         )
         m["measured_over_predicted_vs_si"] = share
     print(f"cache reuse {m['cache_reuse']:.1%} of prefix tokens, {m['computed_per_task']:.1f} tokens computed per task")
-    if cfg["models"]["kind"] == "emulated":
+    if cfg.models.kind == "emulated":
         from dsi_mpi.backends.emulated import SLICES as layers
     else:
         from transformers import AutoConfig
 
-        layers = AutoConfig.from_pretrained(cfg["models"]["target"]).num_hidden_layers
+        layers = AutoConfig.from_pretrained(cfg.models.target).num_hidden_layers
     m["target_layer_s"] = m["verify_forward_s"] / layers
     print(
         f"stale work: {m['tasks_stale']} of {m['tasks_sent']} dsi tasks; {m['cancellations']} cancellations, "

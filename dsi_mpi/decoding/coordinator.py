@@ -22,9 +22,9 @@ no drafts and the verifiers just decode (plain decoding through the same loop). 
 The clock is injectable, so that dsi_mpi/timemodel/virtual.py can run this very loop on simulated time.
 
 Where things are: the prompt's state in prompt_state.py (one object per prompt), blocks, tasks and the
-ledger of tasks in flight in tasks.py, applying results in judging.py, the choice of k in adaptive.py,
-verifier slots and their caches in slots.py. Here: the loop, drafting, cutting blocks, dispatching them,
-and reading replies.
+ledger of tasks in flight in tasks.py, cutting blocks in blocks.py, applying results in judging.py, reading
+replies in replies.py, the choice of k in adaptive.py, verifier slots and their caches in slots.py. Here: the
+loop, drafting, dispatching blocks, choosing when k changes, and dropping speculation after a rejection.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from dsi_mpi.backends import ModelRunner, common_prefix_len
 from dsi_mpi.decoding.acceptance import Greedy
 from dsi_mpi.decoding.adaptive import AdaptiveLookahead
+from dsi_mpi.decoding.blocks import BlockCutter
 from dsi_mpi.decoding.judging import Judge
 from dsi_mpi.decoding.prompt_state import Cancellation, PromptState
 from dsi_mpi.decoding.replies import Replies
@@ -83,6 +84,7 @@ class SpeculativeDecoder:
         self.p = p = self._prompt_state(policy, prompt, record, run)
         self.judge = Judge(p, self.rule, lambda: self.ledger.epoch, self._retract)
         self.replies = Replies(p, self.ledger, self.judge, self.rule.sampled)
+        self.cutter = BlockCutter(p, lambda: self.ledger.epoch, self._choose_lookahead)
         self.drafter.set_layer_callback(self._between_drafter_layers)
         self._choose_lookahead()
         self._start_prefills()
@@ -91,18 +93,18 @@ class SpeculativeDecoder:
         self._append_draft(self.rule.draft(self.drafter, prompt, len(prompt), p.key))  # the prefill drafts position 0
         record.drafter_prefill_s = p.now() - start
         p.event(Event.DRAFTER_PREFILL, start, p.now(), value=len(prompt))
-        self._form_blocks()
+        self.cutter.form()
         while not p.done:
             self.replies.read_waiting()
             if p.done:
                 break
             if p.k == 0 and not p.blocks:  # nothing will be drafted: the next block forms now
                 self._choose_lookahead()
-                self._form_blocks()
+                self.cutter.form()
             self._dispatch()
             if self._may_draft():
                 self._draft_one()
-                self._form_blocks()
+                self.cutter.form()
                 self._dispatch()
             else:
                 waited_from = p.now()
@@ -135,7 +137,7 @@ class SpeculativeDecoder:
     def _may_draft(self) -> bool:
         """si drafts only while nothing is in flight; dsi while fewer than max_ahead blocks await results,
         and then one draft more: the one that a fully accepted block's bonus token checks at once, so that
-        the next block still has k drafts of its own (see `_recut_unsent`)."""
+        the next block still has k drafts of its own (see BlockCutter.recut_unsent)."""
         p = self.p
         if len(p.seq) >= p.end or p.drafter_has_nothing(self.ledger.epoch) or p.k == 0:
             return False
@@ -216,59 +218,7 @@ class SpeculativeDecoder:
         if p.done or (self.ledger.epoch, len(p.seq)) != p.drafting:
             raise DraftInterrupted
 
-    # ---------------------------------------------------------------- blocks
-    def _form_blocks(self) -> None:
-        """Cut the drafts into blocks of k; a shorter last block when no more drafts will come (the end of
-        the generation, a drafter with nothing to propose, or k = 0 with drafts left from before), and when
-        nothing is drafted and nothing is awaited, a block of no drafts: the target just produces its next
-        token, as in plain decoding. Adaptive k is chosen afresh for the block after each one formed."""
-        p = self.p
-        start = p.next_block_start()
-        while True:
-            no_more = len(p.seq) >= p.end or p.drafter_has_nothing(self.ledger.epoch) or p.k == 0
-            available = len(p.seq) - start
-            if (p.k and available >= p.k) or (available > 0 and no_more):
-                n = min(p.k or available, available)
-                p.blocks.append(Block(start, p.seq[start : start + n]))
-                start += n
-            elif no_more and not p.blocks and p.n_committed < p.end:
-                plain = p.adaptive.plain_run(p.end - start) if self._plain_runs() else 0
-                p.blocks.append(Block(start, [], plain=plain))
-            else:
-                return
-            self._choose_lookahead()
-
-    def _recut_unsent(self) -> None:
-        """Immediate pruning commits the first draft of the next block; sent as it is, that block would
-        verify k - 1 drafts in a forward of k tokens, and with one verifier every block would (measured in
-        the simulator at a 0.8, k 1: dsi 0.83x si). So unsent blocks that start before the committed text
-        are cut again from it, from the drafts already made (up to k each). Never waiting for more: with no
-        draft past the committed text the block goes as it was (it still yields the target's next token).
-        si is left as it was, the blocking loop whose expected latency simulator.si_expected_latency gives,
-        and so is dsi with one block ahead, which is that loop."""
-        p = self.p
-        if p.policy != "dsi" or p.max_ahead < 2:
-            return
-        if not any(b.task_id is None and b.drafts and b.start < p.n_committed for b in p.blocks):
-            return
-        unsent = []  # unsent blocks are a suffix: dispatch sends in order
-        while p.blocks and p.blocks[-1].task_id is None and p.blocks[-1].drafts:
-            unsent.append(p.blocks.pop())
-        start = p.next_block_start()
-        if len(p.seq) <= start:
-            p.blocks.extend(reversed(unsent))
-            return
-        self._form_blocks()
-        last = p.blocks[-1] if p.blocks else None
-        if last is None or last.task_id is not None:  # fewer than k drafts: send those, do not wait
-            p.blocks.append(Block(start, p.seq[start : start + (p.k or len(p.seq))]))
-
-    def _plain_runs(self) -> bool:
-        """At adaptive k = 0 a block of no drafts asks a plain verifier rank to decode a run of tokens itself
-        (a pipelined group's stages decode one token per task: the stage loop knows no runs)."""
-        p = self.p
-        return p.k == 0 and p.adaptive is not None and p.capacity == len(p.active)
-
+    # ---------------------------------------------------------------- k
     def _choose_lookahead(self) -> None:
         """Adaptive speculation: the k of the next block (recorded when it changes). At k = 0 nothing is
         drafted, so a position that waits for its draft (sampling, dsi) takes the target's draw instead."""
@@ -317,7 +267,7 @@ class SpeculativeDecoder:
     def _dispatch(self) -> None:
         """Send waiting blocks, in order, each to the verifier with room whose caches will cover most of its
         prefix (a pipelined group takes up to one task per stage)."""
-        self._recut_unsent()
+        self.cutter.recut_unsent()
         p, slots = self.p, self.ledger.slots
         free = slots.free(p.active)
         for block in p.blocks:

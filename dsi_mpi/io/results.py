@@ -3,7 +3,7 @@
 NAME.partial), so a job that fails before that leaves the previous results as they were.
 
 With several instances (runtime.instances) rank 0 is the scheduler and writes every instance's records, sent
-to it as each prompt completes (dsi_mpi/app/feeds.py); the same layout, plus where each prompt ran.
+to it as each prompt completes (dsi_mpi/app/scheduler.py); the same layout, plus where each prompt ran.
 
 Layout (read back by `read_results`; docs/results.md documents every name, and a test
 keeps the two in sync):

@@ -1,6 +1,6 @@
 """Split one job into G independent DSI instances (runtime.instances = G >= 2), node-local where they fit.
 
-World rank 0 is the scheduler and writer (dsi_mpi/app/feeds.py); ranks 1..N-1 form G instances of
+World rank 0 is the scheduler and writer (dsi_mpi/app/scheduler.py); ranks 1..N-1 form G instances of
 S = (N-1)/G ranks each: a drafter (the instance's rank 0, its coordinator) and S - 1 verifier ranks. With
 runtime.pipeline_stages = P > 1, m of them are pipelined groups of P ranks (runtime.pipeline_groups per
 instance, 0: every verifier rank), the instance's ranks 1..mP in order; the rest hold the whole target.

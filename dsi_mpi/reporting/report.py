@@ -108,7 +108,7 @@ def job_notes(meta: dict) -> list[str]:
 
 
 def throughput_lines(records: list[dict]) -> list[str]:
-    """The job's generated tokens/s, overall and per instance (metrics.throughput); none for files written
+    """The job's generated tokens/s, overall and per instance (reporting.throughput); none for files written
     before prompts recorded where they ran."""
     t = throughput(records)
     if t is None:
