@@ -318,7 +318,8 @@ class SpeculativeDecoder:
     # ---------------------------------------------------------------- the end
     def _finish(self) -> None:
         """Stop the clock, cancel what is still running and wait for every reply, so the next run starts
-        with idle verifiers and a known cache state; the record's task counts from its tasks table."""
+        with idle verifiers and a known cache state; the record's task counts from its tasks table, its
+        rejections from its events."""
         p, record = self.p, self.p.record
         record.wall_s = record.commit_times[-1] if record.commit_times else p.now()
         record.ttft_s = record.commit_times[0] if record.commit_times else float("nan")
@@ -337,3 +338,4 @@ class SpeculativeDecoder:
         record.tasks_sent = len(outcomes)
         record.tasks_used = outcomes.count(Outcome.USED)
         record.tasks_stale = sum(o in (Outcome.STALE_RESULT, Outcome.ABANDONED) for o in outcomes)
+        record.rejections = sum(1 for event in record.events if event[1] == Event.REJECT)

@@ -122,8 +122,7 @@ class Judge:
         p.deferred = None
         del p.seq[position:]
         p.seq.append(token)
-        p.record.rejections += 1
-        p.event(Event.REJECT, p.now(), p.now(), value=position)
+        p.event(Event.REJECT, p.now(), p.now(), value=position)  # the record counts its rejections from these
         self.commit()
         self.retract(True)
 
