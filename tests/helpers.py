@@ -92,9 +92,10 @@ def reference(target_folder: str, prompt_tokens, n: int) -> list[int]:
 def launch(
     args: list[str], ranks: int | None = None, timeout: float = 180, cwd: Path = ROOT, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `python args...` (under the venv's own mpiexec with `ranks` ranks); on timeout kill every
-    process of the launch and fail the test. MPICH puts ranks in sessions of their own, so the processes
-    are found by a marker in their environment, not by process group."""
+    """Run `python args...` (under the venv's own mpiexec with `ranks` ranks); on timeout, or when the test
+    itself is stopped (pytest-timeout), kill every process of the launch (and fail the test). MPICH puts ranks
+    in sessions of their own, so the processes are found by a marker in their environment, not by process
+    group."""
     command = [sys.executable, *args]
     if ranks is not None:
         command = [MPIEXEC, "-n", str(ranks), *command]
@@ -130,6 +131,9 @@ def launch(
         _kill_marked(marker)
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
+    except BaseException:  # pytest-timeout (or Ctrl-C) ends the test first: the launch must not outlive it
+        _kill_marked(marker)
+        raise
     finally:
         stop.set()
         watcher.join()
