@@ -28,8 +28,12 @@ PROMPTS = [[200, 7, 7, 7, 100, 33, 65, 66, 67, 68, 69, 70], [10, 20, 30, 40, 50]
 MODELS: dict = {}  # [models] keys from the command line
 
 
-def runner(role: str, folder: str):
-    models = {"kind": "hf", role: folder, "dtype": "float32", "device": "cpu", **MODELS}
+def runner(role: str, folder: str, target: str | None = None):
+    """The runner of `folder` as `role`; a drafter's config names its target too (a drafter is mapped to the
+    target's vocabulary where the two differ: here they share the byte-level one)."""
+    models = {"kind": "hf", "target": target or folder, "dtype": "float32", "device": "cpu", **MODELS}
+    if role == "drafter":
+        models["drafter"] = folder
     return build_runner(role, validate({"models": models}), longest_prompt=max(map(len, PROMPTS)))
 
 
@@ -55,7 +59,7 @@ def run_family(channel, family, folders, bad_folder, lookaheads, new_tokens, dra
         for drafter_name, folder in (("noisy", folders["noisy"]), ("other", bad_folder)):
             if drafter_name not in drafters:
                 continue
-            decoder.drafter = runner("drafter", folder)
+            decoder.drafter = runner("drafter", folder, folders["target"])
             drafter_backend = getattr(decoder.drafter, "compile_info", {}).get("backend")
             labels = {"family": family, "drafter": drafter_name, "target_backends": backends[1:]}
             labels["drafter_backend"] = drafter_backend
