@@ -202,7 +202,7 @@ def _run_ranks(cfg, world, state: dict) -> int:
             return 0
         assistant = None
         if "hf_assisted" in cfg["decoding"]["algorithms"]:
-            assistant = _lazy_assistant(cfg, local_rank)
+            assistant = _lazy_assistant(cfg, local_rank, runner.compile_info.get("dtype", cfg["models"]["dtype"]))
         Verifier(channel, runner, assistant, rule_from_config(cfg.decoding), fault_rank=rank).serve()
         return 0
     feed = _feed(cfg, session, placement, poller, infos, metadata, offsets, layout)
@@ -356,9 +356,10 @@ def _feed(cfg, session, placement, poller, infos, metadata, offsets, layout):
     return feed
 
 
-def _lazy_assistant(cfg, local_rank: int):
+def _lazy_assistant(cfg, local_rank: int, dtype: str):
     """hf_assisted needs the drafter next to the target; load it on first use only (its runner: the model, and
-    for a drafter of another vocabulary the two tokenizers Hugging Face's generate then takes)."""
+    for a drafter of another vocabulary the two tokenizers Hugging Face's generate then takes), in `dtype`, the
+    dtype the target runs (models.dtype = "auto" resolves per backend)."""
     cache = {}
 
     def factory():
@@ -366,7 +367,7 @@ def _lazy_assistant(cfg, local_rank: int):
             from dsi_mpi.backends.loading import build_runner
 
             eager = {
-                "models": dict(cfg["models"], backend="eager"),
+                "models": dict(cfg["models"], backend="eager", dtype=dtype),
                 "decoding": cfg["decoding"],
             }  # HF generate is eager
             cache["runner"] = build_runner("drafter", eager, local_rank)
