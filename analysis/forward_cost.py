@@ -3,12 +3,15 @@ each backend and dtype, against the memory floor measured on the same core.
 
 usage: python -m analysis.forward_cost [--model inputs/models/smollm2-135m-instruct] [--context 40]
                                        [--tokens 1 2 ... 9] [--rounds 8] [--threads 1]
-                                       [--variants eager:float32 packed:float32 packed:bfloat16 ...] [--json FILE]
+                                       [--variants eager:float32 packed:float32 packed:bfloat16 ...]
+                                       [--clock wall|cpu] [--json FILE]
 
 The time model prices a block of k drafts at T(k + 1); speculation pays on a CPU only where T(n) hardly grows
 with n. Each variant is built through the project's own loading path (`build_runner`, models.backend and
 models.dtype as given), so the packed backend makes the same kernel choices it makes in a job. Rounds interleave
 the variants and the sizes, so that drift on a shared machine hits them alike; the first two rounds are dropped.
+--clock cpu times the process's CPU time instead of the wall clock: on a machine shared with other jobs it is
+not inflated by the scheduler (memory-bandwidth contention still shows); the record says which clock.
 
 The memory floor of a variant is the bytes of the matrices one forward multiplies (its `streamed_mb`: every
 decoder matrix and the head, in the dtype the variant keeps them; the packed backend keeps the head in fp32)
@@ -33,15 +36,15 @@ from dsi_mpi.io.config import validate
 BUFFER_BYTES = 1 << 30  # the bandwidth probe's buffer: far past any L3
 
 
-def read_bandwidth(rounds: int = 5) -> float:
+def read_bandwidth(rounds: int = 5, clock=time.perf_counter) -> float:
     """Bytes per second one core streams from memory: the best of sum, max and dot over a 1 GiB buffer."""
     buffer = torch.ones(BUFFER_BYTES // 4)
     best = 0.0
     for _ in range(rounds):
         for reduce in (torch.sum, torch.amax, lambda a: torch.dot(a, a)):
-            start = time.perf_counter()
+            start = clock()
             reduce(buffer)
-            best = max(best, BUFFER_BYTES / (time.perf_counter() - start))
+            best = max(best, BUFFER_BYTES / max(clock() - start, 1e-9))
     return best
 
 
@@ -63,7 +66,7 @@ def build(model: str, variant: str, capacity: int):
     )
 
 
-def time_variants(runners: dict, context: int, tokens: list[int], rounds: int) -> dict:
+def time_variants(runners: dict, context: int, tokens: list[int], rounds: int, clock=time.perf_counter) -> dict:
     """Median seconds of a forward of n new tokens after `context` cached ones, per (variant, n)."""
     for runner in runners.values():
         runner.forward(list(range(100, 100 + context)), 1)
@@ -72,9 +75,9 @@ def time_variants(runners: dict, context: int, tokens: list[int], rounds: int) -
         for variant, runner in runners.items():
             for n in tokens:
                 runner.crop(context)
-                start = time.perf_counter()
+                start = clock()
                 runner.forward(list(range(200, 200 + n)), n)
-                seconds[(variant, n)].append(time.perf_counter() - start)
+                seconds[(variant, n)].append(clock() - start)
     return {key: statistics.median(values[2:]) for key, values in seconds.items()}
 
 
@@ -86,15 +89,19 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=["eager:float32", "packed:float32", "packed:bfloat16"])
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--json", help="also write the JSON record here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bandwidth = read_bandwidth()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    bandwidth = read_bandwidth(clock=clock)
     runners = {v: build(args.model, v, args.context + max(args.tokens) + 8) for v in args.variants}
-    median = time_variants(runners, args.context, args.tokens, args.rounds)
+    median = time_variants(runners, args.context, args.tokens, args.rounds, clock)
     facts = cpu_facts()
     print(f"CPU: {facts['model']}; flags {', '.join(facts['flags'])}; native bf16: {facts['native_bf16']}")
-    print(f"one core's streaming read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} thread(s)\n")
+    print(
+        f"one core's streaming read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} thread(s), {args.clock} clock\n"
+    )
     sizes = " | ".join(f"T({n})/T({args.tokens[0]})" for n in args.tokens[1:])
     print(f"| variant | kernels | T({args.tokens[0]}) ms | {sizes} | floor ms | T({args.tokens[0]}) / floor |")
     print("|" + " --- |" * (len(args.tokens) + 4))
@@ -115,6 +122,7 @@ def main(argv=None) -> int:
     record = {
         "model": args.model,
         "threads": args.threads,
+        "clock": args.clock,
         "context": args.context,
         "cpu": facts,
         "bandwidth_gb_s": round(bandwidth / 1e9, 2),

@@ -235,7 +235,12 @@ def _serve(cfg: Config, channel, runner, place: Place, world_rank: int) -> None:
         return
     from dsi_mpi.decoding.verifier import Verifier
 
-    assistant = _lazy_assistant(cfg, place.node_rank) if "hf_assisted" in cfg.decoding.algorithms else None
+    hf_assisted = "hf_assisted" in cfg.decoding.algorithms
+    assistant = (
+        _lazy_assistant(cfg, place.node_rank, runner.compile_info.get("dtype", cfg.models.dtype))
+        if hf_assisted
+        else None
+    )
     Verifier(channel, runner, assistant, rule, fault_rank=world_rank).serve()
 
 
@@ -283,17 +288,17 @@ def _feed(cfg: Config, session, place: Place, infos, metadata: dict, offsets, po
     return feed
 
 
-def _lazy_assistant(cfg: Config, node_rank: int):
+def _lazy_assistant(cfg: Config, node_rank: int, dtype: str):
     """hf_assisted needs the drafter next to the target; load it on first use only (its runner: the model, and
     for a drafter of another vocabulary the two tokenizers Hugging Face's generate then takes). Hugging Face's
-    generate runs eager."""
+    generate runs eager, in `dtype`, the dtype the target runs (models.dtype = "auto" resolves per backend)."""
     cache = {}
 
     def factory():
         if "runner" not in cache:
             from dsi_mpi.backends.loading import build_runner
 
-            cache["runner"] = build_runner("drafter", cfg.replace("models", backend="eager"), node_rank)
+            cache["runner"] = build_runner("drafter", cfg.replace("models", backend="eager", dtype=dtype), node_rank)
         return cache["runner"]
 
     return factory

@@ -1,10 +1,12 @@
 """What this CPU is and what it computes fast: the facts that choose the packed backend's dtype.
 
-Why: bf16 halves the bytes a forward streams, which on a CPU core is most of its time, but only where the
-core multiplies bf16 natively (AVX512_BF16 on AMD Zen 4 and Intel Cooper Lake and later, AMX on Sapphire
-Rapids and later). Elsewhere oneDNN emulates bf16 and it is several times slower than fp32 (measured on an
-Intel Ice Lake core without AVX512_BF16: `analysis/forward_cost.py`). So `models.dtype = "auto"` takes bf16
-only where these flags say so, and every run records the CPU model and flags with its figures.
+Why: bf16 halves the bytes a forward streams, which on a CPU core is most of its time. Hugging Face eager and
+oneDNN multiply bf16 fast only where the core does it natively (AVX512_BF16 on AMD Zen 4 and Intel Cooper Lake
+and later, AMX on Sapphire Rapids and later); elsewhere they emulate it, several times slower than fp32
+(measured on an Intel Ice Lake core without AVX512_BF16: `analysis/forward_cost.py`). The packed backend's own
+kernels widen bf16 weights to fp32 in registers and need no such instructions. So `models.dtype = "auto"`
+takes bf16 where those kernels run the model or these flags say so, and every run records the CPU model and
+flags with its figures.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ def cpu_facts(cpuinfo: str | None = None) -> dict:
     }
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """models.dtype as run: "auto" is bfloat16 where products in it are native (a CPU with BF16_FLAGS, a GPU
-    that supports it), else float32; any other value is taken as it is."""
+def resolve_dtype(dtype: str, device: str, own_kernels: bool = False) -> str:
+    """models.dtype as run: "auto" is bfloat16 where products in it are fast (the packed backend's own kernels,
+    `own_kernels`, which widen bf16 weights in registers on any CPU; a CPU with BF16_FLAGS; a GPU that supports
+    it), else float32; any other value is taken as it is."""
     if dtype != "auto":
         return dtype
     if device == "cuda":
         import torch
 
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_facts()["native_bf16"] else "float32"
+    return "bfloat16" if own_kernels or cpu_facts()["native_bf16"] else "float32"

@@ -23,9 +23,60 @@ typedef uint16_t h16 __attribute__((vector_size(32)));
 typedef uint32_t u16 __attribute__((vector_size(64)));
 
 #define LANES 16
-#define PREFETCH 128 /* elements ahead of the current weight load */
+#ifndef LOCALITY
+#define LOCALITY 3
+#endif
+#ifndef PREFETCH
+#define PREFETCH 1024 /* elements ahead in the packed weight stream; every cache line is prefetched */
+#endif
 
 static inline v16 load_f32(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+/* e^x for 16 floats: 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 (ln 2 in two parts, so r is exact to
+   float precision), e^r (|r| <= ln(2)/2) by its degree-7 Taylor polynomial; x clamped to the floats' range. */
+static inline v16 select16(i16 mask, v16 a, v16 b) { /* a where mask, else b */
+    i16 ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    i16 r = (ai & mask) | (bi & ~mask);
+    v16 out; memcpy(&out, &r, sizeof out); return out;
+}
+
+static inline v16 exp16(v16 x) {
+    const v16 zero = {0}, lo = zero - 87.3f, hi = zero + 88.7f;
+    x = select16(x < lo, lo, x);
+    x = select16(x > hi, hi, x);
+    v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23) */
+    v16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    v16 p = r * (1.0f / 5040) + (1.0f / 720);
+    p = p * r + (1.0f / 120);
+    p = p * r + (1.0f / 24);
+    p = p * r + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+    v16 scale; memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* e^a[t] in place for t < count, 16 at a time (the last chunk through a padded copy): each element's value
+   depends on itself only. */
+static void exp_inplace(float *a, int count) {
+    int t = 0;
+    for (; t + LANES <= count; t += LANES) {
+        v16 v = exp16(load_f32(a + t));
+        memcpy(a + t, &v, sizeof v);
+    }
+    if (t < count) {
+        float tail[LANES] = {0};
+        memcpy(tail, a + t, sizeof(float) * (count - t));
+        v16 v = exp16(load_f32(tail));
+        memcpy(a + t, &v, sizeof(float) * (count - t));
+    }
+}
 
 static inline v16 load_bf16(const uint16_t *p) {
     h16 h; memcpy(&h, p, sizeof h);
@@ -33,74 +84,79 @@ static inline v16 load_bf16(const uint16_t *p) {
     v16 v; memcpy(&v, &u, sizeof v); return v;
 }
 
-static inline float widen_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-
 static inline float hsum(v16 a) { /* a fixed tree: the same order for every output */
     v8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
     v4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
-/* Up to ROWS input rows against NB weight rows n0..n0+nb-1 (nb <= NB; missing rows repeat the last one and
-   are not stored). */
+/* The weights are packed at load (dsi_mpi/backends/packed_linear.py, `pack_rows`) into blocks of NB rows, each
+   block stored as its rows' 16-wide chunks interleaved: [block][chunk][row in block][16 lanes], K padded with
+   zeros to a multiple of 16 and N to a multiple of NB. A pass over the weights is then one sequential stream,
+   which the hardware prefetcher follows at full speed. Up to ROWS input rows share each pass. */
+#ifndef NB
 #define NB 4
-#define BLOCK(ROWS, WT, LOAD, WIDEN)                                                                       \
-    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *bias, float *y, int N, \
-                                    int n0, int nb) {                                                      \
+#endif
+#define BLOCK(ROWS, WT, LOAD)                                                                              \
+    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *bias, float *y,        \
+                                    int N, int n0) {                                                        \
         v16 acc[ROWS][NB];                                                                                 \
         memset(acc, 0, sizeof acc);                                                                        \
-        const WT *rows[NB];                                                                                \
-        for (int b = 0; b < NB; b++) rows[b] = w + (size_t)(n0 + (b < nb ? b : nb - 1)) * K;               \
-        int k = 0;                                                                                         \
-        for (; k + LANES <= K; k += LANES) {                                                               \
+        const WT *chunk = w + (size_t)n0 * K;                                                              \
+        for (int k = 0; k < K; k += LANES, chunk += NB * LANES) {                                          \
             v16 wv[NB];                                                                                    \
             for (int b = 0; b < NB; b++) {                                                                 \
-                __builtin_prefetch(rows[b] + k + PREFETCH);                                                \
-                wv[b] = LOAD(rows[b] + k);                                                                 \
+                __builtin_prefetch(chunk + PREFETCH + b * LANES, 0, LOCALITY);                             \
+                wv[b] = LOAD(chunk + b * LANES);                                                           \
             }                                                                                              \
             for (int r = 0; r < ROWS; r++) {                                                               \
                 v16 xv = load_f32(x + (size_t)r * K + k);                                                  \
                 for (int b = 0; b < NB; b++) acc[r][b] += xv * wv[b];                                      \
             }                                                                                              \
         }                                                                                                  \
+        int nb = N - n0 < NB ? N - n0 : NB;                                                                \
         for (int r = 0; r < ROWS; r++)                                                                     \
             for (int b = 0; b < nb; b++) {                                                                 \
                 float s = hsum(acc[r][b]);                                                                 \
-                for (int t = k; t < K; t++) s += x[(size_t)r * K + t] * WIDEN(rows[b][t]);                 \
                 y[(size_t)r * N + n0 + b] = bias ? s + bias[n0 + b] : s;                                   \
             }                                                                                              \
     }
 
-#define SAME(v) (v)
-BLOCK(1, float, load_f32, SAME)
-BLOCK(2, float, load_f32, SAME)
-BLOCK(3, float, load_f32, SAME)
-BLOCK(4, float, load_f32, SAME)
-BLOCK(1, uint16_t, load_bf16, widen_bf16)
-BLOCK(2, uint16_t, load_bf16, widen_bf16)
-BLOCK(3, uint16_t, load_bf16, widen_bf16)
-BLOCK(4, uint16_t, load_bf16, widen_bf16)
+#define BLOCKS(WT, LOAD)                                                                                   \
+    BLOCK(1, WT, LOAD) BLOCK(2, WT, LOAD) BLOCK(3, WT, LOAD) BLOCK(4, WT, LOAD)                            \
+    BLOCK(5, WT, LOAD) BLOCK(6, WT, LOAD) BLOCK(7, WT, LOAD) BLOCK(8, WT, LOAD)
+BLOCKS(float, load_f32)
+BLOCKS(uint16_t, load_bf16)
 
-/* y (M x N) = x (M x K) w^T (+ bias): w is N x K, row-major. */
+#ifndef ROWS
+#define ROWS 8 /* input rows per pass over a block of weight rows */
+#endif
+
+/* y (M x N) = x (M x K) w^T (+ bias), w packed as above; K a multiple of 16 (the caller pads x). */
 #define LINEAR(NAME, WT)                                                                                   \
     void NAME(const float *x, int M, int K, const WT *w, int N, const float *bias, float *y) {             \
-        for (int n0 = 0; n0 < N; n0 += NB) {                                                               \
-            int nb = N - n0 < NB ? N - n0 : NB;                                                            \
-            for (int m0 = 0; m0 < M; m0 += 4) {                                                            \
+        for (int n0 = 0; n0 < N; n0 += NB)                                                                 \
+            for (int m0 = 0; m0 < M; m0 += ROWS) {                                                         \
                 const float *xm = x + (size_t)m0 * K;                                                      \
                 float *ym = y + (size_t)m0 * N;                                                            \
-                switch (M - m0 < 4 ? M - m0 : 4) {                                                         \
-                case 4: block_4_##WT(xm, K, w, bias, ym, N, n0, nb); break;                                \
-                case 3: block_3_##WT(xm, K, w, bias, ym, N, n0, nb); break;                                \
-                case 2: block_2_##WT(xm, K, w, bias, ym, N, n0, nb); break;                                \
-                default: block_1_##WT(xm, K, w, bias, ym, N, n0, nb);                                      \
+                switch (M - m0 < ROWS ? M - m0 : ROWS) {                                                   \
+                case 8: block_8_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 7: block_7_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 6: block_6_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 5: block_5_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 4: block_4_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 3: block_3_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                case 2: block_2_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
+                default: block_1_##WT(xm, K, w, bias, ym, N, n0);                                          \
                 }                                                                                          \
             }                                                                                              \
-        }                                                                                                  \
     }
 
 LINEAR(dsi_linear_f32, float)
 LINEAR(dsi_linear_bf16, uint16_t)
+
+/* Returns NB, the rows per block the weights must be packed in. */
+int dsi_linear_block_rows(void) { return NB; }
 
 static inline float dot(const float *a, const float *b, int d) {
     v16 acc = {0};
@@ -129,11 +185,10 @@ void dsi_attention(const float *q, int n, int H, int KVH, int d, const float *ke
                 scores[j] = dot(qh, kh + (size_t)j * d, d) * scale;
                 top = scores[j] > top ? scores[j] : top;
             }
+            for (int j = 0; j < visible; j++) scores[j] -= top;
+            exp_inplace(scores, visible);
             float total = 0.0f;
-            for (int j = 0; j < visible; j++) {
-                scores[j] = expf(scores[j] - top);
-                total += scores[j];
-            }
+            for (int j = 0; j < visible; j++) total += scores[j];
             float *o = out + ((size_t)i * H + h) * d;
             for (int t = 0; t < d; t++) o[t] = 0.0f;
             for (int j = 0; j < visible; j++) {
@@ -142,5 +197,52 @@ void dsi_attention(const float *q, int n, int H, int KVH, int d, const float *ke
                 for (int t = 0; t < d; t++) o[t] += p * v[t];
             }
         }
+    }
+}
+
+/* x += delta (when delta is not NULL), then out = weight * x / sqrt(mean(x^2) + eps), row by row: Llama's
+   RMSNorm after a residual add, in fp32. */
+void dsi_add_rms_norm(float *x, const float *delta, int rows, int width, const float *weight, float eps, float *out) {
+    for (int r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * width;
+        float *o = out + (size_t)r * width;
+        if (delta)
+            for (int t = 0; t < width; t++) xr[t] += delta[(size_t)r * width + t];
+        float squares = dot(xr, xr, width);
+        float scale = 1.0f / sqrtf(squares / (float)width + eps);
+        for (int t = 0; t < width; t++) o[t] = weight[t] * (xr[t] * scale);
+    }
+}
+
+/* One block's query/key/value rows (n x (H + 2 KV) x d): rotate the query and key heads of row i by the
+   rotary tables at position start + i (cos, sin: one row of d per position; Llama's rotate-half form), write
+   the queries to q_out (n x H x d) and the keys and values into the caches at positions start.. (KV x cap x d). */
+void dsi_rope_cache(const float *qkv, int n, int H, int KV, int d, const float *cos_table, const float *sin_table,
+                    int start, float *keys, float *values, int cap, float *q_out) {
+    int half = d / 2, stride = (H + 2 * KV) * d;
+    for (int i = 0; i < n; i++) {
+        const float *row = qkv + (size_t)i * stride;
+        const float *c = cos_table + (size_t)(start + i) * d, *s = sin_table + (size_t)(start + i) * d;
+        for (int h = 0; h < H + KV; h++) {
+            const float *in = row + (size_t)h * d;
+            float *dst = h < H ? q_out + ((size_t)i * H + h) * d : keys + ((size_t)(h - H) * cap + start + i) * d;
+            for (int t = 0; t < half; t++) {
+                dst[t] = in[t] * c[t] - in[t + half] * s[t];
+                dst[t + half] = in[t + half] * c[t + half] + in[t] * s[t + half];
+            }
+        }
+        for (int g = 0; g < KV; g++)
+            memcpy(values + ((size_t)g * cap + start + i) * d, row + (size_t)(H + KV + g) * d, sizeof(float) * d);
+    }
+}
+
+/* out[r][j] = silu(g) * u for the gate g = gate_up[r][j] and up u = gate_up[r][ffn + j]. */
+void dsi_silu_mul(const float *gate_up, int rows, int ffn, float *out) {
+    for (int r = 0; r < rows; r++) {
+        const float *gate = gate_up + (size_t)r * 2 * ffn, *up = gate + ffn;
+        float *o = out + (size_t)r * ffn;
+        for (int j = 0; j < ffn; j++) o[j] = -gate[j];
+        exp_inplace(o, ffn);
+        for (int j = 0; j < ffn; j++) o[j] = gate[j] / (1.0f + o[j]) * up[j];
     }
 }

@@ -126,13 +126,13 @@ def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: 
     return TLIDrafter(_hf_runner(name, "drafter", models, local_rank, capacity=capacity * TEXT_GROWTH), vocab_map)
 
 
-def _load_model(name: str, role: str, models: ModelsConfig, device, random_weights: bool):
+def _load_model(name: str, role: str, dtype_name: str, device, random_weights: bool):
     """from_pretrained; or, for EMULATED ACCEPTANCE (weights do not matter), the config's architecture with
     random weights, built on the device (a 7B model needs no weights file and no host copy)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    dtype = getattr(torch, resolve_dtype(models.dtype, device.type))
+    dtype = getattr(torch, dtype_name)
     if not random_weights:
         return load_or_explain(AutoModelForCausalLM.from_pretrained, name, role, dtype=dtype)
     config = load_or_explain(AutoConfig.from_pretrained, name, role)
@@ -154,10 +154,18 @@ def _hf_runner(
     hf_logging.disable_progress_bar()
     name = resolve_model_path(name, role)
     device = pick_device(models.device, local_rank)
-    model = _load_model(name, role, models, device, random_weights)
+    backend = _backend_for(models.backend, device)
+    deferred = models.dtype == "auto" and backend == "packed"  # decided on the loaded model (_auto_dtype)
+    model = _load_model(
+        name, role, "float32" if deferred else resolve_dtype(models.dtype, device.type), device, random_weights
+    )
     if truncate:
         truncate_layers(model, truncate)
     head_tokens = restrict_drafter_head(model, name) if role == "drafter" and not random_weights else None
+    if deferred:
+        import torch
+
+        model.to(getattr(torch, _auto_dtype(model, device)))
     model.to(device)
     runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models)
     runner.compile_info.update(dtype=str(model.dtype).removeprefix("torch."), requested=models.backend)
@@ -195,6 +203,19 @@ def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models
         raise ConfigError(f"{role} model {name!r} is not supported: {err}") from None
     runner.compile_info = {"backend": "eager", "fallback": fallback} if fallback else {"backend": "eager"}
     return runner
+
+
+def _auto_dtype(model, device) -> str:
+    """models.dtype = "auto" on the packed backend: bf16 where its own kernels will run the model (they widen bf16
+    weights in registers, so the halved bytes pay on any CPU: SmolLM2-135M 1.6x faster than fp32 on a core
+    without native bf16, analysis/forward_cost.py), else as cpu.resolve_dtype says."""
+    import torch
+
+    from dsi_mpi.backends import native
+    from dsi_mpi.backends.packed import packable
+
+    own = packable(model) is None and torch.get_num_threads() == 1 and native.load()[0] is not None
+    return resolve_dtype("auto", device.type, own_kernels=own)
 
 
 def _backend_for(requested: str, device) -> str:

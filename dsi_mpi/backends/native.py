@@ -29,7 +29,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
 class Kernels:
-    """The loaded library: `linear(dtype)` and `attention`, with C signatures set."""
+    """The loaded library's functions, with their C signatures set."""
 
     def __init__(self, lib: ctypes.CDLL, info: dict):
         self.info = info
@@ -38,6 +38,14 @@ class Kernels:
             getattr(lib, name).restype = None
         lib.dsi_attention.argtypes = [_P, _I, _I, _I, _I, _P, _P, _I, _I, _F, _P, _P]
         lib.dsi_attention.restype = None
+        lib.dsi_linear_block_rows.restype = _I
+        self.block_rows = int(lib.dsi_linear_block_rows())  # the weights' packing (packed_linear.pack_rows)
+        lib.dsi_add_rms_norm.argtypes = [_P, _P, _I, _I, _P, _F, _P]
+        lib.dsi_rope_cache.argtypes = [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _I, _P]
+        lib.dsi_silu_mul.argtypes = [_P, _I, _I, _P]
+        for fn in (lib.dsi_add_rms_norm, lib.dsi_rope_cache, lib.dsi_silu_mul):
+            fn.restype = None
+        self.add_rms_norm, self.rope_cache, self.silu_mul = lib.dsi_add_rms_norm, lib.dsi_rope_cache, lib.dsi_silu_mul
         self.linear_f32, self.linear_bf16, self.attention = lib.dsi_linear_f32, lib.dsi_linear_bf16, lib.dsi_attention
 
 

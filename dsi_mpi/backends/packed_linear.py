@@ -6,15 +6,19 @@ is a matrix-vector product that streams the weight once, but a product of severa
 into the kernel's blocked layout on every call: on one core of an AMD EPYC a SmolLM2-135M forward of 2 tokens
 took 1.5x one token in fp32 (../shared/notes/PLATFORM.md). Two ways around it, in order of preference:
 
-- `NativeLinear`: the project's own kernel (kernels.c, built by native.py) streams each weight row once for all
-  rows, keeps bf16 weights bf16 in memory on any CPU (widened in registers), and sums every output in the same
-  order whatever the rows: batch invariant. Single-threaded (models.threads = 1, the usual one rank per core).
+- `NativeLinear`: the project's own kernel (kernels.c, built by native.py) streams the weights once for all
+  rows (packed at load into one sequential stream, every cache line prefetched), keeps bf16 weights bf16 in
+  memory on any CPU (widened in registers), and sums every output in the same order whatever the rows: batch
+  invariant. Single-threaded (models.threads = 1, the usual one rank per core). Measured on one Intel Ice Lake
+  core (CPU time, SmolLM2-135M's matrices): fp32 50 ms at 1 row, 52 at 5, 57 at 8 (MKL's plain products: 49,
+  103, 129); bf16 weights 28 ms at 1 row, 30 at 5.
 - `OneDnnLinear`: weights packed once, at load, for oneDNN (no repacking per call), with the plain weight for
   the narrow products where MKL's plain kernel is faster (measured on an Intel Ice Lake core: 47 ms against
   56 ms for SmolLM2's matrices in fp32 at 1 row; on the AMD core the plain fp32 head took 14.9 ms at 1 row
   against 3.5 ms packed). `choose_plain_rows` times both at load, for widths 1, 2, ... until packed wins, on
   enough of the model's matrices to stream them from memory as a forward does. Used with more than one thread,
-  or where the kernels cannot be built.
+  or where the kernels cannot be built; fp32 only (oneDNN multiplies bf16 weights by bf16 inputs, and the packed
+  backend keeps activations fp32: bf16 weights without the own kernels run eager).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+LANES = 16  # kernels.c's vector width in floats
 PACK_ROWS = 8  # oneDNN's layout hint (rows expected per call): 4-16 measured alike, 1 slower past 1 row
 MAX_ROWS = 16  # widths timed at load; wider products (prefills) always run packed
 MARGIN = 0.05  # plain products must beat packed ones by this much for a width
@@ -36,45 +41,56 @@ def packing_available() -> bool:
 
 
 class NativeLinear:
-    """The project's kernel over a contiguous fp32 or bf16 weight (see the module docstring)."""
+    """The project's kernel (see the module docstring) over a weight packed at load by `pack_rows`."""
 
-    __slots__ = ("weight", "bias", "_run")
+    __slots__ = ("weight", "bias", "rows", "width", "_run")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, kernels):
-        self.weight = weight.detach().to(dtype).contiguous()
+        self.rows, self.width = (int(n) for n in weight.shape)
+        self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._run = kernels.linear_bf16 if dtype == torch.bfloat16 else kernels.linear_f32
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows, width = x.shape
-        out = torch.empty(rows, self.weight.shape[0])
+        if self.width % LANES:
+            x = F.pad(x, (0, LANES - self.width % LANES))
+        rows = x.shape[0]
+        out = torch.empty(rows, self.rows)
         bias = None if self.bias is None else self.bias.data_ptr()
-        self._run(x.data_ptr(), rows, width, self.weight.data_ptr(), self.weight.shape[0], bias, out.data_ptr())
+        self._run(x.data_ptr(), rows, x.shape[1], self.weight.data_ptr(), self.rows, bias, out.data_ptr())
         return out
 
 
+def pack_rows(weight: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """The layout kernels.c reads: blocks of `block_rows` rows, each stored as its rows' LANES-wide chunks
+    interleaved ([block][chunk][row][lane]), zero-padded to whole blocks and chunks: one pass over the
+    weights is one sequential stream."""
+    rows, width = weight.shape
+    padded = F.pad(weight, (0, -width % LANES, 0, -rows % block_rows))
+    blocks = padded.view(-1, block_rows, padded.shape[1] // LANES, LANES)
+    return blocks.permute(0, 2, 1, 3).contiguous()
+
+
 class OneDnnLinear:
-    """W packed for oneDNN; the widths in `plain_rows` through the plain W instead (set by `choose_plain_rows`;
-    the plain W is dropped when no width uses it). bf16 weights take bf16 inputs: x is cast there and back."""
+    """An fp32 W packed for oneDNN; the widths in `plain_rows` through the plain W instead (set by
+    `choose_plain_rows`; the plain W is dropped when no width uses it)."""
 
-    __slots__ = ("packed", "plain", "bias", "plain_rows", "dtype")
+    __slots__ = ("packed", "plain", "bias", "plain_rows")
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
-        weight = weight.detach().to(dtype).contiguous()
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        weight = weight.detach().float().contiguous()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
         self.plain: torch.Tensor | None = weight
-        self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
         self.plain_rows: frozenset[int] = frozenset()
-        self.dtype = dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, "plain" if x.shape[0] in self.plain_rows else "packed")
 
     def run(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
-        x = x.to(self.dtype)
         if kernel == "plain":
-            return F.linear(x, self.plain, self.bias).float()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "").float()
+            return F.linear(x, self.plain, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def use_plain_for(self, rows: frozenset[int]) -> None:
         self.plain_rows = rows

@@ -52,9 +52,9 @@ KEYS: tuple[Key, ...] = (
             "dtype",
             str,
             "float32",
-            'float32, bfloat16, float16, or "auto": bfloat16 where products in it are native (a CPU with '
-            "avx512_bf16 or amx_bf16, a GPU that supports it), else float32 (the dtype run is recorded in "
-            "`backends`; docs/lossless.md: Lossless in bf16)",
+            'float32, bfloat16, float16, or "auto": bfloat16 where products in it are fast (the packed backend\'s '
+            "own kernels, on any CPU; a CPU with avx512_bf16 or amx_bf16; a GPU that supports it), else float32 "
+            "(the dtype run is recorded in `backends`; docs/lossless.md: Lossless in bf16)",
         ),
         ("device", str, "cpu", '"cpu", or "cuda" (one GPU per rank, chosen by the node-local rank)'),
         ("threads", int, 1, "torch threads per rank (1 is right when ranks share cores)"),

@@ -1,0 +1,91 @@
+"""The packed backend's small steps between its products, two ways with one interface: the project's C kernels
+(`NativeOps`, one call per step: a step of torch operations costs 5-10 us per operation on a CPU, 40 us for an
+RMSNorm, and they added up to a third of a SmolLM2 step), or torch (`TorchOps`, where the kernels are not used).
+
+The steps, for a block of n tokens at positions start..start+n-1 of layer `index`:
+- add_norm(x, delta, weight): x += delta (unless None), then Llama's RMSNorm of x; x is (n, hidden) fp32.
+- rope_cache(qkv, index, start): rotate the block's queries and keys, write keys and values into the cache;
+  returns the queries, (n, heads, head_dim).
+- attention(q, index, start): causal attention over the cache; returns (n, heads * head_dim).
+- silu_mul(gate_up): SiLU(gate) * up of the fused product's two halves.
+The native steps compute each row on its own, the same way whatever n is (batch invariance, kernels.c).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class NativeOps:
+    def __init__(self, runner, kernels):
+        self.runner, self.k = runner, kernels
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        d = None if delta is None else delta.data_ptr()
+        self.k.add_rms_norm(x.data_ptr(), d, x.shape[0], x.shape[1], weight.data_ptr(), self.runner.eps, out.data_ptr())
+        return out
+
+    def rope_cache(self, qkv: torch.Tensor, index: int, start: int) -> torch.Tensor:
+        r = self.runner
+        q = torch.empty(qkv.shape[0], r.heads, r.head_dim)
+        self.k.rope_cache(
+            qkv.data_ptr(), qkv.shape[0], r.heads, r.kv_heads, r.head_dim, r.cos_table.data_ptr(),
+            r.sin_table.data_ptr(), start, r.keys[index].data_ptr(), r.values[index].data_ptr(), r.capacity,
+            q.data_ptr(),
+        )  # fmt: skip
+        return q
+
+    def attention(self, q: torch.Tensor, index: int, start: int) -> torch.Tensor:
+        r = self.runner
+        n = q.shape[0]
+        out = torch.empty(n, r.heads * r.head_dim)
+        self.k.attention(
+            q.data_ptr(), n, r.heads, r.kv_heads, r.head_dim, r.keys[index].data_ptr(), r.values[index].data_ptr(),
+            r.capacity, start, r.scale, out.data_ptr(), r.scores.data_ptr(),
+        )  # fmt: skip
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        ffn = gate_up.shape[1] // 2
+        out = torch.empty(gate_up.shape[0], ffn)
+        self.k.silu_mul(gate_up.data_ptr(), gate_up.shape[0], ffn, out.data_ptr())
+        return out
+
+
+class TorchOps:
+    def __init__(self, runner):
+        self.runner = runner
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+        if delta is not None:
+            x.add_(delta)
+        return weight * (x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(self.runner.eps)))
+
+    def rope_cache(self, qkv: torch.Tensor, index: int, start: int) -> torch.Tensor:
+        r = self.runner
+        n, d, heads, kv = qkv.shape[0], r.head_dim, r.heads, r.kv_heads
+        qk = qkv[:, : (heads + kv) * d].view(n, heads + kv, d)
+        cos, sin = r.cos_table[start : start + n, None], r.sin_table[start : start + n, None]
+        qk = qk * cos + torch.cat((-qk[..., d // 2 :], qk[..., : d // 2]), dim=-1) * sin
+        r.keys[index, :, start : start + n] = qk[:, heads:].transpose(0, 1)
+        r.values[index, :, start : start + n] = qkv[:, (heads + kv) * d :].view(n, kv, d).transpose(0, 1)
+        return qk[:, :heads]
+
+    def attention(self, q: torch.Tensor, index: int, start: int) -> torch.Tensor:
+        r = self.runner
+        n, end = q.shape[0], start + q.shape[0]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            r.keys[index, :, :end][None],
+            r.values[index, :, :end][None],
+            attn_mask=None if n == 1 else r.mask[start:end, :end],
+            scale=r.scale,
+            enable_gqa=r.heads != r.kv_heads,
+        )
+        return out[0].transpose(0, 1).reshape(n, r.heads * r.head_dim)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
