@@ -123,13 +123,12 @@ def latency(folder: Path, device: str, dtype: str, segments: int, steps: int) ->
     import torch
 
     from dsi_mpi.backends.compiled import CompiledRunner
+    from dsi_mpi.backends.cpu import resolve_dtype
     from dsi_mpi.backends.hf import HFRunner
-    from dsi_mpi.backends.loading import _load_model
-    from dsi_mpi.io.config import validate
+    from dsi_mpi.backends.loading import load_model
 
     dev = torch.device(device)
-    models = validate({"models": {"dtype": dtype}}).models
-    model = _load_model(str(folder), "model", models, dev, random_weights=True).eval()
+    model = load_model(str(folder), "model", resolve_dtype(dtype, dev.type), dev, random_weights=True).eval()
     eager = HFRunner(model)
     t0 = time.perf_counter()
     compiled = CompiledRunner(model, capacity=64 + steps, segments=segments, max_bucket=1)

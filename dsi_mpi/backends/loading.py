@@ -126,7 +126,7 @@ def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: 
     return TLIDrafter(_hf_runner(name, "drafter", models, local_rank, capacity=capacity * TEXT_GROWTH), vocab_map)
 
 
-def _load_model(name: str, role: str, dtype_name: str, device, random_weights: bool):
+def load_model(name: str, role: str, dtype_name: str, device, random_weights: bool):
     """from_pretrained; or, for EMULATED ACCEPTANCE (weights do not matter), the config's architecture with
     random weights, built on the device (a 7B model needs no weights file and no host copy)."""
     import torch
@@ -156,7 +156,7 @@ def _hf_runner(
     device = pick_device(models.device, local_rank)
     backend = _backend_for(models.backend, device)
     deferred = models.dtype == "auto" and backend == "packed"  # decided on the loaded model (_auto_dtype)
-    model = _load_model(
+    model = load_model(
         name, role, "float32" if deferred else resolve_dtype(models.dtype, device.type), device, random_weights
     )
     if truncate:
