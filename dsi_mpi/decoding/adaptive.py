@@ -40,6 +40,15 @@ the second times one draft, so d is measured, not its upper bound (with one draf
 SmolLM2 drafter of 6.2 ms per draft was priced at 16.8 ms and never speculated). Meanwhile each task asks the verifier to decode the tokens up to the next
 exploration block by itself (`plain_run`): one message round trip per run instead of one per token. A probe costs at most d + T(2) - T(1) every PROBE_MAX tokens.
 
+With speculation parallelism (dsi with `servers` >= 2 verifiers and the non-SI thread) the rate above is not
+the right price: the non-SI thread keeps the committed text at plain decoding's pace whatever k is, so a
+block's cost is not paid on the critical path; what k must avoid is blocks that queue for a verifier. The rule
+then takes the smallest k whose blocks are formed no faster than the servers verify them,
+servers x k x d >= T(k + 1) (the paper's gate, V >= ceil(1 / (k c)), at the measured T(n); `unqueued_lookahead`).
+Simulated over c 0.05-1, a 0-0.95 and 2-7 verifiers (analysis/sp_grid.py, tests/unit/
+test_speculation_parallelism.py) it is the best fixed k or within a few percent of it, and never slower than
+plain decoding by more than the grid's noise.
+
 How it differs from the anchors:
 * HF `num_assistant_tokens_schedule="heuristic"`: k + 2 after a fully accepted block, k - 1 otherwise,
   never below 1. It reacts to acceptance only, never to latencies, and cannot reach 0: a useless drafter
@@ -62,6 +71,7 @@ PRIOR_ACCEPTANCE, PRIOR_WEIGHT = 0.5, 2.0
 HYSTERESIS = 0.02
 PROBE_MIN, PROBE_MAX = 4, 64
 PROBE_DRAFTS = 2
+QUEUE_SLACK = 0.02  # a k at the gate's edge (servers x k x d = T) counts as unqueued despite measurement noise
 
 
 class Ema:
@@ -83,6 +93,7 @@ class AdaptiveLookahead:
             raise ValueError(policy)
         self.policy = policy
         self.max_lookahead = max_lookahead
+        self.servers = 1  # verifiers taking blocks at once with the non-SI thread running (dsi; set per prompt)
         self.keep = 0.5 ** (1.0 / HALF_LIFE)
         self.accepted, self.compared = PRIOR_ACCEPTANCE * PRIOR_WEIGHT, PRIOR_WEIGHT
         self.draft_s = Ema()  # a draft step that fed one token
@@ -145,8 +156,27 @@ class AdaptiveLookahead:
         drafting = 0.0 if k == 0 else k * d if self.policy == "si" else (1 - a ** (k + 1)) * k * d
         return tokens / max(t + drafting, 1e-12)
 
+    def unqueued_lookahead(self) -> int | None:
+        """With speculation parallelism: the smallest k with servers x k x d >= T(k + 1), blocks formed no
+        faster than the servers verify them (see the module docstring); None: not measured yet, or none is."""
+        d = self.draft_seconds
+        if d is None:
+            return None
+        for k in range(1, self.max_lookahead + 1):
+            t = self.verification_s(k + 1)
+            if t is None:
+                return None
+            if self.servers * k * d >= (1 - QUEUE_SLACK) * t:
+                return k
+        return None
+
     def best(self) -> int:
-        """The k of the highest rate, the current one kept unless another beats it by HYSTERESIS."""
+        """The k of the highest rate, the current one kept unless another beats it by HYSTERESIS; with
+        speculation parallelism the unqueued k (the non-SI thread keeps any k at plain decoding's pace)."""
+        if self.policy == "dsi" and self.servers >= 2:
+            k = self.unqueued_lookahead()
+            if k is not None:
+                return k
         rates = [self.rate(k) for k in range(self.max_lookahead + 1)]
         if any(r is None for r in rates):  # not measured yet
             return self.k

@@ -24,10 +24,10 @@ from dsi_mpi.io.records import Event
 class Judge:
     """Applies one prompt's verification results to its text (see the module docstring)."""
 
-    def __init__(self, state: PromptState, rule, epoch: Callable[[], int], retract: Callable[[bool], None]):
+    def __init__(self, state: PromptState, rule, epoch: Callable[[], int], retract: Callable[[], None]):
         self.p, self.rule = state, rule
         self.epoch = epoch  # the decoder's epoch, for `drafter_has_nothing`
-        self.retract = retract  # retract(nonsi_block): drop all speculation (the decoder's side of it)
+        self.retract = retract  # drop all speculation (the decoder's side of it)
 
     def apply_ready(self) -> None:
         """Apply every block whose result is in, in position order, until one is missing."""
@@ -124,7 +124,7 @@ class Judge:
         p.seq.append(token)
         p.event(Event.REJECT, p.now(), p.now(), value=position)  # the record counts its rejections from these
         self.commit()
-        self.retract(True)
+        self.retract()
 
     def restart(self) -> None:
         """Drop all speculation and go on from the committed text (a safe fallback, never a shortcut)."""
@@ -132,4 +132,4 @@ class Judge:
         p.record.restarts += 1
         del p.seq[p.n_committed :]
         p.deferred = None
-        self.retract(False)
+        self.retract()

@@ -90,7 +90,7 @@ class Stage(Verifier):
     def _run(self, task: dict) -> None:
         self._drain_cancels()
         target, start = self.target, now_us()
-        if task["dropped"] or task["epoch"] < self.min_epoch:  # stale: drop on sight, the cache as it is
+        if task["dropped"] or self._stale(task["epoch"], task["task_id"]):  # stale: drop on sight, the cache as it is
             return self._pass_on(task, protocol.STAGE_DROPPED, start, None)
         if task["base"] > target.cache_len():
             raise protocol.ProtocolError(
@@ -99,7 +99,7 @@ class Stage(Verifier):
             )
         target.crop(task["base"])
         target.incoming = task["hidden"]
-        self.running_epoch = task["epoch"]
+        self.running_epoch, self.running_task = task["epoch"], task["task_id"]
         try:
             if self.last:
                 out = self.rule.verify(target, task["tokens"], task["n_out"], task["extras"], task["key"])
@@ -108,7 +108,7 @@ class Stage(Verifier):
         except TaskCancelled:
             return self._pass_on(task, protocol.STAGE_ABORTED, start, None)
         finally:
-            self.running_epoch = NOT_RUNNING
+            self.running_epoch, self.running_task = NOT_RUNNING, -1
             target.incoming = None
         self._pass_on(task, protocol.STAGE_COMPUTED, start, out)
 

@@ -8,6 +8,7 @@ reply for a stale task is only recorded. The ledger (decoding/tasks.py) has chec
 from __future__ import annotations
 
 from dsi_mpi.decoding.judging import Judge
+from dsi_mpi.decoding.nonsi_thread import NonSIThread
 from dsi_mpi.decoding.prompt_state import PromptState
 from dsi_mpi.decoding.tasks import Task, TaskLedger, split_stage_records
 from dsi_mpi.io.records import Event, Outcome
@@ -17,8 +18,8 @@ from dsi_mpi.mpi import protocol
 class Replies:
     """One prompt's replies (see the module docstring); `sampled`: the acceptance rule samples."""
 
-    def __init__(self, state: PromptState, ledger: TaskLedger, judge: Judge, sampled: bool):
-        self.p, self.ledger, self.judge, self.sampled = state, ledger, judge, sampled
+    def __init__(self, state: PromptState, ledger: TaskLedger, judge: Judge, nonsi: NonSIThread, sampled: bool):
+        self.p, self.ledger, self.judge, self.nonsi, self.sampled = state, ledger, judge, nonsi, sampled
 
     def read_waiting(self) -> bool:
         """Read every reply waiting; whether there was one."""
@@ -64,7 +65,7 @@ class Replies:
 
     def _aborted(self, task: Task, source: int) -> None:
         """A verifier abandoned a task on a CANCEL: only a stale one may be."""
-        if task.epoch == self.ledger.epoch and task.block is not None:
+        if task.epoch == self.ledger.epoch and task.block is not None and not task.cancelled:
             raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
         task.row["outcome"] = Outcome.ABANDONED
 
@@ -84,6 +85,11 @@ class Replies:
             raise protocol.ProtocolError(
                 f"rank {source} returned {len(verdict)} tokens for a block of {len(block.drafts)} drafts"
             )
+        if block.superseded:  # its every position committed meanwhile by the non-SI thread
+            task.row["outcome"] = Outcome.STALE_RESULT
+            return
+        if block.frontier:
+            return self.nonsi.take_result(task, verdict)
         block.result = verdict
         task.row["outcome"] = Outcome.USED
         self.judge.apply_ready()

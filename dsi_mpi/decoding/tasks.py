@@ -1,6 +1,7 @@
 """What the coordinator tracks per block of drafts and per verification task, the row each task leaves in
 the results file's tasks table (dsi_mpi/io/records.py TASK_DTYPE), and the ledger of tasks sent: their
-numbers, their one reply each, the CANCELs that drop stale ones, and the epoch (`TaskLedger`)."""
+numbers, their one reply each, the CANCELs that drop stale ones (all of an older epoch, or one by its
+id), and the epoch (`TaskLedger`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Block:
     task_id: int | None = None  # set once sent
     result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
     plain: int = 0  # > 0: no drafts, the verifier decodes this many tokens itself (adaptive k = 0)
+    frontier: bool = False  # the non-SI thread's block (decoding/nonsi_thread.py)
+    superseded: bool = False  # every position committed by the non-SI thread before its result was read
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Task:
     sequence: list[int]  # the full token sequence the verifier's cache holds when it is done
     block: Block | None  # None for the extra prefills that only warm other verifiers' caches
     row: dict = field(default_factory=dict)
+    cancelled: bool = False  # told to stop by its id (a CANCEL naming it), though of the current epoch
 
 
 def task_row(task: Task, start: int, n_drafts: int, base: int, sent_s: float) -> dict:
@@ -143,6 +147,12 @@ class TaskLedger:
                 told.add(task.verifier)
                 for rank in self.slots.ranks(task.verifier):
                     self.channel.send(rank, protocol.CANCEL, epoch=self.epoch)
+
+    def cancel_task(self, task: Task) -> None:
+        """Tell the verifier of one task of the current epoch to drop it: a CANCEL naming it, to each rank."""
+        task.cancelled = True
+        for rank in self.slots.ranks(task.verifier):
+            self.channel.send(rank, protocol.CANCEL, [task.task_id], epoch=self.epoch)
 
     def waiting_for(self) -> str:
         ranks = self.slots.busy_ranks()

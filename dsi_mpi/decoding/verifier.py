@@ -38,18 +38,25 @@ class Verifier:
         self.rule = rule or Greedy()
         self.assistant_factory = assistant_factory  # loads the drafter here only if hf_assisted runs
         self.min_epoch = 0
+        self.cancelled: set[int] = set()  # tasks cancelled by their ids (a superseded non-SI-thread task)
         self.running_epoch = 1 << 62  # no task running: nothing to cancel
+        self.running_task = -1
         self.faults = FaultPlan(channel.rank if fault_rank is None else fault_rank)  # the world rank
         target.set_layer_callback(self._check_cancel)
 
     def _take_cancel(self, msg) -> None:
         self.min_epoch = max(self.min_epoch, msg.epoch)
+        self.cancelled.update(int(t) for t in msg.payload)
+
+    def _stale(self, epoch: int, task_id: int) -> bool:
+        """A task of an epoch older than the last CANCEL's, or one cancelled by its id."""
+        return epoch < self.min_epoch or task_id in self.cancelled
 
     def _check_cancel(self) -> None:
         got = self.channel.poll(source=0, tag=protocol.CANCEL)
         if got is not None:
             self._take_cancel(got[1])
-        if self.running_epoch < self.min_epoch:
+        if self._stale(self.running_epoch, self.running_task):
             raise TaskCancelled
 
     def serve(self) -> None:
@@ -93,12 +100,12 @@ class Verifier:
             raise protocol.ProtocolError(f"task {msg.task_id}: rank 0 and this rank disagree on sampling vs greedy")
         self.target.crop(msg.base)
         start = now_us()
-        if msg.epoch < self.min_epoch:  # made stale before it started: never run it
+        if self._stale(msg.epoch, msg.task_id):  # made stale before it started: never run it
             self.channel.send(
                 0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=start, **reply
             )
             return
-        self.running_epoch = msg.epoch
+        self.running_epoch, self.running_task = msg.epoch, msg.task_id
         try:
             n_tokens = len(msg.payload) - msg.n_extras
             if msg.plain:
@@ -113,7 +120,7 @@ class Verifier:
             )
             return
         finally:
-            self.running_epoch = 1 << 62
+            self.running_epoch, self.running_task = 1 << 62, -1
         self.channel.send(
             0,
             protocol.RESULT,

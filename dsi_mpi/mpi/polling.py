@@ -68,6 +68,14 @@ class BackoffPoller:
         finally:
             self.idle_s += time.perf_counter() - start
 
+    def wait_briefly(self, poll: Callable[[], T | None], seconds: float) -> T | None:
+        """`poll()`'s first result within `seconds`, else None; spinning: a wait this short is worth a core."""
+        end = time.perf_counter() + seconds
+        while True:
+            result = poll()
+            if result is not None or time.perf_counter() >= end:
+                return result
+
     def complete(self, request, what: str, timeout_s: float | None = None) -> None:
         """Wait for a nonblocking MPI request (anything with `Test()`) to complete, under the watchdog."""
         self.wait_for(lambda: True if request.Test() else None, what, timeout_s)

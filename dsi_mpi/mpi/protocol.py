@@ -10,7 +10,7 @@ MPI tag equal to its kind:
 | TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras, plain     | tokens after `base`, extras |
 | RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us, n_stages | the rule's verdict, stage records |
 | ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us, n_stages | stage records            |
-| CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | (none)                   |
+| CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | task ids also to abandon |
 | BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key, ngram (0: HF default) | prompt tokens |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |

@@ -82,11 +82,19 @@ class SimulatedVerifier:
         self.cache_len = 0
         self.free_at = 0.0
         self.min_epoch = 0
+        self.cancelled: set[int] = set()  # tasks cancelled by their ids
+
+    def _take_cancel(self, fields, payload) -> None:
+        self.min_epoch = max(self.min_epoch, fields["epoch"])
+        self.cancelled.update(int(t) for t in payload)
+
+    def _stale(self, fields) -> bool:
+        return fields["epoch"] < self.min_epoch or fields["task_id"] in self.cancelled
 
     def _take_cancels(self, until: float) -> None:
         """A forward's cancel check: every CANCEL that has arrived by `until` (probed by tag, out of order)."""
         for item in [m for m in self.queue if m[1] == protocol.CANCEL and m[0] <= until]:
-            self.min_epoch = max(self.min_epoch, item[2]["epoch"])
+            self._take_cancel(item[2], item[3])
             self.queue.remove(item)
 
     def _duration(self, fields) -> float:
@@ -131,7 +139,7 @@ class SimulatedVerifier:
                 break
             if kind == protocol.CANCEL:
                 self.queue.popleft()
-                self.min_epoch = max(self.min_epoch, fields["epoch"])
+                self._take_cancel(fields, payload)
                 continue
             if fields["base"] > self.cache_len:
                 raise protocol.ProtocolError(f"task {fields['task_id']} keeps more than verifier {self.rank} holds")
@@ -139,7 +147,7 @@ class SimulatedVerifier:
             reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base, n_stages=0)
             duration, n_checks = self._duration(fields), self._checks(fields)
             stopped = None
-            if fields["epoch"] < self.min_epoch:
+            if self._stale(fields):
                 stopped = start
             else:
                 for i in range(n_checks):
@@ -147,7 +155,7 @@ class SimulatedVerifier:
                     if check > until:
                         break
                     self._take_cancels(check)
-                    if fields["epoch"] < self.min_epoch:
+                    if self._stale(fields):
                         stopped = check
                         break
             if stopped is not None:
@@ -194,6 +202,18 @@ class SimulatedPoller:
             t = self.world.next_time()
             if t is None:
                 raise RuntimeError(f"simulated run stalled while waiting for {what}")
+            self.world.clock.t = max(self.world.clock.t, t)
+
+    def wait_briefly(self, poll, seconds: float):
+        end = self.world.clock.t + seconds
+        while True:
+            result = poll()
+            if result is not None:
+                return result
+            t = self.world.next_time()
+            if t is None or t > end:
+                self.world.clock.t = max(self.world.clock.t, end)
+                return poll()
             self.world.clock.t = max(self.world.clock.t, t)
 
 

@@ -144,11 +144,12 @@ def test_known_cases_where_dsi_is_slower():
 
 
 def test_nonsi_thread_closes_the_gap_to_nonsi():
-    """The coordinator's nonsi_thread: a zero-draft block sent at each rejection is the paper's non-SI
-    thread; it needs a spare verifier, so with one verifier the coordinator (hence the simulator) does not
-    use it. At a = 0 a token then costs Tv, as nonsi, when the drafter idles at the reply, and Tv rounded up
-    to the drafter's next step end when it is busy (c = 0.3, k = 2, V = 2: 1.2 Tv). si has none."""
-    for c, k, V, want in [(0.3, 2, 2, 1.2), (1.0, 2, 3, 1.0), (0.3, 1, 1, 1.3)]:
+    """The coordinator's nonsi_thread: a zero-draft block at the committed frontier whenever no block will
+    tell the target's token there (the paper's non-SI thread, kept running); it needs a spare verifier, so with
+    one verifier the coordinator (hence the simulator) does not use it. At a = 0 a token then costs Tv, as
+    nonsi: the drafter waits for the thread's reply when it is due within its next layer (it used to read it at
+    the step's end: c = 0.3, k = 2, V = 2 cost 1.2 Tv). si has none."""
+    for c, k, V, want in [(0.3, 2, 2, 1.0), (1.0, 2, 3, 1.0), (0.3, 1, 1, 1.3)]:
         lat = S.latencies_from_c(c, 1.0, 1.0)
         run = [S.simulate("dsi", lat, 0.0, k, V, n, trials=1, nonsi_thread=True).mean_latency for n in (100, 101)]
         assert run[1] - run[0] == pytest.approx(want)
