@@ -256,6 +256,7 @@ class SpeculativeDecoder:
         the next dispatch)."""
         self.ledger.epoch += 1
         self._cancel_all()
+        self.nonsi.retracted = True
         self._choose_lookahead()
 
     # ---------------------------------------------------------------- tasks
