@@ -35,7 +35,7 @@ class NonSIThread:
         self.continuous = all(len(ledger.slots.ranks(v)) == 1 for v in state.active)
         self.retracted = False  # the text lost its speculation since the last frontier block went out
         self.block: Block | None = None  # its block in flight
-        self.trip_s: float | None = None  # its last task's time from sending to the verifier's end
+        self.trip_s: float | None = None  # its last task's time from sending to reading its reply
 
     def wanted(self) -> bool:
         """Whether a frontier block should go out now: none is in flight at the committed position, no block
