@@ -21,11 +21,9 @@ from pathlib import Path
 import torch
 
 
-def packed_greedy(model, prompt: list[int], tokens: int) -> list[int]:
-    """Plain greedy decoding on the packed backend (what the job's nonsi does)."""
-    from dsi_mpi.backends.packed import PackedRunner
-
-    runner = PackedRunner(model, (), capacity=len(prompt) + tokens + 1)
+def packed_greedy(runner, prompt: list[int], tokens: int) -> list[int]:
+    """Plain greedy decoding on the packed backend (what the job's nonsi does), from an empty cache."""
+    runner.reset()
     out = [int(runner.greedy(prompt, 1)[-1])]
     while len(out) < tokens:
         out.append(int(runner.greedy([out[-1]], 1)[-1]))
@@ -58,19 +56,25 @@ def main(argv=None) -> int:
 
     from dsi_mpi.backends.cpu import cpu_facts
     from dsi_mpi.backends.near_ties import NEAR_TIE
+    from dsi_mpi.backends.packed import PackedRunner
     from dsi_mpi.io.prompts import load_prompts
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     fp32 = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     bf16 = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).eval()
+    prompts = {p.id: [int(t) for t in tokenizer(p.text)["input_ids"]] for p in load_prompts(args.prompts, args.limit)}
+    runner = PackedRunner(bf16, (), capacity=max(map(len, prompts.values())) + args.tokens + 1)  # packed once
     rows = []
-    for p in load_prompts(args.prompts, args.limit):
-        prompt = [int(t) for t in tokenizer(p.text)["input_ids"]]
-        packed = packed_greedy(bf16, prompt, args.tokens)
+    for prompt_id, prompt in prompts.items():
+        packed = packed_greedy(runner, prompt, args.tokens)
         hf, ref = hf_greedy(bf16, prompt, args.tokens), hf_greedy(fp32, prompt, args.tokens)
         rows.append(
-            dict(prompt=p.id, vs_hf_bf16=compare(fp32, prompt, packed, hf), vs_fp32=compare(fp32, prompt, packed, ref))
+            dict(
+                prompt=prompt_id,
+                vs_hf_bf16=compare(fp32, prompt, packed, hf),
+                vs_fp32=compare(fp32, prompt, packed, ref),
+            )
         )
     for name in ("vs_hf_bf16", "vs_fp32"):
         parted = [r[name] for r in rows if r[name] is not None]

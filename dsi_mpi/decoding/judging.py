@@ -33,9 +33,13 @@ class Judge:
         """Apply every block whose result is in, in position order, until one is missing."""
         p = self.p
         while p.blocks and p.blocks[0].result is not None and not p.done:
-            block, accepted = p.blocks.popleft(), p.record.accepted
-            self.observed(lambda b=block: self.apply(b))
-            p.rows[block.task_id]["accepted"] = p.record.accepted - accepted
+            self.apply_counted(p.blocks.popleft())
+
+    def apply_counted(self, block: Block) -> None:
+        """Apply one block, telling adaptive speculation, and note in its task's row how many drafts stood."""
+        accepted = self.p.record.accepted
+        self.observed(lambda: self.apply(block))
+        self.p.rows[block.task_id]["accepted"] = self.p.record.accepted - accepted
 
     def observed(self, judge: Callable[[], None]) -> None:
         """Run `judge` and tell adaptive speculation how many drafts it compared and accepted."""

@@ -78,9 +78,8 @@ class NonSIThread:
         if block.start != p.n_committed:
             task.row["outcome"] = Outcome.STALE_RESULT
             return
-        block.result, task.row["outcome"], accepted = verdict, Outcome.USED, p.record.accepted
-        self.judge.observed(lambda: self.judge.apply(block))
-        task.row["accepted"] = p.record.accepted - accepted
+        block.result, task.row["outcome"] = verdict, Outcome.USED
+        self.judge.apply_counted(block)
         self.drop_superseded()
         self.judge.apply_ready()
 
