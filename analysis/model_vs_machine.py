@@ -1,7 +1,7 @@
 """Model versus machine: emulated MPI runs of dsi-mpi against the simulator's prediction.
 
 usage: python -m analysis.model_vs_machine [--out results/model_vs_machine] [--tokens 200] [--prompts 2]
-                                           [--target-tpot 0.03] [--warmup 1] [--quick]
+                                           [--target-tpot 0.03] [--warmup 1] [--quick] [--point C A K V ...]
 
 Every grid point (c, a, k, verifiers; analysis/model_vs_machine_grid.csv, lookahead 0 = adaptive
 speculation) is a real MPI job in LATENCY EMULATION mode (`[models] kind = "emulated"`: forwards are
@@ -196,10 +196,18 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1, choices=(0, 1), help="untimed warm-up prompts")
     parser.add_argument("--target-tpot", type=float, default=0.03)
     parser.add_argument("--quick", action="store_true", help="two grid points only")
+    parser.add_argument(
+        "--point",
+        nargs=4,
+        action="append",
+        metavar=("C", "A", "K", "V"),
+        help="run this point (repeatable), not the grid",
+    )
     args = parser.parse_args(argv)
+    points = [(float(c), float(a), int(k), int(v)) for c, a, k, v in args.point] if args.point else grid(args.quick)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for point in grid(args.quick):
+        for point in points:
             rows.append(run_point(*point, args, Path(tmp)))
             r = summarise([rows[-1]])[0]
             print(

@@ -85,7 +85,7 @@ class SpeculativeDecoder:
         self.p = p = self._prompt_state(policy, prompt, record, run)
         self.judge = Judge(p, self.rule, lambda: self.ledger.epoch, self._retract)
         nonsi = p.policy == "dsi" and run.nonsi_thread and p.capacity >= 2
-        self.nonsi = NonSIThread(p, self.ledger, self.judge, nonsi)
+        self.nonsi = NonSIThread(p, self.ledger, self.judge, nonsi, self.rule.sampled)
         self.replies = Replies(p, self.ledger, self.judge, self.nonsi, self.rule.sampled)
         self.cutter = BlockCutter(p, lambda: self.ledger.epoch, self._choose_lookahead)
         self.drafter.set_layer_callback(self._between_drafter_layers)
@@ -306,7 +306,8 @@ class SpeculativeDecoder:
 
     def _cancel_all(self, after_rejection: bool = True) -> None:
         """Drop every block; queued ones are never sent, in-flight ones are told to stop. A result that
-        arrived early is stale now. A prefill of the unchanged prompt is left running after a rejection."""
+        arrived early is stale now. A prefill of the unchanged prompt, and the non-SI thread's stream, which
+        decode the committed text, are left running after a rejection."""
         p = self.p
         now = p.now()
         for block in p.blocks:
@@ -321,6 +322,7 @@ class SpeculativeDecoder:
             if task.epoch < self.ledger.epoch
             and task.task_id not in p.pending_cancels
             and not (task.block is None and after_rejection)
+            and not (self.nonsi.holds(task) and after_rejection)
         ]
         self.ledger.cancel(stale)
         for task in stale:
@@ -347,6 +349,7 @@ class SpeculativeDecoder:
         record.tokens = [int(t) for t in p.seq[p.n_prompt : p.n_committed]]
         self.ledger.epoch += 1
         self._cancel_all(after_rejection=False)
+        self.nonsi.stop()
 
         def drained():
             while self.ledger.inflight and self.replies.read_one():

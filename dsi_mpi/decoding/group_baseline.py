@@ -27,7 +27,9 @@ def nonsi_on_group(
     seq, base, t0 = list(prompt), 0, time.perf_counter()
     while len(record.tokens) < run.max_new_tokens:
         task_id = ledger.new_task_id()
-        fields = dict(task_id=task_id, epoch=ledger.epoch, base=base, n_out=1, key=run.key, n_extras=0, plain=0)
+        fields = dict(
+            task_id=task_id, epoch=ledger.epoch, base=base, n_out=1, key=run.key, n_extras=0, plain=0, stream=0
+        )
         channel.send(ranks[0], protocol.TASK, seq[base:], **fields)
         source, msg = channel.receive(f"nonsi results from rank {ranks[-1]}", source=ranks[-1], tag=protocol.RESULT)
         if msg.task_id != task_id:

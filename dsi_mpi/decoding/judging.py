@@ -36,10 +36,11 @@ class Judge:
             self.apply_counted(p.blocks.popleft())
 
     def apply_counted(self, block: Block) -> None:
-        """Apply one block, telling adaptive speculation, and note in its task's row how many drafts stood."""
-        accepted = self.p.record.accepted
+        """Apply one block, telling adaptive speculation, and add to its task's row how many drafts stood (a
+        stream's task applies one block per token)."""
+        accepted, row = self.p.record.accepted, self.p.rows[block.task_id]
         self.observed(lambda: self.apply(block))
-        self.p.rows[block.task_id]["accepted"] = self.p.record.accepted - accepted
+        row["accepted"] = max(row["accepted"], 0) + self.p.record.accepted - accepted
 
     def observed(self, judge: Callable[[], None]) -> None:
         """Run `judge` and tell adaptive speculation how many drafts it compared and accepted."""

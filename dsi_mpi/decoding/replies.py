@@ -2,7 +2,8 @@
 into its task's row and the timeline (with the per-stage records of a pipelined group), it closes the
 cancellation a rejection opened, a verification's round trip goes to adaptive speculation, and a result of
 the current epoch is handed to the judge (decoding/judging.py), which applies whatever it makes ready. A
-reply for a stale task is only recorded. The ledger (decoding/tasks.py) has checked it against what was sent.
+reply for a stale task is only recorded. A STREAMED token goes to the non-SI thread (nonsi_thread.py). The
+ledger (decoding/tasks.py) has checked each against what was sent.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Replies:
         if reply is None:
             return None
         task, source, msg = reply
+        if msg.kind == protocol.STREAMED:  # one of the non-SI thread's tokens; its task stays in flight
+            self.nonsi.take_streamed(task, msg, self.ledger.verifier_time(source, msg.end_us, self.p.t0))
+            return True
         verdict = self._record_reply(task, source, msg)
         if msg.kind == protocol.ABORTED:
             self._aborted(task, source)
@@ -58,6 +62,8 @@ class Replies:
             p.record.cancellations.append(cancel.row())
         if msg.kind == protocol.RESULT:
             task.row.update(computed=msg.computed, reused=msg.reused)
+        elif task.block is not None and task.block.stream:  # stopped after its tokens so far: what it computed
+            task.row.update(computed=msg.cache_len - task.row["base"], reused=task.row["base"])
         if not msg.n_stages:
             kind, value = (Event.VERIFY, msg.computed) if msg.kind == protocol.RESULT else (Event.VERIFY_ABORTED, 0)
             p.event(kind, start, end, task.task_id, value, rank=source)
@@ -67,11 +73,14 @@ class Replies:
         """A verifier abandoned a task on a CANCEL: only a stale one may be."""
         if task.epoch == self.ledger.epoch and task.block is not None and not task.cancelled:
             raise protocol.ProtocolError(f"rank {source} aborted task {task.task_id}, which was not cancelled")
-        task.row["outcome"] = Outcome.ABANDONED
+        if task.row["outcome"] != Outcome.USED:  # a stream stopped after some of its tokens were committed
+            task.row["outcome"] = Outcome.ABANDONED
 
     def _result(self, task: Task, source: int, verdict) -> None:
         """A block's verdict: the round trip for adaptive speculation, then applied unless stale."""
         p, block = self.p, task.block
+        if block.stream:  # a stream that ran to the end: every token came as it was decoded
+            return self.nonsi.ended(task)
         if task.row["base"] > 0:  # not a prefill: a verification's time
             round_trip = task.row["reply_s"] - task.row["sent_s"]
             if not block.plain:  # a plain run decodes several tokens: not one verification's round trip

@@ -26,6 +26,7 @@ class Block:
     result: np.ndarray | None = None  # target tokens for positions start .. start + len(drafts)
     plain: int = 0  # > 0: no drafts, the verifier decodes this many tokens itself (adaptive k = 0)
     frontier: bool = False  # the non-SI thread's block (decoding/nonsi_thread.py)
+    stream: bool = False  # a frontier run whose tokens come back one by one as they are decoded (STREAMED)
     superseded: bool = False  # every position committed by the non-SI thread before its result was read
 
 
@@ -108,6 +109,7 @@ class TaskLedger:
             key=key,
             n_extras=len(extras),
             plain=block.plain if block else 0,
+            stream=int(block.stream) if block else 0,
         )
         self.inflight[task.task_id] = task
         self.slots.sent(task, base)
@@ -115,19 +117,26 @@ class TaskLedger:
 
     def take_reply(self):
         """One waiting reply as (task, source, message), or None; a reply that is not one a task in flight
-        awaits, from the rank it awaits it from, is a ProtocolError."""
+        awaits, from the rank it awaits it from, is a ProtocolError. A STREAMED token leaves its task in
+        flight (its one reply comes later) and extends what the verifier's cache will hold."""
         got = self.channel.poll()
         if got is None:
             return None
         source, msg = got
-        if msg.kind not in (protocol.RESULT, protocol.ABORTED):
+        if msg.kind not in (protocol.RESULT, protocol.ABORTED, protocol.STREAMED):
             raise protocol.ProtocolError(f"rank {source} sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
         task = self.inflight.get(msg.task_id)
         if task is None or task.epoch != msg.epoch:
             raise protocol.ProtocolError(f"rank {source} replied for unknown task {msg.task_id} (epoch {msg.epoch})")
+        stream = task.block is not None and task.block.stream
+        if msg.kind == protocol.STREAMED:
+            if not stream or source != self.slots.ranks(task.verifier)[-1]:
+                raise protocol.ProtocolError(f"rank {source} streamed a token for task {msg.task_id}, not its stream")
+            task.sequence.append(int(msg.payload[0]))
+            return task, source, msg
         plain = task.block.plain if task.block is not None else 0
-        if plain and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the last: cached too
-            task.sequence = task.sequence + [int(t) for t in msg.payload[: plain - 1]]
+        if plain and not stream and msg.kind == protocol.RESULT:  # a plain run fed back all its tokens but the
+            task.sequence = task.sequence + [int(t) for t in msg.payload[: plain - 1]]  # last: cached too
         problem = self.slots.replied(task, source, msg)
         if problem:
             raise protocol.ProtocolError(problem)

@@ -2,10 +2,12 @@
 
 A verifier keeps the KV cache of the sequence it last verified. A TASK says how much of it stays valid
 (`base`); the verifier crops to that, runs the target on the new tokens only and returns the acceptance
-rule's verdict on the drafts (dsi_mpi/decoding/acceptance.py). Between decoder layers it probes for a CANCEL: if the running task's epoch
-is older than the cancel's, the forward stops at once (the cache is rolled back to `base`) and the reply
-is ABORTED. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's target
-forwards run on the same kind of rank.
+rule's verdict on the drafts (dsi_mpi/decoding/acceptance.py). Between decoder layers it probes for a
+CANCEL: if the running task's epoch is older than the cancel's, the forward stops at once (the cache is
+rolled back to `base`) and the reply is ABORTED. The non-SI thread's run (a TASK with `stream`) sends each
+token as it is decoded and is stopped only by a CANCEL naming it: it decodes the committed text, which no
+rejection makes stale. Baseline runs (nonsi, hf_assisted) are served here too, so that every algorithm's
+target forwards run on the same kind of rank.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Verifier:
         self.cancelled: set[int] = set()  # tasks cancelled by their ids (a superseded non-SI-thread task)
         self.running_epoch = 1 << 62  # no task running: nothing to cancel
         self.running_task = -1
+        self.running_stream = False
         self.faults = FaultPlan(channel.rank if fault_rank is None else fault_rank)  # the world rank
         target.set_layer_callback(self._check_cancel)
 
@@ -48,15 +51,15 @@ class Verifier:
         self.min_epoch = max(self.min_epoch, msg.epoch)
         self.cancelled.update(int(t) for t in msg.payload)
 
-    def _stale(self, epoch: int, task_id: int) -> bool:
-        """A task of an epoch older than the last CANCEL's, or one cancelled by its id."""
-        return epoch < self.min_epoch or task_id in self.cancelled
+    def _stale(self, epoch: int, task_id: int, stream: bool = False) -> bool:
+        """A task of an epoch older than the last CANCEL's (a stream excepted), or one cancelled by its id."""
+        return (epoch < self.min_epoch and not stream) or task_id in self.cancelled
 
     def _check_cancel(self) -> None:
         got = self.channel.poll(source=0, tag=protocol.CANCEL)
         if got is not None:
             self._take_cancel(got[1])
-        if self._stale(self.running_epoch, self.running_task):
+        if self._stale(self.running_epoch, self.running_task, self.running_stream):
             raise TaskCancelled
 
     def serve(self) -> None:
@@ -79,14 +82,18 @@ class Verifier:
             else:
                 raise protocol.ProtocolError(f"rank 0 sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
 
-    def _plain_run(self, tokens, n: int, key: int) -> list[int]:
-        """Plain decoding of n tokens from here (adaptive speculation at k = 0): one message per n tokens
+    def _plain_run(self, msg, tokens) -> list[int]:
+        """Plain decoding of `msg.plain` tokens from here (adaptive speculation at k = 0): one message per run
         instead of one per token; each token is the rule's own choice at its position (greedy: argmax;
-        sampling: the same position-keyed draw that nonsi and the coordinator make), so nothing changes."""
+        sampling: the same position-keyed draw that nonsi and the coordinator make), so nothing changes.
+        A stream also sends each token at once (STREAMED), so that rank 0 commits it while this rank goes on."""
         out = []
-        for _ in range(n):
+        for _ in range(msg.plain):
             position = self.target.cache_len() + len(tokens)
-            out.append(self.rule.next_token(self.target, tokens, position, key))
+            out.append(self.rule.next_token(self.target, tokens, position, msg.key))
+            if msg.stream:
+                fields = dict(task_id=msg.task_id, epoch=msg.epoch, position=position, end_us=now_us())
+                self.channel.send(0, protocol.STREAMED, out[-1:], **fields)
             tokens = [out[-1]]
         return out
 
@@ -100,16 +107,16 @@ class Verifier:
             raise protocol.ProtocolError(f"task {msg.task_id}: rank 0 and this rank disagree on sampling vs greedy")
         self.target.crop(msg.base)
         start = now_us()
-        if self._stale(msg.epoch, msg.task_id):  # made stale before it started: never run it
+        if self._stale(msg.epoch, msg.task_id, msg.stream):  # made stale before it started: never run it
             self.channel.send(
                 0, protocol.ABORTED, cache_len=self.target.cache_len(), start_us=start, end_us=start, **reply
             )
             return
-        self.running_epoch, self.running_task = msg.epoch, msg.task_id
+        self.running_epoch, self.running_task, self.running_stream = msg.epoch, msg.task_id, bool(msg.stream)
         try:
             n_tokens = len(msg.payload) - msg.n_extras
             if msg.plain:
-                verdict = self._plain_run(msg.payload[:n_tokens], msg.plain, msg.key)
+                verdict = self._plain_run(msg, msg.payload[:n_tokens])
             else:
                 verdict = self.rule.verify(
                     self.target, msg.payload[:n_tokens], msg.n_out, msg.payload[n_tokens:], msg.key
@@ -120,7 +127,7 @@ class Verifier:
             )
             return
         finally:
-            self.running_epoch, self.running_task = 1 << 62, -1
+            self.running_epoch, self.running_task, self.running_stream = 1 << 62, -1, False
         self.channel.send(
             0,
             protocol.RESULT,

@@ -166,9 +166,9 @@ KEYS: tuple[Key, ...] = (
             "nonsi_thread",
             bool,
             True,
-            "dsi with 2+ verifiers: keep one block of no drafts in flight at the committed position whenever no "
-            "block will yield the target's token there (the paper's non-SI thread, docs/adaptive.md): the text "
-            "never waits for drafts",
+            "dsi with 2+ verifiers: whenever no block will yield the target's token at the committed position, "
+            "the target decodes from there on a spare verifier (the paper's non-SI thread, docs/adaptive.md; "
+            "greedy: a run that streams its tokens back as it goes): the text never waits for drafts",
         ),
         ("max_blocks_ahead", int, 0, "dsi: unresolved blocks allowed ahead of the committed text (0: verifiers + 1)"),
         (

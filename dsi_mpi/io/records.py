@@ -94,6 +94,7 @@ class Event(IntEnum):
     LOOKAHEAD = 11  # rank 0: adaptive speculation changed k, the drafts per block (value: the new k; 0: none)
     DRAFT_CATCH_UP = 12  # rank 0: a completed drafter step that also fed committed tokens its cache lacked
     # (after a plain run or a bonus token; value: the position drafted; task_id: the tokens fed, > 1)
+    STREAMED = 13  # rank 0: a token of the non-SI thread's stream read (value: its position)
 
     @property
     def label(self) -> str:

@@ -7,13 +7,14 @@ MPI tag equal to its kind:
 
 | kind      | direction | fields                                                | payload                  |
 | --------- | --------- | ----------------------------------------------------- | ------------------------ |
-| TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras, plain     | tokens after `base`, extras |
+| TASK      | 0 -> v    | task_id, epoch, base, n_out, key, n_extras, plain, stream | tokens after `base`, extras |
 | RESULT    | v -> 0    | task_id, epoch, cache_len, computed, reused, start_us, end_us, n_stages | the rule's verdict, stage records |
 | ABORTED   | v -> 0    | task_id, epoch, cache_len, start_us, end_us, n_stages | stage records            |
 | CANCEL    | 0 -> v    | epoch (abandon every task of an older epoch)          | task ids also to abandon |
 | BASELINE  | 0 -> v    | algorithm code, max_new_tokens, stop_at_eos, lookahead, key, ngram (0: HF default) | prompt tokens |
 | TOKENS    | v -> 0    | first_index, done (0/1)                               | generated tokens         |
 | STOP      | 0 -> v    | (none)                                                | (none)                   |
+| STREAMED  | v -> 0    | task_id, epoch, position, end_us                      | one token                |
 | ACTIVATION | stage -> next stage | task_id, epoch, base, n_out, key, n_extras, n_tokens, cache_len, n_stages, dropped, n_hidden | tokens, extras, stage records, hidden states |
 | SETUP     | scheduler -> coordinator | n_bytes                               | JSON: eos ids, warm-up prompts |
 | REQUEST   | coordinator -> scheduler | n_bytes                               | JSON: the finished prompt's records, metadata |
@@ -27,8 +28,10 @@ greedy verdicts are the target's token at each of the last `n_out` positions; sa
 number of drafts that stand and the target's distribution where they stop. `key` keys the random
 streams (the prompt); `n_extras` trailing payload integers are the rule's extras (sampling: q(x) of each
 draft, as float64 bits). `plain` > 0 (a block of no drafts, adaptive speculation at k = 0): the verifier
-decodes `plain` tokens itself, as plain decoding would, and the verdict is those tokens. Each task gets
-exactly one reply,
+decodes `plain` tokens itself, as plain decoding would, and the verdict is those tokens; with `stream` = 1
+(the non-SI thread's run, dsi_mpi/decoding/nonsi_thread.py) it also sends each token as a STREAMED message the
+moment it is decoded (`position`: where it goes; `end_us`: when), and only a CANCEL naming the task stops it,
+never a newer epoch. Each task gets exactly one reply (STREAMED messages come before it),
 RESULT or ABORTED, so the coordinator always knows what every verifier's cache holds. start_us/end_us
 bracket the verifier's forward on its own clock (dsi_mpi.mpi.clock; start_us = end_us: never started).
 Pipelined verifier groups (dsi_mpi/decoding/pipeline.py): rank 0 sends a TASK to the group's first
@@ -74,13 +77,14 @@ class Kind(IntEnum):
     ASSIGN = 11
     NOTICE = 12
     ACK = 13
+    STREAMED = 14
 
 
 # The kinds at module level too (`protocol.TASK` is `Kind.TASK`, as `signal.SIGINT` is `Signals.SIGINT`).
-TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP, ACTIVATION, SETUP, REQUEST, ASSIGN, NOTICE, ACK = Kind
+TASK, RESULT, ABORTED, CANCEL, BASELINE, TOKENS, STOP, ACTIVATION, SETUP, REQUEST, ASSIGN, NOTICE, ACK, STREAMED = Kind
 KIND_NAMES = {kind: kind.name for kind in Kind}
 FIELDS = {
-    TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras", "plain"),
+    TASK: ("task_id", "epoch", "base", "n_out", "key", "n_extras", "plain", "stream"),
     RESULT: ("task_id", "epoch", "cache_len", "computed", "reused", "start_us", "end_us", "n_stages"),
     ABORTED: ("task_id", "epoch", "cache_len", "start_us", "end_us", "n_stages"),
     CANCEL: ("epoch",),
@@ -105,6 +109,7 @@ FIELDS = {
     ASSIGN: ("n_bytes",),
     NOTICE: ("code", "n_bytes"),
     ACK: (),
+    STREAMED: ("task_id", "epoch", "position", "end_us"),
 }
 JSON_KINDS = (SETUP, REQUEST, ASSIGN, NOTICE)
 STAGE_RECORD = 4  # [rank, status, start_us, end_us]
@@ -183,6 +188,10 @@ def _check_payload(kind: int, f: dict, n_payload: int) -> str | None:
         return f"TASK asks for {f['n_out']} outputs and {f['n_extras']} extras from a payload of {n_payload}"
     if kind == RESULT and n_payload < 1 + records:
         return "RESULT carries no tokens"
+    if kind == STREAMED and n_payload != 1:
+        return f"STREAMED carries {n_payload} tokens, not one"
+    if kind == TASK and f["stream"] and not f["plain"]:
+        return "TASK streams a run of no tokens (stream = 1 needs plain > 0)"
     if kind == ABORTED and n_payload != records:
         return f"ABORTED carries {n_payload} integers for {f['n_stages']} stage records"
     if kind == ACTIVATION:

@@ -83,13 +83,15 @@ class SimulatedVerifier:
         self.free_at = 0.0
         self.min_epoch = 0
         self.cancelled: set[int] = set()  # tasks cancelled by their ids
+        self.streamed = 0  # tokens the stream at the queue's head has sent so far
 
     def _take_cancel(self, fields, payload) -> None:
         self.min_epoch = max(self.min_epoch, fields["epoch"])
         self.cancelled.update(int(t) for t in payload)
 
     def _stale(self, fields) -> bool:
-        return fields["epoch"] < self.min_epoch or fields["task_id"] in self.cancelled
+        """As the verifier's: an older epoch (a stream excepted) or cancelled by its id."""
+        return (fields["epoch"] < self.min_epoch and not fields["stream"]) or fields["task_id"] in self.cancelled
 
     def _take_cancels(self, until: float) -> None:
         """A forward's cancel check: every CANCEL that has arrived by `until` (probed by tag, out of order)."""
@@ -114,6 +116,25 @@ class SimulatedVerifier:
             return max(self.free_at, arrival)
         return arrival + self.wake_s
 
+    def _token_span(self, start: float, fields, i: int) -> tuple[float, float]:
+        """When the forward of a run's token i begins and ends: its first forward (as `_duration`), then
+        T(1) per token."""
+        first, t1 = self._duration(dict(fields, plain=1)), self.latencies.verify_s(1)
+        return (start + first + (i - 1) * t1 if i else start), start + first + i * t1
+
+    def _stream_check_from(self, start: float, fields, t: float) -> float | None:
+        """The stream's first cancel check at or after `t` (`slices` per token's forward), None past its end."""
+        first, t1 = self._duration(dict(fields, plain=1)), self.latencies.verify_s(1)
+        i = 0 if t <= start + first else int((t - start - first) // t1) + 1
+        while i < fields["plain"]:
+            begin, end = self._token_span(start, fields, i)
+            step = (end - begin) / self.slices
+            j = max(0, -int(-(t - begin) // step)) if step > 0 else 0
+            if j < self.slices:
+                return begin + j * step
+            i += 1
+        return None
+
     def next_time(self) -> float | None:
         """The next moment at which this verifier's state can change (None: idle)."""
         if not self.queue:
@@ -124,9 +145,55 @@ class SimulatedVerifier:
             return start
         duration = self._duration(fields)
         cancels = [m[0] for m in self.queue if m[1] == protocol.CANCEL]
+        if fields["stream"]:  # its next token, or the check that sees a CANCEL
+            check = self._stream_check_from(start, fields, min(cancels)) if cancels else None
+            token_end = self._token_span(start, fields, self.streamed)[1]
+            return token_end if check is None else min(token_end, check)
         checks = [start + i * duration / self._checks(fields) for i in range(self._checks(fields))]
         first_check = next((c for c in checks if cancels and c >= min(cancels)), None)
         return min(start + duration, first_check) if first_check is not None else start + duration
+
+    def _stream(self, start: float, until: float, fields, payload) -> list:
+        """The stream at the queue's head, resolved up to `until`: a STREAMED message per token decoded, and
+        its one reply once a CANCEL naming it stops it or it has decoded all it was asked to. Tokens already
+        sent passed their checks before an earlier `until`, which no CANCEL arriving since could change."""
+        base, n_tokens, plain = fields["base"], len(payload) - fields["n_extras"], fields["plain"]
+        first = base + n_tokens  # the position of its first token
+        reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], n_stages=0)
+        out = []
+        for i in range(self.streamed, plain):
+            begin, end = self._token_span(start, fields, i)
+            for j in range(self.slices):
+                check = begin + j * (end - begin) / self.slices
+                if check > until:
+                    return out
+                self._take_cancels(check)
+                if self._stale(fields):  # token i's forward stops; the cache keeps what the earlier ones fed
+                    self.cache_len, self.free_at = (base + n_tokens + i - 1 if i else base), check
+                    self._pop()
+                    times = dict(cache_len=self.cache_len, start_us=_us(start), end_us=_us(check))
+                    return out + [(check, protocol.ABORTED, reply | times, ())]
+            if end > until:
+                return out
+            self.streamed = i + 1
+            token = dict(task_id=fields["task_id"], epoch=fields["epoch"], position=first + i, end_us=_us(end))
+            out.append((end, protocol.STREAMED, token, [target_token(first + i)]))
+        end = self._token_span(start, fields, plain - 1)[1]
+        self.cache_len, self.free_at = base + n_tokens + plain - 1, end
+        self._pop()
+        done = dict(cache_len=self.cache_len, computed=n_tokens + plain - 1, reused=base, start_us=_us(start))
+        return out + [
+            (
+                end,
+                protocol.RESULT,
+                reply | done | dict(end_us=_us(end)),
+                [target_token(first + i) for i in range(plain)],
+            )
+        ]
+
+    def _pop(self) -> None:
+        self.queue.popleft()
+        self.streamed = 0
 
     def advance(self, until: float) -> list:
         """Resolve every message whose outcome is already decided at time `until`; return the replies as
@@ -143,38 +210,42 @@ class SimulatedVerifier:
                 continue
             if fields["base"] > self.cache_len:
                 raise protocol.ProtocolError(f"task {fields['task_id']} keeps more than verifier {self.rank} holds")
-            base = fields["base"]
-            reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base, n_stages=0)
-            duration, n_checks = self._duration(fields), self._checks(fields)
-            stopped = None
-            if self._stale(fields):
-                stopped = start
-            else:
-                for i in range(n_checks):
-                    check = start + i * duration / n_checks
-                    if check > until:
-                        break
-                    self._take_cancels(check)
-                    if self._stale(fields):
-                        stopped = check
-                        break
-            if stopped is not None:
-                self.queue.popleft()
-                self.cache_len, self.free_at = base, stopped
-                replies.append((stopped, protocol.ABORTED, reply | dict(start_us=_us(start), end_us=_us(stopped)), ()))
-                continue
-            end = start + duration
-            if end > until:
+            run = self._stream if fields["stream"] and not self._stale(fields) else self._task
+            replies += run(start, until, fields, payload)
+            if self.queue and self.queue[0][2] is fields:  # still running at `until`
                 break
-            self.queue.popleft()
-            n_tokens, plain = len(payload) - fields["n_extras"], fields["plain"]
-            first = base + n_tokens - fields["n_out"] + 1  # position of the first token predicted
-            verdict = [target_token(p) for p in range(first, first + (plain or fields["n_out"]))]
-            computed = n_tokens + max(plain - 1, 0)  # a plain run feeds back all but its last token
-            self.cache_len, self.free_at = base + computed, end
-            done = dict(cache_len=self.cache_len, computed=computed, reused=base, start_us=_us(start), end_us=_us(end))
-            replies.append((end, protocol.RESULT, reply | done, verdict))
         return replies
+
+    def _task(self, start: float, until: float, fields, payload) -> list:
+        """The task at the queue's head, resolved up to `until`: its reply once it is stopped by a CANCEL or
+        done (then taken off the queue), else nothing yet."""
+        base = fields["base"]
+        reply = dict(task_id=fields["task_id"], epoch=fields["epoch"], cache_len=base, n_stages=0)
+        duration, n_checks = self._duration(fields), self._checks(fields)
+        stopped = start if self._stale(fields) else None
+        for i in range(n_checks if stopped is None else 0):
+            check = start + i * duration / n_checks
+            if check > until:
+                break
+            self._take_cancels(check)
+            if self._stale(fields):
+                stopped = check
+                break
+        if stopped is not None:
+            self._pop()
+            self.cache_len, self.free_at = base, stopped
+            return [(stopped, protocol.ABORTED, reply | dict(start_us=_us(start), end_us=_us(stopped)), ())]
+        end = start + duration
+        if end > until:
+            return []
+        self._pop()
+        n_tokens, plain = len(payload) - fields["n_extras"], fields["plain"]
+        first = base + n_tokens - fields["n_out"] + 1  # position of the first token predicted
+        verdict = [target_token(p) for p in range(first, first + (plain or fields["n_out"]))]
+        computed = n_tokens + max(plain - 1, 0)  # a plain run feeds back all but its last token
+        self.cache_len, self.free_at = base + computed, end
+        done = dict(cache_len=self.cache_len, computed=computed, reused=base, start_us=_us(start), end_us=_us(end))
+        return [(end, protocol.RESULT, reply | done, verdict)]
 
 
 def _us(seconds: float) -> int:

@@ -7,7 +7,7 @@ from dsi_mpi.mpi.protocol import ProtocolError, decode, encode
 
 def test_round_trip_every_kind():
     fields = {
-        protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0, plain=0),
+        protocol.TASK: dict(task_id=3, epoch=2, base=10, n_out=2, key=4, n_extras=0, plain=0, stream=0),
         protocol.RESULT: dict(
             task_id=3, epoch=2, cache_len=13, computed=3, reused=10, start_us=5, end_us=99, n_stages=0
         ),
@@ -24,11 +24,13 @@ def test_round_trip_every_kind():
         protocol.ASSIGN: dict(n_bytes=17),
         protocol.NOTICE: dict(code=2, n_bytes=19),
         protocol.ACK: {},
+        protocol.STREAMED: dict(task_id=3, epoch=2, position=17, end_us=123),
     }
     for kind, f in fields.items():
         payload = (
             [5, 6, 7] if kind in (protocol.TASK, protocol.RESULT, protocol.ACTIVATION, *protocol.JSON_KINDS) else []
         )
+        payload = [9] if kind == protocol.STREAMED else payload
         msg = decode(encode(kind, payload, **f), kind, 1)
         assert msg.kind == kind and msg.fields == f and msg.payload.tolist() == payload
 
@@ -48,7 +50,7 @@ def test_missing_field_refused_at_encode():
     ],
 )
 def test_malformed_messages_are_refused(mutate, words):
-    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0, plain=0)
+    buf = encode(protocol.TASK, [1, 2, 3], task_id=1, epoch=0, base=0, n_out=2, key=0, n_extras=0, plain=0, stream=0)
     mutate(buf)
     with pytest.raises(ProtocolError, match=words):
         decode(buf, protocol.TASK, 2)
@@ -61,7 +63,7 @@ def test_tag_must_match_kind_and_sender_is_named():
 
 
 def test_task_cannot_ask_more_outputs_than_tokens():
-    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3, key=0, n_extras=0, plain=0)
+    buf = encode(protocol.TASK, [1, 2], task_id=1, epoch=0, base=0, n_out=3, key=0, n_extras=0, plain=0, stream=0)
     with pytest.raises(ProtocolError, match="outputs"):
         decode(buf, protocol.TASK, 1)
 
@@ -103,3 +105,12 @@ def test_the_schedulers_messages_carry_json_exactly():
     bad = decode(encode(protocol.SETUP, [0x7B7B7B7B], n_bytes=4), protocol.SETUP, 1)
     with pytest.raises(ProtocolError, match="not JSON"):
         protocol.unpack_json(bad)
+
+
+def test_a_streamed_message_carries_one_token_and_a_stream_has_tokens_to_decode():
+    f = dict(task_id=1, epoch=0, position=9, end_us=5)
+    with pytest.raises(ProtocolError, match="not one"):
+        decode(encode(protocol.STREAMED, [4, 5], **f), protocol.STREAMED, 2)
+    task = dict(task_id=1, epoch=0, base=0, n_out=1, key=0, n_extras=0, plain=0, stream=1)
+    with pytest.raises(ProtocolError, match="no tokens"):
+        decode(encode(protocol.TASK, [4], **task), protocol.TASK, 0)

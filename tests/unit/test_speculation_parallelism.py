@@ -36,3 +36,28 @@ def test_adaptive_k_prices_speculation_parallelism(c, a, v):
     candidates = [dsi(c, a, v, k) for k in (1, 2, 3, 4, 6, 8) if v >= math.ceil(1 / (k * c) - S.TOL)]
     best = min(candidates + [S.nonsi_latency(S.latencies_from_c(c, 1.0), N)])
     assert dsi(c, a, v, 0) <= 1.03 * best
+
+
+def test_the_stream_runs_through_rejections_and_costs_plain_decoding_no_round_trips():
+    """Greedy, the non-SI thread is a stream: one task whose tokens come back as they are decoded; a
+    rejection (a draft its token judged wrong) leaves it running, and with a useless drafter the text moves
+    at exactly plain decoding's pace (one-token frontier tasks paid a verifier wake-up per token)."""
+    import numpy as np
+
+    from dsi_mpi.io.records import Event, Outcome
+    from dsi_mpi.timemodel.virtual import run_simulated
+
+    lat = S.latencies_from_c(0.9, 1.0)
+    draws = [np.zeros(60, dtype=bool)]  # no draft ever matches
+    (record,) = run_simulated("dsi", lat, draws, 3, 3, nonsi_thread=True, drafter_layers=LAYERS, message_s=0.05)
+    streamed = {int(e[4]) for e in record.events if e[1] == Event.STREAMED}
+    rejected = [e[5] for e in record.events if e[1] == Event.REJECT]
+    stream = max(streamed, key=lambda t: sum(e[4] == t and e[1] == Event.STREAMED for e in record.events))
+    positions = [e[5] for e in record.events if e[1] == Event.STREAMED and e[4] == stream]
+    assert len(rejected) > 10 and sum(min(positions) < r < max(positions) for r in rejected) > 10
+    rows = {row[0]: row for row in record.tasks}
+    assert rows[stream][-2] == Outcome.USED
+    # plain decoding's time (a prefill, then a forward per token), the stream's one wake-up (message_s) and
+    # two tokens read a drafter layer late (the first and the last); one-token frontier tasks took 63.2 here
+    layer = lat.drafter_tpot / LAYERS
+    assert record.wall_s <= lat.target_ttft + 59 * lat.target_tpot + 0.05 + 2 * layer + 1e-9
