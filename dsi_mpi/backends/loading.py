@@ -90,6 +90,8 @@ def build_runner(
         return _hf_runner(
             models.target, "drafter", models, local_rank, truncate=spec.params["layers"], capacity=capacity
         )
+    if spec.kind == "quantized":
+        return _hf_runner(models.target, "drafter", models, local_rank, capacity=capacity, quantized=True)
     return _drafter_runner(spec.model, models, local_rank, capacity)
 
 
@@ -148,27 +150,33 @@ def _hf_runner(
     truncate: int = 0,
     capacity: int = 512,
     random_weights=False,
+    quantized=False,
 ):
+    """quantized: the target's weights in int8 as the drafter (backends/quantize.py): loaded in fp32 and
+    quantized in place; the packed backend runs it in int8, eager in the dtype asked."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     name = resolve_model_path(name, role)
     device = pick_device(models.device, local_rank)
-    backend = _backend_for(models.backend, device)
-    deferred = models.dtype == "auto" and backend == "packed"  # decided on the loaded model (_auto_dtype)
-    model = load_model(
-        name, role, "float32" if deferred else resolve_dtype(models.dtype, device.type), device, random_weights
-    )
+    packed = _backend_for(models.backend, device) == "packed"
+    deferred = models.dtype == "auto" and packed and not quantized  # decided on the loaded model (_auto_dtype)
+    asked = resolve_dtype(models.dtype, device.type)
+    model = load_model(name, role, "float32" if deferred or quantized else asked, device, random_weights)
     if truncate:
         truncate_layers(model, truncate)
     head_tokens = restrict_drafter_head(model, name) if role == "drafter" and not random_weights else None
-    if deferred:
-        import torch
+    if quantized:
+        from dsi_mpi.backends.quantize import fake_quantize
 
-        model.to(getattr(torch, _auto_dtype(model, device)))
+        fake_quantize(model)
+    if deferred or (quantized and not packed):
+        model.to(getattr(torch, _auto_dtype(model, device) if deferred else asked))
     model.to(device)
-    runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models)
-    runner.compile_info.update(dtype=str(model.dtype).removeprefix("torch."), requested=models.backend)
+    runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models, int8=quantized)
+    dtype = "int8" if getattr(runner, "dtype", None) == torch.int8 else str(model.dtype).removeprefix("torch.")
+    runner.compile_info.update(dtype=dtype, requested=models.backend)
     runner.compile_info.setdefault("cpu", cpu_facts())
     runner.head_tokens = head_tokens
     return runner
@@ -179,14 +187,14 @@ def _eos_ids(model) -> tuple:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
 
 
-def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models: ModelsConfig):
+def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models: ModelsConfig, int8=False):
     """The runner of models.backend; a model that backend cannot run runs eager, the reason recorded (running
-    out of memory is the machine's problem, not the model's: raised)."""
+    out of memory is the machine's problem, not the model's: raised). int8: a quantized drafter (packed)."""
     from dsi_mpi.backends.hf import HFRunner, UnsupportedModel, out_of_memory
 
     backend, fallback = _backend_for(models.backend, model.device), None
     try:
-        runner = _fast_runner(backend, model, eos_ids, capacity, role, models)
+        runner = _fast_runner(backend, model, eos_ids, capacity, role, models, int8)
         if runner is not None:
             return runner
     except KeyboardInterrupt:
@@ -225,12 +233,12 @@ def _backend_for(requested: str, device) -> str:
     return requested
 
 
-def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models: ModelsConfig):
+def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models: ModelsConfig, int8=False):
     """The packed or compiled runner (None for eager); raises where the backend cannot run the model."""
     if backend == "packed":
         from dsi_mpi.backends.packed import PackedRunner
 
-        return PackedRunner(model, eos_ids, capacity)
+        return PackedRunner(model, eos_ids, capacity, int8=int8)
     if backend == "compiled":
         from dsi_mpi.backends.compiled import CompiledRunner
 

@@ -9,11 +9,12 @@ with: the query/key/value and gate/up matrices fused into one product each, ever
 rollback only shortens (the next write overwrites what lies beyond).
 
 What it runs: `model_type` llama, mistral or qwen2 without an active sliding window, SiLU MLPs without bias,
-any rotary scaling that does not depend on the sequence length (`packable`); fp32 or bf16. In bf16 the head's
-logits are computed in fp32 (bf16 logits are rounded to steps of 0.125 at SmolLM2's scale and make exact
-ties). Anything else runs on the eager backend, with the reason recorded. At load the runner's logits are
-checked against the Hugging Face model's own forward (`check_against_hf`); a model that fails is refused here
-and runs eager, recorded, never with wrong tokens.
+any rotary scaling that does not depend on the sequence length (`packable`); fp32 or bf16, or int8 with a scale
+per row for a quantized drafter (backends/quantize.py). In bf16 the head's logits are computed in fp32 (bf16
+logits are rounded to steps of 0.125 at SmolLM2's scale and make exact ties). Anything else runs on the eager
+backend, with the reason recorded. At load the runner's logits are checked against the Hugging Face model's own
+forward (`check_against_hf`); a model that fails is refused here and runs eager, recorded, never with wrong
+tokens.
 """
 
 from __future__ import annotations
@@ -90,14 +91,14 @@ class PackedRunner(ModelRunner):
 
     backend = "packed"
 
-    def __init__(self, model, eos_token_ids=(), capacity: int = 512):
+    def __init__(self, model, eos_token_ids=(), capacity: int = 512, int8: bool = False):
         super().__init__()
         reason = packable(model)
         if reason:
             raise UnsupportedModel(f"packed backend: {reason}")
         adopt_model(self, model, eos_token_ids)
         config, base = model.config, model.base_model
-        self.dtype = model.dtype  # the weights' dtype
+        self.dtype = torch.int8 if int8 else model.dtype  # the products' weights (int8: a quantized drafter)
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
@@ -110,7 +111,8 @@ class PackedRunner(ModelRunner):
         with torch.inference_mode():
             self.layers = [_Layer(layer, self._linear) for layer in decoder_layers(model)]
             head = model.get_output_embeddings()
-            self.head, self.head_rows = self._linear(head.weight, None, torch.float32), getattr(head, "token_ids", None)
+            head_dtype = torch.int8 if int8 else torch.float32
+            self.head, self.head_rows = self._linear(head.weight, None, head_dtype), getattr(head, "token_ids", None)
         self.n_layers = len(self.layers)
         self.ops = NativeOps(self, self.kernels) if self.kernels is not None else TorchOps(self)
         self.capacity = 0
@@ -121,7 +123,8 @@ class PackedRunner(ModelRunner):
         self.compile_info.update(check_against_hf(self))
 
     def _linear(self, weight, bias, dtype=None):
-        """A product in the weights' dtype (the head in fp32: logits in fp32 whatever the dtype)."""
+        """A product in the weights' dtype (the head in fp32: logits in fp32 whatever the dtype; a quantized
+        drafter's in int8, its logits still summed in fp32)."""
         dtype = dtype or self.dtype
         if self.kernels is not None:
             return NativeLinear(weight, bias, dtype, self.kernels)
@@ -199,7 +202,8 @@ def check_against_hf(runner: PackedRunner) -> dict:
     from transformers import DynamicCache
 
     seq = [int(t) for t in np.random.default_rng(0).integers(0, runner.vocab_size, size=11)]
-    reference = runner.model if runner.dtype == torch.float32 else copy.deepcopy(runner.model).float()
+    exact = runner.dtype in (torch.float32, torch.int8)  # int8: the model holds the same q * s in fp32
+    reference = runner.model if exact else copy.deepcopy(runner.model).float()
     with torch.inference_mode():
         ids = torch.tensor([seq])
         ref = reference(input_ids=ids, use_cache=True, **{runner.cache_kw: DynamicCache()}).logits[0].float()

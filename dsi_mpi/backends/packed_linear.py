@@ -41,15 +41,21 @@ def packing_available() -> bool:
 
 
 class NativeLinear:
-    """The project's kernel (see the module docstring) over a weight packed at load by `pack_rows`."""
+    """The project's kernel (see the module docstring) over a weight packed at load by `pack_rows`; dtype int8:
+    quantized per row (backends/quantize.py), the scales applied to each output."""
 
-    __slots__ = ("weight", "bias", "rows", "width", "_run")
+    __slots__ = ("weight", "scale", "bias", "rows", "width", "_run")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, kernels):
+        from dsi_mpi.backends.quantize import quantize_rows
+
         self.rows, self.width = (int(n) for n in weight.shape)
+        self.scale = None
+        if dtype == torch.int8:
+            weight, self.scale = quantize_rows(weight)
         self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._run = kernels.linear_bf16 if dtype == torch.bfloat16 else kernels.linear_f32
+        self._run = {torch.bfloat16: kernels.linear_bf16, torch.int8: kernels.linear_i8}.get(dtype, kernels.linear_f32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.width % LANES:
@@ -57,7 +63,11 @@ class NativeLinear:
         rows = x.shape[0]
         out = torch.empty(rows, self.rows)
         bias = None if self.bias is None else self.bias.data_ptr()
-        self._run(x.data_ptr(), rows, x.shape[1], self.weight.data_ptr(), self.rows, bias, out.data_ptr())
+        args = (x.data_ptr(), rows, x.shape[1], self.weight.data_ptr(), self.rows)
+        if self.scale is None:
+            self._run(*args, bias, out.data_ptr())
+        else:
+            self._run(*args, self.scale.data_ptr(), bias, out.data_ptr())
         return out
 
 

@@ -45,8 +45,10 @@ KEYS: tuple[Key, ...] = (
             "docs/drafters.md); a `draft_vocab.json` "
             "in the folder gives it a frequency-ranked head (only those token ids are scored, "
             '`dsi_mpi/backends/draft_vocab.py`); "ngram" or '
-            '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); or '
-            '"truncated:layers=L" (the target\'s first L layers with its norm and head)',
+            '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); '
+            '"truncated:layers=L" (the target\'s first L layers with its norm and head); or "quantized" (the '
+            "target itself with its products' weights in int8, a scale per row: no training, nearly always the "
+            "target's token, half the bytes of bf16; `dsi_mpi/backends/quantize.py`)",
         ),
         (
             "dtype",

@@ -54,11 +54,11 @@ def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_pa
     assert "vs nonsi" in table.stdout and "dsi" in table.stdout
 
 
-@pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1"])
+@pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1", "quantized"])
 def test_drafters_without_training_through_the_cli(tiny_models, run_mpi, tmp_path, drafter):
     """The drafter kinds through the CLI with the default, adaptive lookahead: recorded in the file, lossless,
     and HF's prompt lookup (and HF's heuristic schedule) as baselines."""
-    algorithms = ["nonsi", "si", "dsi", "hf_prompt_lookup"] + (["hf_assisted"] if drafter.startswith("trunc") else [])
+    algorithms = ["nonsi", "si", "dsi", "hf_prompt_lookup"] + (["hf_assisted"] if drafter != "ngram:n=2" else [])
     decoding = {"algorithms": algorithms, "lookahead": "adaptive"}
     config = write_job(tmp_path, dict(tiny_models, noisy=drafter), decoding=decoding)
     proc = run_mpi(["-m", "dsi_mpi", "run", config], ranks=3)

@@ -15,6 +15,7 @@ def test_spec_syntax():
     assert parse_drafter("ngram").params == {"n": 3}
     assert parse_drafter("ngram:n=5").params == {"n": 5}
     assert parse_drafter("truncated:layers=2").params == {"layers": 2}
+    assert parse_drafter("quantized").params == {"bits": 8} and parse_drafter("quantized:bits=8").needs_weights
     assert not parse_drafter("ngram").needs_weights and parse_drafter("truncated:layers=1").needs_weights
 
 
@@ -32,6 +33,7 @@ def _drafter_cfg(tiny_models, drafter: str):
         ("ngram:n=x", "n must be an integer"),
         ("truncated", "needs layers=L"),
         ("truncated:layers=0", "needs layers=L"),
+        ("quantized:bits=4", "bits=8"),
     ],
 )
 def test_bad_drafter_parameters_are_one_line_errors(text, message):

@@ -130,6 +130,39 @@ def test_the_native_product_is_right_and_the_same_for_a_row_whatever_the_rows(dt
                 assert torch.equal(linear(x[:n])[n - 1], linear(x[n - 1 : n])[0]), (rows_out, width, n)
 
 
+def test_the_int8_product_is_the_quantized_weights_product_and_the_same_for_a_row_whatever_the_rows():
+    """int8 weights, a scale per row (a quantized drafter): the product of x with q * s (to float rounding),
+    each row's outputs bit for bit those of a one-row product, and q * s within half a step of the weights."""
+    from dsi_mpi.backends.quantize import quantize_rows
+
+    torch.manual_seed(0)
+    for rows_out, width in ((37, 64), (5, 83)):
+        weight, bias, x = torch.randn(rows_out, width), torch.randn(rows_out), torch.randn(9, width)
+        q, scale = quantize_rows(weight)
+        assert (
+            q.dtype == torch.int8 and ((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-6).all()
+        )
+        linear = NativeLinear(weight, bias, torch.int8, _kernels())
+        torch.testing.assert_close(linear(x), F.linear(x, q.float() * scale[:, None], bias), rtol=1e-5, atol=1e-4)
+        for n in range(1, 10):
+            assert torch.equal(linear(x[:n])[n - 1], linear(x[n - 1 : n])[0]), (rows_out, width, n)
+
+
+def test_a_quantized_drafter_runs_int8_and_checks_against_its_dequantized_model(tiny_models):
+    """models.drafter = "quantized": the target's own weights in int8; the packed runner's logits equal the Hugging
+    Face model holding q * s (its load check), and eager runs that model where asked."""
+    cfg = validate({"models": {"kind": "hf", "target": tiny_models["target"], "drafter": "quantized", "threads": 1}})
+    runner = build_runner("drafter", cfg)
+    assert runner.compile_info["backend"] == "packed" and runner.compile_info["dtype"] == "int8"
+    assert runner.compile_info["check_error"] <= 1e-4 and runner.compile_info["batch_invariant"]
+    eager = build_runner("drafter", cfg.replace("models", backend="eager", dtype="float32"))
+    seq = [5, 9, 100, 3, 77, 200, 31, 8]
+    drafted = runner.forward(seq, 8)
+    torch.testing.assert_close(drafted, eager.forward(seq, 8), rtol=1e-4, atol=1e-4)
+    target = build_runner("target", cfg.replace("models", dtype="float32"))
+    assert (target.forward(seq, 8) - drafted).abs().max() > 1e-3  # really another model: the weights rounded
+
+
 def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whatever_the_block():
     torch.manual_seed(0)
     heads, kv, d, cap, start, n = 6, 2, 16, 40, 7, 5
