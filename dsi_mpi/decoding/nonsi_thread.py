@@ -19,7 +19,7 @@ Pipelined verifier groups take one such block after each lost speculation only (
 
 Before, dsi sent a block of no drafts only right after a rejection, and a slow drafter whose blocks queued
 could leave the target idle: in the simulator at c 0.9, a 0.3, k 3 and 7 verifiers dsi took 1.475x plain
-decoding's time; with the thread kept running, 1.016x at worst over 2,040 settings (analysis/sp_grid.py).
+decoding's time; with the thread kept running, 1.015x at worst over 2,040 settings (analysis/sp_grid.py).
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ class NonSIThread:
         the committed one, or the stream has left the text (its prefix differs in floating point) and stops."""
         p, now = self.p, self.p.now()
         p.event(Event.STREAMED, now, now, task.task_id, msg.position)
+        task.row["last_token_s"] = end_s  # the forwards so far (replies.py: a stopped stream's row)
         if p.done or task.block is not self.block or msg.position != self.next_position:
             return
         token = int(msg.payload[0])
