@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-BITS = (8,)
-
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q as int8, s as fp32 per row) with weight ~ q * s[:, None]."""

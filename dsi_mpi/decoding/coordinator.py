@@ -11,9 +11,9 @@ back in any order and are applied strictly in position order (decoding/judging.p
     at once checks the next block's first draft (the paper's immediate pruning); a block not yet sent is
     then cut again from the committed text, so that each block sent carries k drafts still to judge.
 The first "block" of a prompt is the target's prefill, which gives the first token exactly as plain
-decoding would; likewise, with two or more verifiers dsi keeps a block of no drafts in flight at the committed
-position whenever no block will yield the target's token there (the paper's non-SI thread, nonsi_thread.py:
-dsi never waits for drafts that plain decoding would not need). Policies: `si` keeps one block in flight and does not draft
+decoding would; likewise, with two or more verifiers the target decodes from the committed position whenever no
+block will yield its token there (the paper's non-SI thread, nonsi_thread.py; greedy: a stream of tokens; dsi
+never waits for drafts that plain decoding would not need). Policies: `si` keeps one block in flight and does not draft
 while it is (classic speculative decoding, blocking); `dsi` keeps drafting while fewer than `max_blocks_ahead`
 blocks await results and sends blocks to every free verifier (speculation parallelism).
 With `lookahead = 0` in the run settings (ADAPTIVE) k is adaptive (dsi_mpi/decoding/adaptive.py): before
@@ -23,8 +23,8 @@ The clock is injectable, so that dsi_mpi/timemodel/virtual.py can run this very 
 
 Where things are: the prompt's state in prompt_state.py (one object per prompt), blocks, tasks and the
 ledger of tasks in flight in tasks.py, cutting blocks in blocks.py, applying results in judging.py, reading
-replies in replies.py, the non-SI thread in nonsi_thread.py, the choice of k in adaptive.py, verifier slots and their caches in slots.py. Here: the
-loop, drafting, dispatching blocks, choosing when k changes, and dropping speculation after a rejection.
+replies in replies.py, the non-SI thread in nonsi_thread.py, the choice of k in adaptive.py, verifier slots and
+their caches in slots.py. Here: the loop, drafting, dispatching blocks, choosing when k changes, and dropping speculation after a rejection.
 """
 
 from __future__ import annotations

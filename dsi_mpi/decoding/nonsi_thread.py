@@ -48,7 +48,6 @@ class NonSIThread:
         self.next_position = 0  # where the block's next token goes
         self.token_s: float | None = None  # the last time between two of its tokens (a round trip, unstreamed)
         self.due_s: float | None = None  # when its next token should reach rank 0 (on rank 0's time axis)
-        self.last_end_s: float | None = None  # when the stream's last token was decoded (rank 0's time axis)
 
     def wanted(self) -> bool:
         """Whether a frontier block should go out now: none is in flight at the committed position, no block
@@ -66,7 +65,7 @@ class NonSIThread:
         p = self.p
         plain = p.end - p.n_committed if self.streams else 0
         self.block = Block(p.n_committed, [], plain=plain, frontier=True, stream=self.streams)
-        self.next_position, self.retracted, self.last_end_s = p.n_committed, False, None
+        self.next_position, self.retracted = p.n_committed, False
         self.due_s = p.now() + self.token_s if self.token_s is not None else None
         return self.block
 
@@ -147,6 +146,7 @@ class NonSIThread:
         the committed one, or the stream has left the text (its prefix differs in floating point) and stops."""
         p, now = self.p, self.p.now()
         p.event(Event.STREAMED, now, now, task.task_id, msg.position)
+        previous = task.row.get("last_token_s")  # when its token before was decoded
         task.row["last_token_s"] = end_s  # the forwards so far (replies.py: a stopped stream's row)
         if p.done or task.block is not self.block or msg.position != self.next_position:
             return
@@ -154,9 +154,8 @@ class NonSIThread:
         if msg.position < p.n_committed and token != p.seq[msg.position]:
             self.due_s = None
             return self.retire()
-        if self.last_end_s is not None:
-            self.token_s = end_s - self.last_end_s
-        self.last_end_s = end_s
+        if previous is not None:
+            self.token_s = end_s - previous
         self.due_s = end_s + self.token_s if self.token_s is not None else None
         self.next_position += 1
         if msg.position == p.n_committed:

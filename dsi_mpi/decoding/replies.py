@@ -63,13 +63,14 @@ class Replies:
         if msg.kind == protocol.RESULT:
             task.row.update(computed=msg.computed, reused=msg.reused)
         elif "last_token_s" in task.row:  # a stream stopped after some tokens
-            return self._stopped_stream(task, source, msg, start, end)
+            self._stopped_stream(task, source, msg, start, end)
+            return verdict
         if not msg.n_stages:
             kind, value = (Event.VERIFY, msg.computed) if msg.kind == protocol.RESULT else (Event.VERIFY_ABORTED, 0)
             p.event(kind, start, end, task.task_id, value, rank=source)
         return verdict
 
-    def _stopped_stream(self, task: Task, source: int, msg, start: float, end: float):
+    def _stopped_stream(self, task: Task, source: int, msg, start: float, end: float) -> None:
         """A stream stopped by its CANCEL after some tokens: its row holds the forwards that made them (the
         tokens they fed, up to the last token's time: what one token costs it, as for any other task), and the
         forward the CANCEL stopped is an aborted forward of its own in the timeline."""
@@ -78,7 +79,6 @@ class Replies:
         task.row.update(computed=computed, reused=task.row["base"], end_s=last, busy_s=last - start)
         self.p.event(Event.VERIFY, start, last, task.task_id, computed, rank=source)
         self.p.event(Event.VERIFY_ABORTED, last, end, task.task_id, 0, rank=source)
-        return msg.payload
 
     def _aborted(self, task: Task, source: int) -> None:
         """A verifier abandoned a task on a CANCEL: only a stale one may be."""

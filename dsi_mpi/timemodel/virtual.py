@@ -181,15 +181,10 @@ class SimulatedVerifier:
         end = self._token_span(start, fields, plain - 1)[1]
         self.cache_len, self.free_at = base + n_tokens + plain - 1, end
         self._pop()
-        done = dict(cache_len=self.cache_len, computed=n_tokens + plain - 1, reused=base, start_us=_us(start))
-        return out + [
-            (
-                end,
-                protocol.RESULT,
-                reply | done | dict(end_us=_us(end)),
-                [target_token(first + i) for i in range(plain)],
-            )
-        ]
+        done = dict(
+            cache_len=self.cache_len, computed=n_tokens + plain - 1, reused=base, start_us=_us(start), end_us=_us(end)
+        )
+        return out + [(end, protocol.RESULT, reply | done, [target_token(first + i) for i in range(plain)])]
 
     def _pop(self) -> None:
         self.queue.popleft()
