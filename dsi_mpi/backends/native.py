@@ -50,6 +50,23 @@ class Kernels:
             fn.restype = None
         self.add_rms_norm, self.rope_cache, self.silu_mul = lib.dsi_add_rms_norm, lib.dsi_rope_cache, lib.dsi_silu_mul
         self.linear_f32, self.linear_bf16, self.attention = lib.dsi_linear_f32, lib.dsi_linear_bf16, lib.dsi_attention
+        lib.dsi_layer.argtypes = [_P, _P, _P, _P, _I, _I, _P]
+        lib.dsi_layer.restype = None
+        self.layer = lib.dsi_layer
+
+
+class LayerArgs(ctypes.Structure):
+    """kernels.c's LayerArgs: one decoder layer's sizes, weights and caches, for `dsi_layer`."""
+
+    _fields_ = [
+        *((name, _I) for name in ("kind", "hidden", "heads", "kv_heads", "head_dim", "ffn", "cap")),
+        ("eps", _F),
+        ("scale", _F),
+        *((name, _P) for name in ("cos_table", "sin_table", "scores", "keys", "values")),
+        *((name, _P) for name in ("qkv", "o", "gate_up", "down")),
+        *((f"{name}_scale", _P) for name in ("qkv", "o", "gate_up", "down")),
+        *((name, _P) for name in ("qkv_bias", "o_bias", "norm2")),
+    ]
 
 
 def cache_root() -> Path:

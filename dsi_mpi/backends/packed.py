@@ -171,13 +171,11 @@ class PackedRunner(ModelRunner):
         self._grow(start + n)
         x = F.embedding(torch.tensor(tokens), self.embed).float()
         h = ops.add_norm(x, None, self.layers[0].norm1)
-        for index, layer in enumerate(self.layers):
+        for index in range(self.n_layers):
             if self._layer_callback is not None:
                 self._layer_callback()
-            q = ops.rope_cache(layer.qkv(h), index, start)
-            h = ops.add_norm(x, layer.o(ops.attention(q, index, start)), layer.norm2)
             after = self.layers[index + 1].norm1 if index + 1 < self.n_layers else self.norm
-            h = ops.add_norm(x, layer.down(ops.silu_mul(layer.gate_up(h))), after)
+            h = ops.layer(x, h, index, start, after)
         return self._logits(h[n - n_out :])
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

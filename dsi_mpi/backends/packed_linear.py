@@ -11,7 +11,7 @@ took 1.5x one token in fp32 (../shared/notes/PLATFORM.md). Two ways around it, i
   memory on any CPU (widened in registers), and sums every output in the same order whatever the rows: batch
   invariant. Single-threaded (models.threads = 1, the usual one rank per core). Measured on one Intel Ice Lake
   core (CPU time, SmolLM2-135M's matrices): fp32 50 ms at 1 row, 52 at 5, 57 at 8 (MKL's plain products: 49,
-  103, 129); bf16 weights 28 ms at 1 row, 30 at 5.
+  103, 129); bf16 weights 28 ms at 1 row, 30 at 5 (a whole forward: analysis/forward_cost.py).
 - `OneDnnLinear`: weights packed once, at load, for oneDNN (no repacking per call), with the plain weight for
   the narrow products where MKL's plain kernel is faster (measured on an Intel Ice Lake core: 47 ms against
   56 ms for SmolLM2's matrices in fp32 at 1 row; on the AMD core the plain fp32 head took 14.9 ms at 1 row
@@ -44,7 +44,7 @@ class NativeLinear:
     """The project's kernel (see the module docstring) over a weight packed at load by `pack_rows`; dtype int8:
     quantized per row (backends/quantize.py), the scales applied to each output."""
 
-    __slots__ = ("weight", "scale", "bias", "rows", "width", "_run")
+    __slots__ = ("weight", "scale", "bias", "rows", "width", "padded", "_run")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, kernels):
         from dsi_mpi.backends.quantize import quantize_rows
@@ -54,12 +54,13 @@ class NativeLinear:
         if dtype == torch.int8:
             weight, self.scale = quantize_rows(weight)
         self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
+        self.padded = self.weight.shape[1] * self.weight.shape[3] * self.weight.shape[4]  # x's padded width
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._run = {torch.bfloat16: kernels.linear_bf16, torch.int8: kernels.linear_i8}.get(dtype, kernels.linear_f32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.width % LANES:
-            x = F.pad(x, (0, LANES - self.width % LANES))
+        if self.padded != self.width:
+            x = F.pad(x, (0, self.padded - self.width))
         rows = x.shape[0]
         out = torch.empty(rows, self.rows)
         bias = None if self.bias is None else self.bias.data_ptr()
@@ -73,12 +74,14 @@ class NativeLinear:
 
 def pack_rows(weight: torch.Tensor, block_rows: int) -> torch.Tensor:
     """The layout kernels.c reads: blocks of `block_rows` rows, each stored as its rows' LANES-wide chunks
-    interleaved ([block][chunk][row][lane]), zero-padded to whole blocks and chunks: one pass over the
-    weights is one sequential stream."""
+    interleaved ([block][chunk][row][lane][1]), zero-padded to whole blocks and chunks: one pass over the
+    weights is one sequential stream. bf16 goes by pairs of chunks, each lane's two values side by side
+    ([block][pair][row][lane][2]), which the kernel widens with one operation per chunk."""
+    step = 2 if weight.dtype == torch.bfloat16 else 1
     rows, width = weight.shape
-    padded = F.pad(weight, (0, -width % LANES, 0, -rows % block_rows))
-    blocks = padded.view(-1, block_rows, padded.shape[1] // LANES, LANES)
-    return blocks.permute(0, 2, 1, 3).contiguous()
+    padded = F.pad(weight, (0, -width % (step * LANES), 0, -rows % block_rows))
+    blocks = padded.view(-1, block_rows, padded.shape[1] // (step * LANES), step, LANES)
+    return blocks.permute(0, 2, 1, 4, 3).contiguous()
 
 
 class OneDnnLinear:

@@ -8,18 +8,68 @@ The steps, for a block of n tokens at positions start..start+n-1 of layer `index
   returns the queries, (n, heads, head_dim).
 - attention(q, index, start): causal attention over the cache; returns (n, heads * head_dim).
 - silu_mul(gate_up): SiLU(gate) * up of the fused product's two halves.
+- layer(x, h, index, start, after): the whole decoder layer from those steps: h (normed input) in, x updated
+  and h = RMSNorm(x) by `after` out. Natively one C call (kernels.c `dsi_layer`: the same steps in the same
+  order, so the same numbers), where no product's input needs padding.
 The native steps compute each row on its own, the same way whatever n is (batch invariance, kernels.c).
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
 
+def compose_layer(ops, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
+    """A decoder layer step by step (see the module docstring)."""
+    layer = ops.runner.layers[index]
+    q = ops.rope_cache(layer.qkv(h), index, start)
+    h = ops.add_norm(x, layer.o(ops.attention(q, index, start)), layer.norm2)
+    return ops.add_norm(x, layer.down(ops.silu_mul(layer.gate_up(h))), after)
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
 class NativeOps:
+    KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # kernels.c LayerArgs.kind
+
     def __init__(self, runner, kernels):
         self.runner, self.k = runner, kernels
+        self.fused = all(lin.padded == lin.width for layer in runner.layers for lin in layer.linears())
+        self._ffn = runner.layers[0].down.width
+        self._args: list = []  # one LayerArgs per layer, remade when the cache grows (its buffers move)
+        self._capacity = -1
+
+    def layer(self, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
+        """One C call (h is written in place), or the steps where a product's input would need padding."""
+        if not self.fused:
+            return compose_layer(self, x, h, index, start, after)
+        r = self.runner
+        if self._capacity != r.capacity:
+            self._args = [self._layer_args(i) for i in range(r.n_layers)]
+            self._capacity = r.capacity
+        n, d = x.shape[0], r.head_dim
+        work = torch.empty(n * ((r.heads + 2 * r.kv_heads) * d + 2 * r.heads * d + x.shape[1] + 3 * self._ffn))
+        self.k.layer(self._args[index][1], after.data_ptr(), x.data_ptr(), h.data_ptr(), n, start, work.data_ptr())
+        return h
+
+    def _layer_args(self, index: int) -> tuple:
+        """(the LayerArgs, its address) for layer `index`; the struct holds pointers only, the runner the data."""
+        from dsi_mpi.backends.native import LayerArgs
+
+        r, layer = self.runner, self.runner.layers[index]
+        args = LayerArgs(
+            self.KINDS[r.dtype], layer.o.rows, r.heads, r.kv_heads, r.head_dim, self._ffn, r.capacity, r.eps,
+            r.scale, r.cos_table.data_ptr(), r.sin_table.data_ptr(), r.scores.data_ptr(), r.keys[index].data_ptr(),
+            r.values[index].data_ptr(), *(lin.weight.data_ptr() for lin in layer.linears()),
+            *(_address(lin.scale) for lin in layer.linears()), _address(layer.qkv.bias), _address(layer.o.bias),
+            layer.norm2.data_ptr(),
+        )  # fmt: skip
+        return args, ctypes.addressof(args)
 
     def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(x)
@@ -57,6 +107,9 @@ class NativeOps:
 class TorchOps:
     def __init__(self, runner):
         self.runner = runner
+
+    def layer(self, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
+        return compose_layer(self, x, h, index, start, after)
 
     def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
         if delta is not None:

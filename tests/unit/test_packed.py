@@ -117,10 +117,11 @@ def _kernels():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_native_product_is_right_and_the_same_for_a_row_whatever_the_rows(dtype):
-    """Widths with a tail past the 16 lanes, fp32 and bf16 weights, with and without bias: the product equals
-    torch's (to float rounding) and each row's outputs are bit for bit those of a one-row product."""
+    """Widths with a tail past the 16 lanes (and, for bf16's pairs of chunks, one chunk past a pair), fp32 and
+    bf16 weights, with and without bias: the product equals torch's (to float rounding) and each row's outputs
+    are bit for bit those of a one-row product."""
     torch.manual_seed(0)
-    for rows_out, width in ((37, 64), (5, 83)):
+    for rows_out, width in ((37, 64), (5, 83), (9, 48)):
         weight, bias, x = torch.randn(rows_out, width), torch.randn(rows_out), torch.randn(9, width)
         for b in (None, bias):
             linear = NativeLinear(weight, b, dtype, _kernels())
@@ -163,9 +164,12 @@ def test_a_quantized_drafter_runs_int8_and_checks_against_its_dequantized_model(
     assert (target.forward(seq, 8) - drafted).abs().max() > 1e-3  # really another model: the weights rounded
 
 
-def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whatever_the_block():
+@pytest.mark.parametrize("d", [16, 48, 40])
+def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whatever_the_block(d):
+    """Head sizes of whole 16-float chunks (queries and sums in registers) and another (the general loop); the
+    blocks' key counts cross the four-keys-at-a-time steps."""
     torch.manual_seed(0)
-    heads, kv, d, cap, start, n = 6, 2, 16, 40, 7, 5
+    heads, kv, cap, start, n = 6, 2, 40, 7, 6
     keys, values = torch.randn(kv, cap, d), torch.randn(kv, cap, d)
     q = torch.randn(n, heads, d)
 
@@ -186,6 +190,20 @@ def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whate
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     for i in range(n):
         assert torch.equal(run(q[i : i + 1], start + i)[0], got[i])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_layer_in_one_native_call_computes_what_its_steps_compute_bit_for_bit(tiny_models, dtype):
+    """kernels.c's dsi_layer runs the steps packed_ops composes, in the same order: the same logits bit for bit,
+    over a prefill and a verification, and after the cache grows (its buffers move)."""
+    runner = PackedRunner(_load(tiny_models["target"], dtype), capacity=16)
+    assert runner.ops.fused
+    seq = [5, 9, 100, 3, 77, 200, 31, 8, 12, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
+    fused = torch.cat([runner.forward(seq[:14], 14), runner.forward(seq[14:], 6)])
+    runner.reset()
+    runner.ops.fused = False
+    steps = torch.cat([runner.forward(seq[:14], 14), runner.forward(seq[14:], 6)])
+    assert torch.equal(fused, steps)
 
 
 def test_a_verification_sees_what_plain_decoding_sees_bit_for_bit(tiny_models):
