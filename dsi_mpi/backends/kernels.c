@@ -418,3 +418,34 @@ void dsi_layer(const LayerArgs *a, const float *after, float *x, float *h, int n
     linear_kind(a->kind, act, n, a->ffn, a->down, a->hidden, a->down_scale, NULL, delta);
     dsi_add_rms_norm(x, delta, n, a->hidden, after, a->eps, h);
 }
+
+/* A forward's first step: x[i] = the embedding row of ids[i], widened to fp32 (table kind 0 fp32, 1 bf16), and
+   h = RMSNorm(x) by `weight` (the first layer's norm): what torch's embedding and the norm step compute. */
+void dsi_embed_norm(const void *table, int kind, const int64_t *ids, int n, int width, const float *weight,
+                    float eps, float *x, float *h) {
+    for (int i = 0; i < n; i++) {
+        float *row = x + (size_t)i * width;
+        if (kind == 1) {
+            const uint16_t *src = (const uint16_t *)table + (size_t)ids[i] * width;
+            for (int t = 0; t < width; t++) {
+                uint32_t bits = (uint32_t)src[t] << 16;
+                memcpy(row + t, &bits, sizeof bits);
+            }
+        } else {
+            memcpy(row, (const float *)table + (size_t)ids[i] * width, sizeof(float) * width);
+        }
+    }
+    dsi_add_rms_norm(x, NULL, n, width, weight, eps, h);
+}
+
+/* out[r] = the index of row r's largest score, the first one on ties and the first NaN if any (as torch's
+   argmax). */
+void dsi_argmax(const float *scores, int rows, int cols, int64_t *out) {
+    for (int r = 0; r < rows; r++) {
+        const float *s = scores + (size_t)r * cols;
+        int best = 0;
+        for (int j = 1; j < cols && !isnan(s[best]); j++)
+            if (s[j] > s[best] || isnan(s[j])) best = j;
+        out[r] = best;
+    }
+}

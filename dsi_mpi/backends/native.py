@@ -51,8 +51,11 @@ class Kernels:
         self.add_rms_norm, self.rope_cache, self.silu_mul = lib.dsi_add_rms_norm, lib.dsi_rope_cache, lib.dsi_silu_mul
         self.linear_f32, self.linear_bf16, self.attention = lib.dsi_linear_f32, lib.dsi_linear_bf16, lib.dsi_attention
         lib.dsi_layer.argtypes = [_P, _P, _P, _P, _I, _I, _P]
-        lib.dsi_layer.restype = None
-        self.layer = lib.dsi_layer
+        lib.dsi_embed_norm.argtypes = [_P, _I, _P, _I, _I, _P, _F, _P, _P]
+        lib.dsi_argmax.argtypes = [_P, _I, _I, _P]
+        for fn in (lib.dsi_layer, lib.dsi_embed_norm, lib.dsi_argmax):
+            fn.restype = None
+        self.layer, self.embed_norm, self.argmax = lib.dsi_layer, lib.dsi_embed_norm, lib.dsi_argmax
 
 
 class LayerArgs(ctypes.Structure):

@@ -23,7 +23,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dsi_mpi.backends import native
 from dsi_mpi.backends.base import ModelRunner
@@ -103,7 +102,7 @@ class PackedRunner(ModelRunner):
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self.eps = float(config.rms_norm_eps)
-        self.embed = base.embed_tokens.weight.detach()
+        self.embed = base.embed_tokens.weight.detach().contiguous()
         self.norm = base.norm.weight.detach().float()
         self.kernels, why_not = native.load() if torch.get_num_threads() == 1 else (None, "more than one thread")
         if self.kernels is None and self.dtype != torch.float32:
@@ -169,8 +168,7 @@ class PackedRunner(ModelRunner):
     def _forward(self, tokens: list[int], n_out: int) -> torch.Tensor:
         start, n, ops = len(self.tokens), len(tokens), self.ops
         self._grow(start + n)
-        x = F.embedding(torch.tensor(tokens), self.embed).float()
-        h = ops.add_norm(x, None, self.layers[0].norm1)
+        x, h = ops.embed_norm(tokens, self.layers[0].norm1)
         for index in range(self.n_layers):
             if self._layer_callback is not None:
                 self._layer_callback()
@@ -186,7 +184,7 @@ class PackedRunner(ModelRunner):
         return out.index_copy_(-1, self.head_rows, scores)
 
     def _argmax(self, scores: torch.Tensor, first_position: int) -> np.ndarray:
-        return scores.argmax(dim=-1).to(torch.int64).numpy()
+        return self.ops.argmax(scores)
 
 
 def check_against_hf(runner: PackedRunner) -> dict:

@@ -3,6 +3,7 @@
 RMSNorm, and they added up to a third of a SmolLM2 step), or torch (`TorchOps`, where the kernels are not used).
 
 The steps, for a block of n tokens at positions start..start+n-1 of layer `index`:
+- embed_norm(tokens, weight): the tokens' embeddings as fp32 x (n, hidden), and h = RMSNorm(x) by `weight`.
 - add_norm(x, delta, weight): x += delta (unless None), then Llama's RMSNorm of x; x is (n, hidden) fp32.
 - rope_cache(qkv, index, start): rotate the block's queries and keys, write keys and values into the cache;
   returns the queries, (n, heads, head_dim).
@@ -11,6 +12,7 @@ The steps, for a block of n tokens at positions start..start+n-1 of layer `index
 - layer(x, h, index, start, after): the whole decoder layer from those steps: h (normed input) in, x updated
   and h = RMSNorm(x) by `after` out. Natively one C call (kernels.c `dsi_layer`: the same steps in the same
   order, so the same numbers), where no product's input needs padding.
+- argmax(scores): each row's greedy token (the first of equal scores), as numpy int64.
 The native steps compute each row on its own, the same way whatever n is (batch invariance, kernels.c).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +59,20 @@ class NativeOps:
         work = torch.empty(n * ((r.heads + 2 * r.kv_heads) * d + 2 * r.heads * d + x.shape[1] + 3 * self._ffn))
         self.k.layer(self._args[index][1], after.data_ptr(), x.data_ptr(), h.data_ptr(), n, start, work.data_ptr())
         return h
+
+    def embed_norm(self, tokens: list[int], weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.runner
+        n, width = len(tokens), r.embed.shape[1]
+        x, h = torch.empty(n, width), torch.empty(n, width)
+        kind = self.KINDS[r.embed.dtype]
+        ids = (ctypes.c_int64 * n)(*tokens)
+        self.k.embed_norm(r.embed.data_ptr(), kind, ids, n, width, weight.data_ptr(), r.eps, x.data_ptr(), h.data_ptr())
+        return x, h
+
+    def argmax(self, scores: torch.Tensor) -> np.ndarray:
+        out = np.empty(scores.shape[0], dtype=np.int64)
+        self.k.argmax(scores.data_ptr(), scores.shape[0], scores.shape[1], out.ctypes.data)
+        return out
 
     def _layer_args(self, index: int) -> tuple:
         """(the LayerArgs, its address) for layer `index`; the struct holds pointers only, the runner the data."""
@@ -110,6 +127,13 @@ class TorchOps:
 
     def layer(self, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
         return compose_layer(self, x, h, index, start, after)
+
+    def embed_norm(self, tokens: list[int], weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.embedding(torch.tensor(tokens), self.runner.embed).float()
+        return x, self.add_norm(x, None, weight)
+
+    def argmax(self, scores: torch.Tensor) -> np.ndarray:
+        return scores.argmax(dim=-1).to(torch.int64).numpy()
 
     def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
         if delta is not None:

@@ -99,6 +99,7 @@ class AdaptiveLookahead:
         self.draft_s = Ema()  # a draft step that fed one token
         self.catch_up_s = Ema()  # a draft step that also fed committed tokens (an upper bound of d)
         self.verify_s: dict[int, Ema] = {}  # T(n): n tokens verified -> seconds to the result
+        self._known: list[tuple[int, float]] | None = None  # verify_s sorted, until the next verification
         self.k = INITIAL_LOOKAHEAD
         self.probe_interval = PROBE_MIN
         self.plain_blocks = 0  # verifications of no drafts since the last exploration block
@@ -117,6 +118,7 @@ class AdaptiveLookahead:
         """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
         n, seconds = (1, seconds / plain) if plain else (max(tokens, 1), seconds)
         self.verify_s.setdefault(n, Ema()).add(seconds)
+        self._known = None
         if n == 1:
             self.plain_blocks += plain or 1
 
@@ -132,7 +134,9 @@ class AdaptiveLookahead:
 
     def verification_s(self, tokens: int) -> float | None:
         """T(n) from the measured table (see the module docstring); None before any verification."""
-        known = sorted((n, e.value) for n, e in self.verify_s.items() if e.value is not None)
+        if self._known is None:  # best() asks for every k at each block: sorted once per verification
+            self._known = sorted((n, e.value) for n, e in self.verify_s.items() if e.value is not None)
+        known = self._known
         if not known:
             return None
         below = [(n, t) for n, t in known if n <= tokens]

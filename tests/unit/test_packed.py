@@ -248,3 +248,14 @@ def test_dtype_auto_on_the_packed_backend_is_bf16_where_its_own_kernels_run(tiny
     torch.set_num_threads(2)
     threaded = build_runner("target", _models(tiny_models["target"], dtype="auto")).compile_info
     assert threaded["dtype"] == ("bfloat16" if cpu_facts()["native_bf16"] else "float32"), threaded
+
+
+def test_the_native_argmax_is_torchs_ties_and_nans_included(tiny_models):
+    """The greedy token of each row as torch.argmax gives it: the first of equal scores, the first NaN if any."""
+    ops = PackedRunner(_load(tiny_models["target"])).ops
+    scores = torch.randn(6, 300)
+    scores[1, [7, 250]] = 9.0
+    scores[2, [3, 5]] = float("nan")
+    scores[3, :] = 0.0
+    scores[4, 0] = float("nan")
+    assert ops.argmax(scores).tolist() == scores.argmax(dim=-1).tolist()
