@@ -7,12 +7,16 @@ with the target, and the job runs as fast as plain decoding, even with one verif
 The rule, from the paper's time model (Leviathan et al. 2023, eq. 1; Timor et al. 2025, section 3):
 a block of k drafts verified from the true prefix commits E(k) = 1 + a + ... + a^k tokens on average
 (accepted drafts, then the target's recovered or bonus token), where a is the acceptance rate. It costs
-    si:  k d + T(k + 1)                  (drafting, then one verification of k + 1 tokens)
-    dsi: T(k + 1) + (1 - a^(k+1)) k d    (the next block, and the draft the bonus token checks, are drafted
-                                          during this one's verification; unless all k + 1 stand, k drafts
-                                          must be made again before sending)
-where d is the drafter's seconds per draft and T(n) the seconds from sending an n-token verification
-to reading its result (measured, messages included). k = 0 costs T(1) for one token: plain decoding. The
+    si:  k d + r + T(k + 1)                  (drafting, then one verification of k + 1 tokens)
+    dsi: T(k + 1) + (1 - a^(k+1)) (k d + r)  (the next block, and the draft the bonus token checks, are drafted
+                                              during this one's verification; unless all k + 1 stand, k drafts
+                                              must be made again before sending)
+where d is the drafter's seconds per draft, T(n) the seconds from sending an n-token verification
+to reading its result (measured, messages included), and r the rest of a restart: the seconds from the
+result that restarts drafting (si's every result, a rejection) to the next block's send, beyond its k
+drafts at d (the coordinator's own work, and the catch-up step after a fully accepted block; measured).
+With the default pair on 2 cores (a 5M-parameter target at 0.6-1.3 ms per token) r came to 0.3-0.5 ms,
+and leaving it out made si speculate at 0.75-0.92x plain decoding's speed (0.91-0.97x with it: make run). k = 0 costs T(1) for one token: plain decoding. The
 coordinator takes the k in 0..MAX_LOOKAHEAD with the most tokens per second, E(k) / cost(k), and keeps
 its current k unless another is better by more than HYSTERESIS (so that noise does not flap it).
 
@@ -98,6 +102,7 @@ class AdaptiveLookahead:
         self.accepted, self.compared = PRIOR_ACCEPTANCE * PRIOR_WEIGHT, PRIOR_WEIGHT
         self.draft_s = Ema()  # a draft step that fed one token
         self.catch_up_s = Ema()  # a draft step that also fed committed tokens (an upper bound of d)
+        self.restart_s = Ema()  # r: a restart's seconds beyond its drafts at d (see the module docstring)
         self.verify_s: dict[int, Ema] = {}  # T(n): n tokens verified -> seconds to the result
         self._known: list[tuple[int, float]] | None = None  # verify_s sorted, until the next verification
         self.k = INITIAL_LOOKAHEAD
@@ -113,6 +118,10 @@ class AdaptiveLookahead:
     def observe_draft(self, seconds: float, fed: int = 1) -> None:
         """One finished draft step that fed the drafter `fed` tokens (more than 1: a catch-up)."""
         (self.draft_s if fed <= 1 else self.catch_up_s).add(seconds)
+
+    def observe_restart(self, seconds: float) -> None:
+        """From a restart of drafting to the next block's send, less its drafts at d."""
+        self.restart_s.add(seconds)
 
     def observe_verification(self, seconds: float, tokens: int, plain: int = 0) -> None:
         """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
@@ -157,7 +166,8 @@ class AdaptiveLookahead:
             return None
         a = min(max(self.acceptance, 0.0), 1.0)
         tokens = k + 1 if a >= 1.0 else (1 - a ** (k + 1)) / (1 - a)
-        drafting = 0.0 if k == 0 else k * d if self.policy == "si" else (1 - a ** (k + 1)) * k * d
+        restart = 0.0 if k == 0 else k * d + max(self.restart_s.value or 0.0, 0.0)
+        drafting = restart if self.policy == "si" else (1 - a ** (k + 1)) * restart
         return tokens / max(t + drafting, 1e-12)
 
     def unqueued_lookahead(self) -> int | None:

@@ -257,6 +257,7 @@ class SpeculativeDecoder:
         self.ledger.epoch += 1
         self._cancel_all()
         self.nonsi.retracted = True
+        self.p.restarted_s = self.p.now()
         self._choose_lookahead()
 
     # ---------------------------------------------------------------- tasks
@@ -278,6 +279,18 @@ class SpeculativeDecoder:
         p.event(Event.TASK_SENT, task.row["sent_s"], task.row["sent_s"], task.task_id, verifier)
         if block:
             block.task_id = task.task_id
+            self._observe_restart(block)
+
+    def _observe_restart(self, block: Block) -> None:
+        """Adaptive speculation: the seconds from a restart (si's result, or a rejection) to the next block's
+        send, beyond its drafts at d: the coordinator's own work and catch-up steps, which the rule prices."""
+        p = self.p
+        since, p.restarted_s = p.restarted_s, None  # the next block after a restart, whatever it is, closes it
+        if since is None or p.adaptive is None or block.frontier or block.plain or not block.drafts:
+            return
+        d = p.adaptive.draft_seconds
+        if d is not None:
+            p.adaptive.observe_restart(p.now() - since - len(block.drafts) * d)
 
     def _dispatch(self) -> None:
         """Send waiting blocks, in order, each to the verifier with room whose caches will cover most of its

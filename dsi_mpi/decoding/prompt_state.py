@@ -83,6 +83,7 @@ class PromptState:
     no_proposal: tuple[int, int] | None = None  # (epoch, position) where the drafter had nothing to propose
     last_draft_s: float | None = None  # the last draft step's seconds
     last_round_trip_s: float | None = None  # the last verification's, sent to read
+    restarted_s: float | None = None  # when drafting had to start afresh (si's result, a rejection): adaptive.py
 
     def __post_init__(self):
         self.n_prompt = self.n_committed = len(self.seq)

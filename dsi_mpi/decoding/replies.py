@@ -112,6 +112,8 @@ class Replies:
             return self.nonsi.take_result(task, verdict)
         block.result = verdict
         task.row["outcome"] = Outcome.USED
+        if p.policy == "si":  # the next block is drafted from here (a rejection restarts dsi: Coordinator._retract)
+            p.restarted_s = None if block.plain else p.now()
         self.judge.apply_ready()
 
     def _stage_records(self, task: Task, msg):

@@ -55,6 +55,19 @@ def test_a_good_cheap_drafter_speculates(policy):
     assert min(chosen[-30:]) >= 3, chosen
 
 
+@pytest.mark.parametrize("policy", ["si", "dsi"])
+def test_the_time_a_restart_costs_beyond_its_drafts_is_priced(policy):
+    """The default pair's latencies on 2 cores: cheap drafts make speculation pay, until each restart of
+    drafting is measured to cost 1.5 T(1) more than its drafts (the coordinator's own work): then plain
+    decoding, apart from exploration blocks."""
+    rule = AdaptiveLookahead(policy)
+    assert min(feed(rule, 40, t1=0.7e-3, t2_per_token=0.15e-3, d=0.15e-3, a=0.75)[-10:]) >= 1
+    for _ in range(64):
+        rule.observe_restart(1.05e-3)
+    chosen = feed(rule, 40, t1=0.7e-3, t2_per_token=0.15e-3, d=0.15e-3, a=0.75)
+    assert chosen[-10:].count(-PROBE_MAX) == 5 and max(chosen[-10:]) == PROBE_DRAFTS, chosen
+
+
 def test_verification_time_is_a_table_of_the_sizes_measured():
     """T(n) as measured per n; between sizes linear, past the largest the mean growth, below the smallest flat."""
     rule = AdaptiveLookahead("si")
