@@ -100,6 +100,7 @@ class Place:
     stage: tuple[int, int] | None
     placement: object  # mpi.instances.Placement with runtime.instances >= 2, else None
     node_rank: int = 0  # among the processes on this node: picks the GPU (set once known)
+    core_each: bool = False  # every torch thread of this node's ranks has a core of its own (set once known)
 
     def role(self, layers: tuple[int, int] | None = None) -> str:
         """This rank's part, for the file's `ranks` and error lines (a group named by its world ranks)."""
@@ -208,6 +209,7 @@ def _start_ranks(cfg: Config, world, place: Place, poller, session):
 
     place.node_rank = startup.local_rank(world)
     threads_on_node, cores_on_node = startup.node_cores(world, poller, cfg.models.threads)
+    place.core_each = threads_on_node <= cores_on_node
     if place.comm is not None:  # the scheduler rank holds no core: it keeps the short spin
         poller.spin_s = spin_for_node(cfg.runtime.poll_spin_s, threads_on_node, cores_on_node)
     longest = max(map(len, session.prompt_tokens.values()), default=1) if world.Get_rank() == 0 else 0
@@ -241,7 +243,9 @@ def _serve(cfg: Config, channel, runner, place: Place, world_rank: int) -> None:
         if hf_assisted
         else None
     )
-    Verifier(channel, runner, assistant, rule, fault_rank=world_rank).serve()
+    keep_warm = cfg.runtime.keep_warm  # "auto": not where ranks share cores (the forwards would take them)
+    warm = place.core_each and getattr(runner, "fits_cache", False) if keep_warm == "auto" else bool(keep_warm)
+    Verifier(channel, runner, assistant, rule, fault_rank=world_rank, warm=warm).serve()
 
 
 def _coordinate(cfg: Config, session, place: Place, channel, drafter, started: tuple, world_rank: int) -> None:

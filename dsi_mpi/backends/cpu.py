@@ -40,6 +40,19 @@ def cpu_facts(cpuinfo: str | None = None) -> dict:
     }
 
 
+@lru_cache(maxsize=1)
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache of core 0 as Linux describes it (the L3, shared by the node's cores), 0 if unknown."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=0)
+
+
 def resolve_dtype(dtype: str, device: str, own_kernels: bool = False) -> str:
     """models.dtype as run: "auto" is bfloat16 where products in it are fast (the packed backend's own kernels,
     `own_kernels`, which widen bf16 weights in registers on any CPU; a CPU with BF16_FLAGS; a GPU that supports

@@ -20,18 +20,24 @@ tokens.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from dsi_mpi.backends import native
 from dsi_mpi.backends.base import ModelRunner
+from dsi_mpi.backends.cpu import last_level_cache_bytes
 from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, decoder_layers
 from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows, packing_available
 from dsi_mpi.backends.packed_ops import NativeOps, TorchOps
 
 PACKABLE_TYPES = ("llama", "mistral", "qwen2")
 DTYPES = (torch.float32, torch.bfloat16)
+
+
+class _Idle(Exception):
+    """Ends an idle forward (PackedRunner.idle_forward)."""
 
 
 def packable(model) -> str | None:
@@ -117,6 +123,12 @@ class PackedRunner(ModelRunner):
         self.capacity = 0
         self._grow(max(int(capacity), 16))
         self.compile_info = {"backend": "packed", "dtype": str(self.dtype).removeprefix("torch."), **self._kernels()}
+        self.fits_cache = False  # runtime.keep_warm = "auto" (verifier.py): the own kernels' weights in the cache
+        if self.kernels is not None:
+            weights = sum(lin.weight.nbytes for layer in self.layers for lin in layer.linears())
+            weights += self.head.weight.nbytes
+            self.fits_cache = weights <= last_level_cache_bytes()
+            self.compile_info["weights_mb"] = round(weights / 2**20, 1)
         if why_not:
             self.compile_info["native_kernels"] = why_not
         self.compile_info.update(check_against_hf(self))
@@ -162,6 +174,27 @@ class PackedRunner(ModelRunner):
 
     def _crop(self, length: int) -> None:
         """Nothing to do: positions past `length` are overwritten by the next forward."""
+
+    def idle_forward(self, stop: Callable[[], bool]) -> None:
+        """A throwaway forward of the last cached token, one position past the cache, abandoned at the first
+        layer where `stop()` is true: it writes only past the cache's end (the next forward overwrites that)
+        and changes nothing the runner records. Why: on a CPU a forward after a millisecond of waiting ran
+        1.3x slower than back to back (docs/backends.md, "keep_warm")."""
+        if not self.tokens:
+            return
+        callback = self._layer_callback
+
+        def check():
+            if stop():
+                raise _Idle
+
+        self._layer_callback = check
+        try:
+            self._forward(self.tokens[-1:], 1)
+        except _Idle:
+            pass
+        finally:
+            self._layer_callback = callback
 
     # ------------------------------------------------------------------ the forward
     @torch.inference_mode()

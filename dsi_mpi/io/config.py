@@ -138,7 +138,7 @@ def _check_type(key: Key, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"config key {where} must be a list of {element.__name__}s, got {value!r}")
         return value
-    if isinstance(value, bool) and key.type is not bool or not isinstance(value, key.type):
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, key.type):
         raise ConfigError(f"config key {where} must be {_type_name(key.type)}, got {type(value).__name__} {value!r}")
     return value
 
@@ -272,6 +272,10 @@ def _check_runtime(r: dict[str, Any]) -> None:
     _need(spin == "auto" or not isinstance(spin, str), f'runtime.poll_spin_s must be "auto" or seconds, got {spin!r}')
     _need(spin == "auto" or spin >= 0, f"runtime.poll_spin_s must be >= 0, got {spin}")
     _need(r["poll_max_sleep_s"] > 0, f"runtime.poll_max_sleep_s must be > 0, got {r['poll_max_sleep_s']}")
+    _need(
+        r["keep_warm"] in ("auto", True, False),
+        f'runtime.keep_warm must be "auto", true or false, got {r["keep_warm"]!r}',
+    )
     _need(r["max_blocks_ahead"] >= 0, "runtime.max_blocks_ahead must be >= 0")
     _need(r["instances"] >= 1, f"runtime.instances must be >= 1, got {r['instances']}")
     _need(r["pipeline_stages"] >= 1, f"runtime.pipeline_stages must be >= 1, got {r['pipeline_stages']}")

@@ -158,6 +158,16 @@ KEYS: tuple[Key, ...] = (
             "node has a core for every torch thread of its ranks (the union of their CPU affinities), else 5e-05",
         ),
         (
+            "keep_warm",
+            (bool, str),
+            "auto",
+            "a verifier on the packed CPU backend runs throwaway one-token forwards while it waits for a task, "
+            "stopped at the next layer once a message lands, so that a verification finds the core as plain "
+            'decoding leaves it; "auto": where every rank has a core of its own and the target\'s weights fit '
+            "the node's last-level cache (a model streamed from memory has no such state to lose, and its "
+            "throwaway forwards would take the memory bandwidth the drafter needs; docs/backends.md)",
+        ),
+        (
             "poll_max_sleep_s",
             float,
             0.00025,

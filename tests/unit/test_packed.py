@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from dsi_mpi.backends import native
-from dsi_mpi.backends.cpu import cpu_facts, resolve_dtype
+from dsi_mpi.backends.cpu import cpu_facts, last_level_cache_bytes, resolve_dtype
 from dsi_mpi.backends.hf import HFRunner, UnsupportedModel
 from dsi_mpi.backends.loading import build_runner
 from dsi_mpi.backends.packed import PackedRunner, packable
@@ -259,3 +259,21 @@ def test_the_native_argmax_is_torchs_ties_and_nans_included(tiny_models):
     scores[3, :] = 0.0
     scores[4, 0] = float("nan")
     assert ops.argmax(scores).tolist() == scores.argmax(dim=-1).tolist()
+
+
+def test_an_idle_forward_changes_nothing_a_later_forward_sees(tiny_models):
+    """runtime.keep_warm: a throwaway forward past the cache's end, whole or stopped after its first layer,
+    leaves the tokens, the counters and the next forward's logits (bit for bit) as they were."""
+    runner = PackedRunner(_load(tiny_models["target"], torch.bfloat16))
+    runner.forward([5, 9, 100, 3], 1)
+    expected = runner.forward([77, 200], 2)
+    runner.crop(4)
+    layers = []
+    for stop in (lambda: False, lambda: layers.append(1) or len(layers) > 1):
+        before = (list(runner.tokens), runner.computed_tokens, runner.forward_calls)
+        runner.idle_forward(stop)
+        assert (list(runner.tokens), runner.computed_tokens, runner.forward_calls) == before
+        assert torch.equal(runner.forward([77, 200], 2), expected)
+        runner.crop(4)
+    assert len(layers) == 2  # stopped at the second layer's check
+    assert runner.fits_cache or last_level_cache_bytes() < 2**20  # a tiny model: keep_warm "auto" is on
