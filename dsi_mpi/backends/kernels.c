@@ -242,8 +242,9 @@ static inline float dot(const float *a, const float *b, int d) {
 #define ATTEND(C)                                                                                          \
     static void attend_##C(const float *qh, const float *kh, const float *vh, int visible, float scale,    \
                            float *scores, float *o) {                                                      \
+        const v16 zero = {0};                                                                              \
         v16 q[C], even[C], odd[C];                                                                         \
-        for (int c = 0; c < C; c++) q[c] = load_f32(qh + c * LANES), even[c] = odd[c] = q[c] - q[c];      \
+        for (int c = 0; c < C; c++) q[c] = load_f32(qh + c * LANES), even[c] = odd[c] = zero;              \
         float top = -INFINITY;                                                                             \
         int j = 0;                                                                                         \
         for (; j + 4 <= visible; j += 4) {                                                                 \
