@@ -14,8 +14,6 @@ a wait ran 1.3x slower than back to back.
 
 from __future__ import annotations
 
-import time
-
 from dsi_mpi.backends import ModelRunner
 from dsi_mpi.decoding.baselines import serve_baseline
 from dsi_mpi.mpi import protocol
@@ -51,8 +49,7 @@ class Verifier:
         self.running_task = -1
         self.running_stream = False
         self.faults = FaultPlan(channel.rank if fault_rank is None else fault_rank)  # the world rank
-        self.warm = warm and hasattr(target, "idle_forward")  # runtime.keep_warm (_poll_warm)
-        self.waiting_since = 0.0
+        self.warm = warm and hasattr(target, "idle_forward")  # runtime.keep_warm (_idle_forward)
         target.set_layer_callback(self._check_cancel)
 
     def _take_cancel(self, msg) -> None:
@@ -72,13 +69,11 @@ class Verifier:
 
     def serve(self) -> None:
         """Answer rank 0 until STOP."""
+        idle = self._idle_forward if self.warm else None  # during the wait's spin only (a longer wait sleeps)
         while True:
-            self.waiting_since = time.perf_counter()
             # Twice the coordinator's bound: when a verifier falls silent, rank 0 (which knows who) reports it.
-            _, msg = self.channel.poller.wait_for(
-                self._poll_warm if self.warm else lambda: self.channel.poll(source=0),
-                "the coordinator (rank 0)",
-                2 * self.channel.poller.timeout_s,
+            _, msg = self.channel.receive(
+                "the coordinator (rank 0)", source=0, timeout_s=2 * self.channel.poller.timeout_s, while_spinning=idle
             )
             if msg.kind == protocol.STOP:
                 self.channel.flush()
@@ -93,13 +88,9 @@ class Verifier:
             else:
                 raise protocol.ProtocolError(f"rank 0 sent an unexpected {protocol.KIND_NAMES[msg.kind]}")
 
-    def _poll_warm(self):
-        """A message from rank 0, or None after a throwaway forward that stops as soon as one lands; only while
-        the wait is within the poller's spin (a longer wait sleeps as any other)."""
-        got = self.channel.poll(source=0)
-        if got is None and time.perf_counter() - self.waiting_since < self.channel.poller.spin_s:
-            self.target.idle_forward(lambda: bool(self.channel.comm.Iprobe(source=0)))
-        return got
+    def _idle_forward(self) -> None:
+        """runtime.keep_warm: a throwaway forward that stops at the next layer once rank 0's message lands."""
+        self.target.idle_forward(lambda: self.channel.waiting(source=0))
 
     def _plain_run(self, msg, tokens) -> list[int]:
         """Plain decoding of `msg.plain` tokens from here (adaptive speculation at k = 0): one message per run

@@ -35,10 +35,7 @@ class Channel:
         """Receive one waiting message as (source, Message), or return None at once. MPICH's first Iprobe
         after a message lands often only makes progress and misses it (measured: a CANCEL was seen one
         poll late, 4-8 ms instead of 0-4 ms); a second Iprobe sees it."""
-        if not (
-            self.comm.Iprobe(source=source, tag=tag, status=self._status)
-            or self.comm.Iprobe(source=source, tag=tag, status=self._status)
-        ):
+        if not self.waiting(source, tag):
             return None
         count = self._status.Get_count(MPI.INT64_T)
         src, msg_tag = self._status.Get_source(), self._status.Get_tag()
@@ -46,9 +43,23 @@ class Channel:
         self.comm.Recv([buf, MPI.INT64_T], source=src, tag=msg_tag)
         return src, protocol.decode(buf, msg_tag, src)
 
-    def receive(self, what: str, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG, timeout_s: float | None = None):
-        """Wait (polling with back-off, under the watchdog) for one message."""
-        return self.poller.wait_for(lambda: self.poll(source, tag), what, timeout_s)
+    def waiting(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG) -> bool:
+        """Whether a message is waiting (left unread; its status kept for `poll`): probed twice (see `poll`)."""
+        return bool(
+            self.comm.Iprobe(source=source, tag=tag, status=self._status)
+            or self.comm.Iprobe(source=source, tag=tag, status=self._status)
+        )
+
+    def receive(
+        self,
+        what: str,
+        source: int = MPI.ANY_SOURCE,
+        tag: int = MPI.ANY_TAG,
+        timeout_s: float | None = None,
+        while_spinning=None,
+    ):
+        """Wait (polling with back-off, under the watchdog) for one message; `while_spinning`: the poller's."""
+        return self.poller.wait_for(lambda: self.poll(source, tag), what, timeout_s, while_spinning)
 
     def flush(self, what: str = "sends to complete", timeout_s: float | None = None) -> None:
         """Wait until every send has left this rank (before exiting)."""

@@ -45,8 +45,15 @@ class BackoffPoller:
         self.timeout_s = timeout_s
         self.idle_s = 0.0  # total time spent waiting, for the records
 
-    def wait_for(self, poll: Callable[[], T | None], what: str, timeout_s: float | None = None) -> T:
-        """Return the first non-None `poll()` result; raise WatchdogTimeout naming `what` past the deadline."""
+    def wait_for(
+        self,
+        poll: Callable[[], T | None],
+        what: str,
+        timeout_s: float | None = None,
+        while_spinning: Callable[[], None] | None = None,
+    ) -> T:
+        """Return the first non-None `poll()` result; raise WatchdogTimeout naming `what` past the deadline.
+        `while_spinning` runs between two polls of the spin (not of the sleeps): a verifier's idle forwards."""
         result = poll()
         if result is not None:
             return result
@@ -65,6 +72,8 @@ class BackoffPoller:
                 if now >= spin_until:
                     time.sleep(sleep)
                     sleep = min(sleep * 2, self.max_sleep_s)
+                elif while_spinning is not None:
+                    while_spinning()
         finally:
             self.idle_s += time.perf_counter() - start
 

@@ -79,6 +79,22 @@ def test_spin_is_long_only_where_every_thread_has_a_core(tmp_path):
     assert poller_from_config(load_config(write(tmp_path, "")).runtime).spin_s == SPIN_SHARED_CORES_S
 
 
+def test_a_wait_runs_its_spinning_work_during_the_spin_only():
+    """runtime.keep_warm's hook: between two polls of the spin, never once the wait sleeps."""
+    import time
+
+    from dsi_mpi.mpi.polling import BackoffPoller
+
+    poller, calls, polls = BackoffPoller(spin_s=0.005, max_sleep_s=0.001), [], []
+
+    def poll():
+        polls.append(time.perf_counter())
+        return True if polls[-1] - polls[0] > 0.02 else None
+
+    assert poller.wait_for(poll, "a test", while_spinning=lambda: calls.append(time.perf_counter()))
+    assert calls and all(t - polls[0] < 0.005 + 0.002 for t in calls)
+
+
 def test_write_config_writes_what_load_config_reads(tmp_path):
     from dsi_mpi.io.config import write_config
 
