@@ -108,87 +108,87 @@ static inline float hsum(v16 a) { /* a fixed tree: the same order for every outp
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
-/* The weights are packed at load (dsi_mpi/backends/packed_linear.py, `pack_rows`) into blocks of NB rows, each
-   block stored as its rows' 16-wide chunks interleaved: [block][chunk][row in block][16 lanes], K padded with
-   zeros to a multiple of 16 and N to a multiple of NB. A pass over the weights is then one sequential stream,
-   which the hardware prefetcher follows at full speed. Up to ROWS input rows share each pass.
-   bf16 weights go by pairs of chunks, [block][chunk pair][row in block][16 lanes][2] (K padded to a multiple of
-   32): one 64-byte load holds a row's two chunks, and each is widened by one integer operation (the first
-   chunk's value is the low half of each 32-bit lane, shifted up; the second's the high half, masked), where
-   widening one chunk of 16 contiguous bf16 took five. Every output is still summed chunk after chunk. */
-#ifndef NB
-#define NB 4
+/* The weights are packed at load (dsi_mpi/backends/packed_linear.py, `pack_rows`) into blocks of NB outputs (rows
+   of w), each block stored input by input: for each k, the block's NB weights side by side ([block][k][output]),
+   K padded with zeros to a whole step (2 for bf16, whose pairs k, k + 1 sit side by side in each 32-bit lane:
+   [block][k / 2][output][2], one integer operation widens each) and N to a multiple of NB. A pass over the
+   weights is one sequential stream, which the hardware prefetcher follows at full speed. Up to ROWS input rows
+   share each pass; an input is broadcast to all lanes and each lane sums one output over k in order, so an
+   output's sum is the same whatever the rows (batch invariant) and no sum is ever reduced across lanes. */
+#ifndef VECS
+#define VECS 4 /* vectors of outputs per block: NB = 64 outputs, ROWS x VECS accumulators in registers */
 #endif
-#define BLOCK(ROWS, WT, LOAD)                                                                              \
-    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *scale,                \
-                                    const float *bias, float *y, int N, int n0) {                          \
-        v16 acc[ROWS][NB];                                                                                 \
-        memset(acc, 0, sizeof acc);                                                                        \
-        const WT *chunk = w + (size_t)n0 * K;                                                              \
-        for (int k = 0; k < K; k += LANES, chunk += NB * LANES) {                                          \
-            v16 wv[NB];                                                                                    \
-            for (int b = 0; b < NB; b++) {                                                                 \
-                __builtin_prefetch((const char *)(chunk + b * LANES) + PREFETCH, 0, LOCALITY);                        \
-                wv[b] = LOAD(chunk + b * LANES);                                                           \
-            }                                                                                              \
-            for (int r = 0; r < ROWS; r++) {                                                               \
-                v16 xv = load_f32(x + (size_t)r * K + k);                                                  \
-                for (int b = 0; b < NB; b++) acc[r][b] += xv * wv[b];                                      \
-            }                                                                                              \
-        }                                                                                                  \
-        STORE(ROWS)                                                                                        \
-    }
-
-#define STORE(ROWS)                                                                                        \
-    int nb = N - n0 < NB ? N - n0 : NB;                                                                    \
-    for (int r = 0; r < ROWS; r++)                                                                         \
-        for (int b = 0; b < nb; b++) {                                                                     \
-            float s = hsum(acc[r][b]);                                                                     \
-            s = scale ? s * scale[n0 + b] : s;                                                             \
-            y[(size_t)r * N + n0 + b] = bias ? s + bias[n0 + b] : s;                                       \
-        }
+#define NB (VECS * LANES)
 
 static inline v16 as_float(u16 u) { v16 v; memcpy(&v, &u, sizeof v); return v; }
 static inline u16 load_u32(const uint16_t *p) { u16 u; memcpy(&u, p, sizeof u); return u; }
+static const u16 HIGH = {0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u,
+                         0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u,
+                         0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u, 0xFFFF0000u};
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline v16 broadcast(const float *p) { /* from memory: a load, not a shuffle */
+    __m512 b = _mm512_broadcastss_ps(_mm_load_ss(p)); v16 v; memcpy(&v, &b, sizeof v); return v;
+}
+#else
+static inline v16 broadcast(const float *p) { return (v16){0} + *p; }
+#endif
+/* vector v of the block's outputs at step s of a k step starting at p */
+#define WIDEN_float(p, v, s) load_f32((p) + (v) * LANES)
+#define WIDEN_int8_t(p, v, s) load_i8((p) + (v) * LANES)
+#define WIDEN_uint16_t(p, v, s) as_float((s) ? load_u32((p) + (v) * 2 * LANES) & HIGH : load_u32((p) + (v) * 2 * LANES) << 16)
+#define STEP_float 1
+#define STEP_int8_t 1
+#define STEP_uint16_t 2
 
-#define BLOCK_BF16(ROWS)                                                                                   \
-    static void block_##ROWS##_uint16_t(const float *x, int K, const uint16_t *w, const float *scale,      \
-                                        const float *bias, float *y, int N, int n0) {                      \
-        v16 acc[ROWS][NB];                                                                                 \
+#define BLOCK(ROWS, WT)                                                                                    \
+    static void block_##ROWS##_##WT(const float *x, int K, const WT *w, const float *scale,                \
+                                    const float *bias, float *y, int N, int n0) {                          \
+        v16 acc[ROWS][VECS];                                                                               \
         memset(acc, 0, sizeof acc);                                                                        \
-        const uint16_t *pair = w + (size_t)n0 * K;                                                         \
-        const u16 zero = {0}, high = zero + 0xFFFF0000u;                                                   \
-        for (int k = 0; k < K; k += 2 * LANES, pair += NB * 2 * LANES) {                                   \
-            for (int b = 0; b < NB; b++)                                                                   \
-                __builtin_prefetch((const char *)(pair + b * 2 * LANES) + PREFETCH, 0, LOCALITY);              \
-            for (int half = 0; half < 2; half++) {                                                         \
-                v16 wv[NB];                                                                                \
-                for (int b = 0; b < NB; b++) {                                                             \
-                    u16 u = load_u32(pair + b * 2 * LANES);                                                \
-                    wv[b] = as_float(half ? u & high : u << 16);                                           \
-                }                                                                                          \
+        const WT *p = w + (size_t)n0 * K;                                                                  \
+        for (int k = 0; k < K; k += STEP_##WT, p += NB * STEP_##WT) {                                      \
+            for (int b = 0; b < (int)(NB * STEP_##WT * sizeof(WT)); b += 64)                               \
+                __builtin_prefetch((const char *)p + PREFETCH + b, 0, LOCALITY);                           \
+            for (int s = 0; s < STEP_##WT; s++) {                                                          \
+                v16 wv[VECS];                                                                              \
+                for (int v = 0; v < VECS; v++) wv[v] = WIDEN_##WT(p, v, s);                                \
                 for (int r = 0; r < ROWS; r++) {                                                           \
-                    v16 xv = load_f32(x + (size_t)r * K + k + half * LANES);                               \
-                    for (int b = 0; b < NB; b++) acc[r][b] += xv * wv[b];                                  \
+                    v16 xb = broadcast(x + (size_t)r * K + k + s);                                         \
+                    for (int v = 0; v < VECS; v++) acc[r][v] += xb * wv[v];                                \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
-        STORE(ROWS)                                                                                        \
+        store_block(&acc[0][0], ROWS, scale, bias, y, N, n0);                                              \
     }
 
-#define BLOCKS(WT, LOAD)                                                                                   \
-    BLOCK(1, WT, LOAD) BLOCK(2, WT, LOAD) BLOCK(3, WT, LOAD) BLOCK(4, WT, LOAD)                            \
-    BLOCK(5, WT, LOAD) BLOCK(6, WT, LOAD)
-BLOCKS(float, load_f32)
-BLOCKS(int8_t, load_i8)
-BLOCK_BF16(1) BLOCK_BF16(2) BLOCK_BF16(3) BLOCK_BF16(4) BLOCK_BF16(5) BLOCK_BF16(6)
+/* y's rows get the block's outputs n0.. (times the scale, plus the bias), the last block's padding left out. */
+static inline void store_block(const v16 *acc, int rows, const float *scale, const float *bias, float *y, int N,
+                               int n0) {
+    int nb = N - n0 < NB ? N - n0 : NB;
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < VECS && v * LANES < nb; v++) {
+            float out[LANES];
+            memcpy(out, &acc[r * VECS + v], sizeof out);
+            int count = nb - v * LANES < LANES ? nb - v * LANES : LANES, n = n0 + v * LANES;
+            for (int j = 0; j < count; j++) {
+                float s = scale ? out[j] * scale[n + j] : out[j];
+                y[(size_t)r * N + n + j] = bias ? s + bias[n + j] : s;
+            }
+        }
+}
+
+#define BLOCKS(WT) BLOCK(1, WT) BLOCK(2, WT) BLOCK(3, WT) BLOCK(4, WT) BLOCK(5, WT) BLOCK(6, WT)
+BLOCKS(float)
+BLOCKS(int8_t)
+BLOCKS(uint16_t)
 
 #ifndef ROWS
-#define ROWS 6 /* input rows per pass over a block of weight rows (6 x NB accumulators stay in 32 registers) */
+#define ROWS 6 /* input rows per pass over a block of weights (6 x VECS accumulators stay in 32 registers) */
 #endif
 
 /* y (M x N) = x (M x K) w^T (times a scale per row of w: int8 weights only) (+ bias), w packed as above; K a
-   multiple of 16 (of 32 for bf16; the caller pads x). */
+   whole number of steps (even for bf16; the caller pads x). */
 #define LINEAR(NAME, WT)                                                                                   \
     static void NAME##_scaled(const float *x, int M, int K, const WT *w, int N, const float *scale,        \
                               const float *bias, float *y) {                                               \
@@ -223,7 +223,7 @@ void dsi_linear_i8(const float *x, int M, int K, const int8_t *w, int N, const f
     linear_i8_scaled(x, M, K, w, N, scale, bias, y);
 }
 
-/* Returns NB, the rows per block the weights must be packed in. */
+/* Returns NB, the outputs per block the weights must be packed in. */
 int dsi_linear_block_rows(void) { return NB; }
 
 static inline float dot(const float *a, const float *b, int d) {

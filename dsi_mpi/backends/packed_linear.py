@@ -54,7 +54,7 @@ class NativeLinear:
         if dtype == torch.int8:
             weight, self.scale = quantize_rows(weight)
         self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
-        self.padded = self.weight.shape[1] * self.weight.shape[3] * self.weight.shape[4]  # x's padded width
+        self.padded = self.weight.shape[1] * self.weight.shape[3]  # x's padded width
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._run = {torch.bfloat16: kernels.linear_bf16, torch.int8: kernels.linear_i8}.get(dtype, kernels.linear_f32)
 
@@ -73,15 +73,15 @@ class NativeLinear:
 
 
 def pack_rows(weight: torch.Tensor, block_rows: int) -> torch.Tensor:
-    """The layout kernels.c reads: blocks of `block_rows` rows, each stored as its rows' LANES-wide chunks
-    interleaved ([block][chunk][row][lane][1]), zero-padded to whole blocks and chunks: one pass over the
-    weights is one sequential stream. bf16 goes by pairs of chunks, each lane's two values side by side
-    ([block][pair][row][lane][2]), which the kernel widens with one operation per chunk."""
+    """The layout kernels.c reads: blocks of `block_rows` rows of W (outputs), each stored input by input, the
+    block's weights for one input side by side ([block][k][row][1]), zero-padded to whole blocks: one pass over
+    the weights is one sequential stream, and each vector lane sums one output. bf16 goes by pairs of inputs,
+    each row's two values side by side ([block][k / 2][row][2]), which the kernel widens with one operation."""
     step = 2 if weight.dtype == torch.bfloat16 else 1
     rows, width = weight.shape
-    padded = F.pad(weight, (0, -width % (step * LANES), 0, -rows % block_rows))
-    blocks = padded.view(-1, block_rows, padded.shape[1] // (step * LANES), step, LANES)
-    return blocks.permute(0, 2, 1, 4, 3).contiguous()
+    padded = F.pad(weight, (0, -width % step, 0, -rows % block_rows))
+    blocks = padded.view(-1, block_rows, padded.shape[1] // step, step)
+    return blocks.permute(0, 2, 1, 3).contiguous()
 
 
 class OneDnnLinear:
