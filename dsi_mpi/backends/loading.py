@@ -79,6 +79,7 @@ def build_runner(
     if role == "target":
         return _hf_runner(models.target, "target", models, local_rank, capacity=capacity)
     spec = parse_drafter(models.drafter)
+    int8 = models.drafter_dtype == "int8"
     if spec.kind == "ngram":
         from transformers import AutoConfig
 
@@ -88,11 +89,17 @@ def build_runner(
         return NGramDrafter(spec.params["n"], int(target_cfg.get_text_config().vocab_size))
     if spec.kind == "truncated":
         return _hf_runner(
-            models.target, "drafter", models, local_rank, truncate=spec.params["layers"], capacity=capacity
+            models.target,
+            "drafter",
+            models,
+            local_rank,
+            truncate=spec.params["layers"],
+            capacity=capacity,
+            quantized=int8,
         )
     if spec.kind == "quantized":
         return _hf_runner(models.target, "drafter", models, local_rank, capacity=capacity, quantized=True)
-    return _drafter_runner(spec.model, models, local_rank, capacity)
+    return _drafter_runner(spec.model, models, local_rank, capacity, quantized=int8)
 
 
 def _emulated_runner(role: str, cfg: Config, local_rank: int, stage: tuple[int, int] | None):
@@ -118,14 +125,16 @@ def _emulated_runner(role: str, cfg: Config, local_rank: int, stage: tuple[int, 
 TEXT_GROWTH = 4  # a drafter of another vocabulary: its static cache holds this many positions per target position
 
 
-def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: int):
-    """The drafter model's runner; one of another vocabulary wrapped to take and propose target ids (TLI)."""
+def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: int, quantized: bool):
+    """The drafter model's runner (quantized: its weights in int8); one of another vocabulary wrapped to take and
+    propose target ids (TLI)."""
     vocab_map = vocabulary_map(models.target, name)
     if vocab_map is None:
-        return _hf_runner(name, "drafter", models, local_rank, capacity=capacity)
+        return _hf_runner(name, "drafter", models, local_rank, capacity=capacity, quantized=quantized)
     from dsi_mpi.backends.tli import TLIDrafter
 
-    return TLIDrafter(_hf_runner(name, "drafter", models, local_rank, capacity=capacity * TEXT_GROWTH), vocab_map)
+    inner = _hf_runner(name, "drafter", models, local_rank, capacity=capacity * TEXT_GROWTH, quantized=quantized)
+    return TLIDrafter(inner, vocab_map)
 
 
 def load_model(name: str, role: str, dtype_name: str, device, random_weights: bool):
@@ -152,8 +161,8 @@ def _hf_runner(
     random_weights=False,
     quantized=False,
 ):
-    """quantized: the target's weights in int8 as the drafter (backends/quantize.py): loaded in fp32 and
-    quantized in place; the packed backend runs it in int8, eager in the dtype asked."""
+    """quantized: a drafter's weights in int8 (backends/quantize.py; the target's own for "quantized"): loaded in
+    fp32 and quantized in place; the packed backend runs it in int8, eager in the dtype asked."""
     import torch
     from transformers.utils import logging as hf_logging
 

@@ -305,6 +305,14 @@ def _check_drafter(m: dict[str, Any], d: dict[str, Any]) -> None:
         "hf_assisted" not in d["algorithms"] or drafter.needs_weights,
         'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)',
     )
+    _need(
+        m["drafter_dtype"] in ("same", "int8"),
+        f'models.drafter_dtype must be "same" or "int8", got {m["drafter_dtype"]!r}',
+    )
+    _need(
+        m["drafter_dtype"] == "same" or drafter.needs_weights,
+        f'models.drafter_dtype "int8" needs a drafter with weights (models.drafter is {m["drafter"]!r})',
+    )
     if m["kind"] == "emulated":
         _need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
         for name in ("hf_assisted", "hf_prompt_lookup"):

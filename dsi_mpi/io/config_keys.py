@@ -51,6 +51,15 @@ KEYS: tuple[Key, ...] = (
             "target's token, half the bytes of bf16; `dsi_mpi/backends/quantize.py`)",
         ),
         (
+            "drafter_dtype",
+            str,
+            "same",
+            '"same": the drafter model runs in models.dtype, as the target does; "int8": its products\' weights '
+            "(decoder layers and head) in int8 with one scale per row, half the bytes of bf16 (the packed "
+            "backend's int8 kernel; eager holds q * s in models.dtype; `dsi_mpi/backends/quantize.py`). A "
+            'drafter\'s dtype changes its speed and acceptance, never the output. "quantized" is int8 already',
+        ),
+        (
             "dtype",
             str,
             "float32",
@@ -242,6 +251,7 @@ KEYS: tuple[Key, ...] = (
 
 SECTIONS = tuple(dict.fromkeys(k.section for k in KEYS))
 DIGEST_WHEN_SET = {
+    "models.drafter_dtype": "same",
     "emulation.min_new_tokens": 0,
     "models.compile_buckets": [],
 }  # keys added after results files existed: hashed only when set

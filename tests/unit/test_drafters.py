@@ -43,6 +43,16 @@ def test_bad_drafter_parameters_are_one_line_errors(text, message):
         validate({"models": {"drafter": text}})
 
 
+def test_a_drafter_dtype_is_same_or_int8_and_int8_needs_weights():
+    with pytest.raises(ConfigError, match='drafter_dtype must be "same" or "int8"'):
+        validate({"models": {"drafter_dtype": "int4"}})
+    with pytest.raises(ConfigError, match="needs a drafter with weights"):
+        validate({"models": {"drafter": "ngram", "drafter_dtype": "int8"}})
+    assert (
+        validate({"models": {"drafter": "truncated:layers=1", "drafter_dtype": "int8"}}).models.drafter_dtype == "int8"
+    )
+
+
 def test_hf_assisted_needs_a_drafter_model():
     with pytest.raises(ConfigError, match="use hf_prompt_lookup"):
         validate({"models": {"drafter": "ngram"}, "decoding": {"algorithms": ["hf_assisted"]}})

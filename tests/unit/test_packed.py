@@ -164,6 +164,23 @@ def test_a_quantized_drafter_runs_int8_and_checks_against_its_dequantized_model(
     assert (target.forward(seq, 8) - drafted).abs().max() > 1e-3  # really another model: the weights rounded
 
 
+def test_a_drafter_model_in_int8_checks_against_its_dequantized_model(tiny_models):
+    """models.drafter_dtype = "int8": a drafter model's products in int8 (here one with a frequency-ranked head), the packed
+    runner's logits those of the Hugging Face drafter holding q * s; the target is untouched."""
+    models = {"kind": "hf", "target": tiny_models["target"], "drafter": tiny_models["noisy_head"], "threads": 1}
+    cfg = validate({"models": models | {"drafter_dtype": "int8"}})
+    runner = build_runner("drafter", cfg)
+    assert runner.compile_info["dtype"] == "int8" and runner.compile_info["check_error"] <= 1e-4
+    assert build_runner("target", cfg).compile_info["dtype"] != "int8"
+    seq = [5, 9, 100, 3, 77, 200, 31, 8]
+    drafted = runner.forward(seq, 8)
+    eager = build_runner("drafter", cfg.replace("models", backend="eager", dtype="float32"))
+    torch.testing.assert_close(drafted, eager.forward(seq, 8), rtol=1e-4, atol=1e-4)
+    plain = build_runner("drafter", cfg.replace("models", drafter_dtype="same", dtype="float32")).forward(seq, 8)
+    scored = torch.isfinite(plain)
+    assert torch.equal(scored, torch.isfinite(drafted)) and (plain - drafted)[scored].abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("d", [16, 48, 40])
 def test_the_native_attention_is_causal_attention_and_the_same_for_a_query_whatever_the_block(d):
     """Head sizes of whole 16-float chunks (queries and sums in registers) and another (the general loop); the
