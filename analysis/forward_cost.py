@@ -3,7 +3,7 @@ each backend and dtype, against the memory floor measured on the same core.
 
 usage: python -m analysis.forward_cost [--model inputs/models/smollm2-135m-instruct] [--context 40]
                                        [--tokens 1 2 ... 9] [--rounds 8] [--threads 1]
-                                       [--variants eager:float32 packed:float32 packed:bfloat16 packed:int8 ...]
+                                       [--variants eager:float32 packed:float32 packed:bfloat16 packed:int8 packed:int4 ...]
                                        [--clock wall|cpu] [--json FILE]
 
 The time model prices a block of k drafts at T(k + 1); speculation pays on a CPU only where T(n) hardly grows
@@ -15,7 +15,8 @@ not inflated by the scheduler (memory-bandwidth contention still shows); the rec
 
 The memory floor of a variant is the bytes of the matrices one forward multiplies (its `streamed_mb`: every
 decoder matrix and the head, in the dtype the variant keeps them; the packed backend keeps the head in fp32, but
-a quantized drafter's in int8: variant packed:int8, the model as `models.drafter = "quantized"`)
+a quantized drafter's in int8 or int4 with their scales: variants packed:int8 and packed:int4, the model as
+`models.drafter = "quantized:bits=8"` or `4`)
 over this core's streaming read bandwidth, measured here (the best of a few whole-buffer reductions over a
 buffer far larger than the caches). Prints the CPU model and its bf16/AMX flags, a Markdown table and a JSON line.
 """
@@ -51,23 +52,26 @@ def read_bandwidth(rounds: int = 5, clock=time.perf_counter) -> float:
 
 def streamed_bytes(runner) -> int:
     """Bytes of the matrices one forward multiplies (decoder layers and head; not the embedding, of which a
-    forward reads a few rows)."""
-    model, int8 = runner.model, getattr(runner, "dtype", None) == torch.int8
+    forward reads a few rows): on the packed backend its packed weights and their scales as stored, else the
+    model's parameters."""
+    linears = [lin for layer in getattr(runner, "layers", []) for lin in layer.linears()]
+    if linears:
+        linears.append(runner.head)
+        return int(sum(lin.weight.nbytes + (lin.scale.nbytes if lin.scale is not None else 0) for lin in linears))
+    model = runner.model
+    layers = sum(p.numel() * p.element_size() for p in model.base_model.layers.parameters() if p.dim() == 2)
     head = model.get_output_embeddings().weight
-    size = (lambda p: 1) if int8 else (lambda p: p.element_size())
-    layers = sum(p.numel() * size(p) for p in model.base_model.layers.parameters() if p.dim() == 2)
-    head_bytes = head.numel() * (
-        1 if int8 else 4 if getattr(runner, "backend", "") == "packed" else head.element_size()
-    )
-    return int(layers + head_bytes)
+    return int(layers + head.numel() * head.element_size())
 
 
 def build(model: str, variant: str, capacity: int):
-    """A runner of `model` for "backend:dtype"; dtype int8: the model as a quantized drafter (backends/quantize.py)."""
+    """A runner of `model` for "backend:dtype"; dtype int8 or int4: the model as a quantized drafter
+    (`models.drafter = "quantized:bits=8"` or `4`, backends/quantize.py)."""
     backend, dtype = variant.split(":")
-    role = "drafter" if dtype == "int8" else "target"
-    models = {"kind": "hf", "target": model, "drafter": "quantized", "device": "cpu", "backend": backend}
-    models["dtype"] = "float32" if dtype == "int8" else dtype
+    bits = {"int8": 8, "int4": 4}.get(dtype)
+    role = "drafter" if bits else "target"
+    models = {"kind": "hf", "target": model, "drafter": f"quantized:bits={bits or 8}", "device": "cpu"}
+    models |= {"backend": backend, "dtype": "float32" if bits else dtype}
     return build_runner(role, validate({"models": models, "decoding": {"max_new_tokens": capacity, "lookahead": 16}}))
 
 

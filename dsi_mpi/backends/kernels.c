@@ -178,10 +178,65 @@ static inline void store_block(const v16 *acc, int rows, const float *scale, con
         }
 }
 
+/* int4 weights (a quantized drafter, dsi_mpi/backends/quantize.py): q + 8 in a nibble, inputs k and k + 1 of an
+   output in one byte (low, high), [block][k / 2][output]; one fp32 scale per output and GROUP inputs,
+   [block][k / GROUP][output]. Each group's sum of x q is made apart, in order (q from a 16-entry table: one
+   permute per vector of nibbles, no conversion), then times s it joins the output's sum. */
+#define GROUP 32
+#ifdef __AVX512F__
+static inline i16 load_u8(const uint8_t *p) {
+    __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); i16 v; memcpy(&v, &u, sizeof v); return v;
+}
+#else
+typedef uint8_t b16 __attribute__((vector_size(16)));
+static inline i16 load_u8(const uint8_t *p) { b16 b; memcpy(&b, p, sizeof b); return __builtin_convertvector(b, i16); }
+#endif
+#ifdef __AVX512F__
+static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) { /* q - 8 of inputs k and k + 1: a table lookup */
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512 l = _mm512_permutexvar_ps(u, table), h = _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), table);
+    memcpy(lo, &l, sizeof l), memcpy(hi, &h, sizeof h);
+}
+#else
+static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) {
+    i16 u = load_u8(p);
+    *lo = __builtin_convertvector(u & 15, v16) - 8.0f, *hi = __builtin_convertvector(u >> 4, v16) - 8.0f;
+}
+#endif
+#define BLOCK_I4(ROWS)                                                                                     \
+    static void block_##ROWS##_uint8_t(const float *x, int K, const uint8_t *w, const float *scale,        \
+                                       const float *bias, float *y, int N, int n0) {                       \
+        v16 acc[ROWS][VECS];                                                                               \
+        memset(acc, 0, sizeof acc);                                                                        \
+        const uint8_t *p = w + (size_t)n0 * (K / 2);                                                       \
+        const float *sc = scale + (size_t)n0 * (K / GROUP);                                                \
+        for (int g = 0; g < K; g += GROUP, sc += NB) {                                                     \
+            v16 part[ROWS][VECS];                                                                          \
+            memset(part, 0, sizeof part);                                                                  \
+            for (int k = g; k < g + GROUP; k += 2, p += NB) {                                              \
+                __builtin_prefetch((const char *)p + PREFETCH, 0, LOCALITY);                               \
+                v16 lo[VECS], hi[VECS];                                                                    \
+                for (int v = 0; v < VECS; v++) nibbles(p + v * LANES, &lo[v], &hi[v]);                     \
+                for (int r = 0; r < ROWS; r++) {                                                           \
+                    v16 x0 = broadcast(x + (size_t)r * K + k), x1 = broadcast(x + (size_t)r * K + k + 1);  \
+                    for (int v = 0; v < VECS; v++) part[r][v] += x0 * lo[v];                               \
+                    for (int v = 0; v < VECS; v++) part[r][v] += x1 * hi[v];                               \
+                }                                                                                          \
+            }                                                                                              \
+            for (int v = 0; v < VECS; v++) {                                                               \
+                v16 s = load_f32(sc + v * LANES);                                                          \
+                for (int r = 0; r < ROWS; r++) acc[r][v] += part[r][v] * s;                                \
+            }                                                                                              \
+        }                                                                                                  \
+        store_block(&acc[0][0], ROWS, NULL, bias, y, N, n0);                                               \
+    }
+
 #define BLOCKS(WT) BLOCK(1, WT) BLOCK(2, WT) BLOCK(3, WT) BLOCK(4, WT) BLOCK(5, WT) BLOCK(6, WT)
 BLOCKS(float)
 BLOCKS(int8_t)
 BLOCKS(uint16_t)
+BLOCK_I4(1) BLOCK_I4(2) BLOCK_I4(3) BLOCK_I4(4) BLOCK_I4(5) BLOCK_I4(6)
 
 #ifndef ROWS
 #define ROWS 6 /* input rows per pass over a block of weights (6 x VECS accumulators stay in 32 registers) */
@@ -210,6 +265,7 @@ BLOCKS(uint16_t)
 LINEAR(linear_f32, float)
 LINEAR(linear_bf16, uint16_t)
 LINEAR(linear_i8, int8_t)
+LINEAR(linear_i4, uint8_t)
 
 void dsi_linear_f32(const float *x, int M, int K, const float *w, int N, const float *bias, float *y) {
     linear_f32_scaled(x, M, K, w, N, NULL, bias, y);
@@ -221,6 +277,12 @@ void dsi_linear_bf16(const float *x, int M, int K, const uint16_t *w, int N, con
 void dsi_linear_i8(const float *x, int M, int K, const int8_t *w, int N, const float *scale, const float *bias,
                    float *y) {
     linear_i8_scaled(x, M, K, w, N, scale, bias, y);
+}
+
+/* int4 weights packed as above, a scale per output and GROUP inputs; K a multiple of GROUP. */
+void dsi_linear_i4(const float *x, int M, int K, const uint8_t *w, int N, const float *scale, const float *bias,
+                   float *y) {
+    linear_i4_scaled(x, M, K, w, N, scale, bias, y);
 }
 
 /* Returns NB, the outputs per block the weights must be packed in. */
@@ -382,8 +444,9 @@ void dsi_silu_mul(const float *gate_up, int rows, int ffn, float *out) {
    8 us each, a third of a small model's forward). The same steps in the same order as the packed backend's
    step-by-step path (packed_ops.py), so the same numbers: h (the layer's normed input, n x hidden) and x (the
    residual stream) in, x updated and h = RMSNorm(x) by `after` (the next layer's first norm, or the final one)
-   out. Weights: kind 0 fp32, 1 bf16, 2 int8 with a scale per row; every product's input width a multiple of
-   its packing's (16, 32 for bf16), so nothing is padded here. work: n * (qkv + 2 * heads * head_dim +
+   out. Weights: kind 0 fp32, 1 bf16, 2 int8 with a scale per row, 3 int4 with a scale per row and GROUP
+   inputs; every product's input width a whole number of its packing's steps (2 for bf16, GROUP for int4), so
+   nothing is padded here. work: n * (qkv + 2 * heads * head_dim +
    hidden + 3 * ffn) floats. */
 typedef struct {
     int kind, hidden, heads, kv_heads, head_dim, ffn, cap;
@@ -400,6 +463,8 @@ static void linear_kind(int kind, const float *x, int M, int K, const void *w, i
         linear_bf16_scaled(x, M, K, (const uint16_t *)w, N, scale, bias, y);
     else if (kind == 2)
         linear_i8_scaled(x, M, K, (const int8_t *)w, N, scale, bias, y);
+    else if (kind == 3)
+        linear_i4_scaled(x, M, K, (const uint8_t *)w, N, scale, bias, y);
     else
         linear_f32_scaled(x, M, K, (const float *)w, N, scale, bias, y);
 }

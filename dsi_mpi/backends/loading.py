@@ -78,8 +78,10 @@ def build_runner(
     capacity = cache_capacity(cfg.decoding, longest_prompt)
     if role == "target":
         return _hf_runner(models.target, "target", models, local_rank, capacity=capacity)
+    from dsi_mpi.backends.quantize import DTYPES
+
     spec = parse_drafter(models.drafter)
-    int8 = models.drafter_dtype == "int8"
+    quantized = DTYPES.get(models.drafter_dtype)  # None: "same"
     if spec.kind == "ngram":
         from transformers import AutoConfig
 
@@ -95,11 +97,12 @@ def build_runner(
             local_rank,
             truncate=spec.params["layers"],
             capacity=capacity,
-            quantized=int8,
+            quantized=quantized,
         )
     if spec.kind == "quantized":
-        return _hf_runner(models.target, "drafter", models, local_rank, capacity=capacity, quantized=True)
-    return _drafter_runner(spec.model, models, local_rank, capacity, quantized=int8)
+        bits = DTYPES["int4" if spec.params["bits"] == 4 else "int8"]
+        return _hf_runner(models.target, "drafter", models, local_rank, capacity=capacity, quantized=bits)
+    return _drafter_runner(spec.model, models, local_rank, capacity, quantized=quantized)
 
 
 def _emulated_runner(role: str, cfg: Config, local_rank: int, stage: tuple[int, int] | None):
@@ -125,9 +128,9 @@ def _emulated_runner(role: str, cfg: Config, local_rank: int, stage: tuple[int, 
 TEXT_GROWTH = 4  # a drafter of another vocabulary: its static cache holds this many positions per target position
 
 
-def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: int, quantized: bool):
-    """The drafter model's runner (quantized: its weights in int8); one of another vocabulary wrapped to take and
-    propose target ids (TLI)."""
+def _drafter_runner(name: str, models: ModelsConfig, local_rank: int, capacity: int, quantized):
+    """The drafter model's runner (quantized: its weights in that dtype, int8 or int4); one of another vocabulary
+    wrapped to take and propose target ids (TLI)."""
     vocab_map = vocabulary_map(models.target, name)
     if vocab_map is None:
         return _hf_runner(name, "drafter", models, local_rank, capacity=capacity, quantized=quantized)
@@ -159,12 +162,15 @@ def _hf_runner(
     truncate: int = 0,
     capacity: int = 512,
     random_weights=False,
-    quantized=False,
+    quantized=None,
 ):
-    """quantized: a drafter's weights in int8 (backends/quantize.py; the target's own for "quantized"): loaded in
-    fp32 and quantized in place; the packed backend runs it in int8, eager in the dtype asked."""
+    """quantized (torch.int8 or quantize.INT4): a drafter's weights quantized (backends/quantize.py; the target's
+    own for "quantized"): loaded in fp32 and quantized in place; the packed backend runs them in that dtype, eager
+    holds q * s in the dtype asked."""
     import torch
     from transformers.utils import logging as hf_logging
+
+    from dsi_mpi.backends.quantize import dtype_name, fake_quantize
 
     hf_logging.disable_progress_bar()
     name = resolve_model_path(name, role)
@@ -177,14 +183,12 @@ def _hf_runner(
         truncate_layers(model, truncate)
     head_tokens = restrict_drafter_head(model, name) if role == "drafter" and not random_weights else None
     if quantized:
-        from dsi_mpi.backends.quantize import fake_quantize
-
-        fake_quantize(model)
+        fake_quantize(model, quantized)
     if deferred or (quantized and not packed):
         model.to(getattr(torch, _auto_dtype(model, device) if deferred else asked))
     model.to(device)
-    runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models, int8=quantized)
-    dtype = "int8" if getattr(runner, "dtype", None) == torch.int8 else str(model.dtype).removeprefix("torch.")
+    runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models, quantized=quantized)
+    dtype = dtype_name(quantized) if getattr(runner, "dtype", None) == quantized else dtype_name(model.dtype)
     runner.compile_info.update(dtype=dtype, requested=models.backend)
     runner.compile_info.setdefault("cpu", cpu_facts())
     runner.head_tokens = head_tokens
@@ -196,14 +200,14 @@ def _eos_ids(model) -> tuple:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
 
 
-def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models: ModelsConfig, int8=False):
+def _runner_or_eager(model, eos_ids, capacity: int, role: str, name: str, models: ModelsConfig, quantized=None):
     """The runner of models.backend; a model that backend cannot run runs eager, the reason recorded (running
-    out of memory is the machine's problem, not the model's: raised). int8: a quantized drafter (packed)."""
+    out of memory is the machine's problem, not the model's: raised). quantized: a quantized drafter's dtype (packed)."""
     from dsi_mpi.backends.hf import HFRunner, UnsupportedModel, out_of_memory
 
     backend, fallback = _backend_for(models.backend, model.device), None
     try:
-        runner = _fast_runner(backend, model, eos_ids, capacity, role, models, int8)
+        runner = _fast_runner(backend, model, eos_ids, capacity, role, models, quantized)
         if runner is not None:
             return runner
     except KeyboardInterrupt:
@@ -242,12 +246,12 @@ def _backend_for(requested: str, device) -> str:
     return requested
 
 
-def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models: ModelsConfig, int8=False):
+def _fast_runner(backend: str, model, eos_ids, capacity: int, role: str, models: ModelsConfig, quantized=None):
     """The packed or compiled runner (None for eager); raises where the backend cannot run the model."""
     if backend == "packed":
         from dsi_mpi.backends.packed import PackedRunner
 
-        return PackedRunner(model, eos_ids, capacity, int8=int8)
+        return PackedRunner(model, eos_ids, capacity, quantized=quantized)
     if backend == "compiled":
         from dsi_mpi.backends.compiled import CompiledRunner
 

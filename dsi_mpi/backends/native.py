@@ -36,9 +36,10 @@ class Kernels:
         for name in ("dsi_linear_f32", "dsi_linear_bf16"):
             getattr(lib, name).argtypes = [_P, _I, _I, _P, _I, _P, _P]
             getattr(lib, name).restype = None
-        lib.dsi_linear_i8.argtypes = [_P, _I, _I, _P, _I, _P, _P, _P]
-        lib.dsi_linear_i8.restype = None
-        self.linear_i8 = lib.dsi_linear_i8
+        for name in ("dsi_linear_i8", "dsi_linear_i4"):
+            getattr(lib, name).argtypes = [_P, _I, _I, _P, _I, _P, _P, _P]
+            getattr(lib, name).restype = None
+        self.linear_i8, self.linear_i4 = lib.dsi_linear_i8, lib.dsi_linear_i4
         lib.dsi_attention.argtypes = [_P, _I, _I, _I, _I, _P, _P, _I, _I, _F, _P, _P]
         lib.dsi_attention.restype = None
         lib.dsi_linear_block_rows.restype = _I

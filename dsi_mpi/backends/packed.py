@@ -9,8 +9,8 @@ with: the query/key/value and gate/up matrices fused into one product each, ever
 rollback only shortens (the next write overwrites what lies beyond).
 
 What it runs: `model_type` llama, mistral or qwen2 without an active sliding window, SiLU MLPs without bias,
-any rotary scaling that does not depend on the sequence length (`packable`); fp32 or bf16, or int8 with a scale
-per row for a quantized drafter (backends/quantize.py). In bf16 the head's logits are computed in fp32 (bf16
+any rotary scaling that does not depend on the sequence length (`packable`); fp32 or bf16, or for a quantized
+drafter int8 with a scale per row or int4 with a scale per row and 32 inputs (backends/quantize.py). In bf16 the head's logits are computed in fp32 (bf16
 logits are rounded to steps of 0.125 at SmolLM2's scale and make exact ties). Anything else runs on the eager
 backend, with the reason recorded. At load the runner's logits are checked against the Hugging Face model's own
 forward (`check_against_hf`); a model that fails is refused here and runs eager, recorded, never with wrong
@@ -31,6 +31,7 @@ from dsi_mpi.backends.cpu import last_level_cache_bytes
 from dsi_mpi.backends.hf import UnsupportedModel, adopt_model, decoder_layers
 from dsi_mpi.backends.packed_linear import NativeLinear, OneDnnLinear, choose_plain_rows, packing_available
 from dsi_mpi.backends.packed_ops import NativeOps, TorchOps
+from dsi_mpi.backends.quantize import INT4, dtype_name
 
 PACKABLE_TYPES = ("llama", "mistral", "qwen2")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -96,14 +97,14 @@ class PackedRunner(ModelRunner):
 
     backend = "packed"
 
-    def __init__(self, model, eos_token_ids=(), capacity: int = 512, int8: bool = False):
+    def __init__(self, model, eos_token_ids=(), capacity: int = 512, quantized: torch.dtype | None = None):
         super().__init__()
         reason = packable(model)
         if reason:
             raise UnsupportedModel(f"packed backend: {reason}")
         adopt_model(self, model, eos_token_ids)
         config, base = model.config, model.base_model
-        self.dtype = torch.int8 if int8 else model.dtype  # the products' weights (int8: a quantized drafter)
+        self.dtype = quantized or model.dtype  # the products' weights (int8 or int4: a quantized drafter)
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
@@ -116,13 +117,13 @@ class PackedRunner(ModelRunner):
         with torch.inference_mode():
             self.layers = [_Layer(layer, self._linear) for layer in decoder_layers(model)]
             head = model.get_output_embeddings()
-            head_dtype = torch.int8 if int8 else torch.float32
+            head_dtype = quantized or torch.float32
             self.head, self.head_rows = self._linear(head.weight, None, head_dtype), getattr(head, "token_ids", None)
         self.n_layers = len(self.layers)
         self.ops = NativeOps(self, self.kernels) if self.kernels is not None else TorchOps(self)
         self.capacity = 0
         self._grow(max(int(capacity), 16))
-        self.compile_info = {"backend": "packed", "dtype": str(self.dtype).removeprefix("torch."), **self._kernels()}
+        self.compile_info = {"backend": "packed", "dtype": dtype_name(self.dtype), **self._kernels()}
         self.fits_cache = False  # runtime.keep_warm = "auto" (verifier.py): the own kernels' weights in the cache
         if self.kernels is not None:
             weights = sum(lin.weight.nbytes for layer in self.layers for lin in layer.linears())
@@ -231,7 +232,7 @@ def check_against_hf(runner: PackedRunner) -> dict:
     from transformers import DynamicCache
 
     seq = [int(t) for t in np.random.default_rng(0).integers(0, runner.vocab_size, size=11)]
-    exact = runner.dtype in (torch.float32, torch.int8)  # int8: the model holds the same q * s in fp32
+    exact = runner.dtype in (torch.float32, torch.int8, INT4)  # int8, int4: the model holds the same q * s in fp32
     reference = runner.model if exact else copy.deepcopy(runner.model).float()
     with torch.inference_mode():
         ids = torch.tensor([seq])

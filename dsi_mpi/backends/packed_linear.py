@@ -47,16 +47,22 @@ class NativeLinear:
     __slots__ = ("weight", "scale", "bias", "rows", "width", "padded", "_run")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, kernels):
-        from dsi_mpi.backends.quantize import quantize_rows
+        from dsi_mpi.backends.quantize import INT4, quantize_groups, quantize_rows
 
         self.rows, self.width = (int(n) for n in weight.shape)
         self.scale = None
-        if dtype == torch.int8:
-            weight, self.scale = quantize_rows(weight)
-        self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
-        self.padded = self.weight.shape[1] * self.weight.shape[3]  # x's padded width
+        if dtype == INT4:
+            q, scale = quantize_groups(weight)
+            self.weight, self.scale = pack_int4(q, scale, kernels.block_rows)
+            self.padded = q.shape[1]
+        else:
+            if dtype == torch.int8:
+                weight, self.scale = quantize_rows(weight)
+            self.weight = pack_rows(weight.detach().to(dtype), kernels.block_rows)
+            self.padded = self.weight.shape[1] * self.weight.shape[3]  # x's padded width
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._run = {torch.bfloat16: kernels.linear_bf16, torch.int8: kernels.linear_i8}.get(dtype, kernels.linear_f32)
+        runs = {torch.bfloat16: kernels.linear_bf16, torch.int8: kernels.linear_i8, INT4: kernels.linear_i4}
+        self._run = runs.get(dtype, kernels.linear_f32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.padded != self.width:
@@ -82,6 +88,18 @@ def pack_rows(weight: torch.Tensor, block_rows: int) -> torch.Tensor:
     padded = F.pad(weight, (0, -width % step, 0, -rows % block_rows))
     blocks = padded.view(-1, block_rows, padded.shape[1] // step, step)
     return blocks.permute(0, 2, 1, 3).contiguous()
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, block_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """kernels.c's int4 layout: q + 8 two to a byte (inputs k and k + 1 of a row, low and high nibble), blocks of
+    `block_rows` rows stored by input pairs ([block][k / 2][row]), padded rows zero (q = 0); the scales by group
+    ([block][group][row], padded rows 0)."""
+    rows = q.shape[0]
+    u = F.pad((q + 8).to(torch.uint8), (0, 0, 0, -rows % block_rows), value=8)
+    pairs = u.view(-1, block_rows, u.shape[1] // 2, 2).permute(0, 2, 1, 3)
+    packed = (pairs[..., 0] | (pairs[..., 1] << 4)).contiguous()
+    scales = F.pad(scale, (0, 0, 0, -rows % block_rows)).view(-1, block_rows, scale.shape[1]).permute(0, 2, 1)
+    return packed, scales.contiguous()
 
 
 class OneDnnLinear:

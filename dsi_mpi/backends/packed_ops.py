@@ -38,7 +38,7 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 
 
 class NativeOps:
-    KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # kernels.c LayerArgs.kind
+    KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.quint4x2: 3}  # kernels.c LayerArgs.kind
 
     def __init__(self, runner, kernels):
         self.runner, self.k = runner, kernels

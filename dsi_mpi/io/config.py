@@ -306,12 +306,12 @@ def _check_drafter(m: dict[str, Any], d: dict[str, Any]) -> None:
         'hf_assisted needs a drafter model (models.drafter is "ngram": use hf_prompt_lookup, HF\'s own prompt lookup)',
     )
     _need(
-        m["drafter_dtype"] in ("same", "int8"),
-        f'models.drafter_dtype must be "same" or "int8", got {m["drafter_dtype"]!r}',
+        m["drafter_dtype"] in ("same", "int8", "int4"),
+        f'models.drafter_dtype must be "same", "int8" or "int4", got {m["drafter_dtype"]!r}',
     )
     _need(
         m["drafter_dtype"] == "same" or drafter.needs_weights,
-        f'models.drafter_dtype "int8" needs a drafter with weights (models.drafter is {m["drafter"]!r})',
+        f"models.drafter_dtype {m['drafter_dtype']!r} needs a drafter with weights (models.drafter is {m['drafter']!r})",
     )
     if m["kind"] == "emulated":
         _need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")

@@ -48,7 +48,8 @@ KEYS: tuple[Key, ...] = (
             '"ngram:n=N" (prompt lookup over the last N..1 tokens, default 3, no model); '
             '"truncated:layers=L" (the target\'s first L layers with its norm and head); or "quantized" (the '
             "target itself with its products' weights in int8, a scale per row: no training, nearly always the "
-            "target's token, half the bytes of bf16; `dsi_mpi/backends/quantize.py`)",
+            'target\'s token, half the bytes of bf16; `dsi_mpi/backends/quantize.py`; "quantized:bits=4": int4, a scale '
+            "per row and 32 inputs, a quarter of bf16's bytes, a less faithful copy)",
         ),
         (
             "drafter_dtype",
@@ -56,7 +57,8 @@ KEYS: tuple[Key, ...] = (
             "same",
             '"same": the drafter model runs in models.dtype, as the target does; "int8": its products\' weights '
             "(decoder layers and head) in int8 with one scale per row, half the bytes of bf16 (the packed "
-            "backend's int8 kernel; eager holds q * s in models.dtype; `dsi_mpi/backends/quantize.py`). A "
+            'backend\'s int8 kernel; eager holds q * s in models.dtype; `dsi_mpi/backends/quantize.py`); "int4": '
+            "in int4 with one scale per row and 32 inputs. A "
             'drafter\'s dtype changes its speed and acceptance, never the output. "quantized" is int8 already',
         ),
         (

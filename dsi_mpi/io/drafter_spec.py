@@ -5,10 +5,10 @@
                             (prompt included) and propose the token that followed the latest match
     "truncated:layers=L"    the target's own first L decoder layers plus its final norm and head
                             (a self-drafter: no second model, no training; usually a poor one)
-    "quantized" | "quantized:bits=8"
+    "quantized" | "quantized:bits=8" | "quantized:bits=4"
                             the target itself with its products' weights in int8, a scale per row
                             (a self-drafter: half the bytes of bf16, nearly always the target's token;
-                            dsi_mpi/backends/quantize.py)
+                            dsi_mpi/backends/quantize.py), or in int4 with a scale per row and 32 inputs
 
 Parsed here, before anything is loaded, so a bad parameter is a one-line config error.
 """
@@ -57,6 +57,8 @@ def parse_drafter(text: str) -> DrafterSpec:
         raise DrafterSpecError(f"models.drafter {text!r}: the n-gram size n must be >= 1, got {params['n']}")
     if kind == "truncated" and (params["layers"] is None or params["layers"] < 1):
         raise DrafterSpecError(f"models.drafter {text!r}: a truncated drafter needs layers=L with L >= 1")
-    if kind == "quantized" and params["bits"] != 8:
-        raise DrafterSpecError(f"models.drafter {text!r}: a quantized drafter has bits=8 (int8), not {params['bits']}")
+    if kind == "quantized" and params["bits"] not in (8, 4):
+        raise DrafterSpecError(
+            f"models.drafter {text!r}: a quantized drafter has bits=8 or bits=4, not {params['bits']}"
+        )
     return DrafterSpec(kind, params=params)

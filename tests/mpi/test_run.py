@@ -54,7 +54,7 @@ def test_run_writes_everything_and_matches_generate(tiny_models, run_mpi, tmp_pa
     assert "vs nonsi" in table.stdout and "dsi" in table.stdout
 
 
-@pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1", "quantized"])
+@pytest.mark.parametrize("drafter", ["ngram:n=2", "truncated:layers=1", "quantized", "quantized:bits=4"])
 def test_drafters_without_training_through_the_cli(tiny_models, run_mpi, tmp_path, drafter):
     """The drafter kinds through the CLI with the default, adaptive lookahead: recorded in the file, lossless,
     and HF's prompt lookup (and HF's heuristic schedule) as baselines."""

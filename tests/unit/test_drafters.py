@@ -33,7 +33,7 @@ def _drafter_cfg(tiny_models, drafter: str):
         ("ngram:n=x", "n must be an integer"),
         ("truncated", "needs layers=L"),
         ("truncated:layers=0", "needs layers=L"),
-        ("quantized:bits=4", "bits=8"),
+        ("quantized:bits=3", "bits=8 or bits=4"),
     ],
 )
 def test_bad_drafter_parameters_are_one_line_errors(text, message):
@@ -44,8 +44,9 @@ def test_bad_drafter_parameters_are_one_line_errors(text, message):
 
 
 def test_a_drafter_dtype_is_same_or_int8_and_int8_needs_weights():
-    with pytest.raises(ConfigError, match='drafter_dtype must be "same" or "int8"'):
-        validate({"models": {"drafter_dtype": "int4"}})
+    with pytest.raises(ConfigError, match='drafter_dtype must be "same", "int8" or "int4"'):
+        validate({"models": {"drafter_dtype": "int2"}})
+    assert parse_drafter("quantized:bits=4").params == {"bits": 4}
     with pytest.raises(ConfigError, match="needs a drafter with weights"):
         validate({"models": {"drafter": "ngram", "drafter_dtype": "int8"}})
     assert (

@@ -149,12 +149,32 @@ def test_the_int8_product_is_the_quantized_weights_product_and_the_same_for_a_ro
             assert torch.equal(linear(x[:n])[n - 1], linear(x[n - 1 : n])[0]), (rows_out, width, n)
 
 
-def test_a_quantized_drafter_runs_int8_and_checks_against_its_dequantized_model(tiny_models):
-    """models.drafter = "quantized": the target's own weights in int8; the packed runner's logits equal the Hugging
-    Face model holding q * s (its load check), and eager runs that model where asked."""
-    cfg = validate({"models": {"kind": "hf", "target": tiny_models["target"], "drafter": "quantized", "threads": 1}})
+def test_the_int4_product_is_the_grouped_weights_product_and_the_same_for_a_row_whatever_the_rows():
+    """int4 weights, a scale per row and 32 inputs: the product of x with the dequantized weights (to float
+    rounding), each row's outputs bit for bit those of a one-row product, q * s within half a step of the weights;
+    widths that are not whole groups are padded."""
+    from dsi_mpi.backends.quantize import GROUP, INT4, dequantized, quantize_groups
+
+    torch.manual_seed(0)
+    for rows_out, width in ((37, 64), (5, 83), (70, 96)):
+        weight, bias, x = torch.randn(rows_out, width), torch.randn(rows_out), torch.randn(9, width)
+        q, scale = quantize_groups(weight)
+        assert q.shape[1] % GROUP == 0 and int(q.abs().max()) <= 7
+        steps = scale.repeat_interleave(GROUP, dim=1)[:, :width]
+        assert ((dequantized(weight, INT4) - weight).abs() <= steps / 2 + 1e-6).all()
+        linear = NativeLinear(weight, bias, INT4, _kernels())
+        torch.testing.assert_close(linear(x), F.linear(x, dequantized(weight, INT4), bias), rtol=1e-5, atol=1e-4)
+        for n in range(1, 10):
+            assert torch.equal(linear(x[:n])[n - 1], linear(x[n - 1 : n])[0]), (rows_out, width, n)
+
+
+@pytest.mark.parametrize("drafter, dtype", [("quantized", "int8"), ("quantized:bits=4", "int4")])
+def test_a_quantized_drafter_runs_quantized_and_checks_against_its_dequantized_model(tiny_models, drafter, dtype):
+    """models.drafter = "quantized": the target's own weights in int8 (or int4); the packed runner's logits equal
+    the Hugging Face model holding q * s (its load check), and eager runs that model where asked."""
+    cfg = validate({"models": {"kind": "hf", "target": tiny_models["target"], "drafter": drafter, "threads": 1}})
     runner = build_runner("drafter", cfg)
-    assert runner.compile_info["backend"] == "packed" and runner.compile_info["dtype"] == "int8"
+    assert runner.compile_info["backend"] == "packed" and runner.compile_info["dtype"] == dtype
     assert runner.compile_info["check_error"] <= 1e-4 and runner.compile_info["batch_invariant"]
     eager = build_runner("drafter", cfg.replace("models", backend="eager", dtype="float32"))
     seq = [5, 9, 100, 3, 77, 200, 31, 8]
