@@ -188,7 +188,8 @@ def _hf_runner(
         model.to(getattr(torch, _auto_dtype(model, device) if deferred else asked))
     model.to(device)
     runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models, quantized=quantized)
-    dtype = dtype_name(quantized) if getattr(runner, "dtype", None) == quantized else dtype_name(model.dtype)
+    ran_quantized = quantized is not None and getattr(runner, "dtype", None) == quantized  # else eager: q * s
+    dtype = dtype_name(quantized if ran_quantized else model.dtype)
     runner.compile_info.update(dtype=dtype, requested=models.backend)
     runner.compile_info.setdefault("cpu", cpu_facts())
     runner.head_tokens = head_tokens
