@@ -176,15 +176,15 @@ def _hf_runner(
     name = resolve_model_path(name, role)
     device = pick_device(models.device, local_rank)
     packed = _backend_for(models.backend, device) == "packed"
-    deferred = models.dtype == "auto" and packed and not quantized  # decided on the loaded model (_auto_dtype)
+    deferred = models.dtype == "auto" and packed and quantized is None  # decided on the loaded model (_auto_dtype)
     asked = resolve_dtype(models.dtype, device.type)
-    model = load_model(name, role, "float32" if deferred or quantized else asked, device, random_weights)
+    model = load_model(name, role, "float32" if deferred or quantized is not None else asked, device, random_weights)
     if truncate:
         truncate_layers(model, truncate)
     head_tokens = restrict_drafter_head(model, name) if role == "drafter" and not random_weights else None
-    if quantized:
+    if quantized is not None:
         fake_quantize(model, quantized)
-    if deferred or (quantized and not packed):
+    if deferred or (quantized is not None and not packed):
         model.to(getattr(torch, _auto_dtype(model, device) if deferred else asked))
     model.to(device)
     runner = _runner_or_eager(model, _eos_ids(model), capacity, role, name, models, quantized=quantized)

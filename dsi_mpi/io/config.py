@@ -313,6 +313,11 @@ def _check_drafter(m: dict[str, Any], d: dict[str, Any]) -> None:
         m["drafter_dtype"] == "same" or drafter.needs_weights,
         f"models.drafter_dtype {m['drafter_dtype']!r} needs a drafter with weights (models.drafter is {m['drafter']!r})",
     )
+    _need(
+        m["drafter_dtype"] == "same" or drafter.kind != "quantized",
+        f'models.drafter {m["drafter"]!r} sets its own dtype ("quantized:bits=8" or "quantized:bits=4"): '
+        'leave models.drafter_dtype "same"',
+    )
     if m["kind"] == "emulated":
         _need(drafter.kind == "model", "LATENCY EMULATION emulates a model drafter: models.drafter must stay a model")
         for name in ("hf_assisted", "hf_prompt_lookup"):

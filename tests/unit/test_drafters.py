@@ -47,6 +47,8 @@ def test_a_drafter_dtype_is_same_or_int8_and_int8_needs_weights():
     with pytest.raises(ConfigError, match='drafter_dtype must be "same", "int8" or "int4"'):
         validate({"models": {"drafter_dtype": "int2"}})
     assert parse_drafter("quantized:bits=4").params == {"bits": 4}
+    with pytest.raises(ConfigError, match="sets its own dtype"):
+        validate({"models": {"drafter": "quantized", "drafter_dtype": "int4"}})
     with pytest.raises(ConfigError, match="needs a drafter with weights"):
         validate({"models": {"drafter": "ngram", "drafter_dtype": "int8"}})
     assert (
