@@ -184,23 +184,17 @@ static inline void store_block(const v16 *acc, int rows, const float *scale, con
    permute per vector of nibbles, no conversion), then times s it joins the output's sum. */
 #define GROUP 32
 #ifdef __AVX512F__
-static inline i16 load_u8(const uint8_t *p) {
-    __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); i16 v; memcpy(&v, &u, sizeof v); return v;
-}
-#else
-typedef uint8_t b16 __attribute__((vector_size(16)));
-static inline i16 load_u8(const uint8_t *p) { b16 b; memcpy(&b, p, sizeof b); return __builtin_convertvector(b, i16); }
-#endif
-#ifdef __AVX512F__
-static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) { /* q - 8 of inputs k and k + 1: a table lookup */
+static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) { /* q of inputs k and k + 1: a table lookup */
     const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); /* a permute reads 4 bits of each */
     __m512 l = _mm512_permutexvar_ps(u, table), h = _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), table);
     memcpy(lo, &l, sizeof l), memcpy(hi, &h, sizeof h);
 }
 #else
-static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) {
-    i16 u = load_u8(p);
+typedef uint8_t b16 __attribute__((vector_size(16)));
+static inline void nibbles(const uint8_t *p, v16 *lo, v16 *hi) { /* the same values, converted */
+    b16 b; memcpy(&b, p, sizeof b);
+    i16 u = __builtin_convertvector(b, i16);
     *lo = __builtin_convertvector(u & 15, v16) - 8.0f, *hi = __builtin_convertvector(u >> 4, v16) - 8.0f;
 }
 #endif
