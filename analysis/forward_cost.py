@@ -52,12 +52,10 @@ def read_bandwidth(rounds: int = 5, clock=time.perf_counter) -> float:
 
 def streamed_bytes(runner) -> int:
     """Bytes of the matrices one forward multiplies (decoder layers and head; not the embedding, of which a
-    forward reads a few rows): on the packed backend its packed weights and their scales as stored, else the
-    model's parameters."""
-    linears = [lin for layer in getattr(runner, "layers", []) for lin in layer.linears()]
-    if linears:
-        linears.append(runner.head)
-        return int(sum(lin.weight.nbytes + (lin.scale.nbytes if lin.scale is not None else 0) for lin in linears))
+    forward reads a few rows): on the packed backend's own kernels its packed weights and their scales as stored
+    (`weights_bytes`), else the model's parameters (oneDNN's packed fp32 weights are the model's size)."""
+    if getattr(runner, "weights_bytes", None) is not None:
+        return runner.weights_bytes
     model = runner.model
     layers = sum(p.numel() * p.element_size() for p in model.base_model.layers.parameters() if p.dim() == 2)
     head = model.get_output_embeddings().weight

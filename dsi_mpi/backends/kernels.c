@@ -4,13 +4,13 @@
    row once for all n input rows (a row block of the weights stays in L1 while every input row uses it), so
    their cost is the weights' bytes over the memory bandwidth until the n rows' multiply-adds take longer than
    the stream (about 5 rows for SmolLM2-135M on an Ice Lake core; fewer for a model that sits in cache). Each
-   output is summed in the same order whatever n is (16 lanes over the inputs' length, then a fixed tree, then
-   the tail), so a token's outputs are the same bit for bit in a one-token forward and in an n-token
-   verification: the packed backend's verifications see exactly what plain decoding sees ("batch invariance").
+   output is summed in the same order whatever n is (one vector lane per output, over the inputs in order), so
+   a token's outputs are the same bit for bit in a one-token forward and in an n-token verification: the packed
+   backend's verifications see exactly what plain decoding sees ("batch invariance").
 
    Weights are fp32 or bf16 (bf16 is widened to fp32 in registers: no native bf16 instructions are needed, and
-   the bytes streamed are halved), or int8 with a scale per output (a quantized drafter; a quarter of fp32's
-   bytes); inputs, outputs and all arithmetic are fp32. Written with GCC/Clang vector
+   the bytes streamed are halved), or, for a quantized drafter, int8 with a scale per output (a quarter of
+   fp32's bytes) or int4 with a scale per output and GROUP inputs (an eighth, plus the scales); inputs, outputs and all arithmetic are fp32. Written with GCC/Clang vector
    extensions, compiled with -march=native on the node that runs it: AVX-512 gives one register per vector,
    AVX2 two, other CPUs what they have. */
 #include <math.h>
@@ -236,8 +236,8 @@ BLOCK_I4(1) BLOCK_I4(2) BLOCK_I4(3) BLOCK_I4(4) BLOCK_I4(5) BLOCK_I4(6)
 #define ROWS 6 /* input rows per pass over a block of weights (6 x VECS accumulators stay in 32 registers) */
 #endif
 
-/* y (M x N) = x (M x K) w^T (times a scale per row of w: int8 weights only) (+ bias), w packed as above; K a
-   whole number of steps (even for bf16; the caller pads x). */
+/* y (M x N) = x (M x K) w^T (times a scale per row of w, int8; per row and GROUP inputs, int4) (+ bias), w
+   packed as above; K a whole number of steps (even for bf16, GROUP for int4; the caller pads x). */
 #define LINEAR(NAME, WT)                                                                                   \
     static void NAME##_scaled(const float *x, int M, int K, const WT *w, int N, const float *scale,        \
                               const float *bias, float *y) {                                               \

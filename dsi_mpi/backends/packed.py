@@ -125,11 +125,14 @@ class PackedRunner(ModelRunner):
         self._grow(max(int(capacity), 16))
         self.compile_info = {"backend": "packed", "dtype": dtype_name(self.dtype), **self._kernels()}
         self.fits_cache = False  # runtime.keep_warm = "auto" (verifier.py): the own kernels' weights in the cache
+        self.weights_bytes: int | None = None  # own kernels: what a forward streams, scales included
         if self.kernels is not None:
-            weights = sum(lin.weight.nbytes for layer in self.layers for lin in layer.linears())
-            weights += self.head.weight.nbytes
-            self.fits_cache = weights <= last_level_cache_bytes()
-            self.compile_info["weights_mb"] = round(weights / 2**20, 1)
+            linears = [*(lin for layer in self.layers for lin in layer.linears()), self.head]
+            self.weights_bytes = sum(
+                lin.weight.nbytes + (0 if lin.scale is None else lin.scale.nbytes) for lin in linears
+            )
+            self.fits_cache = self.weights_bytes <= last_level_cache_bytes()
+            self.compile_info["weights_mb"] = round(self.weights_bytes / 2**20, 1)
         if why_not:
             self.compile_info["native_kernels"] = why_not
         self.compile_info.update(check_against_hf(self))

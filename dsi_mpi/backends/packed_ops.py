@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsi_mpi.backends.quantize import INT4
+
 
 def compose_layer(ops, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
     """A decoder layer step by step (see the module docstring)."""
@@ -38,7 +40,7 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 
 
 class NativeOps:
-    KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.quint4x2: 3}  # kernels.c LayerArgs.kind
+    KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, INT4: 3}  # kernels.c LayerArgs.kind
 
     def __init__(self, runner, kernels):
         self.runner, self.k = runner, kernels
