@@ -32,7 +32,7 @@ CPU backend T hardly grows with n; with Hugging Face eager on a CPU it does, and
 observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons.
 
 A run starts at k = 0: T(1) is measured first, by PROBE_MIN tokens of plain decoding (which lose nothing
-against plain decoding), then the first exploration block times a draft and T(2), and from then on the
+against plain decoding), then the first exploration block times a draft and T(3), and from then on the
 model decides. Starting at k = 1 instead would never time T(1) while drafts are worth sending, and the model
 would take T(1) = T(2): measured with SmolLM2-135M on a CPU core, T(2) = 1.66 T(1)
 (analysis/forward_cost.py), so a drafter accepted at 0.23 kept k = 1 and ran at 0.59x plain decoding.

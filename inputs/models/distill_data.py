@@ -54,34 +54,35 @@ def generate_batch(model, tok, prompts: list[list[int]], new: int, top_k: int = 
     return answers, soft
 
 
-def distill_data(target, tok, requests, budget_s, batch, new, top_k):
-    """(prompt ids, answer ids, soft labels) for as many requests as budget_s seconds of generation allow."""
+def distill_data(target, tok, requests, answers, batch, new, top_k):
+    """(prompt ids, answer ids, soft labels) for the first `answers` non-empty answers, in request order: a
+    count, not a time budget, so that a loaded machine makes the same data, more slowly."""
     data, t0, used = [], time.time(), 0
     c0 = time.process_time()
     for i in range(0, len(requests), batch):
-        if time.time() - t0 > budget_s:
+        if len(data) >= answers:
             break
         prompts = [chat_ids(tok, r) for r in requests[i : i + batch]]
-        answers, soft = generate_batch(target, tok, prompts, new, top_k)
-        for p, a, s in zip(prompts, answers, soft):
+        answers_ids, soft = generate_batch(target, tok, prompts, new, top_k)
+        for p, a, s in zip(prompts, answers_ids, soft):
             if a:
                 data.append((p, a, s))
         used = i + batch
         n = sum(len(d[1]) for d in data)
         print(f"  distill data: {len(data)} answers, {n} tokens, {time.time() - t0:.0f} s", flush=True)
-    return data, used, time.time() - t0, time.process_time() - c0
+    return data[:answers], used, time.time() - t0, time.process_time() - c0
 
 
 def cached_distill_data(target, tok, requests, args, path: Path):
     """distill_data, kept in `path` (JSON): a rebuild with other training settings reuses the same answers."""
-    key = {k: getattr(args, k) for k in ("gen_s", "gen_batch", "new_tokens", "requests", "soft_top_k")}
+    key = {k: getattr(args, k) for k in ("answers", "gen_batch", "new_tokens", "requests", "soft_top_k")}
     key["requests_sha1"] = hashlib.sha1("\n".join(requests).encode()).hexdigest()  # new lists, new data
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             print(f"distillation data from {path}", flush=True)
             return [tuple(pa) for pa in saved["data"]], saved["used"], saved["gen_s"], saved["gen_cpu_s"]
-    out = distill_data(target, tok, requests, args.gen_s, args.gen_batch, args.new_tokens, args.soft_top_k)
+    out = distill_data(target, tok, requests, args.answers, args.gen_batch, args.new_tokens, args.soft_top_k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps({"key": key, "data": out[0], "used": out[1], "gen_s": out[2], "gen_cpu_s": out[3]}))

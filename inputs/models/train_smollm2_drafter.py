@@ -1,18 +1,19 @@
 """Build a drafter for SmolLM2-135M-Instruct on CPU: SmolLM2's own embedding (frozen, tied head) and first
 LAYERS decoder layers, distilled on SmolLM2's own greedy answers to chat-templated requests.
 
-    python inputs/models/train_smollm2_drafter.py [--target DIR] [--dest DIR] [--gen-s 540] [--train-s 720]
+    python inputs/models/train_smollm2_drafter.py [--target DIR] [--dest DIR] [--answers 1024] [--steps 400]
     python inputs/models/train_smollm2_drafter.py --report    # the SmolLM2 section of TRAINING.md
 
 1. Requests (distill_requests.py): hand-written general programming tasks, concepts and how-tos, alternating
    with requests built from the Python stdlib's documented functions, wrapped in the chat template. The
    held-out evaluation requests, those of inputs/prompts/smollm2_chat.jsonl, and their topics are left out.
-2. Distillation data (distill_data.py): the target's greedy answers (batched HF generate, left padding) for
-   --gen-s seconds, with the target's top --soft-top-k log-probabilities at each answer position.
+2. Distillation data (distill_data.py): the target's greedy answers (batched HF generate, left padding) to
+   the first requests, --answers of them, with the target's top --soft-top-k log-probabilities at each answer
+   position.
 3. Drafter: LlamaForCausalLM with the target's config but LAYERS layers, initialised from the target's
    embedding, first layers and final norm; embedding/head frozen; cross entropy on the answer tokens (= the
    target's greedy choices) plus --soft-weight x cross entropy against the target's top-k distribution, for
-   --train-s seconds (AdamW, warm-up, cosine). With --head-tokens N the head keeps only N rows (the target's
+   --steps steps (AdamW, warm-up, cosine). With --head-tokens N the head keeps only N rows (the target's
    most frequent answer tokens, draft_vocab.json in the folder, dsi_mpi/backends/draft_vocab.py): the head is
    most of a small drafter's cost, so the rows it drops buy layers.
 4. Held-out measurement: greedy acceptance (the drafter's argmax on the target's own greedy continuation)
@@ -112,9 +113,10 @@ def soft_cross_entropy(logits, soft_ids, soft_logp, to_row):
     return -(p * logq.masked_fill(~kept, 0.0)).sum(-1).mean() if len(p) else logits.sum() * 0.0
 
 
-def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, soft_weight=1.0, log_every=10):
+def train(drafter, data, steps, lr, batch, max_len, token_ids=None, soft_weight=1.0, log_every=10):
     """Cross entropy on the target's greedy tokens, plus soft_weight x soft_cross_entropy where the data
-    has soft labels."""
+    has soft labels; `steps` batches, the learning rate's schedule by step: the same drafter whatever the
+    machine's load."""
     import torch
     import torch.nn.functional as F
 
@@ -134,7 +136,7 @@ def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, soft_weig
     soft = [d[2] if len(d) > 2 else None for d in data]
     use_soft = soft_weight > 0 and all(x is not None for x in soft)
     order, t0, c0, step, warm, losses, hard = [], time.time(), time.process_time(), 0, 20, [], []
-    while time.time() - t0 < budget_s:
+    while step < steps:
         if not order:
             order = list(range(len(seqs)))
             rng.shuffle(order)
@@ -148,8 +150,7 @@ def train(drafter, data, budget_s, lr, batch, max_len, token_ids=None, soft_weig
             ids[r, : len(s)] = torch.tensor(s)
             mask[r, : len(s)] = 1
             target_mask[r, starts[i] - 1 : len(s) - 1] = True  # positions that predict an answer token
-        elapsed = time.time() - t0
-        frac = min(1.0, elapsed / budget_s)
+        frac = step / steps
         scale = min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr * scale
@@ -256,8 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--data", type=Path, default=cache_root() / "smollm2-distill-data.json", help="distillation data, reused"
     )
-    ap.add_argument("--gen-s", type=float, default=540.0, help="seconds of distillation-data generation")
-    ap.add_argument("--train-s", type=float, default=720.0, help="seconds of training")
+    ap.add_argument("--answers", type=int, default=1024, help="answers generated for the distillation data")
+    ap.add_argument("--steps", type=int, default=400, help="training steps (batches)")
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--soft-top-k", type=int, default=10, help="soft labels kept per answer token (0: none)")
@@ -299,18 +300,18 @@ def build(args, dest: Path) -> None:
     heldout = [json.loads(line)["prompt"] for line in HELDOUT.read_text().splitlines() if line.strip()]
     held_requests = [p.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0] for p in heldout]
     requests = training_requests(args.requests, SEED, held_requests)
-    print(f"{len(requests)} training requests; generating distillation data for {args.gen_s:.0f} s", flush=True)
+    print(f"{len(requests)} training requests; distillation data from the first {args.answers} answers", flush=True)
     data, used, gen_s, gen_cpu_s = cached_distill_data(target, tok, requests, args, args.data)
     drafter = make_drafter(target, args.layers)
     n_params = sum(p.numel() for p in drafter.parameters())
     n_train = sum(p.numel() for n, p in drafter.named_parameters() if "embed_tokens" not in n)
     print(
-        f"drafter: {args.layers} layers, {n_params:,} parameters ({n_train:,} trained); training {args.train_s:.0f} s",
+        f"drafter: {args.layers} layers, {n_params:,} parameters ({n_train:,} trained); training {args.steps} steps",
         flush=True,
     )
     token_ids = head_token_ids(data, tok, args.head_tokens) if 0 < args.head_tokens < len(tok) else None
     before = acceptance(target, with_head(drafter, token_ids), tok, held_requests, args.eval_tokens)["a"]
-    tr = train(drafter, data, args.train_s, args.lr, args.batch, args.max_len, token_ids, args.soft_weight)
+    tr = train(drafter, data, args.steps, args.lr, args.batch, args.max_len, token_ids, args.soft_weight)
     trained = with_head(drafter, token_ids)  # the drafter a job loads, measured as such
     acc = acceptance(target, trained, tok, held_requests, args.eval_tokens)
     lat = latency_ratio(target, trained)
