@@ -177,6 +177,17 @@ def acceptance_histogram(recs: list[dict]) -> list[int]:
     return np.bincount(counts).tolist() if len(counts) else []
 
 
+def lookahead_histogram(recs: list[dict]) -> tuple[list[int], int]:
+    """Entry k: applied tasks after the prefill that carried k drafts (k = 0: plain runs, adaptive speculation's
+    choice where drafts did not pay), and the tokens those k = 0 tasks computed: how much a run speculated at
+    all, which its speedup depends on before anything else."""
+    tasks = tasks_table(recs)
+    used = tasks[(tasks["outcome"] == Outcome.USED) & (tasks["base"] > 0)] if tasks is not None else []
+    if not len(used):
+        return [], 0
+    return np.bincount(used["n_drafts"]).tolist(), int(used["computed"][used["n_drafts"] == 0].sum())
+
+
 def prompt_ms_per_token(rec: dict) -> float:
     """One record's wall time per generated token, in ms (algorithm_metrics' ms_per_token of one prompt)."""
     return ratio(1e3 * rec["wall_s"], len(rec["tokens"]))

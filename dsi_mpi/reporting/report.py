@@ -18,6 +18,7 @@ from dsi_mpi.reporting.metrics import (
     cache_reuse,
     compare,
     job_shape,
+    lookahead_histogram,
     ordered,
     rank_table,
     shared_gpus,
@@ -124,9 +125,17 @@ def throughput_lines(records: list[dict]) -> list[str]:
 
 
 def histogram_lines(records: list[dict]) -> list[str]:
-    """Per speculative algorithm: how many applied verifications let exactly j drafts stand."""
+    """Per speculative algorithm: its tasks by drafts sent (how much it speculated), and how many applied
+    verifications let exactly j drafts stand."""
     lines = []
     for algorithm, recs in by_algorithm(records).items():
+        sent, plain_tokens = lookahead_histogram(recs)
+        if sent:
+            cells = ", ".join(f"{k}: {n}" for k, n in enumerate(sent) if n)
+            lines.append(
+                f"{algorithm} tasks by drafts sent ({sum(sent)} after the prefills; 0: plain runs, "
+                f"{plain_tokens} tokens): {cells}"
+            )
         counts = acceptance_histogram(recs)
         if counts:
             cells = ", ".join(f"{j}: {n}" for j, n in enumerate(counts))

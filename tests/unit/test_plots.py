@@ -262,3 +262,22 @@ def test_an_adaptive_file_is_predicted_with_the_adaptive_rule(results):
     for r in records:
         r["lookahead"] = 0  # what an adaptive run records
     assert tm.run_setting(adaptive, records)["lookahead"] == {"si": 0, "dsi": 0}
+
+
+def test_tasks_by_drafts_sent_show_how_much_a_run_speculated():
+    """After the prefill (base 0), tasks by drafts sent; plain runs (no drafts) with the tokens they computed."""
+    from dsi_mpi.reporting import metrics as mt
+    from dsi_mpi.reporting.report import histogram_lines
+
+    rec = si_record(0, 0.1).as_dict()
+    rec["tasks"]["base"] = [0, 5, 8]
+    rec["tasks"]["n_drafts"] = [0, 0, 3]
+    rec["tasks"]["computed"] = [5, 3, 4]
+    rec["tasks"]["outcome"][2] = Outcome.STALE_RESULT  # not applied: not counted
+    assert mt.lookahead_histogram([rec]) == ([1], 3)
+    rec["tasks"]["outcome"][2] = Outcome.USED
+    assert mt.lookahead_histogram([rec]) == ([1, 0, 0, 1], 3)
+    assert "si tasks by drafts sent (2 after the prefills; 0: plain runs, 3 tokens): 0: 1, 3: 1" in histogram_lines(
+        [rec]
+    )
+    assert mt.lookahead_histogram([nonsi_record(0).as_dict()]) == ([], 0)
