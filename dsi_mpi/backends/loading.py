@@ -100,7 +100,7 @@ def build_runner(
             quantized=quantized,
         )
     if spec.kind == "quantized":
-        bits = DTYPES["int4" if spec.params["bits"] == 4 else "int8"]
+        bits = DTYPES[f"int{spec.params['bits']}"]  # parse_drafter admits 8 and 4
         return _hf_runner(models.target, "drafter", models, local_rank, capacity=capacity, quantized=bits)
     return _drafter_runner(spec.model, models, local_rank, capacity, quantized=quantized)
 
