@@ -11,7 +11,7 @@ SET     ?=
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dsi-mpi-installed
 
-.PHONY: run test test-oldest env bench lint clean-results smollm2 smollm2-distilled
+.PHONY: run test test-oldest env bench lint clean-results smollm2 smollm2-distilled smollm2-int4
 
 env: $(STAMP)
 
@@ -59,7 +59,9 @@ clean-results:
 # smollm2-distilled also distils a drafter from it (about 25 min on 2 cores the first time) and runs with that,
 # its products' weights in int8 (models.drafter_dtype; on the earlier 736-answer build: c 0.26 -> 0.12,
 # held-out acceptance 0.457 -> 0.452).
-# Both live in the user's cache ($$XDG_CACHE_HOME/dsi-mpi or ~/.cache/dsi-mpi); the scripts do nothing when the
+# smollm2-int4 runs the target's own weights in int4, rounded with their errors compensated on the target's own
+# answers (inputs/models/build_int4_drafter.py, dsi_mpi/backends/calibrate.py; about 10 min the first time).
+# All live in the user's cache ($$XDG_CACHE_HOME/dsi-mpi or ~/.cache/dsi-mpi); the scripts do nothing when the
 # folders are already there, and link the paths inputs/configs/smollm2.toml names to them.
 MODELS_STAMP := $(VENV)/.dsi-mpi-models-extra
 $(MODELS_STAMP): $(STAMP)
@@ -75,3 +77,9 @@ smollm2-distilled: $(MODELS_STAMP)
 	$(PY) inputs/models/train_smollm2_drafter.py --link inputs/models/smollm2-drafter
 	OMP_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(NP) $(PY) -m dsi_mpi run inputs/configs/smollm2.toml \
 		--set 'models.drafter="inputs/models/smollm2-drafter"' --set 'models.drafter_dtype="int8"' $(SET)
+
+smollm2-int4: $(MODELS_STAMP)
+	$(PY) inputs/models/fetch_smollm2.py --link inputs/models/smollm2-135m-instruct
+	$(PY) inputs/models/build_int4_drafter.py --link inputs/models/smollm2-int4
+	OMP_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(NP) $(PY) -m dsi_mpi run inputs/configs/smollm2.toml \
+		--set 'models.drafter="inputs/models/smollm2-int4"' --set 'models.drafter_dtype="int4"' $(SET)

@@ -58,7 +58,8 @@ KEYS: tuple[Key, ...] = (
             '"same": the drafter model runs in models.dtype, as the target does; "int8": its products\' weights '
             "(decoder layers and head) in int8 with one scale per row, half the bytes of bf16 (the packed "
             'backend\'s int8 kernel; eager holds q * s in models.dtype; `dsi_mpi/backends/quantize.py`); "int4": '
-            "in int4 with one scale per row and 32 inputs. A "
+            "in int4 with one scale per row and 32 inputs (a folder made by inputs/models/build_int4_drafter.py "
+            "holds weights already on calibrated int4 levels: run it in int4). A "
             'drafter\'s dtype changes its speed and acceptance, never the output. "quantized" is int8 already',
         ),
         (

@@ -180,6 +180,17 @@ def link(dest: Path, link_path: Path) -> None:
     print(f"linked {link_path} -> {dest}")
 
 
+def build_once(dest: Path, marker: str, build, force: bool, link_path: Path | None) -> None:
+    """build(dest) unless dest already holds `marker` and model.safetensors (a built drafter: nothing to do) or
+    `force`; then point link_path, if given, at dest."""
+    if (dest / marker).is_file() and (dest / "model.safetensors").is_file() and not force:
+        print(f"{dest}: drafter already built ({marker}), nothing to do")
+    else:
+        build(dest)
+    if link_path:
+        link(dest, link_path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dest", type=Path, default=default_dest(), help="output folder (default: %(default)s)")

@@ -43,7 +43,7 @@ from decode_timing import decode_step_ms  # noqa: E402
 from distill_data import cached_distill_data, chat_ids, generate_batch  # noqa: E402
 from distill_requests import training_requests  # noqa: E402
 from drafter_report import MARKER, write_report  # noqa: E402
-from fetch_smollm2 import cache_root, default_dest  # noqa: E402
+from fetch_smollm2 import build_once, cache_root, default_dest  # noqa: E402
 
 HELDOUT = HERE.parent / "prompts" / "smollm2_chat.jsonl"
 SEED = 1234
@@ -187,6 +187,12 @@ def train(drafter, data, steps, lr, batch, max_len, token_ids=None, soft_weight=
     }
 
 
+def heldout_requests() -> list[str]:
+    """The user turns of the held-out chat prompts (HELDOUT, chat template applied): what acceptance is measured on."""
+    heldout = [json.loads(line)["prompt"] for line in HELDOUT.read_text().splitlines() if line.strip()]
+    return [p.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0] for p in heldout]
+
+
 def acceptance(target, drafter, tok, requests, new):
     """Per-token greedy acceptance: the drafter's argmax on the target's own greedy continuation."""
     import torch
@@ -276,14 +282,7 @@ def main(argv=None) -> int:
     if args.report:
         write_report(dest)
         return 0
-    if (dest / MARKER).is_file() and (dest / "model.safetensors").is_file() and not args.force:
-        print(f"{dest}: drafter already built ({MARKER}), nothing to do")
-    else:
-        build(args, dest)
-    if args.link:
-        from fetch_smollm2 import link
-
-        link(dest, args.link)
+    build_once(dest, MARKER, lambda folder: build(args, folder), args.force, args.link)
     return 0
 
 
@@ -297,8 +296,7 @@ def build(args, dest: Path) -> None:
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.target)
     tok.padding_side = "left"
-    heldout = [json.loads(line)["prompt"] for line in HELDOUT.read_text().splitlines() if line.strip()]
-    held_requests = [p.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0] for p in heldout]
+    held_requests = heldout_requests()
     requests = training_requests(args.requests, SEED, held_requests)
     print(f"{len(requests)} training requests; distillation data from the first {args.answers} answers", flush=True)
     data, used, gen_s, gen_cpu_s = cached_distill_data(target, tok, requests, args, args.data)
