@@ -28,8 +28,19 @@ upper bound); T(n) per n, a small table, from every verification result of n tok
 per token). T(n) of a size not measured yet is read off the table: linear between measured sizes, past the
 largest with the measured sizes' mean growth per token, flat below the smallest. On a GPU and on the packed
 CPU backend T hardly grows with n; with Hugging Face eager on a CPU it does, and not even monotonically
-(analysis/forward_cost.py). Each estimate is an exponential moving average with a half-life of HALF_LIFE
-observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons.
+(analysis/forward_cost.py). Each estimate is an exponentially weighted mean with a half-life of HALF_LIFE
+observations; a starts from a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT comparisons. si's are normalised by
+their weights (near the plain mean while few), and at k > 0 one si block in NEIGHBOUR_EVERY goes out at k + 1 or
+k - 1, alternately, so that the sizes next to the chosen one keep being timed: on a shared machine one unlucky
+timing of a size that is then not chosen priced it out for good (a SmolLM2 job ran si at k = 1 for all its 213
+blocks where k = 3 was best; analysis/adaptive_noise.py plays si's loop on noisy latencies: 1.317x -> 1.350x
+nonsi at SmolLM2's, the jobs under 0.95x the best fixed k's 35% -> 25%; noise-free 1.365x -> 1.361x, the
+neighbours' cost). dsi keeps moving averages that start at their first value, and no neighbours: its blocks
+queue behind one another at the verifier, so its round trips overstate T(n), and its first timings (an
+exploration block's, which does not queue) held its estimates down; normalised, they priced speculation out
+and dsi went to plain decoding on the default pair (make run, three alternating pairs: dsi 0.947x, 0.927x,
+0.902x nonsi against 0.977x, 1.035x, 1.086x with the old estimates, 455 of 512 tokens in plain runs). dsi's
+T(n) wants its round trips less their queueing first.
 
 A run starts at k = 0: T(1) is measured first, by PROBE_MIN tokens of plain decoding (which lose nothing
 against plain decoding), then the first exploration block times a draft and T(3), and from then on the
@@ -75,18 +86,30 @@ PRIOR_ACCEPTANCE, PRIOR_WEIGHT = 0.5, 2.0
 HYSTERESIS = 0.02
 PROBE_MIN, PROBE_MAX = 4, 64
 PROBE_DRAFTS = 2
+NEIGHBOUR_EVERY = 8  # at k > 0, one block in this many goes out at k + 1 or k - 1, alternately (see next_lookahead)
 QUEUE_SLACK = 0.02  # a k at the gate's edge (servers x k x d = T) counts as unqueued despite measurement noise
 
 
 class Ema:
-    """Exponential moving average with a half-life counted in observations (None until the first)."""
+    """Exponentially weighted mean, the weights halving every `half_life` observations (None until the first).
+    `normalised` (si's): divided by the weights' sum, so near the plain mean while few; else (dsi's) a moving
+    average that starts at its first value and gives each later one 1 - 2^(-1 / half_life) of the weight (see
+    the module docstring for why the two differ)."""
 
-    def __init__(self, half_life: float = HALF_LIFE):
+    def __init__(self, half_life: float = HALF_LIFE, normalised: bool = True):
         self.keep = 0.5 ** (1.0 / half_life)
-        self.value: float | None = None
+        self.normalised = normalised
+        self.total = self.weight = 0.0
 
     def add(self, x: float) -> None:
-        self.value = x if self.value is None else self.keep * self.value + (1 - self.keep) * x
+        if self.normalised or not self.weight:
+            self.total, self.weight = self.keep * self.total + x, self.keep * self.weight + 1.0
+        else:
+            self.total = self.keep * self.total + (1 - self.keep) * x  # weight stays 1: the plain moving average
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.weight if self.weight else None
 
 
 class AdaptiveLookahead:
@@ -100,14 +123,20 @@ class AdaptiveLookahead:
         self.servers = 1  # verifiers taking blocks at once with the non-SI thread running (dsi; set per prompt)
         self.keep = 0.5 ** (1.0 / HALF_LIFE)
         self.accepted, self.compared = PRIOR_ACCEPTANCE * PRIOR_WEIGHT, PRIOR_WEIGHT
-        self.draft_s = Ema()  # a draft step that fed one token
-        self.catch_up_s = Ema()  # a draft step that also fed committed tokens (an upper bound of d)
-        self.restart_s = Ema()  # r: a restart's seconds beyond its drafts at d (see the module docstring)
+        self.steady = policy == "si"  # normalised means and neighbour blocks (see the module docstring)
+        self.draft_s = self._ema()  # a draft step that fed one token
+        self.catch_up_s = self._ema()  # a draft step that also fed committed tokens (an upper bound of d)
+        self.restart_s = self._ema()  # r: a restart's seconds beyond its drafts at d (see the module docstring)
         self.verify_s: dict[int, Ema] = {}  # T(n): n tokens verified -> seconds to the result
         self._known: list[tuple[int, float]] | None = None  # verify_s sorted, until the next verification
         self.k = INITIAL_LOOKAHEAD
         self.probe_interval = PROBE_MIN
         self.plain_blocks = 0  # verifications of no drafts since the last exploration block
+        self.blocks_at_k = 0  # blocks at the chosen k > 0 since the last neighbour block
+        self.neighbour_up = False  # the next neighbour block's side
+
+    def _ema(self) -> Ema:
+        return Ema(normalised=self.steady)
 
     # ------------------------------------------------------------------ observations
     def observe_acceptance(self, accepted: int, compared: int) -> None:
@@ -126,7 +155,7 @@ class AdaptiveLookahead:
     def observe_verification(self, seconds: float, tokens: int, plain: int = 0) -> None:
         """One verification's round trip; plain > 0: a plain run of that many tokens (T(1) per token)."""
         n, seconds = (1, seconds / plain) if plain else (max(tokens, 1), seconds)
-        self.verify_s.setdefault(n, Ema()).add(seconds)
+        self.verify_s.setdefault(n, self._ema()).add(seconds)
         self._known = None
         if n == 1:
             self.plain_blocks += plain or 1
@@ -202,12 +231,25 @@ class AdaptiveLookahead:
         self.k = self.best()
         if self.k > 0:
             self.probe_interval, self.plain_blocks = PROBE_MIN, 0
-            return self.k
+            return self._now_and_then_a_neighbour(self.k) if self.steady else self.k
         if self.plain_blocks >= self.probe_interval:
             self.plain_blocks = 0
             self.probe_interval = min(2 * self.probe_interval, PROBE_MAX)
             return PROBE_DRAFTS
         return 0
+
+    def _now_and_then_a_neighbour(self, k: int) -> int:
+        """k, but every NEIGHBOUR_EVERY-th block k + 1 or k - 1 (alternately, within 1..max): T(n) of a size
+        that is not chosen is never timed again, so one unlucky timing could price it out for good (measured
+        with noisy latencies: analysis/adaptive_noise.py). A neighbour costs a few percent on one block in
+        NEIGHBOUR_EVERY."""
+        self.blocks_at_k += 1
+        if self.blocks_at_k < NEIGHBOUR_EVERY:
+            return k
+        self.blocks_at_k = 0
+        self.neighbour_up = not self.neighbour_up
+        up = (self.neighbour_up or k == 1) and k < self.max_lookahead
+        return k + 1 if up else k - 1
 
     def plain_run(self, tokens_left: int) -> int:
         """At k = 0: how many tokens the verifier decodes in one task, the rest of the way to the next

@@ -88,3 +88,47 @@ def test_catch_up_steps_price_a_draft_only_until_a_one_token_step_is_timed():
     rule.observe_draft(0.01)
     rule.observe_draft(0.06, fed=3)
     assert rule.draft_seconds == 0.01
+
+
+def test_a_normalised_estimate_is_near_the_plain_mean_while_it_has_few_timings():
+    """si's: an unlucky first timing (2x) must not hold the estimate for dozens of observations; dsi's moving
+    average keeps it (see the rule's docstring)."""
+    from dsi_mpi.decoding.adaptive import Ema
+
+    normalised, moving = Ema(), Ema(normalised=False)
+    assert normalised.value is None and moving.value is None
+    for seconds in (0.060, 0.030, 0.030, 0.030):
+        normalised.add(seconds)
+        moving.add(seconds)
+    assert normalised.value == pytest.approx(0.0375, rel=0.02)  # the mean of the four, within the weights' decay
+    keep = 0.5 ** (1 / 32)
+    assert moving.value == pytest.approx(0.030 + 0.030 * keep**3)
+    assert AdaptiveLookahead("si").draft_s.normalised and not AdaptiveLookahead("dsi").draft_s.normalised
+
+
+def test_now_and_then_a_block_goes_out_at_a_neighbouring_k():
+    from dsi_mpi.decoding.adaptive import NEIGHBOUR_EVERY
+
+    chosen = feed(AdaptiveLookahead("si"), 200, t1=0.03, t2_per_token=0.001, d=0.003, a=0.8)
+    settled = max(set(chosen[-100:]), key=chosen[-100:].count)
+    others = [k for k in chosen[-100:] if k != settled]
+    assert sorted(set(others)) == [settled - 1, settled + 1], chosen
+    assert len(others) == pytest.approx(100 / NEIGHBOUR_EVERY, abs=2)
+
+
+def test_a_size_priced_out_by_one_unlucky_timing_comes_back_in_si():
+    """SmolLM2 with its calibrated int4 drafter: T flat at 30 ms, drafts 10 ms, a 0.84. One 3-token
+    verification timed at twice its time (a neighbour's burst) priced k = 2 out, and before the neighbour
+    blocks nothing ever timed it again (a job ran si at k = 1 for all its 213 blocks). dsi keeps its old
+    estimates (the rule's docstring says why)."""
+    rule = AdaptiveLookahead("si")
+    rule.observe_verification(0.030 * 4, 1, plain=4)
+    rule.observe_verification(0.060, 3)  # the unlucky one
+    for _ in range(4):
+        rule.observe_draft(0.010)
+        rule.observe_verification(0.030, 2)
+    rule.observe_acceptance(84, 100)
+    rule.k = rule.best()
+    assert rule.k == 1
+    chosen = feed(rule, 100, t1=0.030, t2_per_token=0.0, d=0.010, a=0.84)
+    assert min(chosen[-20:]) >= 2, chosen
