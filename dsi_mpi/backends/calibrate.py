@@ -6,7 +6,7 @@ but (w - q) H (w - q)^T per row, H = E[x x^T] over the layer's inputs x: errors 
 cancel. So the inputs of a row are rounded one after another and each rounding error is moved onto the inputs not
 yet rounded, weighted by how they co-vary on real text (the optimal brain surgeon update, as GPTQ applies it:
 Frantar et al., ICLR 2023). The result is in the very format quantize.py makes (symmetric int4, a scale per row and
-GROUP inputs): the same bytes, the same kernel, the same cost per forward, a closer copy (SmolLM2: 0.85 on the same
+GROUP inputs): the same bytes, the same kernel, the same cost per forward, a closer copy (SmolLM2: 0.833 on the same
 measure, docs/models.md). H comes from running the target on calibration text (`input_moments`).
 
 A group's scale is fixed when its first input is reached (its largest weight then, / 7, as quantize_groups), and

@@ -247,9 +247,11 @@ class AdaptiveLookahead:
         if self.blocks_at_k < NEIGHBOUR_EVERY:
             return k
         self.blocks_at_k = 0
+        up, down = k < self.max_lookahead, k > 1
+        if not (up or down):
+            return k
         self.neighbour_up = not self.neighbour_up
-        up = (self.neighbour_up or k == 1) and k < self.max_lookahead
-        return k + 1 if up else k - 1
+        return k + 1 if up and (self.neighbour_up or not down) else k - 1
 
     def plain_run(self, tokens_left: int) -> int:
         """At k = 0: how many tokens the verifier decodes in one task, the rest of the way to the next

@@ -132,3 +132,11 @@ def test_a_size_priced_out_by_one_unlucky_timing_comes_back_in_si():
     assert rule.k == 1
     chosen = feed(rule, 100, t1=0.030, t2_per_token=0.0, d=0.010, a=0.84)
     assert min(chosen[-20:]) >= 2, chosen
+
+
+def test_a_neighbour_block_stays_within_1_and_the_largest_k():
+    rule = AdaptiveLookahead("si", max_lookahead=1)
+    assert {rule._now_and_then_a_neighbour(1) for _ in range(40)} == {1}
+    rule = AdaptiveLookahead("si", max_lookahead=3)
+    assert {rule._now_and_then_a_neighbour(3) for _ in range(40)} == {2, 3}
+    assert {rule._now_and_then_a_neighbour(1) for _ in range(40)} == {1, 2}
