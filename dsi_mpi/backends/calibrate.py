@@ -27,14 +27,19 @@ DAMP = 0.01  # added to H's diagonal, as a fraction of its mean: H from finite t
 
 
 def input_moments(model, linears: list[torch.nn.Linear], sequences: list[list[int]]) -> list[torch.Tensor]:
-    """E[x x^T] over every token position of `sequences` (token id lists, one forward each) of each linear's input."""
+    """E[x x^T] over every token position of `sequences` (token id lists, one forward each) of each linear's input.
+    Linears fed the same tensor (a layer's q, k and v; gate and up) share one product: the products are most of
+    the calibration's time."""
     sums = [torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for m in linears]
     count = 0
+    last = {"input": None, "product": None}  # the latest input and its x^T x (held, so `is` cannot see a reuse)
 
     def add(i):
         def hook(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            sums[i] += (x.T @ x).double()
+            if inputs[0] is not last["input"]:
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+                last.update(input=inputs[0], product=(x.T @ x).double())
+            sums[i] += last["product"]
 
         return hook
 
@@ -47,6 +52,7 @@ def input_moments(model, linears: list[torch.nn.Linear], sequences: list[list[in
     finally:
         for h in hooks:
             h.remove()
+        last.clear()
     return [(s / max(1, count)).float() for s in sums]
 
 
