@@ -48,9 +48,10 @@ class Noise:
         return mean * factor * (self.spike_factor if self.rng.random() < self.spikes else 1.0)
 
 
-def verify_mean(pair: dict, tokens: int) -> float:
+def forward_mean(pair: dict, tokens: int) -> float:
+    """T(n) without its two messages: T(1) times the measured ratio (the last one past the table's end)."""
     ratios = pair["ratios"]
-    return pair["t1"] * (1.0 if tokens < 2 else ratios[min(tokens - 2, len(ratios) - 1)]) + 2 * pair["msg"]
+    return pair["t1"] * (1.0 if tokens < 2 else ratios[min(tokens - 2, len(ratios) - 1)])
 
 
 def si_block(pair: dict, k: int, noise: Noise, rng, catch_up: bool, rule) -> tuple[float, int, bool]:
@@ -63,7 +64,7 @@ def si_block(pair: dict, k: int, noise: Noise, rng, catch_up: bool, rule) -> tup
         if rule is not None:
             rule.observe_draft(step, fed)
     restart = noise(pair["r"])
-    forward = noise(verify_mean(pair, k + 1) - 2 * pair["msg"]) + 2 * pair["msg"]
+    forward = noise(forward_mean(pair, k + 1)) + 2 * pair["msg"]
     accepted = 0
     while accepted < k and rng.random() < pair["a"]:
         accepted += 1
