@@ -499,14 +499,60 @@ void dsi_embed_norm(const void *table, int kind, const int64_t *ids, int n, int 
     dsi_add_rms_norm(x, NULL, n, width, weight, eps, h);
 }
 
+/* The index of the largest of s[0..cols-1], the first one on ties and the first NaN if any (as torch's argmax),
+   one score at a time. */
+static int argmax_scalar(const float *s, int cols) {
+    int best = 0;
+    for (int j = 1; j < cols && !isnan(s[best]); j++)
+        if (s[j] > s[best] || isnan(s[j])) best = j;
+    return best;
+}
+
+/* The same index: the largest score 64 at a time (a scalar step per score took 2 ns, 0.1 ms per row of a
+   49,152-token vocabulary), then the first index that holds it; a row with a NaN goes one score at a time.
+   Equal scores (-0 and +0 included) compare equal in both, so the first of them is found either way. */
+#ifdef __AVX512F__
+static int argmax_row(const float *s, int cols) {
+    if (cols < 64)
+        return argmax_scalar(s, cols);
+    __m512 top[4];
+    __mmask16 nan = 0;
+    for (int u = 0; u < 4; u++) {
+        top[u] = _mm512_loadu_ps(s + 16 * u);
+        nan |= _mm512_cmp_ps_mask(top[u], top[u], _CMP_UNORD_Q);
+    }
+    int j = 64;
+    for (; j + 64 <= cols; j += 64)
+        for (int u = 0; u < 4; u++) {
+            __m512 v = _mm512_loadu_ps(s + j + 16 * u);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            top[u] = _mm512_max_ps(top[u], v);
+        }
+    float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
+    int any_nan = nan != 0;
+    for (int t = j; t < cols; t++) {
+        any_nan |= isnan(s[t]);
+        if (s[t] > m) m = s[t];
+    }
+    if (any_nan)
+        return argmax_scalar(s, cols);
+    __m512 target = _mm512_set1_ps(m);
+    int c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + c), target, _CMP_EQ_OQ);
+        if (hit)
+            return c + __builtin_ctz(hit);
+    }
+    while (s[c] != m) c++;
+    return c;
+}
+#else
+static int argmax_row(const float *s, int cols) { return argmax_scalar(s, cols); }
+#endif
+
 /* out[r] = the index of row r's largest score, the first one on ties and the first NaN if any (as torch's
    argmax). */
 void dsi_argmax(const float *scores, int rows, int cols, int64_t *out) {
-    for (int r = 0; r < rows; r++) {
-        const float *s = scores + (size_t)r * cols;
-        int best = 0;
-        for (int j = 1; j < cols && !isnan(s[best]); j++)
-            if (s[j] > s[best] || isnan(s[j])) best = j;
-        out[r] = best;
-    }
+    for (int r = 0; r < rows; r++)
+        out[r] = argmax_row(scores + (size_t)r * cols, cols);
 }

@@ -298,6 +298,28 @@ def test_the_native_argmax_is_torchs_ties_and_nans_included(tiny_models):
     assert ops.argmax(scores).tolist() == scores.argmax(dim=-1).tolist()
 
 
+def test_the_native_argmax_over_long_rows_is_torchs(tiny_models):
+    """Rows of 64 scores or more go 64 at a time: the first of equal scores (across chunks, -0 and +0 equal), a
+    NaN anywhere (the first chunk, the tail), infinities, and rows of a real vocabulary's length."""
+    ops = PackedRunner(_load(tiny_models["target"])).ops
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(10, 203, generator=g)
+    scores[1, [70, 150]] = 9.0  # a tie in two chunks
+    scores[2, 5] = float("nan")  # in the first chunk
+    scores[3, 200] = float("nan")  # in the tail
+    scores[4, :] = 0.0
+    scores[4, 64:] = -0.0
+    scores[5, [3, 130]] = float("inf")
+    scores[6, :] = float("-inf")
+    scores[7, 202] = 50.0  # the largest in the tail
+    scores[8] = scores[8].round()  # many ties
+    scores[9, 64] = float("nan")
+    assert ops.argmax(scores).tolist() == scores.argmax(dim=-1).tolist()
+    vocab = torch.randn(5, 49152, generator=g)
+    vocab[1, [100, 40000]] = 30.0
+    assert ops.argmax(vocab).tolist() == vocab.argmax(dim=-1).tolist()
+
+
 def test_an_idle_forward_changes_nothing_a_later_forward_sees(tiny_models):
     """runtime.keep_warm: a throwaway forward past the cache's end, whole or stopped after its first layer,
     leaves the tokens, the counters and the next forward's logits (bit for bit) as they were."""
