@@ -48,6 +48,7 @@ class NativeOps:
         self._ffn = runner.layers[0].down.width
         self._args: list = []  # one LayerArgs per layer, remade when the cache grows (its buffers move)
         self._capacity = -1
+        self._work = torch.empty(0)  # the layer call's scratch (see `layer`)
 
     def layer(self, x: torch.Tensor, h: torch.Tensor, index: int, start: int, after: torch.Tensor):
         """One C call (h is written in place), or the steps where a product's input would need padding."""
@@ -58,8 +59,12 @@ class NativeOps:
             self._args = [self._layer_args(i) for i in range(r.n_layers)]
             self._capacity = r.capacity
         n, d = x.shape[0], r.head_dim
-        work = torch.empty(n * ((r.heads + 2 * r.kv_heads) * d + 2 * r.heads * d + x.shape[1] + 3 * self._ffn))
-        self.k.layer(self._args[index][1], after.data_ptr(), x.data_ptr(), h.data_ptr(), n, start, work.data_ptr())
+        need = n * ((r.heads + 2 * r.kv_heads) * d + 2 * r.heads * d + x.shape[1] + 3 * self._ffn)
+        if self._work.numel() < need:  # scratch of the C call only: one buffer, grown, not one per layer
+            self._work = torch.empty(need)
+        self.k.layer(
+            self._args[index][1], after.data_ptr(), x.data_ptr(), h.data_ptr(), n, start, self._work.data_ptr()
+        )
         return h
 
     def embed_norm(self, tokens: list[int], weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
