@@ -5,13 +5,14 @@ Why: on the embedded default pair (a target token of about 0.7 ms) dsi-mpi's si 
 speed, short of the issue's bars. Whether that is the coordinator's own work or the pair itself is measured
 here. This loop runs si with the job's own runners (`build_runner`: the packed backend, the same kernels),
 mpi4py and one verifier, and nothing else: no records, no timeline, no checks, no cancellation, no adaptive
-k, no keep-warm. It times the bare costs (the target's prefill and plain step, its forward of n tokens, the
+k (and no keep-warm unless --keep-warm: the verifier's waits then run throwaway forwards, as
+runtime.keep_warm does in a job). It times the bare costs (the target's prefill and plain step, its forward of n tokens, the
 drafter's one-token step) and feeds them to the paper's time model (dsi_mpi/timemodel/simulator.py) with no
 messages and no coordinator: the most si and dsi (one verifier) can gain on these models on this machine.
 Greedy only; every si output is checked against nonsi's tokens.
 
     OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 2 .venv/bin/python -m analysis.lean_si [CONFIG.toml]
-        [--lookahead 1 2 3 4 5] [--rounds 2] [--prompts N] [--set section.key=value ...]
+        [--lookahead 1 2 3 4 5] [--rounds 2] [--prompts N] [--keep-warm] [--set section.key=value ...]
 
 Rank 1 holds the target: it decodes each prompt plainly in its own loop (nonsi) and answers verifications.
 Rank 0 drafts. Measured speeds are of decoding after the first token (the prefill is the same for both);
@@ -31,12 +32,14 @@ import torch
 STOP, NONSI, VERIFY = -1, -2, -3
 
 
-def _receive(comm, status) -> np.ndarray:
-    """The next message, spinning (each rank has a core of its own)."""
+def _receive(comm, status, warm=None) -> np.ndarray:
+    """The next message, spinning (each rank has a core of its own); `warm`: the target, whose throwaway
+    forwards (PackedRunner.idle_forward, runtime.keep_warm) fill the wait, each stopped when the message lands."""
     from mpi4py import MPI
 
     while not comm.Iprobe(source=MPI.ANY_SOURCE, tag=0, status=status):
-        pass
+        if warm is not None:
+            warm.idle_forward(lambda: comm.Iprobe(source=MPI.ANY_SOURCE, tag=0))
     buf = np.empty(status.Get_count(MPI.INT64_T), dtype=np.int64)
     comm.Recv([buf, MPI.INT64_T], source=status.Get_source(), tag=0)
     return buf
@@ -50,13 +53,14 @@ def _medians(seconds: dict) -> dict:
     return {key: statistics.median(values) for key, values in seconds.items() if values}
 
 
-def serve(comm, target, prompts: list[list[int]], new_tokens: int) -> None:
+def serve(comm, target, prompts: list[list[int]], new_tokens: int, keep_warm: bool) -> None:
     """Rank 1: plain decoding of a prompt on request (its prefill and decode ns first), or the target's greedy
     token at every position of a verification; at STOP, the median forward of each size, in ns."""
     from mpi4py import MPI
 
     status, forwards = MPI.Status(), {}
-    while (msg := _receive(comm, status))[0] != STOP:
+    warm = target if keep_warm and hasattr(target, "idle_forward") else None
+    while (msg := _receive(comm, status, warm))[0] != STOP:
         if msg[0] == NONSI:
             target.reset()
             start = time.perf_counter_ns()
@@ -195,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=0, help="the first N prompts only (0: all)")
     parser.add_argument("--set", action="append", default=[], help="a config override, as for `run`")
+    parser.add_argument("--keep-warm", action="store_true", help="the verifier's waits run throwaway forwards")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     if comm.Get_size() != 2:
@@ -203,7 +208,7 @@ def main(argv=None) -> int:
     cfg, prompts, runner = _models(args)
     new_tokens = cfg.decoding.max_new_tokens
     if comm.Get_rank() == 1:
-        serve(comm, runner, prompts, new_tokens)
+        serve(comm, runner, prompts, new_tokens, args.keep_warm)
         return 0
     seconds, lean, prefill = coordinate(comm, runner, prompts, args.lookahead, args.rounds, new_tokens)
     _send(comm, 1, [STOP])

@@ -1,5 +1,6 @@
 """analysis/lean_si.py, the yardstick for what the coordinator adds: its si writes nonsi's tokens (it stops with an
-error if not) and it prints the measured table and the time model's bound at the bare costs."""
+error if not), its verifier's throwaway forwards while it waits (--keep-warm) included, and it prints the measured
+table and the time model's bound at the bare costs."""
 
 import re
 
@@ -8,7 +9,7 @@ from helpers import write_job
 
 def test_lean_si_matches_nonsi_and_prints_the_bound(tiny_models, run_mpi, tmp_path):
     config = write_job(tmp_path, tiny_models)
-    args = ["-m", "analysis.lean_si", config, "--lookahead", "1", "3", "--rounds", "1"]
+    args = ["-m", "analysis.lean_si", config, "--lookahead", "1", "3", "--rounds", "1", "--keep-warm"]
     proc = run_mpi([*args, "--set", "decoding.max_new_tokens=12"], ranks=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = re.findall(r"^\| (nonsi|si k=\d) \| ([\d.]+) \|", proc.stdout, re.M)
