@@ -232,6 +232,8 @@ def _report(seconds: dict, lean: dict, forward: dict, prefill: float, new_tokens
         "forward": forward,
         **_medians(steps),
     }
+    if "draft_step" not in costs:  # every step fed two tokens (k = 1, all accepted): a block's drafting then
+        costs["draft_step"] = min(statistics.median(run.seconds["drafting"]) / k for k, run in lean.items())
     acceptance = sum(r.accepted for r in lean.values()) / max(sum(r.compared for r in lean.values()), 1)
     print(f"CPU: {facts['model']}; flags {', '.join(facts['flags']) or 'none'}; 2 ranks, 1 thread each")
     print(f"{runs} prompt runs x {new_tokens} tokens; speeds after the first token (the prefill is the same for all)")

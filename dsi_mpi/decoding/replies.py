@@ -24,8 +24,8 @@ class Replies:
 
     def read_waiting(self) -> bool:
         """Read every reply waiting; whether there was one. With no task in flight none can be waiting (a
-        message for no task would be a ProtocolError, found at the next wait): si drafts with none, and
-        polling MPI there, before each draft step and between the drafter's layers, cost it a few percent."""
+        message for no task would be a ProtocolError, found at the next wait): si drafts with none, and its
+        polls there (before each draft step, between the drafter's layers) were work for nothing."""
         handled = False
         while not self.p.done and self.ledger.inflight and self.read_one():
             handled = True
