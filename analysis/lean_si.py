@@ -218,22 +218,25 @@ def main(argv=None) -> int:
     return 0
 
 
+def _bare_costs(seconds: dict, lean: dict, forward: dict, prefill: float, per_token: int) -> dict:
+    """The medians the bound is computed from: the target's plain step, prefill and forward of n tokens, the
+    drafter's one-token step and prefill."""
+    steps = {
+        name: [s for run in lean.values() for s in run.seconds[name]] for name in ("draft_step", "drafter_prefill")
+    }
+    costs = {"target_step": seconds["nonsi"] / per_token, "target_prefill": prefill, "forward": forward}
+    costs |= _medians(steps)
+    if "draft_step" not in costs:  # every step fed two tokens (k = 1, all accepted): a block's drafting then
+        costs["draft_step"] = min(statistics.median(run.seconds["drafting"]) / k for k, run in lean.items())
+    return costs
+
+
 def _report(seconds: dict, lean: dict, forward: dict, prefill: float, new_tokens: int, runs: int) -> None:
     """The measured table, the bare costs and the time model's bound at them."""
     from dsi_mpi.backends.cpu import cpu_facts
 
     facts = cpu_facts()
-    steps = {
-        name: [s for run in lean.values() for s in run.seconds[name]] for name in ("draft_step", "drafter_prefill")
-    }
-    costs = {
-        "target_step": seconds["nonsi"] / (runs * (new_tokens - 1)),
-        "target_prefill": prefill,
-        "forward": forward,
-        **_medians(steps),
-    }
-    if "draft_step" not in costs:  # every step fed two tokens (k = 1, all accepted): a block's drafting then
-        costs["draft_step"] = min(statistics.median(run.seconds["drafting"]) / k for k, run in lean.items())
+    costs = _bare_costs(seconds, lean, forward, prefill, runs * (new_tokens - 1))
     acceptance = sum(r.accepted for r in lean.values()) / max(sum(r.compared for r in lean.values()), 1)
     print(f"CPU: {facts['model']}; flags {', '.join(facts['flags']) or 'none'}; 2 ranks, 1 thread each")
     print(f"{runs} prompt runs x {new_tokens} tokens; speeds after the first token (the prefill is the same for all)")
