@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from dsi_mpi.backends.base import common_prefix_len
+
 STOP, NONSI, VERIFY = -1, -2, -3
 
 
@@ -92,10 +94,7 @@ class LeanSI:
 
     def _draft(self, text: list[int]) -> int:
         """The drafter's greedy token after `text`, feeding only what its cache lacks."""
-        cached, keep = self.drafter.tokens, 0
-        limit = min(len(cached), len(text) - 1)
-        while keep < limit and cached[keep] == text[keep]:
-            keep += 1
+        keep = min(common_prefix_len(self.drafter.tokens, text), len(text) - 1)
         self.drafter.crop(keep)
         start = time.perf_counter()
         token = int(self.drafter.greedy(text[keep:], 1)[0])
@@ -158,13 +157,12 @@ def coordinate(comm, drafter, prompts: list[list[int]], lookaheads: list[int], r
 def bound(costs: dict, acceptance: float, new_tokens: int, lookaheads: list[int]) -> dict:
     """The time model at the bare costs (no messages, no coordinator): the best k and speedup over nonsi of si
     and of dsi with one verifier, the prefill included."""
+    from dsi_mpi.timemodel.inputs import verify_ratios
     from dsi_mpi.timemodel.simulator import Latencies, best_lookahead, nonsi_latency
 
-    t1, forward = costs["target_step"], costs["forward"]
-    sizes = range(2, max(forward) + 1)
-    known = sorted((1, *forward))
-    ratios = [float(np.interp(n, known, [t1, *(forward[m] for m in known[1:])])) / t1 for n in sizes]
-    lat = Latencies(costs["drafter_prefill"], costs["draft_step"], costs["target_prefill"], t1, tuple(ratios))
+    t1 = costs["target_step"]
+    ratios = verify_ratios({1: t1, **costs["forward"]})
+    lat = Latencies(costs["drafter_prefill"], costs["draft_step"], costs["target_prefill"], t1, ratios)
     plain = nonsi_latency(lat, new_tokens)
     out = {}
     for algorithm in ("si", "dsi"):
