@@ -20,6 +20,7 @@ count and the rest is deterministic, so a loaded machine builds the same drafter
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -101,11 +102,11 @@ def build(args, dest: Path) -> None:
     sequences, text = calibration_text(target, tok, args)
     print(f"calibration text: {text['answers']} answers, {text['tokens']} tokens, {text['gen_s']} s", flush=True)
     held = heldout_requests()
-    plain = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
+    plain = copy.deepcopy(target)  # the target's weights again, without reading them from disk again
     fake_quantize(plain, INT4)
     plain_a = acceptance(target, plain, tok, held, args.eval_tokens)["a"]
     del plain
-    drafter = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
+    drafter = copy.deepcopy(target)
     start = time.time()
     calibrate_int4(drafter, sequences)
     calibrate_s = time.time() - start
